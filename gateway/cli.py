@@ -1,0 +1,77 @@
+"""``chukan`` command line: the demo, a long-running ``serve`` mode and tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Final
+
+from . import db
+from .logs import configure_logging
+
+DEFAULT_DATA_DIR: Final = Path(".chukan")
+
+
+def _server_url(data_dir: Path) -> tuple[str, db.EmbeddedPostgres | None]:
+    """``CHUKAN_DATABASE_URL`` if set, else an embedded PostgreSQL in ``data_dir``."""
+    url = os.environ.get("CHUKAN_DATABASE_URL")
+    if url:
+        return url, None
+    embedded = db.EmbeddedPostgres(data_dir / "pg")
+    return embedded.start(), embedded
+
+
+async def _serve(server_url: str, work_dir: Path) -> None:
+    from .server import start_network, wait_forever
+
+    network = await start_network(server_url, work_dir)
+    print(f"hub      {network.hub.url}", flush=True)
+    for code, gateway in network.gateways.items():
+        print(f"gateway  {code} {gateway.config.agency_name}  {gateway.url}", flush=True)
+        print(f"         internal API token (this run only): {gateway.token}", flush=True)
+    print("serving; press Ctrl-C to stop", flush=True)
+    try:
+        await wait_forever()
+    finally:
+        await network.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chukan", description=__doc__)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("CHUKAN_DATA_DIR", DEFAULT_DATA_DIR)),
+        help="folder for the embedded PostgreSQL (default .chukan)",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("CHUKAN_LOG_LEVEL", "WARNING"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("demo", help="run the offline demo and exit")
+    commands.add_parser("serve", help="start hub and gateways and keep them running")
+    args = parser.parse_args(argv)
+    configure_logging(getattr(logging, str(args.log_level).upper(), logging.WARNING))
+    server_url, embedded = _server_url(args.data_dir)
+    try:
+        if args.command == "demo":
+            from .demo import demo_main
+
+            return demo_main(server_url)
+        with (
+            tempfile.TemporaryDirectory(prefix="chukan-serve-") as tmp,
+            contextlib.suppress(KeyboardInterrupt),
+        ):
+            asyncio.run(_serve(server_url, Path(tmp)))
+        return 0
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

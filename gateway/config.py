@@ -1,0 +1,95 @@
+"""Gateway configuration as immutable values, with defaults as named constants."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from chukan.keys import PublicSigningKey
+
+#: Operations a core system can be granted on the internal API.
+OP_REGISTER_PERSON: Final = "persons.register"
+OP_WRITE_REPLICA: Final = "replica.write"
+OP_SUBMIT_QUERY: Final = "queries.submit"
+OP_READ_QUERY: Final = "queries.read"
+OP_READ_RECORDS: Final = "records.read"
+ALL_OPERATIONS: Final = frozenset(
+    {OP_REGISTER_PERSON, OP_WRITE_REPLICA, OP_SUBMIT_QUERY, OP_READ_QUERY, OP_READ_RECORDS}
+)
+
+DEFAULT_MESSAGE_SKEW: Final = dt.timedelta(minutes=5)
+DEFAULT_PERMIT_SKEW: Final = dt.timedelta(seconds=30)
+DEFAULT_RESULT_TTL: Final = dt.timedelta(days=7)
+DEFAULT_SEND_ATTEMPTS: Final = 5
+DEFAULT_SEND_BACKOFF: Final = 0.5
+DEFAULT_HTTP_TIMEOUT: Final = 10.0
+DEFAULT_LIST_REFRESH: Final = 60.0
+DEFAULT_MAX_WAIT: Final = 30.0
+
+
+def token_digest(token: str) -> str:
+    """Tokens are configured and compared as SHA-256 digests, never kept in clear."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SystemCredential:
+    """A core system (e.g. 介護保険システム) allowed to call some internal operations."""
+
+    system_id: str
+    token_sha256: str
+    operations: frozenset[str]
+
+    def __post_init__(self) -> None:
+        unknown = self.operations - ALL_OPERATIONS
+        if unknown:
+            raise ValueError(f"unknown operations {sorted(unknown)}")
+
+    def __repr__(self) -> str:
+        return f"SystemCredential({self.system_id!r}, operations={sorted(self.operations)})"
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Clock and retry settings, grouped like httpx's ``Timeout``."""
+
+    message_skew: dt.timedelta = DEFAULT_MESSAGE_SKEW
+    permit_skew: dt.timedelta = DEFAULT_PERMIT_SKEW
+    result_ttl: dt.timedelta = DEFAULT_RESULT_TTL
+    send_attempts: int = DEFAULT_SEND_ATTEMPTS
+    send_backoff: float = DEFAULT_SEND_BACKOFF
+    http_timeout: float = DEFAULT_HTTP_TIMEOUT
+    list_refresh: float = DEFAULT_LIST_REFRESH
+    max_wait: float = DEFAULT_MAX_WAIT
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """One agency's gateway: who it is, where its hub and database are, who may call it."""
+
+    agency_code: str
+    agency_name: str
+    database_url: str
+    hub_url: str
+    hub_key: PublicSigningKey
+    enrolment_token: str
+    key_dir: Path
+    key_passphrase: bytes
+    systems: tuple[SystemCredential, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 0
+    timing: Timing = field(default_factory=Timing)
+
+    def __repr__(self) -> str:  # keep secrets out of logs and tracebacks
+        return f"GatewayConfig(agency={self.agency_code!r}, hub={self.hub_url!r})"
+
+    def system_for_token(self, token: str) -> SystemCredential | None:
+        digest = token_digest(token)
+        for system in self.systems:
+            if hmac.compare_digest(system.token_sha256, digest):
+                return system
+        return None

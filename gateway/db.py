@@ -1,0 +1,181 @@
+"""PostgreSQL access: the embedded server, per-component databases, migrations.
+
+With no database URL configured, a private PostgreSQL from the ``pgserver``
+wheel is started in a data folder (DESIGN §7); with ``CHUKAN_DATABASE_URL``
+that server is used.  Each component (hub, each gateway) has a database of
+its own on that server, created on first use.  Migrations are ordered SQL
+files recorded in ``schema_migrations``; an advisory lock makes concurrent
+starts safe and re-running a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import re
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger("chukan.db")
+
+DATABASE_NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+MIGRATION_LOCK_ID: Final = 0x63_68_75_6B  # "chuk"
+DEFAULT_POOL_MIN: Final = 1
+DEFAULT_POOL_MAX: Final = 10
+
+Pool = asyncpg.Pool
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    #: A connection, whether taken from a pool or opened directly.
+    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+    #: Anything that runs a statement: a connection or the pool itself.
+    Executor: TypeAlias = Conn | asyncpg.Pool[asyncpg.Record]
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
+
+def load_migrations(package: str, folder: str = "migrations") -> list[Migration]:
+    """Ordered ``NNNN_name.sql`` files shipped as package data."""
+    found: list[Migration] = []
+    for entry in resources.files(package).joinpath(folder).iterdir():
+        match = re.fullmatch(r"(\d{4})_([a-z0-9_]+)\.sql", entry.name)
+        if match is None:
+            continue
+        found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate migration versions in {package}")
+    return found
+
+
+async def migrate(conn: Conn, migrations: list[Migration]) -> list[int]:
+    """Apply what is missing, each migration in its own transaction; returns applied versions."""
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   checksum text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {
+            row["version"]: row["checksum"]
+            for row in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        }
+        applied: list[int] = []
+        for migration in migrations:
+            if migration.version in done:
+                if done[migration.version] != migration.checksum:
+                    raise RuntimeError(
+                        f"migration {migration.version:04d}_{migration.name} changed after "
+                        "it was applied; write a new migration instead"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            applied.append(migration.version)
+            log.info("migration_applied", version=migration.version, name=migration.name)
+        return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server URL pointing at another database (path component)."""
+    if not DATABASE_NAME_PATTERN.match(database):
+        raise ValueError(f"invalid database name {database!r}")
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + quote(database), parts.query, ""))
+
+
+async def ensure_database(server_url: str, database: str) -> str:
+    """Create ``database`` on the server if missing; return its URL."""
+    conn = await asyncpg.connect(server_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if not exists:
+            # Identifiers cannot be parameters; the name was checked against a strict
+            # pattern.  A concurrent creation by another component is fine.
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+                await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+    return with_database(server_url, database)
+
+
+async def drop_database(server_url: str, database: str) -> None:
+    """Remove a database (the demo starts from an empty one each run)."""
+    if not DATABASE_NAME_PATTERN.match(database):
+        raise ValueError(f"invalid database name {database!r}")
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.execute("SET TIME ZONE 'UTC'")
+
+
+async def create_pool(
+    url: str, *, min_size: int = DEFAULT_POOL_MIN, max_size: int = DEFAULT_POOL_MAX
+) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, init=_init_connection
+    )
+    assert pool is not None
+    return pool
+
+
+class EmbeddedPostgres:
+    """A private PostgreSQL from the ``pgserver`` wheel, kept in ``data_dir``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._server: Any = None
+
+    def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers).
+            warnings.simplefilter("ignore")
+            pgserver: Any = importlib.import_module("pgserver")  # untyped package
+            self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        uri: str = self._server.get_uri()
+        log.info("embedded_postgres_started", data_dir=str(self.data_dir))
+        return uri
+
+    def stop(self) -> None:
+        if self._server is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._server.cleanup()
+            self._server = None

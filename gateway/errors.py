@@ -1,0 +1,143 @@
+"""Exceptions of ``chukan.gateway`` and how every package's errors map to HTTP.
+
+Each error class carries a stable ``code`` (machine-readable, part of the API)
+and an HTTP ``status``.  :func:`status_for` maps the other packages' root
+exceptions at the boundary, as httpx's ``map_exceptions`` does, so handlers
+raise domain errors and never build responses for failures themselves.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from chukan.codecs.errors import CodecError, XmlForbiddenError, XmlLimitError
+from chukan.keys.errors import KeysError, UnknownKeyError
+
+
+class GatewayError(Exception):
+    """Root of failures raised by the gateway and the simulators' servers."""
+
+    code: ClassVar[str] = "gateway_error"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequestError(GatewayError):
+    code = "bad_request"
+    status = 400
+
+
+class ValidationError(BadRequestError):
+    """A field of a request is missing or malformed."""
+
+    code = "validation_failed"
+    status = 422
+
+
+class IndividualNumberInvalidError(ValidationError):
+    """個人番号 with the wrong shape or check digit (the value itself is never echoed)."""
+
+    code = "individual_number_invalid"
+
+
+class UnauthenticatedError(GatewayError):
+    code = "unauthenticated"
+    status = 401
+
+
+class ForbiddenError(GatewayError):
+    code = "forbidden"
+    status = 403
+
+
+class MessageSignatureError(UnauthenticatedError):
+    """A network message whose signature, sender or key does not check out."""
+
+    code = "message_signature_invalid"
+
+
+class MessageReplayError(ForbiddenError):
+    code = "message_replayed"
+    status = 409
+
+
+class MisaddressedError(ForbiddenError):
+    code = "message_misaddressed"
+
+
+class StaleMessageError(ForbiddenError):
+    code = "message_stale"
+
+
+class NotFoundError(GatewayError):
+    code = "not_found"
+    status = 404
+
+
+class PersonUnknownError(NotFoundError):
+    """No person with this 団体内統合宛名番号 (or 符号) is registered."""
+
+    code = "person_unknown"
+
+
+class QueryUnknownError(NotFoundError):
+    code = "query_unknown"
+
+
+class ItemNotFoundError(NotFoundError):
+    code = "item_not_found"
+
+
+class AgencyUnknownError(NotFoundError):
+    code = "agency_unknown"
+
+
+class ConflictError(GatewayError):
+    code = "conflict"
+    status = 409
+
+
+class PersonConflictError(ConflictError):
+    """The 宛名番号 is already bound to another person (or the person to another 宛名番号)."""
+
+    code = "person_conflict"
+
+
+class PayloadTooLargeError(GatewayError):
+    code = "payload_too_large"
+    status = 413
+
+
+class UnsupportedMediaError(GatewayError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class UpstreamError(GatewayError):
+    """The hub or a peer did not answer usefully."""
+
+    code = "upstream_unavailable"
+    status = 502
+
+
+def status_for(exc: Exception) -> tuple[int, str]:
+    """HTTP status and stable code for any exception the packages define."""
+    if isinstance(exc, GatewayError):
+        return exc.status, exc.code
+    if isinstance(exc, XmlLimitError):
+        return 413, exc.code
+    if isinstance(exc, XmlForbiddenError | CodecError):
+        return 400, exc.code
+    if isinstance(exc, UnknownKeyError):
+        return 401, exc.code
+    if isinstance(exc, KeysError):
+        return 400, exc.code
+    # chukan.permits is imported lazily: it is optional for the codecs-only tools.
+    from chukan.permits.errors import PermitsError
+
+    if isinstance(exc, PermitsError):
+        return 403, exc.code
+    return 500, "internal_error"

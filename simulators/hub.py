@@ -1,0 +1,966 @@
+"""The hub simulator: 情報提供ネットワークシステム, with J-LIS's 取得番号 role.
+
+A real aiohttp server.  It keeps the agency registry (endpoints and public
+keys), issues 符号 (a different random one per agency and person), checks
+every query against the authorization list, issues signed permits, routes
+requests and answers through a durable outbox, and records everything it
+routed.  It never holds a key that opens a payload: answers are sealed by the
+provider for the requester and pass through as ciphertext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+import asyncpg
+import structlog
+from aiohttp import web
+
+from chukan.codecs.envelope import (
+    HUB,
+    AcquisitionRequest,
+    AcquisitionResponse,
+    CodeRequest,
+    CodeResponse,
+    Envelope,
+    Header,
+    ProvisionAnswer,
+    ProvisionRequest,
+    QueryRefusal,
+    QueryRequest,
+    decode_message,
+    encode_body_c14n,
+    encode_message,
+    new_message_id,
+)
+from chukan.codecs.individual_number import is_valid_individual_number
+from chukan.gateway import db
+from chukan.gateway.errors import (
+    AgencyUnknownError,
+    ForbiddenError,
+    GatewayError,
+    IndividualNumberInvalidError,
+    MessageReplayError,
+    MessageSignatureError,
+    MisaddressedError,
+    NotFoundError,
+    PersonUnknownError,
+    StaleMessageError,
+    UnauthenticatedError,
+    ValidationError,
+)
+from chukan.gateway.keystore import AgencyKeys, load_or_create_keys
+from chukan.gateway.web import (
+    SIGNATURE_HEADER,
+    error_middleware,
+    read_json,
+    read_xml,
+    require_str,
+    signature_header,
+    signed_xml_response,
+    verify_signature,
+)
+from chukan.keys import (
+    PublicSigningKey,
+    b64d,
+    b64e,
+    public_encryption_key,
+    public_signing_key,
+)
+from chukan.permits import (
+    AuthorizationList,
+    NotAuthorizedError,
+    Permit,
+    body_digest,
+    encode_permit,
+    load_sample_list,
+    new_permit_id,
+    sign_list,
+)
+
+log = structlog.get_logger("chukan.hub")
+
+DEFAULT_PERMIT_LIFETIME: Final = dt.timedelta(minutes=5)
+DEFAULT_ACQUISITION_LIFETIME: Final = dt.timedelta(minutes=5)
+DEFAULT_MESSAGE_SKEW: Final = dt.timedelta(minutes=5)
+DEFAULT_LIST_LIFETIME: Final = dt.timedelta(days=1)
+DEFAULT_DELIVERY_ATTEMPTS: Final = 5
+DEFAULT_DELIVERY_BACKOFF: Final = 0.5
+DEFAULT_DELIVERY_TIMEOUT: Final = 10.0
+DELIVERY_LEASE: Final = dt.timedelta(seconds=30)
+HUB_OWNER: Final = "hub"
+HUB_DATABASE: Final = "chukan_hub"
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    """Everything the hub needs; defaults are the constants above."""
+
+    database_url: str
+    key_dir: Path
+    key_passphrase: bytes
+    admin_token: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    permit_lifetime: dt.timedelta = DEFAULT_PERMIT_LIFETIME
+    acquisition_lifetime: dt.timedelta = DEFAULT_ACQUISITION_LIFETIME
+    message_skew: dt.timedelta = DEFAULT_MESSAGE_SKEW
+    list_lifetime: dt.timedelta = DEFAULT_LIST_LIFETIME
+    delivery_attempts: int = DEFAULT_DELIVERY_ATTEMPTS
+    delivery_backoff: float = DEFAULT_DELIVERY_BACKOFF
+    delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT
+    authorization_list: AuthorizationList | None = None
+
+    def __repr__(self) -> str:  # never print the passphrase or the admin token
+        return f"HubConfig(database={self.database_url.rsplit('/', 1)[-1]!r}, port={self.port})"
+
+
+@dataclass(slots=True)
+class Agency:
+    code: str
+    name: str
+    endpoint: str
+    signing_keys: dict[str, PublicSigningKey]
+    encryption_key_id: str
+    encryption_key: bytes
+
+
+@dataclass
+class HubState:
+    config: HubConfig
+    pool: asyncpg.Pool
+    keys: AgencyKeys
+    secret: bytes
+    authorization_list: AuthorizationList
+    signed_list: bytes
+    session: aiohttp.ClientSession
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    worker: asyncio.Task[None] | None = None
+
+
+HUB_STATE: Final = web.AppKey("hub_state", HubState)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# -- persistence helpers --------------------------------------------------------------
+
+
+def _load_secret(key_dir: Path) -> bytes:
+    """The J-LIS digest secret: generated once, mode 0600, never leaves the hub."""
+    path = key_dir / "hub.secret"
+    if path.exists():
+        return path.read_bytes()
+    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secret = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secret)
+    return secret
+
+
+async def load_agency(conn: db.Executor, code: str) -> Agency:
+    row = await conn.fetchrow("SELECT * FROM agencies WHERE code = $1", code)
+    if row is None:
+        raise AgencyUnknownError(f"agency {code} is not registered with the hub")
+    keys = await conn.fetch(
+        "SELECT key_id, public_key FROM agency_keys WHERE agency_code = $1 AND purpose = 'sig'",
+        code,
+    )
+    return Agency(
+        code=row["code"],
+        name=row["name"],
+        endpoint=row["endpoint"],
+        signing_keys={k["key_id"]: PublicSigningKey(k["key_id"], k["public_key"]) for k in keys},
+        encryption_key_id=row["encryption_key_id"],
+        encryption_key=row["encryption_key"],
+    )
+
+
+async def _route_log(
+    conn: db.Conn,
+    *,
+    header: Header,
+    direction: str,
+    body: bytes,
+    query_id: str | None,
+    permit_id: str | None,
+) -> None:
+    await conn.execute(
+        """INSERT INTO routed_messages
+               (message_id, message_type, sender, receiver, query_id, permit_id, direction, body)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        header.message_id,
+        header.message_type,
+        header.sender,
+        header.receiver,
+        query_id,
+        permit_id,
+        direction,
+        body,
+    )
+
+
+# -- admin API ------------------------------------------------------------------------
+
+
+def _require_admin(request: web.Request) -> None:
+    state = request.app[HUB_STATE]
+    supplied = request.headers.get("Authorization", "")
+    expected = f"Bearer {state.config.admin_token}"
+    if not supplied:
+        raise UnauthenticatedError("an administrator token is required")
+    if not hmac.compare_digest(supplied.encode(), expected.encode()):
+        raise ForbiddenError("the administrator token is not valid")
+
+
+async def register_agency(request: web.Request) -> web.Response:
+    """Enrol an agency (or update its endpoint and keys): operator onboarding."""
+    _require_admin(request)
+    state = request.app[HUB_STATE]
+    data = await read_json(request)
+    code = require_str(data, "code", max_length=16)
+    if not code.isdigit() or len(code) not in (6, 16):
+        raise ValidationError("agency code must be 6 or 16 digits")
+    name = require_str(data, "name", max_length=200)
+    endpoint = require_str(data, "endpoint", max_length=500)
+    if not endpoint.startswith(("http://", "https://")):
+        raise ValidationError("endpoint must be an http(s) URL")
+    sig = data.get("signing_key")
+    enc = data.get("encryption_key")
+    if not isinstance(sig, dict) or not isinstance(enc, dict):
+        raise ValidationError("signing_key and encryption_key are required objects")
+    signing = public_signing_key(require_str(sig, "key_id"), b64d(require_str(sig, "public")))
+    encryption = public_encryption_key(require_str(enc, "key_id"), b64d(require_str(enc, "public")))
+    async with state.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """INSERT INTO agencies (code, name, endpoint, signing_key_id, signing_key,
+                                     encryption_key_id, encryption_key)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (code) DO UPDATE SET
+                   name = EXCLUDED.name, endpoint = EXCLUDED.endpoint,
+                   signing_key_id = EXCLUDED.signing_key_id, signing_key = EXCLUDED.signing_key,
+                   encryption_key_id = EXCLUDED.encryption_key_id,
+                   encryption_key = EXCLUDED.encryption_key, updated_at = now()""",
+            code,
+            name,
+            endpoint,
+            signing.key_id,
+            signing.raw,
+            encryption.key_id,
+            encryption.raw,
+        )
+        for key_id, purpose, raw in (
+            (signing.key_id, "sig", signing.raw),
+            (encryption.key_id, "enc", encryption.raw),
+        ):
+            owner = await conn.fetchval(
+                "SELECT agency_code FROM agency_keys WHERE key_id = $1", key_id
+            )
+            if owner is not None and owner != code:
+                raise ForbiddenError("that key id belongs to another agency")
+            await conn.execute(
+                """INSERT INTO agency_keys (key_id, agency_code, purpose, public_key)
+                   VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING""",
+                key_id,
+                code,
+                purpose,
+                raw,
+            )
+    log.info("agency_registered", agency=code, endpoint=endpoint)
+    return web.json_response({"code": code, "registered": True}, status=201)
+
+
+def _agency_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "code": row["code"],
+        "name": row["name"],
+        "signing_key": {"key_id": row["signing_key_id"], "public": b64e(row["signing_key"])},
+        "encryption_key": {
+            "key_id": row["encryption_key_id"],
+            "public": b64e(row["encryption_key"]),
+        },
+    }
+
+
+async def list_agencies(request: web.Request) -> web.Response:
+    state = request.app[HUB_STATE]
+    rows = await state.pool.fetch("SELECT * FROM agencies ORDER BY code")
+    return web.json_response({"agencies": [_agency_json(r) for r in rows]})
+
+
+async def get_agency(request: web.Request) -> web.Response:
+    state = request.app[HUB_STATE]
+    row = await state.pool.fetchrow(
+        "SELECT * FROM agencies WHERE code = $1", request.match_info["code"]
+    )
+    if row is None:
+        raise AgencyUnknownError("no such agency")
+    result = _agency_json(row)
+    keys = await state.pool.fetch(
+        "SELECT key_id, purpose, public_key FROM agency_keys WHERE agency_code = $1 "
+        "ORDER BY published_at",
+        row["code"],
+    )
+    result["keys"] = [
+        {"key_id": k["key_id"], "purpose": k["purpose"], "public": b64e(k["public_key"])}
+        for k in keys
+    ]
+    return web.json_response(result)
+
+
+async def hub_key(request: web.Request) -> web.Response:
+    state = request.app[HUB_STATE]
+    public = state.keys.signing.public
+    return web.json_response({"key_id": public.key_id, "public": b64e(public.raw)})
+
+
+async def authorization_list(request: web.Request) -> web.Response:
+    state = request.app[HUB_STATE]
+    return web.Response(body=state.signed_list, content_type="application/xml")
+
+
+async def list_records(request: web.Request) -> web.Response:
+    _require_admin(request)
+    state = request.app[HUB_STATE]
+    rows = await state.pool.fetch("SELECT * FROM hub_records ORDER BY requested_at")
+    return web.json_response({"records": [_jsonable(dict(r)) for r in rows]})
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: (v.isoformat() if isinstance(v, dt.datetime | dt.date) else v) for k, v in row.items()
+    }
+
+
+# -- network API ----------------------------------------------------------------------
+
+
+async def receive_message(request: web.Request) -> web.Response:
+    """Every signed envelope from agencies arrives here and is dispatched by type."""
+    state = request.app[HUB_STATE]
+    raw = await read_xml(request)
+    envelope = decode_message(raw)
+    header = envelope.header
+    sender = await load_agency(state.pool, header.sender)
+    verify_signature(request.headers.get(SIGNATURE_HEADER), raw, sender.signing_keys)
+    if abs(utcnow() - header.created) > state.config.message_skew:
+        raise StaleMessageError("message timestamp is outside the accepted window")
+    body = envelope.body
+    if not isinstance(body, ProvisionAnswer) and header.receiver != HUB:
+        raise MisaddressedError("message is not addressed to the hub")
+    inserted = await state.pool.fetchval(
+        "INSERT INTO seen_messages (message_id, sender) VALUES ($1, $2) "
+        "ON CONFLICT DO NOTHING RETURNING 1",
+        header.message_id,
+        header.sender,
+    )
+    if inserted is None:
+        raise MessageReplayError("message id already seen")
+    structlog.contextvars.bind_contextvars(message_type=header.message_type)
+    try:
+        match body:
+            case AcquisitionRequest():
+                return await _acquisition(state, envelope, body)
+            case CodeRequest():
+                return await _code(state, envelope, body)
+            case QueryRequest():
+                return await _query(state, envelope, body, raw)
+            case ProvisionAnswer():
+                return await _deferred_answer(state, envelope, body, raw, request)
+            case _:
+                raise MisaddressedError(f"the hub does not accept {header.message_type}")
+    finally:
+        structlog.contextvars.unbind_contextvars("message_type")
+
+
+def _digest(secret: bytes, value: str) -> bytes:
+    return hmac.new(secret, value.encode("ascii"), hashlib.sha256).digest()
+
+
+def _reply(state: HubState, receiver: str, body: Any) -> web.Response:
+    header = Header(new_message_id(), type(body).__name__, HUB, receiver, utcnow())
+    return signed_xml_response(state.keys.signing, encode_message(header, body))
+
+
+async def _acquisition(
+    state: HubState, envelope: Envelope, body: AcquisitionRequest
+) -> web.Response:
+    """J-LIS role: 個人番号 → single-use 取得番号.  Only an HMAC of the number is kept."""
+    if not is_valid_individual_number(body.individual_number):
+        raise IndividualNumberInvalidError("個人番号 has a wrong check digit")
+    number_digest = _digest(state.secret, body.individual_number)
+    token = secrets.token_urlsafe(24)
+    expires = utcnow() + state.config.acquisition_lifetime
+    async with state.pool.acquire() as conn, conn.transaction():
+        person_id = await conn.fetchval(
+            """INSERT INTO persons (person_id, number_digest) VALUES ($1, $2)
+               ON CONFLICT (number_digest) DO UPDATE SET number_digest = EXCLUDED.number_digest
+               RETURNING person_id""",
+            uuid.uuid4(),
+            number_digest,
+        )
+        await conn.execute(
+            "INSERT INTO acquisition_numbers (number_digest, person_id, agency_code, expires_at) "
+            "VALUES ($1, $2, $3, $4)",
+            hashlib.sha256(token.encode()).digest(),
+            person_id,
+            envelope.header.sender,
+            expires,
+        )
+    log.info("acquisition_number_issued", agency=envelope.header.sender)
+    return _reply(state, envelope.header.sender, AcquisitionResponse(token, expires))
+
+
+async def _code(state: HubState, envelope: Envelope, body: CodeRequest) -> web.Response:
+    """取得番号 → the caller's 符号 (a new random one the first time)."""
+    agency = envelope.header.sender
+    async with state.pool.acquire() as conn, conn.transaction():
+        person_id = await conn.fetchval(
+            """UPDATE acquisition_numbers SET used_at = now()
+               WHERE number_digest = $1 AND agency_code = $2 AND used_at IS NULL
+                 AND expires_at > now()
+               RETURNING person_id""",
+            hashlib.sha256(body.acquisition_number.encode()).digest(),
+            agency,
+        )
+        if person_id is None:
+            raise ForbiddenError("取得番号 is unknown, used, expired or issued to another agency")
+        code = await conn.fetchval(
+            """INSERT INTO person_codes (agency_code, person_id, person_code)
+               VALUES ($1, $2, $3)
+               ON CONFLICT (agency_code, person_id) DO UPDATE SET person_id = EXCLUDED.person_id
+               RETURNING person_code""",
+            agency,
+            person_id,
+            secrets.token_urlsafe(18),
+        )
+    log.info("person_code_issued", agency=agency)
+    return _reply(state, agency, CodeResponse(code))
+
+
+async def _refuse_query(
+    state: HubState,
+    requester: str,
+    body: QueryRequest,
+    error: GatewayError | NotAuthorizedError,
+) -> None:
+    code = error.code
+    await state.pool.execute(
+        """INSERT INTO hub_records (query_id, requester, provider, business_code, procedure_code,
+                                    item_code, requester_person_code, requested_at, outcome,
+                                    reason_code)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, now(), 'refused', $8)
+           ON CONFLICT (query_id) DO NOTHING""",
+        body.query_id,
+        requester,
+        body.provider,
+        body.business_code,
+        body.procedure_code,
+        body.item_code,
+        body.requester_person_code,
+        code,
+    )
+    log.info("query_refused", requester=requester, provider=body.provider, code=code)
+
+
+async def _query(
+    state: HubState, envelope: Envelope, body: QueryRequest, raw: bytes
+) -> web.Response:
+    """情報照会: check the list, convert 符号, issue the permit, queue the provision request."""
+    requester = envelope.header.sender
+    now = utcnow()
+    existing = await state.pool.fetchrow(
+        "SELECT requester, permit_id, permit_expires_at, outcome, reason_code "
+        "FROM hub_records WHERE query_id = $1",
+        body.query_id,
+    )
+    if existing is not None:
+        if existing["requester"] != requester:
+            raise ForbiddenError("query id belongs to another agency")
+        if existing["permit_id"] is None:
+            raise ForbiddenError(f"query was refused: {existing['reason_code']}")
+        # A retried submission: the first permit stands, nothing is issued twice.
+        return web.json_response(
+            {"query_id": body.query_id, "permit_id": existing["permit_id"], "duplicate": True},
+            status=202,
+        )
+    try:
+        try:
+            row = state.authorization_list.check(
+                requester, body.provider, body.procedure_code, body.item_code, on=now.date()
+            )
+        except NotAuthorizedError:
+            raise
+        if row.business_code != body.business_code:
+            raise NotAuthorizedError("事務コード does not match the authorization list")
+        provider = await load_agency(state.pool, body.provider)
+        requester_agency = await load_agency(state.pool, requester)
+        person_id = await state.pool.fetchval(
+            "SELECT person_id FROM person_codes WHERE agency_code = $1 AND person_code = $2",
+            requester,
+            body.requester_person_code,
+        )
+        if person_id is None:
+            raise PersonUnknownError("the requester's 符号 is not known to the hub")
+        provider_code = await state.pool.fetchval(
+            "SELECT person_code FROM person_codes WHERE agency_code = $1 AND person_id = $2",
+            provider.code,
+            person_id,
+        )
+        if provider_code is None:
+            raise NotFoundError("the person is not registered with the provider")
+    except (GatewayError, NotAuthorizedError) as exc:
+        await _refuse_query(state, requester, body, exc)
+        raise
+    request_body = ProvisionRequest(
+        query_id=body.query_id,
+        requester=requester,
+        provider_person_code=provider_code,
+        business_code=body.business_code,
+        procedure_code=body.procedure_code,
+        item_code=body.item_code,
+        legal_basis=row.legal_basis,
+        requester_key_id=requester_agency.encryption_key_id,
+        requester_key=requester_agency.encryption_key,
+        reference_date=body.reference_date,
+    )
+    permit = Permit(
+        permit_id=new_permit_id(),
+        query_id=body.query_id,
+        requester=requester,
+        provider=provider.code,
+        business_code=body.business_code,
+        procedure_code=body.procedure_code,
+        item_code=body.item_code,
+        legal_basis=row.legal_basis,
+        provider_person_code=provider_code,
+        issued_at=now,
+        expires_at=now + state.config.permit_lifetime,
+        body_digest=body_digest(encode_body_c14n(request_body)),
+    )
+    token = encode_permit(permit, state.keys.signing)
+    out_header = Header(new_message_id(), "ProvisionRequest", HUB, provider.code, now, token)
+    message = encode_message(out_header, request_body)
+    async with state.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """INSERT INTO hub_records (query_id, permit_id, requester, provider, business_code,
+                   procedure_code, item_code, legal_basis, requester_person_code,
+                   provider_person_code, requested_at, permit_expires_at, outcome)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'permitted')""",
+            body.query_id,
+            permit.permit_id,
+            requester,
+            provider.code,
+            body.business_code,
+            body.procedure_code,
+            body.item_code,
+            row.legal_basis,
+            body.requester_person_code,
+            provider_code,
+            now,
+            permit.expires_at,
+        )
+        await _route_log(
+            conn,
+            header=envelope.header,
+            direction="in",
+            body=raw,
+            query_id=body.query_id,
+            permit_id=None,
+        )
+        await _route_log(
+            conn,
+            header=out_header,
+            direction="out",
+            body=message,
+            query_id=body.query_id,
+            permit_id=permit.permit_id,
+        )
+        await conn.execute(
+            "INSERT INTO deliveries (kind, target, query_id, body, signature) "
+            "VALUES ('provision_request', $1, $2, $3, $4)",
+            provider.code,
+            body.query_id,
+            message,
+            signature_header(state.keys.signing, message),
+        )
+    state.wake.set()
+    log.info(
+        "permit_issued",
+        requester=requester,
+        provider=provider.code,
+        permit_id=permit.permit_id,
+        legal_basis=row.legal_basis,
+    )
+    return web.json_response(
+        {
+            "query_id": body.query_id,
+            "permit_id": permit.permit_id,
+            "expires_at": permit.expires_at.isoformat(),
+        },
+        status=202,
+    )
+
+
+async def _deferred_answer(
+    state: HubState,
+    envelope: Envelope,
+    body: ProvisionAnswer,
+    raw: bytes,
+    request: web.Request,
+) -> web.Response:
+    """An answer a provider sends later (after manual review): route it to the requester."""
+    provider = envelope.header.sender
+    record = await state.pool.fetchrow(
+        "SELECT requester, provider, permit_id, outcome FROM hub_records WHERE query_id = $1",
+        body.query_id,
+    )
+    if record is None or record["provider"] != provider or record["permit_id"] != body.permit_id:
+        raise ForbiddenError("no query with this permit is awaiting this provider's answer")
+    if envelope.header.receiver != record["requester"]:
+        raise MisaddressedError("answer is not addressed to the requester of the query")
+    if record["outcome"] not in ("held", "permitted"):
+        raise ForbiddenError("the query was already answered")
+    signature = request.headers[SIGNATURE_HEADER]
+    async with state.pool.acquire() as conn, conn.transaction():
+        await _record_answer(conn, envelope, body, raw, signature, record["requester"])
+    state.wake.set()
+    return web.json_response({"query_id": body.query_id, "routed": True}, status=202)
+
+
+async def _record_answer(
+    conn: db.Conn,
+    envelope: Envelope,
+    body: ProvisionAnswer,
+    raw: bytes,
+    signature: str,
+    requester: str,
+) -> None:
+    await conn.execute(
+        "UPDATE hub_records SET answered_at = now(), outcome = $2, reason_code = $3 "
+        "WHERE query_id = $1",
+        body.query_id,
+        body.outcome,
+        body.reason_code,
+    )
+    await _route_log(
+        conn,
+        header=envelope.header,
+        direction="in",
+        body=raw,
+        query_id=body.query_id,
+        permit_id=body.permit_id,
+    )
+    await conn.execute(
+        "INSERT INTO deliveries (kind, target, query_id, body, signature) "
+        "VALUES ('answer', $1, $2, $3, $4)",
+        requester,
+        body.query_id,
+        raw,
+        signature,
+    )
+
+
+# -- delivery worker ------------------------------------------------------------------
+
+
+async def _claim_due(state: HubState, limit: int = 16) -> list[asyncpg.Record]:
+    """Lease due deliveries so that several hub workers never send one twice at once."""
+    return await state.pool.fetch(
+        """UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = now() + $2
+           WHERE id IN (SELECT id FROM deliveries
+                        WHERE status = 'pending' AND next_attempt_at <= now()
+                        ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+           RETURNING *""",
+        limit,
+        DELIVERY_LEASE,
+    )
+
+
+async def _post(
+    state: HubState, endpoint: str, body: bytes, signature: str
+) -> aiohttp.ClientResponse:
+    return await state.session.post(
+        endpoint.rstrip("/") + "/network/v1/messages",
+        data=body,
+        headers={"Content-Type": "application/xml", SIGNATURE_HEADER: signature},
+        timeout=aiohttp.ClientTimeout(total=state.config.delivery_timeout),
+    )
+
+
+async def _finish(state: HubState, delivery_id: int, status: str, error: str | None = None) -> None:
+    await state.pool.execute(
+        "UPDATE deliveries SET status = $2, last_error = $3, done_at = now() WHERE id = $1",
+        delivery_id,
+        status,
+        error,
+    )
+
+
+async def _retry_or_give_up(state: HubState, delivery: asyncpg.Record, error: str) -> bool:
+    """Back off exponentially; returns True when the delivery is abandoned."""
+    if delivery["attempts"] >= state.config.delivery_attempts:
+        await _finish(state, delivery["id"], "failed", error)
+        log.warning("delivery_failed", delivery=delivery["id"], kind=delivery["kind"], error=error)
+        return True
+    delay = state.config.delivery_backoff * (2 ** (delivery["attempts"] - 1))
+    await state.pool.execute(
+        "UPDATE deliveries SET next_attempt_at = now() + $2, last_error = $3 WHERE id = $1",
+        delivery["id"],
+        dt.timedelta(seconds=delay),
+        error,
+    )
+    log.info("delivery_retry", delivery=delivery["id"], kind=delivery["kind"], delay=delay)
+    return False
+
+
+async def _enqueue_refusal(
+    state: HubState, query_id: str, reason_code: str, message: str, outcome: str = "refused"
+) -> None:
+    record = await state.pool.fetchrow(
+        "SELECT requester, permit_id FROM hub_records WHERE query_id = $1", query_id
+    )
+    if record is None:
+        return
+    refusal = QueryRefusal(query_id, reason_code, message, record["permit_id"])
+    header = Header(new_message_id(), "QueryRefusal", HUB, record["requester"], utcnow())
+    body = encode_message(header, refusal)
+    async with state.pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE hub_records SET answered_at = now(), outcome = $2, reason_code = $3 "
+            "WHERE query_id = $1",
+            query_id,
+            outcome,
+            reason_code,
+        )
+        await _route_log(
+            conn,
+            header=header,
+            direction="out",
+            body=body,
+            query_id=query_id,
+            permit_id=record["permit_id"],
+        )
+        await conn.execute(
+            "INSERT INTO deliveries (kind, target, query_id, body, signature) "
+            "VALUES ('answer', $1, $2, $3, $4)",
+            record["requester"],
+            query_id,
+            body,
+            signature_header(state.keys.signing, body),
+        )
+    log.info("query_refused_after_permit", query_id=query_id, code=reason_code)
+
+
+async def _deliver_provision_request(state: HubState, delivery: asyncpg.Record) -> None:
+    provider = await load_agency(state.pool, delivery["target"])
+    try:
+        response = await _post(state, provider.endpoint, delivery["body"], delivery["signature"])
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        if await _retry_or_give_up(state, delivery, type(exc).__name__):
+            await _enqueue_refusal(
+                state,
+                delivery["query_id"],
+                "provider_unreachable",
+                "the provider could not be reached",
+                "undeliverable",
+            )
+        return
+    async with response:
+        payload = await response.read()
+        if response.status == 200:
+            await _accept_answer(state, delivery, provider, payload, response)
+        elif response.status == 202:
+            await state.pool.execute(
+                "UPDATE hub_records SET outcome = 'held' WHERE query_id = $1", delivery["query_id"]
+            )
+            await _finish(state, delivery["id"], "done")
+            log.info("provision_held", query_id=delivery["query_id"], provider=provider.code)
+        elif 400 <= response.status < 500:
+            code, message = _error_of(payload)
+            await _finish(state, delivery["id"], "done", code)
+            await _enqueue_refusal(state, delivery["query_id"], code, message)
+        elif await _retry_or_give_up(state, delivery, f"HTTP {response.status}"):
+            await _enqueue_refusal(
+                state,
+                delivery["query_id"],
+                "provider_unavailable",
+                "the provider did not answer",
+                "undeliverable",
+            )
+
+
+def _error_of(payload: bytes) -> tuple[str, str]:
+    try:
+        error = json.loads(payload)["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        return "provider_error", "the provider refused the request"
+    if not code.replace("_", "").isalnum() or not code.islower():
+        return "provider_error", "the provider refused the request"
+    return code, message[:500]
+
+
+async def _accept_answer(
+    state: HubState,
+    delivery: asyncpg.Record,
+    provider: Agency,
+    payload: bytes,
+    response: aiohttp.ClientResponse,
+) -> None:
+    """Check the provider's signed answer, record it, and queue it for the requester."""
+    try:
+        verify_signature(response.headers.get(SIGNATURE_HEADER), payload, provider.signing_keys)
+        envelope = decode_message(payload)
+        body = envelope.body
+        if not isinstance(body, ProvisionAnswer) or body.query_id != delivery["query_id"]:
+            raise MessageSignatureError("answer does not belong to the query")
+        if envelope.header.sender != provider.code:
+            raise MessageSignatureError("answer sender is not the provider")
+    except Exception as exc:
+        code = getattr(exc, "code", "provider_answer_invalid")
+        await _finish(state, delivery["id"], "done", code)
+        await _enqueue_refusal(
+            state,
+            delivery["query_id"],
+            "provider_answer_invalid",
+            "the provider's answer could not be verified",
+        )
+        return
+    record = await state.pool.fetchrow(
+        "SELECT requester, permit_id FROM hub_records WHERE query_id = $1", body.query_id
+    )
+    assert record is not None
+    if record["permit_id"] != body.permit_id or envelope.header.receiver != record["requester"]:
+        await _finish(state, delivery["id"], "done", "answer_mismatch")
+        await _enqueue_refusal(
+            state,
+            delivery["query_id"],
+            "provider_answer_invalid",
+            "the provider's answer names another permit or receiver",
+        )
+        return
+    async with state.pool.acquire() as conn, conn.transaction():
+        await _record_answer(
+            conn, envelope, body, payload, response.headers[SIGNATURE_HEADER], record["requester"]
+        )
+        await conn.execute(
+            "UPDATE deliveries SET status = 'done', done_at = now() WHERE id = $1", delivery["id"]
+        )
+    state.wake.set()
+    log.info("provision_answered", query_id=body.query_id, outcome=body.outcome)
+
+
+async def _deliver_answer(state: HubState, delivery: asyncpg.Record) -> None:
+    requester = await load_agency(state.pool, delivery["target"])
+    try:
+        response = await _post(state, requester.endpoint, delivery["body"], delivery["signature"])
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        await _retry_or_give_up(state, delivery, type(exc).__name__)
+        return
+    async with response:
+        payload = await response.read()
+        if response.status < 300:
+            await _finish(state, delivery["id"], "done")
+            log.info("answer_delivered", query_id=delivery["query_id"])
+        elif 400 <= response.status < 500:
+            code, _ = _error_of(payload)
+            await _finish(state, delivery["id"], "failed", code)
+            log.warning("answer_rejected", query_id=delivery["query_id"], code=code)
+        else:
+            await _retry_or_give_up(state, delivery, f"HTTP {response.status}")
+
+
+async def deliver_due(state: HubState) -> int:
+    """One pass of the outbox; returns how many deliveries were attempted."""
+    due = await _claim_due(state)
+    for delivery in due:
+        try:
+            if delivery["kind"] == "provision_request":
+                await _deliver_provision_request(state, delivery)
+            else:
+                await _deliver_answer(state, delivery)
+        except Exception:  # a bug in one delivery must not stop the others
+            log.exception("delivery_crashed", delivery=delivery["id"])
+            await _retry_or_give_up(state, delivery, "internal_error")
+    return len(due)
+
+
+async def _delivery_loop(state: HubState) -> None:
+    while True:
+        try:
+            if await deliver_due(state):
+                continue
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            log.exception("delivery_pass_failed")
+        state.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.wake.wait(), timeout=0.5)
+
+
+# -- application ----------------------------------------------------------------------
+
+
+def _make_list(config: HubConfig) -> AuthorizationList:
+    if config.authorization_list is not None:
+        return config.authorization_list
+    now = utcnow()
+    return load_sample_list(version=1, issued_at=now, expires_at=now + config.list_lifetime)
+
+
+def create_hub_app(config: HubConfig) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        pool = await db.create_pool(config.database_url)
+        async with pool.acquire() as conn:
+            await db.migrate(conn, db.load_migrations("chukan.simulators", "migrations/hub"))
+        keys = await asyncio.to_thread(
+            load_or_create_keys, config.key_dir, HUB_OWNER, config.key_passphrase
+        )
+        authorization = _make_list(config)
+        state = HubState(
+            config=config,
+            pool=pool,
+            keys=keys,
+            secret=_load_secret(config.key_dir),
+            authorization_list=authorization,
+            signed_list=sign_list(authorization, keys.signing),
+            session=aiohttp.ClientSession(),
+        )
+        app[HUB_STATE] = state
+        state.worker = asyncio.create_task(_delivery_loop(state), name="hub-deliveries")
+        log.info("hub_started", signing_key=keys.signing.key_id)
+        yield
+        state.worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await state.worker
+        await state.session.close()
+        await pool.close()
+        log.info("hub_stopped")
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/admin/v1/agencies", register_agency)
+    app.router.add_get("/admin/v1/records", list_records)
+    app.router.add_get("/network/v1/agencies", list_agencies)
+    app.router.add_get("/network/v1/agencies/{code}", get_agency)
+    app.router.add_get("/network/v1/hub-key", hub_key)
+    app.router.add_get("/network/v1/authorization-list", authorization_list)
+    app.router.add_post("/network/v1/messages", receive_message)
+    return app
