@@ -19,8 +19,9 @@ from chukan.keys import PublicSigningKey
 from chukan.simulators.hub import HUB_DATABASE, HUB_STATE, HubConfig, create_hub_app
 
 from . import db
-from .app import GATEWAY_STATE, GatewayState, bind_socket, create_gateway_app
+from .app import bind_socket, create_gateway_app
 from .config import ALL_OPERATIONS, GatewayConfig, SystemCredential, Timing, token_digest
+from .state import GATEWAY_STATE, GatewayState
 
 DEMO_AGENCIES: Final = ((CHIBA_CITY, "千葉市"), (FUNABASHI_CITY, "船橋市"))
 CORE_SYSTEM: Final = "kaigo-system"  # 介護保険システム

@@ -1,0 +1,267 @@
+"""Network API for the hub: provision requests with permits, answers, refusals."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import structlog
+from aiohttp import web
+
+from chukan.codecs.envelope import (
+    HUB,
+    Envelope,
+    Header,
+    ProvisionAnswer,
+    ProvisionRequest,
+    QueryRefusal,
+    decode_message,
+    encode_message,
+    new_message_id,
+)
+from chukan.codecs.xmlsafe import parse_xml
+from chukan.keys import open_sealed, public_encryption_key, seal
+from chukan.permits import (
+    Permit,
+    PermitReplayedError,
+    PermitsError,
+    verify_permit,
+)
+from chukan.permits.errors import PermitMalformedError
+
+from . import db
+from .errors import (
+    ForbiddenError,
+    MessageReplayError,
+    MessageSignatureError,
+    MisaddressedError,
+    QueryUnknownError,
+    StaleMessageError,
+)
+from .queries import conclude_refused, insert_requester_record
+from .state import GATEWAY_STATE, GatewayState, answer_aad, utcnow
+from .web import (
+    SIGNATURE_HEADER,
+    read_xml,
+    signed_xml_response,
+    verify_signature,
+)
+
+log = structlog.get_logger("chukan.gateway")
+
+# -- network API ---------------------------------------------------------------------------
+
+
+async def receive_message(request: web.Request) -> web.Response:
+    state = request.app[GATEWAY_STATE]
+    raw = await read_xml(request)
+    envelope = decode_message(raw)
+    header = envelope.header
+    if header.receiver != state.config.agency_code:
+        raise MisaddressedError("message is not addressed to this agency")
+    signature = request.headers.get(SIGNATURE_HEADER)
+    if header.sender == HUB:
+        verify_signature(signature, raw, state.hub.trusted_hub)
+    else:
+        keys = await state.hub.peer_signing_keys(header.sender)
+        try:
+            verify_signature(signature, raw, keys)
+        except MessageSignatureError:
+            keys = await state.hub.peer_signing_keys(header.sender, refresh=True)
+            verify_signature(signature, raw, keys)
+    if abs(utcnow() - header.created) > state.config.timing.message_skew:
+        raise StaleMessageError("message timestamp is outside the accepted window")
+    fresh = await state.pool.fetchval(
+        "INSERT INTO seen_messages (message_id, sender) VALUES ($1, $2) "
+        "ON CONFLICT DO NOTHING RETURNING 1",
+        header.message_id,
+        header.sender,
+    )
+    if fresh is None:
+        raise MessageReplayError("message id already seen")
+    body = envelope.body
+    if isinstance(body, ProvisionRequest) and header.sender == HUB:
+        return await _provide(state, envelope, body)
+    if isinstance(body, ProvisionAnswer) and header.sender != HUB:
+        return await _take_answer(state, envelope, body)
+    if isinstance(body, QueryRefusal) and header.sender == HUB:
+        await conclude_refused(
+            state, body.query_id, body.reason_code, body.message, permit_id=body.permit_id
+        )
+        return web.json_response({"query_id": body.query_id, "accepted": True})
+    raise MisaddressedError(f"{header.message_type} from {header.sender} is not accepted here")
+
+
+async def _record_provision(
+    conn: db.Executor,
+    state: GatewayState,
+    body: ProvisionRequest,
+    *,
+    permit_id: str | None,
+    atena_id: str | None,
+    requested_at: dt.datetime,
+    outcome: str,
+    reason: str | None,
+) -> None:
+    await conn.execute(
+        """INSERT INTO provision_records (role, query_id, permit_id, requester, provider,
+               business_code, procedure_code, item_code, legal_basis, atena_id, requested_at,
+               provided_at, outcome, reason_code)
+           VALUES ('provider', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                   CASE WHEN $11 = 'provided' THEN now() END, $11, $12)
+           ON CONFLICT (role, query_id) DO NOTHING""",
+        body.query_id,
+        permit_id,
+        body.requester,
+        state.config.agency_code,
+        body.business_code,
+        body.procedure_code,
+        body.item_code,
+        body.legal_basis,
+        atena_id,
+        requested_at,
+        outcome,
+        reason,
+    )
+
+
+def _check_permit(state: GatewayState, envelope: Envelope, body: ProvisionRequest) -> Permit:
+    if envelope.header.permit is None:
+        raise PermitMalformedError("provision request carries no permit")
+    permit = verify_permit(
+        envelope.header.permit,
+        state.hub.trusted_hub,
+        audience=state.config.agency_code,
+        now=utcnow(),
+        body=envelope.body_c14n,
+        skew=state.config.timing.permit_skew,
+    )
+    if (
+        permit.query_id != body.query_id
+        or permit.requester != body.requester
+        or permit.provider_person_code != body.provider_person_code
+        or permit.procedure_code != body.procedure_code
+        or permit.item_code != body.item_code
+        or permit.business_code != body.business_code
+    ):
+        raise PermitMalformedError("permit does not match the request it travels with")
+    return permit
+
+
+async def _provide(state: GatewayState, envelope: Envelope, body: ProvisionRequest) -> web.Response:
+    """情報提供: verify the permit, find the person and item, seal for the requester."""
+    requested_at = utcnow()
+    try:
+        permit = _check_permit(state, envelope, body)
+    except PermitsError as exc:
+        await _record_provision(
+            state.pool,
+            state,
+            body,
+            permit_id=None,
+            atena_id=None,
+            requested_at=requested_at,
+            outcome="refused",
+            reason=exc.code,
+        )
+        log.warning("permit_refused", query_id=body.query_id, code=exc.code)
+        raise
+    async with state.pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            """WITH used AS (
+                   INSERT INTO used_permits (permit_id, query_id, expires_at)
+                   VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1)
+               SELECT (SELECT count(*) FROM used) AS fresh, p.atena_id, r.content,
+                      r.manual_review, r.version
+               FROM (SELECT 1) AS one
+               LEFT JOIN persons p ON p.person_code = $4
+               LEFT JOIN LATERAL (
+                   SELECT content, manual_review, version FROM replica_items
+                   WHERE atena_id = p.atena_id AND item_code = $5 AND valid_to IS NULL
+                   ORDER BY version DESC LIMIT 1) r ON true""",
+            permit.permit_id,
+            permit.query_id,
+            permit.expires_at,
+            body.provider_person_code,
+            body.item_code,
+        )
+        assert row is not None
+        if not row["fresh"]:
+            raise PermitReplayedError("permit was already used")
+        atena_id = row["atena_id"]
+        if atena_id is None:
+            outcome, reason, payload = "refused", "person_unknown", None
+        elif row["content"] is None:
+            outcome, reason, payload = "refused", "item_not_found", None
+        else:
+            aad = answer_aad(
+                body.query_id, permit.permit_id, state.config.agency_code, body.requester
+            )
+            recipient = public_encryption_key(body.requester_key_id, body.requester_key)
+            outcome, reason, payload = "provided", None, seal(recipient, row["content"], aad)
+        await _record_provision(
+            conn,
+            state,
+            body,
+            permit_id=permit.permit_id,
+            atena_id=atena_id,
+            requested_at=requested_at,
+            outcome=outcome,
+            reason=reason,
+        )
+    answer = ProvisionAnswer(
+        query_id=body.query_id,
+        permit_id=permit.permit_id,
+        outcome="provided" if outcome == "provided" else "refused",
+        reason_code=reason,
+        payload=payload,
+    )
+    header = Header(
+        new_message_id(), "ProvisionAnswer", state.config.agency_code, body.requester, utcnow()
+    )
+    log.info("provision_answered", query_id=body.query_id, outcome=outcome, reason=reason)
+    return signed_xml_response(state.keys.signing, encode_message(header, answer))
+
+
+async def _take_answer(
+    state: GatewayState, envelope: Envelope, body: ProvisionAnswer
+) -> web.Response:
+    """An answer to one of our queries: decrypt, keep until collected, record."""
+    provider = envelope.header.sender
+    row = await state.pool.fetchrow(
+        "SELECT provider, status, permit_id FROM queries WHERE query_id = $1", body.query_id
+    )
+    if row is None or row["provider"] != provider:
+        raise QueryUnknownError("no query of ours matches this answer")
+    if row["status"] not in ("queued", "sent"):
+        raise MessageReplayError("the query was already concluded")
+    if row["permit_id"] is not None and row["permit_id"] != body.permit_id:
+        raise ForbiddenError("answer names another permit than the query's")
+    if body.outcome == "refused" or body.payload is None:
+        await conclude_refused(
+            state,
+            body.query_id,
+            body.reason_code or "refused",
+            "the provider refused",
+            permit_id=body.permit_id,
+        )
+        return web.json_response({"query_id": body.query_id, "accepted": True})
+    aad = answer_aad(body.query_id, body.permit_id, provider, state.config.agency_code)
+    plaintext = open_sealed(
+        {state.keys.encryption.key_id: state.keys.encryption}, body.payload, aad
+    )
+    parse_xml(plaintext)  # what we hand to core systems must be safe XML too
+    async with state.pool.acquire() as conn, conn.transaction():
+        updated = await conn.fetchval(
+            """UPDATE queries SET status = 'answered', result = $2, answered_at = now(),
+                   permit_id = $3, sent_at = COALESCE(sent_at, now())
+               WHERE query_id = $1 AND status IN ('queued', 'sent') RETURNING 1""",
+            body.query_id,
+            plaintext,
+            body.permit_id,
+        )
+        if not updated:
+            raise MessageReplayError("the query was already concluded")
+        await insert_requester_record(conn, state, body.query_id, "provided", None)
+    state.notify(body.query_id)
+    log.info("query_answered", query_id=body.query_id)
+    return web.json_response({"query_id": body.query_id, "accepted": True})

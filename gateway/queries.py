@@ -1,0 +1,127 @@
+"""Outgoing queries (情報照会): sending to the hub, concluding, requester-side records."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import structlog
+
+from chukan.codecs.envelope import (
+    QueryRequest,
+)
+from chukan.permits import (
+    AuthorizationList,
+)
+
+from . import db
+from .errors import (
+    UpstreamError,
+)
+from .state import GatewayState
+
+log = structlog.get_logger("chukan.gateway")
+
+
+def current_list(state: GatewayState) -> AuthorizationList:
+    if state.authorization_list is None:
+        raise UpstreamError(f"no valid authorization list: {state.list_error}")
+    return state.authorization_list
+
+
+async def insert_requester_record(
+    conn: db.Conn,
+    state: GatewayState,
+    query_id: str,
+    outcome: str,
+    reason: str | None,
+) -> None:
+    await conn.execute(
+        """INSERT INTO provision_records (role, query_id, permit_id, requester, provider,
+               business_code, procedure_code, item_code, legal_basis, atena_id, requested_at,
+               provided_at, outcome, reason_code)
+           SELECT 'requester', q.query_id, q.permit_id, $2, q.provider, q.business_code,
+                  q.procedure_code, q.item_code, q.legal_basis, q.atena_id, q.created_at,
+                  q.answered_at, $3, $4
+           FROM queries q WHERE q.query_id = $1
+           ON CONFLICT (role, query_id) DO NOTHING""",
+        query_id,
+        state.config.agency_code,
+        outcome,
+        reason,
+    )
+
+
+async def send_query(state: GatewayState, query_id: str) -> None:
+    """Send a queued query to the hub, retrying with backoff while the hub is unreachable."""
+    timing = state.config.timing
+    for attempt in range(1, timing.send_attempts + 1):
+        row = await state.pool.fetchrow(
+            "SELECT q.*, p.person_code FROM queries q JOIN persons p USING (atena_id) "
+            "WHERE q.query_id = $1",
+            query_id,
+        )
+        if row is None or row["status"] != "queued":
+            return
+        body = QueryRequest(
+            query_id=query_id,
+            requester_person_code=row["person_code"],
+            provider=row["provider"],
+            business_code=row["business_code"],
+            procedure_code=row["procedure_code"],
+            item_code=row["item_code"],
+            reference_date=row["reference_date"],
+        )
+        await state.pool.execute(
+            "UPDATE queries SET attempts = attempts + 1 WHERE query_id = $1", query_id
+        )
+        try:
+            reply = await state.hub.send(body)
+        except UpstreamError:
+            log.info("query_send_retry", query_id=query_id, attempt=attempt)
+            await asyncio.sleep(timing.send_backoff * 2 ** (attempt - 1))
+            continue
+        if reply.status == 202:
+            permit_id = json.loads(reply.body).get("permit_id")
+            await state.pool.execute(
+                "UPDATE queries SET status = 'sent', sent_at = now(), "
+                "permit_id = COALESCE(permit_id, $2) WHERE query_id = $1 AND status = 'queued'",
+                query_id,
+                permit_id,
+            )
+            log.info("query_sent", query_id=query_id, permit_id=permit_id)
+            return
+        if 400 <= reply.status < 500:
+            code, message = reply.error()
+            await conclude_refused(state, query_id, code, message)
+            return
+        await asyncio.sleep(timing.send_backoff * 2 ** (attempt - 1))
+    await conclude_refused(
+        state, query_id, "hub_unreachable", "the hub could not be reached", status="failed"
+    )
+
+
+async def conclude_refused(
+    state: GatewayState,
+    query_id: str,
+    code: str,
+    message: str,
+    *,
+    status: str = "refused",
+    permit_id: str | None = None,
+) -> None:
+    async with state.pool.acquire() as conn, conn.transaction():
+        updated = await conn.fetchval(
+            """UPDATE queries SET status = $2, reason_code = $3, reason_message = $4,
+                   answered_at = now(), permit_id = COALESCE(permit_id, $5)
+               WHERE query_id = $1 AND status IN ('queued', 'sent') RETURNING 1""",
+            query_id,
+            status,
+            code,
+            message[:500],
+            permit_id,
+        )
+        if updated:
+            await insert_requester_record(conn, state, query_id, "refused", code)
+    state.notify(query_id)
+    log.info("query_refused", query_id=query_id, code=code)
