@@ -91,6 +91,12 @@ class ItemNotFoundError(NotFoundError):
     code = "item_not_found"
 
 
+class PersonNotAtProviderError(NotFoundError):
+    """The hub knows the person, but the provider never acquired a 符号 for them."""
+
+    code = "person_not_registered_at_provider"
+
+
 class AgencyUnknownError(NotFoundError):
     code = "agency_unknown"
 

@@ -27,6 +27,7 @@ from .errors import (
 )
 from .hubclient import HubClient
 from .keystore import AgencyKeys
+from .web import CALLER
 
 log = structlog.get_logger("chukan.gateway")
 
@@ -63,6 +64,7 @@ class GatewayState:
 
 
 GATEWAY_STATE: Final = web.AppKey("gateway_state", GatewayState)
+
 
 
 def utcnow() -> dt.datetime:
@@ -102,7 +104,7 @@ async def authorize(request: web.Request, operation: str) -> SystemCredential:
         exc: GatewayError = UnauthenticatedError("a valid system token is required")
         await _record_refusal(state, request, None, operation, exc)
         raise exc
-    request["caller"] = system.system_id
+    request[CALLER] = system.system_id
     if operation not in system.operations:
         exc = ForbiddenError(f"system {system.system_id} may not call {operation}")
         await _record_refusal(state, request, system.system_id, operation, exc)

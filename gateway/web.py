@@ -31,6 +31,9 @@ from .errors import (
 
 log = structlog.get_logger("chukan.http")
 
+#: The authenticated caller of a request (core-system id), for logs and records.
+CALLER: Final = web.RequestKey("caller", str)
+
 SIGNATURE_HEADER: Final = "Chukan-Signature"
 XML_CONTENT_TYPE: Final = "application/xml"
 DEFAULT_MAX_BODY: Final = 8 * 1024 * 1024
@@ -69,7 +72,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 method=request.method,
                 status=status,
                 code=code,
-                caller=request.get("caller"),
+                caller=request.get(CALLER),
             )
         return error_response(status, code, message)
     log.debug(

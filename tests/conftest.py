@@ -38,7 +38,7 @@ def log_capture() -> LogCapture:
 
 
 @pytest.fixture(scope="session")
-def pg_server_url() -> Iterator[str]:
+def pg_server_url(log_capture: LogCapture) -> Iterator[str]:
     url = os.environ.get("CHUKAN_DATABASE_URL")
     if url:
         yield url
@@ -78,3 +78,100 @@ async def network(
         yield net
     finally:
         await net.stop()
+
+
+class Api:
+    """Calls a gateway's internal API as its core system does, over real HTTP."""
+
+    def __init__(self, session: Any, gateway: Any) -> None:
+        self.session = session
+        self.gateway = gateway
+
+    async def call(
+        self, method: str, path: str, *, token: str | None = None, **kwargs: Any
+    ) -> tuple[int, Any]:
+        headers = dict(kwargs.pop("headers", {}))
+        headers.setdefault("Authorization", f"Bearer {token or self.gateway.token}")
+        async with self.session.request(
+            method, self.gateway.url + path, headers=headers, **kwargs
+        ) as response:
+            if response.content_type == "application/json":
+                return response.status, await response.json()
+            return response.status, await response.read()
+
+    async def register(self, atena_id: str, number: str) -> tuple[int, Any]:
+        return await self.call(
+            "POST", "/internal/v1/persons", json={"atena_id": atena_id, "individual_number": number}
+        )
+
+    async def store(
+        self, atena_id: str, item_code: str, xml: bytes, *, manual_review: bool = False
+    ) -> tuple[int, Any]:
+        return await self.call(
+            "PUT",
+            f"/internal/v1/persons/{atena_id}/items/{item_code}"
+            + ("?manual_review=true" if manual_review else ""),
+            data=xml,
+            headers={"Content-Type": "application/xml"},
+        )
+
+    async def query(
+        self, atena_id: str, procedure: str, item_code: str, provider: str, **extra: Any
+    ) -> tuple[int, Any]:
+        return await self.call(
+            "POST",
+            "/internal/v1/queries",
+            json={
+                "atena_id": atena_id,
+                "procedure_code": procedure,
+                "item_code": item_code,
+                "provider": provider,
+                **extra,
+            },
+        )
+
+    async def result(self, query_id: str, wait: float = 20) -> dict[str, Any]:
+        status, body = await self.call("GET", f"/internal/v1/queries/{query_id}?wait={wait}")
+        assert status == 200, body
+        assert isinstance(body, dict)
+        return body
+
+
+@pytest.fixture(scope="session")
+async def http() -> AsyncIterator[Any]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def chiba(network: Any, http: Any) -> Api:
+    from chukan.codecs.catalog import CHIBA_CITY
+
+    return Api(http, network.gateways[CHIBA_CITY])
+
+
+@pytest.fixture(scope="session")
+def funabashi(network: Any, http: Any) -> Api:
+    from chukan.codecs.catalog import FUNABASHI_CITY
+
+    return Api(http, network.gateways[FUNABASHI_CITY])
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> Any:
+    """Synthetic data seeded per test, so a failure can be replayed."""
+    import random
+
+    return random.Random(request.node.nodeid)
+
+
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    """On failure, show the session's recent log events: the servers run in-process."""
+    if call.excinfo is None or call.when != "call":
+        return
+    capture = item.funcargs.get("log_capture") if hasattr(item, "funcargs") else None
+    if isinstance(capture, LogCapture):
+        tail = "\n".join(capture.getvalue().splitlines()[-40:])
+        item.add_report_section("call", "structlog events", tail)

@@ -1,0 +1,290 @@
+"""The provider refuses forged, expired, replayed, misaddressed and mismatched permits.
+
+The test plays the hub with the hub's own signing key (taken from the running
+hub), so the only thing wrong in each request is the one thing under test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+from typing import Any
+
+import pytest
+
+from chukan.codecs import catalog
+from chukan.codecs.envelope import (
+    HUB,
+    Header,
+    ProvisionRequest,
+    encode_body_c14n,
+    encode_message,
+    new_message_id,
+)
+from chukan.codecs.sample_items import certification_item
+from chukan.gateway.synthetic import synthetic_person
+from chukan.gateway.web import SIGNATURE_HEADER, signature_header
+from chukan.keys import SigningKeyPair, generate_signing_key
+from chukan.permits import Permit, body_digest, encode_permit, new_permit_id
+from chukan.simulators.hub import HUB_STATE
+
+pytestmark = pytest.mark.integration
+
+
+@dataclasses.dataclass
+class HubImpostor:
+    network: Any
+    http: Any
+    provider: Any  # conftest.Api of the provider gateway
+    person_code: str
+
+    @property
+    def hub_signer(self) -> SigningKeyPair:
+        signer: SigningKeyPair = self.network.hub.app[HUB_STATE].keys.signing
+        return signer
+
+    def request_body(self, **changes: Any) -> ProvisionRequest:
+        requester = self.network.gateways[catalog.FUNABASHI_CITY].state.keys.encryption.public
+        values: dict[str, Any] = {
+            "query_id": new_message_id(),
+            "requester": catalog.FUNABASHI_CITY,
+            "provider_person_code": self.person_code,
+            "business_code": catalog.LTC_BUSINESS,
+            "procedure_code": catalog.LTC_CERTIFICATION_PROCEDURE,
+            "item_code": catalog.CERTIFICATION.code,
+            "legal_basis": 132,
+            "requester_key_id": requester.key_id,
+            "requester_key": requester.raw,
+        }
+        values.update(changes)
+        return ProvisionRequest(**values)
+
+    def permit(self, body: ProvisionRequest, **changes: Any) -> Permit:
+        now = dt.datetime.now(dt.UTC)
+        values: dict[str, Any] = {
+            "permit_id": new_permit_id(),
+            "query_id": body.query_id,
+            "requester": body.requester,
+            "provider": catalog.CHIBA_CITY,
+            "business_code": body.business_code,
+            "procedure_code": body.procedure_code,
+            "item_code": body.item_code,
+            "legal_basis": body.legal_basis,
+            "provider_person_code": body.provider_person_code,
+            "issued_at": now,
+            "expires_at": now + dt.timedelta(minutes=5),
+            "body_digest": body_digest(encode_body_c14n(body)),
+        }
+        values.update(changes)
+        return Permit(**values)
+
+    async def send(
+        self,
+        body: ProvisionRequest,
+        permit: Permit,
+        *,
+        permit_signer: SigningKeyPair | None = None,
+        receiver: str = catalog.CHIBA_CITY,
+    ) -> tuple[int, Any]:
+        token = encode_permit(permit, permit_signer or self.hub_signer)
+        header = Header(
+            new_message_id(), "ProvisionRequest", HUB, receiver, dt.datetime.now(dt.UTC), token
+        )
+        message = encode_message(header, body)
+        async with self.http.post(
+            self.provider.gateway.url + "/network/v1/messages",
+            data=message,
+            headers={
+                "Content-Type": "application/xml",
+                SIGNATURE_HEADER: signature_header(self.hub_signer, message),
+            },
+        ) as response:
+            if response.content_type == "application/json":
+                return response.status, await response.json()
+            return response.status, await response.read()
+
+
+@pytest.fixture
+async def impostor(network: Any, http: Any, chiba: Any, rng: random.Random) -> HubImpostor:
+    person = synthetic_person(rng, "4")
+    assert (await chiba.register(person.atena_id, person.individual_number))[0] == 201
+    item = certification_item(rng, dt.date.today())
+    assert (await chiba.store(person.atena_id, catalog.CERTIFICATION.code, item))[0] == 201
+    code = await chiba.gateway.state.pool.fetchval(
+        "SELECT person_code FROM persons WHERE atena_id = $1", person.atena_id
+    )
+    return HubImpostor(network, http, chiba, code)
+
+
+async def _provider_record(impostor: HubImpostor, query_id: str) -> Any:
+    return await impostor.provider.gateway.state.pool.fetchrow(
+        "SELECT outcome, reason_code, permit_id FROM provision_records "
+        "WHERE role = 'provider' AND query_id = $1",
+        query_id,
+    )
+
+
+async def test_a_well_formed_permit_is_honoured(impostor: HubImpostor) -> None:
+    """Control case: the same construction with nothing wrong is answered."""
+    body = impostor.request_body()
+    status, answer = await impostor.send(body, impostor.permit(body))
+    assert status == 200
+    assert b"<Outcome>provided</Outcome>" in answer
+    assert b"<EncryptedPayload" in answer
+    record = await _provider_record(impostor, body.query_id)
+    assert record["outcome"] == "provided"
+
+
+async def test_forged_permit_is_refused(impostor: HubImpostor) -> None:
+    body = impostor.request_body()
+    forger = dataclasses.replace(generate_signing_key("hub"), key_id=impostor.hub_signer.key_id)
+    status, error = await impostor.send(body, impostor.permit(body), permit_signer=forger)
+    assert status == 403
+    assert error["error"]["code"] == "permit_signature_invalid"
+    record = await _provider_record(impostor, body.query_id)
+    assert record["outcome"] == "refused"
+    assert record["reason_code"] == "permit_signature_invalid"
+
+
+async def test_permit_signed_by_an_unknown_key_is_refused(impostor: HubImpostor) -> None:
+    body = impostor.request_body()
+    status, error = await impostor.send(
+        body, impostor.permit(body), permit_signer=generate_signing_key("hub")
+    )
+    assert status == 403
+    assert error["error"]["code"] == "permit_key_unknown"
+
+
+async def test_expired_permit_is_refused(impostor: HubImpostor) -> None:
+    body = impostor.request_body()
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
+    permit = impostor.permit(body, issued_at=past, expires_at=past + dt.timedelta(minutes=5))
+    status, error = await impostor.send(body, permit)
+    assert status == 403
+    assert error["error"]["code"] == "permit_expired"
+
+
+async def test_replayed_permit_is_refused(impostor: HubImpostor) -> None:
+    body = impostor.request_body()
+    permit = impostor.permit(body)
+    first, _ = await impostor.send(body, permit)
+    assert first == 200
+    # Same permit, new message id and signature: only the permit is replayed.
+    status, error = await impostor.send(body, permit)
+    assert status == 403
+    assert error["error"]["code"] == "permit_replayed"
+
+
+async def test_permit_for_another_agency_is_refused(impostor: HubImpostor) -> None:
+    body = impostor.request_body()
+    permit = impostor.permit(body, provider=catalog.FUNABASHI_CITY)
+    status, error = await impostor.send(body, permit)
+    assert status == 403
+    assert error["error"]["code"] == "permit_audience"
+
+
+async def test_message_addressed_to_another_agency_is_refused(impostor: HubImpostor) -> None:
+    body = impostor.request_body()
+    status, error = await impostor.send(
+        body, impostor.permit(body), receiver=catalog.FUNABASHI_CITY
+    )
+    assert status == 403
+    assert error["error"]["code"] == "message_misaddressed"
+
+
+async def test_permit_for_another_body_is_refused(impostor: HubImpostor) -> None:
+    """A valid permit moved onto a request for another item does not pass."""
+    body = impostor.request_body()
+    permit = impostor.permit(body)
+    other = dataclasses.replace(body, item_code=catalog.PREMIUM_BASIS.code)
+    status, error = await impostor.send(other, permit)
+    assert status == 403
+    assert error["error"]["code"] == "permit_body_mismatch"
+
+
+async def test_permit_for_another_query_is_refused(impostor: HubImpostor) -> None:
+    body = impostor.request_body()
+    other = impostor.request_body()
+    # A permit correctly bound to `body`'s digest but naming another query id.
+    permit = impostor.permit(body, query_id=other.query_id)
+    status, error = await impostor.send(body, permit)
+    assert status == 403
+    assert error["error"]["code"] == "permit_malformed"
+
+
+async def test_unknown_person_code_is_answered_with_a_reason(impostor: HubImpostor) -> None:
+    body = impostor.request_body(provider_person_code="NoSuchPersonCode0001")
+    status, answer = await impostor.send(body, impostor.permit(body))
+    assert status == 200
+    assert b"<Outcome>refused</Outcome>" in answer
+    assert b"<ReasonCode>person_unknown</ReasonCode>" in answer
+    record = await _provider_record(impostor, body.query_id)
+    assert record["reason_code"] == "person_unknown"
+
+
+async def test_unsigned_or_badly_signed_messages_are_refused(impostor: HubImpostor) -> None:
+    body = impostor.request_body()
+    token = encode_permit(impostor.permit(body), impostor.hub_signer)
+    header = Header(
+        new_message_id(),
+        "ProvisionRequest",
+        HUB,
+        catalog.CHIBA_CITY,
+        dt.datetime.now(dt.UTC),
+        token,
+    )
+    message = encode_message(header, body)
+    url = impostor.provider.gateway.url + "/network/v1/messages"
+    xml = {"Content-Type": "application/xml"}
+    async with impostor.http.post(url, data=message, headers=xml) as response:
+        assert response.status == 401
+        assert (await response.json())["error"]["code"] == "message_signature_invalid"
+    stranger = generate_signing_key("hub")
+    async with impostor.http.post(
+        url, data=message, headers={**xml, SIGNATURE_HEADER: signature_header(stranger, message)}
+    ) as response:
+        assert response.status == 401
+    tampered = message.replace(b"<LegalBasis>132<", b"<LegalBasis>133<")
+    async with impostor.http.post(
+        url,
+        data=tampered,
+        headers={**xml, SIGNATURE_HEADER: signature_header(impostor.hub_signer, message)},
+    ) as response:
+        assert response.status == 401
+
+
+async def test_stale_and_replayed_messages_are_refused(impostor: HubImpostor) -> None:
+    body = impostor.request_body()
+    token = encode_permit(impostor.permit(body), impostor.hub_signer)
+    url = impostor.provider.gateway.url + "/network/v1/messages"
+
+    async def post(header: Header) -> int:
+        message = encode_message(header, body)
+        async with impostor.http.post(
+            url,
+            data=message,
+            headers={
+                "Content-Type": "application/xml",
+                SIGNATURE_HEADER: signature_header(impostor.hub_signer, message),
+            },
+        ) as response:
+            return int(response.status)
+
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    assert (
+        await post(
+            Header(new_message_id(), "ProvisionRequest", HUB, catalog.CHIBA_CITY, old, token)
+        )
+        == 403
+    )
+    header = Header(
+        new_message_id(),
+        "ProvisionRequest",
+        HUB,
+        catalog.CHIBA_CITY,
+        dt.datetime.now(dt.UTC),
+        token,
+    )
+    assert await post(header) == 200
+    assert await post(header) == 409  # the very same message id again
