@@ -80,9 +80,15 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        if config.migration_database_url is not None:
+            await db.migrate_url(config.migration_database_url, "chukan.gateway")
         pool = await db.create_pool(config.database_url)
-        async with pool.acquire() as conn:
-            await db.migrate(conn, db.load_migrations("chukan.gateway"))
+        tenant = await pool.fetchval("SELECT chukan_tenant()")
+        if tenant != config.agency_code:
+            await pool.close()
+            raise RuntimeError(
+                f"the database login is bound to tenant {tenant!r}, not {config.agency_code!r}"
+            )
         keys = await asyncio.to_thread(
             load_or_create_keys, config.key_dir, config.agency_code, config.key_passphrase
         )

@@ -80,6 +80,8 @@ class GatewayConfig:
     key_dir: Path
     key_passphrase: bytes
     systems: tuple[SystemCredential, ...] = ()
+    #: Owner credentials used only to apply migrations at start-up (optional).
+    migration_database_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 0
     timing: Timing = field(default_factory=Timing)

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import importlib
 import re
+import secrets
 import warnings
 from dataclasses import dataclass
 from importlib import resources
@@ -107,6 +108,15 @@ async def migrate(conn: Conn, migrations: list[Migration]) -> list[int]:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
 
 
+async def migrate_url(url: str, package: str, folder: str = "migrations") -> list[int]:
+    """Apply a package's migrations through a short-lived owner connection."""
+    conn = await asyncpg.connect(url)
+    try:
+        return await migrate(conn, load_migrations(package, folder))
+    finally:
+        await conn.close()
+
+
 def with_database(url: str, database: str) -> str:
     """The same server URL pointing at another database (path component)."""
     if not DATABASE_NAME_PATTERN.match(database):
@@ -128,6 +138,56 @@ async def ensure_database(server_url: str, database: str) -> str:
     finally:
         await conn.close()
     return with_database(server_url, database)
+
+
+def with_credentials(url: str, user: str, password: str | None) -> str:
+    """The same server and database, logging in as another role."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    userinfo = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    return urlunsplit((parts.scheme, f"{userinfo}@{host}", parts.path, parts.query, ""))
+
+
+def tenant_role(tenant: str) -> str:
+    if not re.fullmatch(r"[0-9]{6}(?:[0-9]{10})?", tenant):
+        raise ValueError(f"invalid tenant code {tenant!r}")
+    return f"chukan_tenant_{tenant}"
+
+
+async def provision_tenant(admin_url: str, tenant: str, name: str) -> str:
+    """Create (or refresh) the login role of one tenant; return the URL the gateway uses.
+
+    The role is a member of ``chukan_app`` (table privileges) and is mapped to
+    its tenant in ``tenants``: row-level security filters on that mapping of
+    ``session_user``, so a tenant's session cannot see another tenant's rows.
+    """
+    role = tenant_role(tenant)
+    password = secrets.token_urlsafe(24)
+    conn = await asyncpg.connect(admin_url)
+    try:
+        async with conn.transaction():
+            exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+            # Role names cannot be parameters; `role` matched a strict pattern above.  The
+            # password is passed through format('%L') so it is quoted by the server.
+            verb = "ALTER" if exists else "CREATE"
+            statement = await conn.fetchval(
+                f"SELECT format('{verb} ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS "
+                "NOCREATEDB NOCREATEROLE PASSWORD %L', $1::text)",
+                password,
+            )
+            await conn.execute(statement)
+            await conn.execute(f"GRANT chukan_app TO {role}")
+            await conn.execute(
+                "INSERT INTO tenants (tenant, name, role_name) VALUES ($1, $2, $3) "
+                "ON CONFLICT (tenant) DO UPDATE SET name = EXCLUDED.name",
+                tenant,
+                name,
+                role,
+            )
+    finally:
+        await conn.close()
+    log.info("tenant_provisioned", tenant=tenant, role=role)
+    return with_credentials(admin_url, role, password)
 
 
 async def drop_database(server_url: str, database: str) -> None:

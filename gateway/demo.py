@@ -28,7 +28,7 @@ from chukan.codecs.sample_items import certification_item, local_tax_item
 from chukan.simulators.hub import HUB_STATE
 
 from . import db
-from .server import DEMO_AGENCIES, Gateway, Network, start_network
+from .server import Gateway, Network, start_network
 from .synthetic import SyntheticPerson, synthetic_person
 
 
@@ -150,11 +150,10 @@ async def run_demo(server_url: str, work_dir: Path, out: TextIO = sys.stdout) ->
         print(text, file=out, flush=True)
 
     say("chukan demo: hub, 千葉市 and 船橋市 gateways on one PostgreSQL")
-    databases = ["chukan_demo_hub", *(f"chukan_demo_gw_{code}" for code, _ in DEMO_AGENCIES)]
-    for database in databases:  # each run starts from empty databases
+    for database in ("chukan_demo_hub", "chukan_demo_gateway"):  # each run starts empty
         await db.drop_database(server_url, database)
     network = await start_network(
-        server_url, work_dir, database_prefix="chukan_demo_gw_", hub_database="chukan_demo_hub"
+        server_url, work_dir, gateway_database="chukan_demo_gateway", hub_database="chukan_demo_hub"
     )
     try:
         chiba = network.gateways[catalog.CHIBA_CITY]

@@ -108,7 +108,7 @@ async def _record_provision(
                provided_at, outcome, reason_code)
            VALUES ('provider', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
                    CASE WHEN $11 = 'provided' THEN now() END, $11, $12)
-           ON CONFLICT (role, query_id) DO NOTHING""",
+           ON CONFLICT (tenant, role, query_id) DO NOTHING""",
         body.query_id,
         permit_id,
         body.requester,

@@ -44,7 +44,7 @@ async def insert_requester_record(
                   q.procedure_code, q.item_code, q.legal_basis, q.atena_id, q.created_at,
                   q.answered_at, $3, $4
            FROM queries q WHERE q.query_id = $1
-           ON CONFLICT (role, query_id) DO NOTHING""",
+           ON CONFLICT (tenant, role, query_id) DO NOTHING""",
         query_id,
         state.config.agency_code,
         outcome,
@@ -57,7 +57,7 @@ async def send_query(state: GatewayState, query_id: str) -> None:
     timing = state.config.timing
     for attempt in range(1, timing.send_attempts + 1):
         row = await state.pool.fetchrow(
-            "SELECT q.*, p.person_code FROM queries q JOIN persons p USING (atena_id) "
+            "SELECT q.*, p.person_code FROM queries q JOIN persons p USING (tenant, atena_id) "
             "WHERE q.query_id = $1",
             query_id,
         )

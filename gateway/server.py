@@ -25,6 +25,7 @@ from .state import GATEWAY_STATE, GatewayState
 
 DEMO_AGENCIES: Final = ((CHIBA_CITY, "千葉市"), (FUNABASHI_CITY, "船橋市"))
 CORE_SYSTEM: Final = "kaigo-system"  # 介護保険システム
+GATEWAY_DATABASE: Final = "chukan_gateway"
 
 
 @dataclass
@@ -86,6 +87,8 @@ class Network:
     hub_config: HubConfig
     gateways: dict[str, Gateway] = field(default_factory=dict)
     work_dir: Path | None = None
+    #: One database for every agency's gateway: tenants are isolated by row-level security.
+    gateway_database: str = GATEWAY_DATABASE
 
     @property
     def hub_key(self) -> PublicSigningKey:
@@ -102,11 +105,14 @@ class Network:
     ) -> Gateway:
         assert self.work_dir is not None
         token = secrets.token_urlsafe(24)
-        url = await db.ensure_database(self.server_url, database or f"chukan_gw_{code}")
+        admin_url = await db.ensure_database(self.server_url, database or self.gateway_database)
+        await db.migrate_url(admin_url, "chukan.gateway")
+        tenant_url = await db.provision_tenant(admin_url, code, name)
         config = GatewayConfig(
             agency_code=code,
             agency_name=name,
-            database_url=url,
+            database_url=tenant_url,
+            migration_database_url=admin_url,
             hub_url=self.hub.url,
             hub_key=self.hub_key,
             enrolment_token=self.hub_config.admin_token,
@@ -142,7 +148,7 @@ async def start_network(
     *,
     agencies: tuple[tuple[str, str], ...] = DEMO_AGENCIES,
     hub_database: str = HUB_DATABASE,
-    database_prefix: str = "chukan_gw_",
+    gateway_database: str = GATEWAY_DATABASE,
     hub_overrides: dict[str, object] | None = None,
     timing: Timing | None = None,
 ) -> Network:
@@ -156,12 +162,12 @@ async def start_network(
         **(hub_overrides or {}),  # type: ignore[arg-type]
     )
     hub = await serve(create_hub_app(hub_config), hub_config.host, hub_config.port)
-    network = Network(server_url, hub, hub_config, work_dir=work_dir)
+    network = Network(
+        server_url, hub, hub_config, work_dir=work_dir, gateway_database=gateway_database
+    )
     try:
         for code, name in agencies:
-            await network.add_gateway(
-                code, name, timing=timing, database=f"{database_prefix}{code}"
-            )
+            await network.add_gateway(code, name, timing=timing)
     except BaseException:
         await network.stop()
         raise

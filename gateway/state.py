@@ -66,7 +66,6 @@ class GatewayState:
 GATEWAY_STATE: Final = web.AppKey("gateway_state", GatewayState)
 
 
-
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

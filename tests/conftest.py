@@ -72,7 +72,7 @@ async def network(
         pg_server_url,
         tmp_path_factory.mktemp("network"),
         hub_database=f"{db_prefix}hub",
-        database_prefix=f"{db_prefix}gw_",
+        gateway_database=f"{db_prefix}gateway",
     )
     try:
         yield net

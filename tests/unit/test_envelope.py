@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 
 import pytest
@@ -137,10 +138,8 @@ def test_any_corruption_is_a_codec_error_or_harmless(body: Body, data: st.DataOb
     message = bytearray(encode_message(_header(body), body))
     index = data.draw(st.integers(0, len(message) - 1))
     message[index] = data.draw(st.integers(0, 255))
-    try:
+    with contextlib.suppress(CodecError):  # refused cleanly, or the change was harmless
         decode_message(bytes(message))
-    except CodecError:
-        pass  # refused cleanly
 
 
 def test_body_c14n_differs_when_a_field_differs() -> None:
