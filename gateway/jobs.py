@@ -120,7 +120,8 @@ async def fail_job(
 ) -> None:
     """Record a failure; with ``retry_at`` the job goes back to queued for another attempt."""
     await conn.execute(
-        """UPDATE jobs SET status = CASE WHEN $3::timestamptz IS NULL THEN 'failed' ELSE 'queued' END,
+        """UPDATE jobs
+           SET status = CASE WHEN $3::timestamptz IS NULL THEN 'failed' ELSE 'queued' END,
                error = $2, next_attempt_at = $3,
                finished_at = CASE WHEN $3::timestamptz IS NULL THEN now() END,
                counts = COALESCE($4::jsonb, counts)

@@ -56,7 +56,7 @@ from chukan.gateway.errors import (
     MessageReplayError,
     MessageSignatureError,
     MisaddressedError,
-    NotFoundError,
+    PersonNotAtProviderError,
     PersonUnknownError,
     StaleMessageError,
     UnauthenticatedError,
@@ -524,7 +524,7 @@ async def _query(
             person_id,
         )
         if provider_code is None:
-            raise NotFoundError("the person is not registered with the provider")
+            raise PersonNotAtProviderError("the person is not registered with the provider")
     except (GatewayError, NotAuthorizedError) as exc:
         await _refuse_query(state, requester, body, exc)
         raise
