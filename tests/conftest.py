@@ -91,6 +91,8 @@ class Api:
         self, method: str, path: str, *, token: str | None = None, **kwargs: Any
     ) -> tuple[int, Any]:
         headers = dict(kwargs.pop("headers", {}))
+        if isinstance(kwargs.get("data"), bytes) and len(kwargs["data"]) > 512 * 1024:
+            kwargs["data"] = io.BytesIO(kwargs["data"])  # aiohttp warns on big raw bodies
         headers.setdefault("Authorization", f"Bearer {token or self.gateway.token}")
         async with self.session.request(
             method, self.gateway.url + path, headers=headers, **kwargs
