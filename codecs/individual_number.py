@@ -24,11 +24,7 @@ def check_digit(first_eleven: str) -> int:
 
 
 def is_valid_individual_number(value: str) -> bool:
-    if (
-        len(value) != INDIVIDUAL_NUMBER_LENGTH
-        or not value.isascii()
-        or not value.isdigit()
-    ):
+    if len(value) != INDIVIDUAL_NUMBER_LENGTH or not value.isascii() or not value.isdigit():
         return False
     return check_digit(value[:11]) == int(value[11])
 

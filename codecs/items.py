@@ -1,0 +1,418 @@
+"""Codec of the 介護保険 information items (副本 XML in the data standard layout).
+
+``decode_item`` parses untrusted bytes through :mod:`chukan.codecs.xmlsafe`, checks
+the root element, validates with libxml2 against the item's XSD, enforces the
+``xsi:nil`` ⇔ ``ReasonOfNull`` pairing that XSD 1.0 cannot express, and maps the tree
+to the typed dataclasses of :mod:`chukan.codecs.item_model`. ``encode_item`` builds
+the tree back and validates its own output, so nothing invalid leaves this module.
+
+Encoding is deterministic (fixed prefixes ``k`` and ``xsi``, no indentation, fields
+in schema order): ``encode_item(decode_item(code, data))`` is the canonical form of an
+item, the bytes that are stored and digested whatever spelling the sender used.
+
+All item XSDs share one target namespace, :data:`ITEM_NAMESPACE`, and the types of
+``xsd/common.xsd`` (one namespace because the kinds share those types and the root
+element plus the 特定個人情報名 code already name the kind). The table
+:data:`ITEM_CODES` lists every item: 特定個人情報名 code → spec. The same XSD files
+feed libxml2 (every validation here) and xmlschema (:func:`item_xmlschema`, for
+typed inspection and tooling); the unit tests check that both agree.
+"""
+
+from __future__ import annotations
+
+import enum
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, is_dataclass
+from datetime import date
+from typing import Any, ClassVar, Final, cast
+
+from lxml import etree
+
+from . import item_model as m
+from .errors import CodecError, SchemaError, XmlStructureError
+from .item_model import Item, Nil, ReasonOfNull, YearMonth
+from .item_schema import element_path, lxml_schema, schema_error, xmlschema_schema
+from .xmlsafe import XmlLimits, parse_xml
+
+ITEM_NAMESPACE: Final = "urn:chukan:kaigo:item:1"
+XSI_NAMESPACE: Final = "http://www.w3.org/2001/XMLSchema-instance"
+#: Value of every ``Version`` attribute in this layout (fixed by the XSDs).
+LAYOUT_VERSION: Final = "1"
+#: Items are small and shallow (root, group, leaf): 4 MiB and 8 levels is generous.
+ITEM_LIMITS: Final = XmlLimits(max_bytes=4 * 1024 * 1024, max_depth=8)
+
+_XSI_NIL: Final = f"{{{XSI_NAMESPACE}}}nil"
+_NSMAP: Final = {"k": ITEM_NAMESPACE, "xsi": XSI_NAMESPACE}
+_XML_WHITESPACE: Final = " \t\r\n"
+
+
+class ItemUnknownError(CodecError):
+    """The 特定個人情報名 code (or value type) is not an item this codec knows."""
+
+    code: ClassVar[str] = "item_unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class ItemSpec:
+    """One information item: its code, Japanese name, data set and XSD."""
+
+    code: str
+    #: 特定個人情報名 (Japanese name of the item).
+    name: str
+    #: Data set number in the core system (DESIGN §5).
+    data_set: str
+    #: File name in ``codecs/xsd/``.
+    xsd_file: str
+    item_type: type[Item]
+    #: Major version of the layout (``SPIMajorVersion`` in registration messages).
+    major_version: int = 1
+
+    @property
+    def root_element(self) -> str:
+        """Local name of the item's root element."""
+        return self.item_type.__name__
+
+
+_SPECS: Final = (
+    ItemSpec(
+        "TM00000000010101", "被保険者資格情報", "0101", "item_0101.xsd", m.InsuredQualification
+    ),
+    ItemSpec("TM00000000010102", "住所地特例情報", "0102", "item_0102.xsd", m.AddressException),
+    ItemSpec(
+        "TM00000000010201",
+        "受給者基本情報・要介護認定",
+        "0201",
+        "item_0201.xsd",
+        m.CareCertification,
+    ),
+    ItemSpec("TM00000000010202", "負担割合情報", "0202", "item_0202.xsd", m.BurdenRatio),
+    ItemSpec("TM00000000010300", "給付情報", "0300", "item_0300.xsd", m.Benefit),
+    ItemSpec(
+        "TM00000000010500",
+        "賦課情報（保険料賦課根拠）",
+        "0500",
+        "item_0500.xsd",
+        m.PremiumAssessment,
+    ),
+)
+
+#: 特定個人情報名 code → item spec; the only list of items the codec accepts.
+ITEM_CODES: Final[Mapping[str, ItemSpec]] = types.MappingProxyType(
+    {spec.code: spec for spec in _SPECS}
+)
+_SPEC_BY_TYPE: Final[Mapping[type[Any], ItemSpec]] = {spec.item_type: spec for spec in _SPECS}
+
+
+def item_spec(code: str) -> ItemSpec:
+    """The spec for ``code``, or :class:`ItemUnknownError`."""
+    spec = ITEM_CODES.get(code) if isinstance(code, str) else None
+    if spec is None:
+        raise ItemUnknownError(
+            "unknown 特定個人情報名 code", where="SpecificPersonalInformationCode"
+        )
+    return spec
+
+
+# ------------------------------------------------------------- value mapping
+
+
+@dataclass(frozen=True, slots=True)
+class _Converter:
+    """Lexical form ⇔ typed value for one leaf type (the XSD has checked the form)."""
+
+    python_type: type[Any]
+    parse: Callable[[str], Any]
+    format: Callable[[Any], str]
+
+
+def _parse_year_month(text: str) -> YearMonth:
+    year, month = text.strip(_XML_WHITESPACE).split("-")
+    return YearMonth(int(year), int(month))
+
+
+def _parse_int(text: str) -> int:
+    return int(text.strip(_XML_WHITESPACE))
+
+
+def _format_int(value: Any) -> str:
+    if isinstance(value, bool):
+        raise TypeError("bool is not an integer value")
+    return str(value)
+
+
+def _format_year(value: Any) -> str:
+    if isinstance(value, bool):
+        raise TypeError("bool is not a year")
+    return f"{value:04d}"
+
+
+_STRING = _Converter(str, str, str)
+_INTEGER = _Converter(int, _parse_int, _format_int)
+_CONVERTERS: Final[dict[Any, _Converter]] = {
+    date: _Converter(
+        date, lambda text: date.fromisoformat(text.strip(_XML_WHITESPACE)), date.isoformat
+    ),
+    YearMonth: _Converter(YearMonth, _parse_year_month, str),
+    m.FiscalYear: _Converter(int, _parse_int, _format_year),
+    m.Yen: _INTEGER,
+    m.Units: _INTEGER,
+    m.InsuredNumber: _STRING,
+    m.InsurerNumber: _STRING,
+    m.ProviderNumber: _STRING,
+    m.ServiceTypeCode: _STRING,
+    m.SpecificDiseaseCode: _STRING,
+    m.IncomeCategoryCode: _STRING,
+}
+
+
+def _converter(tp: Any) -> _Converter:
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        enum_type = tp
+        return _Converter(enum_type, enum_type, lambda value: str(value.value))
+    converter = _CONVERTERS.get(tp)
+    if converter is None:
+        raise TypeError(f"no XML mapping for field type {tp!r}")
+    return converter
+
+
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    attr: str
+    element: str
+    nillable: bool
+    converter: _Converter
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """How one dataclass (item root or repeating group) maps to its element."""
+
+    cls: type[Any]
+    element: str
+    leaves: tuple[_Leaf, ...]
+    groups: tuple[tuple[str, _Layout], ...]  # (field name, group layout)
+    has_updated: bool
+
+    def member(self, local: str) -> _Leaf | tuple[str, _Layout] | None:
+        for leaf in self.leaves:
+            if leaf.element == local:
+                return leaf
+        for attr, group in self.groups:
+            if group.element == local:
+                return attr, group
+        return None
+
+
+def _pascal(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def _layout(cls: type[Any]) -> _Layout:
+    """Derive the element mapping of ``cls`` from its type hints (see item_model)."""
+    hints = typing.get_type_hints(cls)
+    leaves: list[_Leaf] = []
+    groups: list[tuple[str, _Layout]] = []
+    has_updated = False
+    for spec_field in fields(cls):
+        tp = hints[spec_field.name]
+        if spec_field.name == "updated":
+            has_updated = True
+            continue
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is tuple and isinstance(args[0], type) and is_dataclass(args[0]):
+            groups.append((spec_field.name, _layout(args[0])))
+            continue
+        nillable = Nil in args
+        base = next(arg for arg in args if arg is not Nil) if nillable else tp
+        leaves.append(_Leaf(spec_field.name, _pascal(spec_field.name), nillable, _converter(base)))
+    return _Layout(cls, cls.__name__, tuple(leaves), tuple(groups), has_updated)
+
+
+_LAYOUTS: Final[Mapping[type[Any], _Layout]] = {
+    spec.item_type: _layout(spec.item_type) for spec in _SPECS
+}
+
+
+# ------------------------------------------------------------------ checking
+
+
+def _local(element: etree._Element) -> str:
+    return etree.QName(element).localname
+
+
+def check_nil_pairing(root: etree._Element) -> None:
+    """Require ``ReasonOfNull`` exactly on nil elements (XSD 1.0 has no xs:assert)."""
+    for element in root.iter("*"):
+        nil = element.get(_XSI_NIL)
+        reason = element.get("ReasonOfNull")
+        if nil is not None and nil.strip(_XML_WHITESPACE) in ("true", "1"):
+            if reason is None:
+                raise SchemaError(
+                    "a nil value must carry ReasonOfNull", where=element_path(element, root)
+                )
+        elif reason is not None:
+            raise SchemaError(
+                "ReasonOfNull is only allowed on a nil value",
+                where=element_path(element, root) + "/@ReasonOfNull",
+            )
+
+
+def _check_root(spec: ItemSpec, root: etree._Element) -> None:
+    if not isinstance(root.tag, str):
+        raise XmlStructureError("the item has no root element", where="/")
+    qname = etree.QName(root)
+    if qname.namespace != ITEM_NAMESPACE:
+        raise XmlStructureError(f"the item root is not in namespace {ITEM_NAMESPACE}", where="/")
+    if qname.localname != spec.root_element:
+        raise XmlStructureError(
+            f"the root element of {spec.code} must be {spec.root_element}", where="/"
+        )
+
+
+def validate_item_element(code: str, root: etree._Element) -> ItemSpec:
+    """Check an already parsed item element against its XSD and the nil rule."""
+    spec = item_spec(code)
+    _check_root(spec, root)
+    schema = lxml_schema(spec.xsd_file)
+    if not schema.validate(root):
+        raise schema_error(schema, f"item {spec.code}", root)
+    check_nil_pairing(root)
+    return spec
+
+
+def validate_item_fast(code: str, data: bytes, limits: XmlLimits = ITEM_LIMITS) -> None:
+    """Format check for bulk import: hardened parse plus libxml2 validation, no mapping.
+
+    Raises a :class:`CodecError` subclass; returns nothing when the item is valid.
+    """
+    item_spec(code)
+    validate_item_element(code, parse_xml(data, limits))
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def _leaf_value(leaf: _Leaf, element: etree._Element, top: etree._Element) -> Any:
+    nil = element.get(_XSI_NIL)
+    if nil is not None and nil.strip(_XML_WHITESPACE) in ("true", "1"):
+        return Nil(ReasonOfNull(element.get("ReasonOfNull")))
+    try:
+        return leaf.converter.parse(element.text or "")
+    except (ValueError, TypeError):
+        raise SchemaError(
+            "value does not match its type", where=element_path(element, top)
+        ) from None
+
+
+def _from_element(layout: _Layout, element: etree._Element, top: etree._Element) -> Any:
+    values: dict[str, Any] = {attr: [] for attr, _ in layout.groups}
+    if layout.has_updated:
+        values["updated"] = date.fromisoformat(
+            (element.get("TimeAndDateOfUpdate") or "").strip(_XML_WHITESPACE)
+        )
+    for child in element.iterchildren("*"):
+        member = layout.member(_local(child))
+        if member is None:  # the schema admits no such element; defensive only
+            raise SchemaError("unexpected element", where=element_path(child, top))
+        if isinstance(member, _Leaf):
+            values[member.attr] = _leaf_value(member, child, top)
+        else:
+            attr, group = member
+            values[attr].append(_from_element(group, child, top))
+    for attr, _ in layout.groups:
+        values[attr] = tuple(values[attr])
+    return layout.cls(**values)
+
+
+def item_from_element(code: str, root: etree._Element) -> Item:
+    """Validate a parsed item element and map it to its typed value."""
+    spec = validate_item_element(code, root)
+    item: Item = _from_element(_LAYOUTS[spec.item_type], root, root)
+    return item
+
+
+def decode_item(code: str, data: bytes, limits: XmlLimits = ITEM_LIMITS) -> Item:
+    """Decode untrusted item bytes for 特定個人情報名 ``code`` into a typed value.
+
+    Raises :class:`ItemUnknownError` for an unknown code, an ``XmlError`` subclass for
+    unacceptable XML, and :class:`SchemaError` (``where`` = location) otherwise.
+    """
+    item_spec(code)
+    return item_from_element(code, parse_xml(data, limits))
+
+
+# ------------------------------------------------------------------ encoding
+
+
+def _leaf_element(parent: etree._Element, leaf: _Leaf, value: Any, where: str) -> None:
+    element = etree.SubElement(parent, f"{{{ITEM_NAMESPACE}}}{leaf.element}")
+    element.set("Version", LAYOUT_VERSION)
+    if isinstance(value, Nil):
+        if not isinstance(cast(object, value.reason), ReasonOfNull):
+            raise SchemaError("ReasonOfNull must be a ReasonOfNull", where=where)
+        element.set(_XSI_NIL, "true")
+        element.set("ReasonOfNull", value.reason.value)
+        return
+    if not isinstance(value, leaf.converter.python_type):
+        raise SchemaError(f"expected a {leaf.converter.python_type.__name__} value", where=where)
+    try:
+        element.text = leaf.converter.format(value)
+    except (ValueError, TypeError):
+        raise SchemaError("value cannot be written", where=where) from None
+
+
+def _fill(element: etree._Element, layout: _Layout, value: Any, where: str) -> None:
+    if type(value) is not layout.cls:
+        raise SchemaError(f"expected a {layout.cls.__name__} value", where=where)
+    element.set("Version", LAYOUT_VERSION)
+    if layout.has_updated:
+        updated = value.updated
+        if not isinstance(updated, date):
+            raise SchemaError("expected a date value", where=where + "/@TimeAndDateOfUpdate")
+        element.set("TimeAndDateOfUpdate", updated.isoformat())
+    for leaf in layout.leaves:
+        _leaf_element(element, leaf, getattr(value, leaf.attr), f"{where}/{leaf.element}")
+    for attr, group in layout.groups:
+        records = getattr(value, attr)
+        if not isinstance(records, tuple | list):
+            raise SchemaError("expected a tuple of groups", where=f"{where}/{group.element}")
+        for index, record in enumerate(records, start=1):
+            child = etree.SubElement(element, f"{{{ITEM_NAMESPACE}}}{group.element}")
+            _fill(child, group, record, f"{where}/{group.element}[{index}]")
+
+
+def item_to_element(item: Item) -> etree._Element:
+    """Build and validate the element tree of ``item`` (for embedding in messages)."""
+    spec = _SPEC_BY_TYPE.get(type(item))
+    if spec is None:
+        raise ItemUnknownError("value is not an information item", where="/")
+    layout = _LAYOUTS[spec.item_type]
+    root = etree.Element(f"{{{ITEM_NAMESPACE}}}{layout.element}", nsmap=_NSMAP)
+    _fill(root, layout, item, f"/{layout.element}")
+    schema = lxml_schema(spec.xsd_file)
+    if not schema.validate(root):
+        raise schema_error(schema, f"item {spec.code}", root)
+    return root
+
+
+def encode_item(item: Item) -> bytes:
+    """Encode ``item`` as UTF-8 XML with a declaration; the canonical stored form."""
+    return etree.tostring(item_to_element(item), xml_declaration=True, encoding="UTF-8")
+
+
+def item_code_of(item: Item) -> str:
+    """The 特定個人情報名 code of a typed item value."""
+    spec = _SPEC_BY_TYPE.get(type(item))
+    if spec is None:
+        raise ItemUnknownError("value is not an information item", where="/")
+    return spec.code
+
+
+def item_xmlschema(code: str) -> Any:
+    """The xmlschema schema of ``code`` (same XSD file as the libxml2 validator).
+
+    For typed inspection and tooling (``to_dict``, component walks); compiled once.
+    """
+    return xmlschema_schema(item_spec(code).xsd_file)

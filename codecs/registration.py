@@ -1,0 +1,604 @@
+"""副本 registration messages in the shape of ``IF_DBM_20113_R01`` (DESIGN §3 flow 2, §5).
+
+A message is a ``MessageHeader`` and a body list of ``Record`` entries; registrations
+(SegmentOfRegistrationDelete ``1``) embed one item element, deletions (``2``) none.
+The envelope (root, header, body layout) must be sound or the whole message is
+refused with an exception. Each entry is then checked on its own — its fields against
+``registration.xsd``, its item against the item's XSD, plus the rules XSD cannot say —
+and a bad entry becomes an :class:`EntryRejection` naming its record id, so the core
+system learns every problem of a batch at once (the gateway applies a batch whole or
+not at all).
+
+:func:`decode_registration` works on bytes in memory; :func:`iter_registration`
+streams arbitrarily many entries through a hardened ``iterparse`` with constant
+memory, yielding the header first and then one result per entry.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+from collections.abc import Generator, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, BinaryIO, Final, TypeAlias, cast
+
+from lxml import etree
+
+from .errors import CodecError, SchemaError, XmlForbiddenError, XmlLimitError, XmlStructureError
+from .item_model import Item
+from .item_schema import lxml_schema, schema_error, xmlschema_schema
+from .item_stream import GuardedReader, hardened_iterparse, syntax_error
+from .items import ITEM_CODES, encode_item, item_code_of, item_from_element, item_to_element
+from .xmlsafe import XmlLimits, parse_xml
+
+REGISTRATION_NAMESPACE: Final = "urn:chukan:dbm:IF_DBM_20113_R01:1"
+MESSAGE_TYPE_ID: Final = "IF_DBM_20113_R01"
+REGISTRATION_XSD: Final = "registration.xsd"
+#: In-memory decoding: 32 MiB of message; deeper than root/body/record/item/group/leaf.
+REGISTRATION_LIMITS: Final = XmlLimits(max_bytes=32 * 1024 * 1024, max_depth=16)
+
+_NS = f"{{{REGISTRATION_NAMESPACE}}}"
+_ROOT: Final = _NS + MESSAGE_TYPE_ID
+_HEADER: Final = _NS + "MessageHeader"
+_BODY: Final = _NS + "MessageBody"
+_RECORD: Final = _NS + "Record"
+_ITEM_CONTAINER: Final = _NS + "SpecificPersonalInformation"
+_RECORD_ID_FORM = re.compile(r"^[0-9A-Za-z_\-]{1,32}$")
+_XML_WHITESPACE: Final = " \t\r\n"
+_ROOT_WHERE: Final = "/" + MESSAGE_TYPE_ID
+#: Entry-level locations are relative to the entry: ``/Record/...``.
+_ITEM_WHERE: Final = "/Record/SpecificPersonalInformation"
+_BODY_WHERE: Final = f"/{MESSAGE_TYPE_ID}/MessageBody"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """Bounds for :func:`iter_registration`; memory use depends on these, not on size.
+
+    ``max_entry_bytes`` is measured in bytes handed to the parser while the entry is
+    open, so it is exact to within one 32 KiB read.
+    """
+
+    max_bytes: int = 1024 * 1024 * 1024
+    max_entry_bytes: int = 1024 * 1024
+    max_entry_elements: int = 5_000
+    max_depth: int = 16
+
+
+DEFAULT_STREAM_LIMITS: Final = StreamLimits()
+
+
+class MessageMode(enum.Enum):
+    """MSGMode."""
+
+    PRODUCTION = "0"  # 本番
+    TEST = "1"  # テスト
+
+
+class MessageResult(enum.Enum):
+    """MSGResult; absent in requests, set in the gateway's answer."""
+
+    ACCEPTED = "0"  # 受付
+    REJECTED = "1"  # 形式エラーあり (entries named in the answer)
+    SYSTEM_ERROR = "9"  # システムエラー
+
+
+class Segment(enum.Enum):
+    """SegmentOfRegistrationDelete: one list carries both operations."""
+
+    REGISTRATION = "1"  # 登録: the entry embeds the item
+    DELETION = "2"  # 削除: the entry has no item
+
+
+class RejectionCode(enum.StrEnum):
+    """Why an entry was rejected; the codec-error codes pass through unchanged."""
+
+    SCHEMA_INVALID = "schema_invalid"  # entry fields or item content fail their XSD
+    XML_STRUCTURE = "xml_structure"  # item root element or namespace is wrong
+    ITEM_UNKNOWN = "item_unknown"  # SpecificPersonalInformationCode not in ITEM_CODES
+    ITEM_MISSING = "item_missing"  # registration without an item
+    ITEM_UNEXPECTED = "item_unexpected"  # deletion with an item
+    VERSION_UNSUPPORTED = "version_unsupported"  # SPIMajorVersion is not the item's
+    PERIOD_INVALID = "period_invalid"  # PublishedEndDate before PublicationDate
+
+
+@dataclass(frozen=True, slots=True)
+class MessageHeader:
+    """MessageHeader of ``IF_DBM_20113_R01``."""
+
+    message_id: str
+    mode: MessageMode
+    source_system_id: str
+    destination_system_id: str
+    reception_number: str | None = None
+    result: MessageResult | None = None
+    message_type_id: str = MESSAGE_TYPE_ID
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationEntry:
+    """One accepted list entry; ``item`` is set exactly for registrations."""
+
+    record_id: str
+    segment: Segment
+    #: 団体内統合宛名番号 (up to 15 digits, leading zeros kept).
+    integrated_address_number: str
+    #: 特定個人情報名 code (a key of ``ITEM_CODES``).
+    item_code: str
+    data_set_record_key: str
+    major_version: int
+    publication_date: date
+    published_end_date: date | None = None
+    item: Item | None = None
+
+    @property
+    def item_xml(self) -> bytes | None:
+        """The item's canonical UTF-8 bytes (``encode_item``), to store and digest.
+
+        Computed on each access (a re-encoding and validation, some tens of µs): the
+        same bytes whatever prefixes, spacing or lexical forms the sender used.
+        """
+        return None if self.item is None else encode_item(self.item)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRejection:
+    """One refused entry: its record id (when readable), a code and a value-free reason."""
+
+    record_id: str | None
+    code: str
+    message: str
+    #: 1-based position of the entry in the message body.
+    position: int
+    where: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationMessage:
+    """A decoded message: header, accepted entries and rejected ones (both in order)."""
+
+    header: MessageHeader
+    entries: tuple[RegistrationEntry, ...]
+    rejected: tuple[EntryRejection, ...] = ()
+
+
+#: What :func:`iter_registration` yields: the header first, then one per entry.
+StreamItem: TypeAlias = MessageHeader | RegistrationEntry | EntryRejection
+
+
+# ------------------------------------------------------------- decoding parts
+
+
+class _Fields:
+    """The child elements of a header or entry by local name (the XSD makes them unique)."""
+
+    __slots__ = ("_children",)
+
+    def __init__(self, parent: etree._Element) -> None:
+        self._children = {child.tag: child for child in parent.iterchildren("*")}
+
+    def raw(self, local: str) -> str | None:
+        child = self._children.get(_NS + local)
+        return None if child is None else (child.text or "")
+
+    def text(self, local: str) -> str:
+        return (self.raw(local) or "").strip(_XML_WHITESPACE)
+
+    def element(self, local: str) -> etree._Element | None:
+        return self._children.get(_NS + local)
+
+
+def _readable_record_id(fields: _Fields) -> str | None:
+    text = fields.raw("RecordIdentificationNumber")
+    return text if text is not None and _RECORD_ID_FORM.match(text) else None
+
+
+def _decode_header(element: etree._Element) -> MessageHeader:
+    schema = lxml_schema(REGISTRATION_XSD)
+    if not schema.validate(element):
+        raise schema_error(schema, "message header", element)
+    fields = _Fields(element)
+    reception = fields.raw("ReceptionNumber")
+    result = fields.raw("MSGResult")
+    return MessageHeader(
+        message_id=fields.text("MSGID"),
+        message_type_id=fields.text("MSGTypeID"),
+        mode=MessageMode(fields.text("MSGMode")),
+        source_system_id=fields.text("SourceSystemID"),
+        destination_system_id=fields.text("DestinationSystemID"),
+        reception_number=reception,
+        result=None if result is None else MessageResult(result),
+    )
+
+
+def _reject(
+    record_id: str | None, code: str, message: str, position: int, where: str | None
+) -> EntryRejection:
+    return EntryRejection(record_id, str(code), message, position, where)
+
+
+def _decode_record(record: etree._Element, position: int) -> RegistrationEntry | EntryRejection:
+    """Check one entry on its own; every problem becomes a rejection, never an exception."""
+    fields = _Fields(record)
+    schema = lxml_schema(REGISTRATION_XSD)
+    if not schema.validate(record):
+        error = schema_error(schema, "registration entry", record)
+        return _reject(
+            _readable_record_id(fields), error.code, error.message, position, error.where
+        )
+    record_id = fields.raw("RecordIdentificationNumber") or ""  # the schema fixed its form
+
+    segment = Segment(fields.text("SegmentOfRegistrationDelete"))
+    code = fields.text("SpecificPersonalInformationCode")
+    publication = date.fromisoformat(fields.text("PublicationDate"))
+    end_text = fields.raw("PublishedEndDate")
+    published_end = None if end_text is None else date.fromisoformat(end_text.strip())
+    major_version = int(fields.text("SPIMajorVersion"))
+    container = fields.element("SpecificPersonalInformation")
+
+    spec = ITEM_CODES.get(code)
+    if spec is None:
+        return _reject(
+            record_id,
+            RejectionCode.ITEM_UNKNOWN,
+            "unknown 特定個人情報名 code",
+            position,
+            "/Record/SpecificPersonalInformationCode",
+        )
+    if major_version != spec.major_version:
+        return _reject(
+            record_id,
+            RejectionCode.VERSION_UNSUPPORTED,
+            f"SPIMajorVersion of {code} must be {spec.major_version}",
+            position,
+            "/Record/SPIMajorVersion",
+        )
+    if published_end is not None and published_end < publication:
+        return _reject(
+            record_id,
+            RejectionCode.PERIOD_INVALID,
+            "PublishedEndDate is before PublicationDate",
+            position,
+            "/Record/PublishedEndDate",
+        )
+    item: Item | None = None
+    if segment is Segment.REGISTRATION:
+        if container is None:
+            return _reject(
+                record_id,
+                RejectionCode.ITEM_MISSING,
+                "a registration must embed its item",
+                position,
+                _ITEM_WHERE,
+            )
+        embedded = next(container.iterchildren("*"))
+        try:
+            item = item_from_element(code, embedded)
+        except CodecError as exc:
+            return _reject(
+                record_id,
+                exc.code,
+                exc.message,
+                position,
+                _ITEM_WHERE + ("" if exc.where in (None, "/") else str(exc.where)),
+            )
+    elif container is not None:
+        return _reject(
+            record_id,
+            RejectionCode.ITEM_UNEXPECTED,
+            "a deletion must not embed an item",
+            position,
+            _ITEM_WHERE,
+        )
+    return RegistrationEntry(
+        record_id=record_id,
+        segment=segment,
+        integrated_address_number=fields.text("IntegratedAddressNumber"),
+        item_code=code,
+        data_set_record_key=fields.text("DataSetRecordKey"),
+        major_version=major_version,
+        publication_date=publication,
+        published_end_date=published_end,
+        item=item,
+    )
+
+
+def _blank(text: str | None) -> bool:
+    return text is None or not text.strip(_XML_WHITESPACE)
+
+
+def _structure(message: str, where: str) -> XmlStructureError:
+    return XmlStructureError(message, where=where)
+
+
+def _check_plain(element: etree._Element, where: str) -> None:
+    """Envelope elements carry neither attributes nor character data."""
+    if len(element.attrib):
+        raise _structure("envelope elements take no attributes", where)
+    if not _blank(element.text):
+        raise _structure("character data is not allowed here", where)
+
+
+# ----------------------------------------------------------- whole message
+
+
+def decode_registration(
+    data: bytes, limits: XmlLimits = REGISTRATION_LIMITS
+) -> RegistrationMessage:
+    """Decode a whole message; a broken envelope raises, bad entries are listed.
+
+    Raises an ``XmlError`` subclass for unacceptable XML or envelope layout and
+    :class:`SchemaError` for an invalid header.
+    """
+    root = parse_xml(data, limits)
+    if root.tag != _ROOT:
+        raise _structure(f"the root element must be {MESSAGE_TYPE_ID} in its namespace", "/")
+    _check_plain(root, _ROOT_WHERE)
+    parts = list(root.iterchildren("*"))
+    if [part.tag for part in parts] != [_HEADER, _BODY] or any(
+        not _blank(part.tail) for part in parts
+    ):
+        raise _structure("the message must hold MessageHeader then MessageBody", _ROOT_WHERE)
+    header = _decode_header(parts[0])
+    body = parts[1]
+    _check_plain(body, _BODY_WHERE)
+    entries: list[RegistrationEntry] = []
+    rejected: list[EntryRejection] = []
+    position = 0
+    for record in body.iterchildren("*"):
+        position += 1
+        if record.tag != _RECORD or not _blank(record.tail):
+            raise _structure(
+                "MessageBody may only hold Record elements", f"{_BODY_WHERE}/*[{position}]"
+            )
+        result = _decode_record(record, position)
+        if isinstance(result, RegistrationEntry):
+            entries.append(result)
+        else:
+            rejected.append(result)
+    if position == 0:
+        raise _structure("MessageBody holds no Record", _BODY_WHERE)
+    return RegistrationMessage(header, tuple(entries), tuple(rejected))
+
+
+# ---------------------------------------------------------------- streaming
+
+
+def iter_registration(
+    source: BinaryIO | str | os.PathLike[str], limits: StreamLimits = DEFAULT_STREAM_LIMITS
+) -> Generator[StreamItem, None, None]:
+    """Stream a message: the :class:`MessageHeader`, then one result per entry.
+
+    Memory stays bounded by ``limits`` however many entries there are: each entry is
+    decoded and then cleared from the tree. A broken envelope, a limit breach or
+    hostile markup raises (possibly after some entries were yielded — callers that
+    apply batches whole must treat that as a refusal of the batch).
+    """
+    if isinstance(source, str | os.PathLike):
+        with open(source, "rb") as stream:
+            yield from _stream(stream, limits)
+    else:
+        yield from _stream(source, limits)
+
+
+#: Only envelope elements produce events; an entry's inside is looked at when it ends.
+_STREAM_TAGS: Final = (_ROOT, _HEADER, _BODY, _RECORD)
+
+
+def _over_budget(max_depth: int, max_elements: int) -> etree.XPath:
+    """True for an entry (at depth 3) deeper than ``max_depth`` or with too many elements.
+
+    One XPath evaluated in libxml2, so no Python object per element; compiled once per
+    stream (XPath objects are not shared between threads).
+    """
+    steps = max(max_depth - 2, 1)
+    deeper = "/".join(["*"] * steps)
+    return etree.XPath(f"count(descendant::*) > {int(max_elements)} or boolean({deeper})")
+
+
+class _StreamState:
+    """Where the stream is in the envelope."""
+
+    __slots__ = ("body", "in_body", "in_header", "position", "root")
+
+    def __init__(self) -> None:
+        self.root: etree._Element | None = None
+        self.body: etree._Element | None = None
+        self.in_header = False
+        self.in_body = False
+        self.position = 0
+
+
+def _stream(stream: BinaryIO, limits: StreamLimits) -> Iterator[StreamItem]:
+    # The reader refuses any stretch of more than max_entry_bytes between two marks;
+    # marks are set at the header and at every entry start, so each part is bounded
+    # while it is read, before its element count and depth are checked at its end.
+    reader = GuardedReader(stream, limits.max_bytes, part_bytes=limits.max_entry_bytes)
+    state = _StreamState()
+    over_budget = _over_budget(limits.max_depth, limits.max_entry_elements)
+    try:
+        for event, element in hardened_iterparse(reader, tags=_STREAM_TAGS):
+            tag = element.tag
+            if event == "start":
+                if tag == _RECORD:
+                    _on_record_start(element, state, reader)
+                elif state.root is None:
+                    _on_root_start(element)
+                    state.root = element
+                else:
+                    _on_part_start(element, state, reader)
+            elif tag == _RECORD:
+                if over_budget(element):
+                    raise _budget_error(element, state.position, limits)
+                result = _decode_record(element, state.position)
+                element.clear(keep_tail=True)
+                yield result
+            elif tag == _HEADER:
+                state.in_header = False
+                header = _decode_header(element)
+                element.clear(keep_tail=True)
+                yield header
+            elif tag == _BODY:
+                _end_of_body(element, state)
+            else:
+                _end_of_root(element, state)
+    except etree.XMLSyntaxError as exc:
+        raise syntax_error(exc) from None
+    if state.root is None:
+        raise _structure(f"the root element must be {MESSAGE_TYPE_ID} in its namespace", "/")
+
+
+def _budget_error(record: etree._Element, position: int, limits: StreamLimits) -> XmlLimitError:
+    where = f"{_BODY_WHERE}/Record[{position}]"
+    if _over_budget(limits.max_depth, 2**62)(record):  # error path only
+        return XmlLimitError(f"nesting deeper than {limits.max_depth} levels", where=where)
+    return XmlLimitError(f"entry holds more than {limits.max_entry_elements} elements", where=where)
+
+
+def _on_root_start(element: etree._Element) -> None:
+    if element.getparent() is not None or element.tag != _ROOT:
+        raise _structure(f"the root element must be {MESSAGE_TYPE_ID} in its namespace", "/")
+    if getattr(element.getroottree().docinfo, "doctype", ""):
+        raise XmlForbiddenError("DTDs and entity declarations are not accepted")
+    if len(element.attrib):
+        raise _structure("envelope elements take no attributes", _ROOT_WHERE)
+
+
+def _on_part_start(element: etree._Element, state: _StreamState, reader: GuardedReader) -> None:
+    # iterparse builds the tree ahead of the events it reports, so only what precedes
+    # ``element`` (parent text, previous siblings and their tails) is looked at here.
+    root = state.root
+    if root is None or element.getparent() is not root:
+        raise _structure("the message must hold MessageHeader then MessageBody", _ROOT_WHERE)
+    previous = element.getprevious()
+    if not _blank(root.text) or (previous is not None and not _blank(previous.tail)):
+        raise _structure("character data is not allowed here", _ROOT_WHERE)
+    if element.tag == _HEADER and previous is None:
+        state.in_header = True
+        reader.mark()
+    elif (
+        element.tag == _BODY
+        and previous is not None
+        and previous.tag == _HEADER
+        and previous.getprevious() is None
+    ):
+        state.in_body = True
+        state.body = element
+        if len(element.attrib):
+            raise _structure("envelope elements take no attributes", _BODY_WHERE)
+    else:
+        raise _structure("the message must hold MessageHeader then MessageBody", _ROOT_WHERE)
+
+
+def _on_record_start(element: etree._Element, state: _StreamState, reader: GuardedReader) -> None:
+    state.position += 1
+    body = state.body
+    if not state.in_body or body is None or element.getparent() is not body:
+        raise _structure("Record is only allowed in MessageBody", _BODY_WHERE)
+    if not _blank(body.text):
+        raise _structure("character data is not allowed here", _BODY_WHERE)
+    # Entries already decoded (and cleared) are dropped here, once their tails are known;
+    # anything else before this entry is not allowed in the body.
+    previous = element.getprevious()
+    while previous is not None:
+        if previous.tag != _RECORD:
+            raise _structure("MessageBody may only hold Record elements", _BODY_WHERE)
+        if not _blank(previous.tail):
+            raise _structure("character data is not allowed here", _BODY_WHERE)
+        del body[0]
+        previous = element.getprevious()
+    reader.mark()
+
+
+def _end_of_body(body: etree._Element, state: _StreamState) -> None:
+    state.in_body = False
+    for child in body:  # the last entry, or anything after it
+        if child.tag != _RECORD:
+            raise _structure("MessageBody may only hold Record elements", _BODY_WHERE)
+        if not _blank(child.tail):
+            raise _structure("character data is not allowed here", _BODY_WHERE)
+    if state.position == 0:
+        raise _structure("MessageBody holds no Record", _BODY_WHERE)
+
+
+def _end_of_root(root: etree._Element, state: _StreamState) -> None:
+    if [child.tag for child in root.iterchildren()] != [_HEADER, _BODY]:
+        raise _structure("the message must hold MessageHeader then MessageBody", _ROOT_WHERE)
+    if not _blank(root[-1].tail):
+        raise _structure("character data is not allowed here", _ROOT_WHERE)
+
+
+# ------------------------------------------------------------------ encoding
+
+
+def _sub(parent: etree._Element, local: str, text: str) -> None:
+    etree.SubElement(parent, _NS + local).text = text
+
+
+def _record_element(body: etree._Element, entry: RegistrationEntry, where: str) -> None:
+    if not isinstance(cast(object, entry), RegistrationEntry):
+        raise SchemaError("expected a RegistrationEntry", where=where)
+    if entry.segment is Segment.REGISTRATION and entry.item is None:
+        raise SchemaError("a registration must carry its item", where=where)
+    if entry.segment is Segment.DELETION and entry.item is not None:
+        raise SchemaError("a deletion must not carry an item", where=where)
+    if entry.item is not None and item_code_of(entry.item) != entry.item_code:
+        raise SchemaError(
+            "the item does not match SpecificPersonalInformationCode",
+            where=where + "/SpecificPersonalInformation",
+        )
+    record = etree.SubElement(body, _RECORD)
+    _sub(record, "RecordIdentificationNumber", entry.record_id)
+    _sub(record, "SegmentOfRegistrationDelete", entry.segment.value)
+    _sub(record, "IntegratedAddressNumber", entry.integrated_address_number)
+    _sub(record, "SpecificPersonalInformationCode", entry.item_code)
+    _sub(record, "DataSetRecordKey", entry.data_set_record_key)
+    _sub(record, "SPIMajorVersion", str(entry.major_version))
+    _sub(record, "PublicationDate", entry.publication_date.isoformat())
+    if entry.published_end_date is not None:
+        _sub(record, "PublishedEndDate", entry.published_end_date.isoformat())
+    if entry.item is not None:
+        container = etree.SubElement(record, _ITEM_CONTAINER)
+        try:
+            container.append(item_to_element(entry.item))
+        except CodecError as exc:
+            exc.where = f"{where}/SpecificPersonalInformation{exc.where or ''}"
+            raise
+
+
+def encode_registration(message: RegistrationMessage) -> bytes:
+    """Encode header and entries as UTF-8 XML (``rejected`` is not part of the wire form).
+
+    The output is validated against ``registration.xsd`` and every item against its
+    own XSD; anything invalid raises :class:`SchemaError` instead of being written.
+    """
+    return encode_registration_parts(message.header, message.entries)
+
+
+def encode_registration_parts(header: MessageHeader, entries: Iterable[RegistrationEntry]) -> bytes:
+    """Like :func:`encode_registration`, from a header and any iterable of entries."""
+    root = etree.Element(_ROOT, nsmap={"r": REGISTRATION_NAMESPACE})
+    head = etree.SubElement(root, _HEADER)
+    _sub(head, "MSGID", header.message_id)
+    _sub(head, "MSGTypeID", header.message_type_id)
+    _sub(head, "MSGMode", header.mode.value)
+    _sub(head, "SourceSystemID", header.source_system_id)
+    _sub(head, "DestinationSystemID", header.destination_system_id)
+    if header.reception_number is not None:
+        _sub(head, "ReceptionNumber", header.reception_number)
+    if header.result is not None:
+        _sub(head, "MSGResult", header.result.value)
+    body = etree.SubElement(root, _BODY)
+    for position, entry in enumerate(entries, start=1):
+        _record_element(body, entry, f"/{MESSAGE_TYPE_ID}/MessageBody/Record[{position}]")
+    schema = lxml_schema(REGISTRATION_XSD)
+    if not schema.validate(root):
+        raise schema_error(schema, "registration message", root)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def registration_xmlschema() -> Any:
+    """The xmlschema schema of the message (same XSD file as the libxml2 validator)."""
+    return xmlschema_schema(REGISTRATION_XSD)
