@@ -101,6 +101,7 @@ DEFAULT_DELIVERY_ATTEMPTS: Final = 5
 DEFAULT_DELIVERY_BACKOFF: Final = 0.5
 DEFAULT_DELIVERY_TIMEOUT: Final = 10.0
 DELIVERY_LEASE: Final = dt.timedelta(seconds=30)
+DELIVERY_BATCH: Final = 64
 HUB_OWNER: Final = "hub"
 HUB_DATABASE: Final = "chukan_hub"
 
@@ -887,18 +888,21 @@ async def _deliver_answer(state: HubState, delivery: asyncpg.Record) -> None:
             await _retry_or_give_up(state, delivery, f"HTTP {response.status}")
 
 
+async def _deliver_one(state: HubState, delivery: asyncpg.Record) -> None:
+    try:
+        if delivery["kind"] == "provision_request":
+            await _deliver_provision_request(state, delivery)
+        else:
+            await _deliver_answer(state, delivery)
+    except Exception:  # a bug in one delivery must not stop the others
+        log.exception("delivery_crashed", delivery=delivery["id"])
+        await _retry_or_give_up(state, delivery, "internal_error")
+
+
 async def deliver_due(state: HubState) -> int:
-    """One pass of the outbox; returns how many deliveries were attempted."""
-    due = await _claim_due(state)
-    for delivery in due:
-        try:
-            if delivery["kind"] == "provision_request":
-                await _deliver_provision_request(state, delivery)
-            else:
-                await _deliver_answer(state, delivery)
-        except Exception:  # a bug in one delivery must not stop the others
-            log.exception("delivery_crashed", delivery=delivery["id"])
-            await _retry_or_give_up(state, delivery, "internal_error")
+    """One pass of the outbox, deliveries in parallel; returns how many were attempted."""
+    due = await _claim_due(state, limit=DELIVERY_BATCH)
+    await asyncio.gather(*(_deliver_one(state, delivery) for delivery in due))
     return len(due)
 
 
