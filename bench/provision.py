@@ -19,9 +19,9 @@ Run:  .venv/bin/python bench/provision.py [--requests 2000] [--concurrency 16]
 from __future__ import annotations
 
 import argparse
-import logging
 import asyncio
 import datetime as dt
+import logging
 import os
 import random
 import shutil
