@@ -205,11 +205,21 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.execute("SET TIME ZONE 'UTC'")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's per-release ``RESET ALL`` round trip.
+
+    Our code never leaves session state behind (no SET, LISTEN or session-level
+    advisory locks on pooled connections; transactions are always closed by
+    ``async with conn.transaction()``), so the reset only cost one round trip
+    per pool use — a third of a provision's database time.
+    """
+
+
 async def create_pool(
     url: str, *, min_size: int = DEFAULT_POOL_MIN, max_size: int = DEFAULT_POOL_MAX
 ) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection
+        url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
     )
     assert pool is not None
     return pool
