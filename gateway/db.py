@@ -19,11 +19,12 @@ import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 log = structlog.get_logger("chukan.db")
 
@@ -34,13 +35,11 @@ DEFAULT_POOL_MAX: Final = 10
 
 Pool = asyncpg.Pool
 
-if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    #: A connection, whether taken from a pool or opened directly.
-    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
-    #: Anything that runs a statement: a connection or the pool itself.
-    Executor: TypeAlias = Conn | asyncpg.Pool[asyncpg.Record]
+#: A connection, whether taken from a pool or opened directly.  (String aliases: asyncpg's
+#: classes are generic only in its type stubs, and these are used in runtime annotations.)
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+#: Anything that runs a statement: a connection or the pool itself.
+Executor: TypeAlias = "Conn | asyncpg.Pool[asyncpg.Record]"
 
 
 @dataclass(frozen=True, slots=True)
