@@ -176,6 +176,7 @@ async def bench(requests: int, concurrency: int, people: int, queries: int) -> N
             data_dir,
             hub_database="chukan_bench_hub",
             gateway_database="chukan_bench_gateway",
+            kokuhoren=False,
         )
         try:
             await measure(network, requests, concurrency, people, queries)

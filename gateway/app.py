@@ -36,6 +36,7 @@ from .errors import (
 from .hubclient import HubClient
 from .internal import get_query, health, list_records, register_person, store_item, submit_query
 from .keystore import load_or_create_keys
+from .kokuhoren import setup_kokuhoren_routes
 from .network import receive_message
 from .queries import send_query
 from .state import GATEWAY_STATE, GatewayState, utcnow
@@ -141,6 +142,7 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     app.router.add_get("/internal/v1/queries/{query_id}", get_query)
     app.router.add_get("/internal/v1/records", list_records)
     app.router.add_post("/network/v1/messages", receive_message)
+    setup_kokuhoren_routes(app)
     return app
 
 

@@ -32,6 +32,8 @@ async def _serve(server_url: str, work_dir: Path) -> None:
 
     network = await start_network(server_url, work_dir)
     print(f"hub      {network.hub.url}", flush=True)
+    if network.kokuhoren is not None:
+        print(f"国保連   {network.kokuhoren.url}", flush=True)
     for code, gateway in network.gateways.items():
         print(f"gateway  {code} {gateway.config.agency_name}  {gateway.url}", flush=True)
         print(f"         internal API token (this run only): {gateway.token}", flush=True)

@@ -7,23 +7,40 @@ alike, so that what is tested is what runs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+import aiohttp
 from aiohttp import web
 
 from chukan.codecs.catalog import CHIBA_CITY, FUNABASHI_CITY
-from chukan.keys import PublicSigningKey
+from chukan.keys import PublicSigningKey, b64e
 from chukan.simulators.hub import HUB_DATABASE, HUB_STATE, HubConfig, create_hub_app
+from chukan.simulators.kokuhoren import (
+    KOKUHOREN_DATABASE,
+    KOKUHOREN_STATE,
+    KokuhorenConfig,
+    create_kokuhoren_app,
+)
 
 from . import db
 from .app import bind_socket, create_gateway_app
-from .config import ALL_OPERATIONS, GatewayConfig, SystemCredential, Timing, token_digest
+from .config import (
+    ALL_OPERATIONS,
+    GatewayConfig,
+    KokuhorenLink,
+    SystemCredential,
+    Timing,
+    token_digest,
+)
 from .state import GATEWAY_STATE, GatewayState
 
 DEMO_AGENCIES: Final = ((CHIBA_CITY, "千葉市"), (FUNABASHI_CITY, "船橋市"))
+#: 介護保険 保険者番号 of the demo agencies (6 digits, the last a check digit).
+DEMO_INSURERS: Final = {CHIBA_CITY: "122010", FUNABASHI_CITY: "122044"}
 CORE_SYSTEM: Final = "kaigo-system"  # 介護保険システム
 GATEWAY_DATABASE: Final = "chukan_gateway"
 
@@ -89,10 +106,68 @@ class Network:
     work_dir: Path | None = None
     #: One database for every agency's gateway: tenants are isolated by row-level security.
     gateway_database: str = GATEWAY_DATABASE
+    #: The 国保連 simulator (its 伝送 mailbox), when the network has one.
+    kokuhoren: RunningServer | None = None
+    kokuhoren_config: KokuhorenConfig | None = None
 
     @property
     def hub_key(self) -> PublicSigningKey:
         return self.hub.app[HUB_STATE].keys.signing.public
+
+    def _kokuhoren_link(self) -> KokuhorenLink | None:
+        if self.kokuhoren is None:
+            return None
+        keys = self.kokuhoren.app[KOKUHOREN_STATE].keys
+        return KokuhorenLink(
+            url=self.kokuhoren.url,
+            token=secrets.token_urlsafe(24),
+            encryption_key=keys.encryption.public,
+            signing_key=keys.signing.public,
+        )
+
+    async def register_insurer(self, gateway: Gateway) -> None:
+        """Onboard a gateway's 保険者 at the 国保連 mailbox (token digest and public keys)."""
+        link, number = gateway.config.kokuhoren, gateway.config.insurer_number
+        if self.kokuhoren is None or self.kokuhoren_config is None or link is None or not number:
+            return
+        keys = gateway.state.keys
+        async with (
+            aiohttp.ClientSession() as session,
+            session.put(
+                f"{self.kokuhoren.url}/admin/v1/insurers/{number}",
+                json={
+                    "name": gateway.config.agency_name,
+                    "token_sha256": token_digest(link.token),
+                    "signing_key": {
+                        "key_id": keys.signing.key_id,
+                        "public": b64e(keys.signing.public.raw),
+                    },
+                    "encryption_key": {
+                        "key_id": keys.encryption.key_id,
+                        "public": b64e(keys.encryption.public.raw),
+                    },
+                },
+                headers={"Authorization": f"Bearer {self.kokuhoren_config.admin_token}"},
+            ) as response,
+        ):
+            if response.status not in (200, 201):
+                raise RuntimeError(f"国保連 refused the 保険者 {number}: HTTP {response.status}")
+
+    async def start_kokuhoren(self) -> RunningServer:
+        """Start the 国保連 simulator (again): the same database, keys and port as before."""
+        assert self.kokuhoren_config is not None
+        config = self.kokuhoren_config
+        self.kokuhoren = await serve(create_kokuhoren_app(config), config.host, config.port)
+        if config.port == 0:  # keep the port, so gateways reach it after a restart
+            port = int(self.kokuhoren.url.rsplit(":", 1)[1])
+            self.kokuhoren_config = dataclasses.replace(config, port=port)
+        return self.kokuhoren
+
+    async def stop_kokuhoren(self) -> None:
+        """Stop the 国保連 simulator (its mailbox goes down); gateways keep running."""
+        if self.kokuhoren is not None:
+            await self.kokuhoren.stop()
+            self.kokuhoren = None
 
     async def add_gateway(
         self,
@@ -102,8 +177,10 @@ class Network:
         timing: Timing | None = None,
         systems: tuple[SystemCredential, ...] | None = None,
         database: str | None = None,
+        insurer_number: str | None = None,
     ) -> Gateway:
         assert self.work_dir is not None
+        insurer_number = insurer_number or DEMO_INSURERS.get(code)
         token = secrets.token_urlsafe(24)
         admin_url = await db.ensure_database(self.server_url, database or self.gateway_database)
         await db.migrate_url(admin_url, "chukan.gateway")
@@ -122,15 +199,19 @@ class Network:
             if systems is not None
             else (SystemCredential(CORE_SYSTEM, token_digest(token), ALL_OPERATIONS),),
             timing=timing or Timing(),
+            insurer_number=insurer_number,
+            kokuhoren=self._kokuhoren_link() if insurer_number else None,
         )
         gateway = await start_gateway(config)
         self.gateways[code] = Gateway(gateway, config, token)
+        await self.register_insurer(self.gateways[code])
         return self.gateways[code]
 
     async def stop(self) -> None:
         for gateway in list(self.gateways.values()):
             await gateway.server.stop()
         self.gateways.clear()
+        await self.stop_kokuhoren()
         await self.hub.stop()
 
 
@@ -151,8 +232,14 @@ async def start_network(
     gateway_database: str = GATEWAY_DATABASE,
     hub_overrides: dict[str, object] | None = None,
     timing: Timing | None = None,
+    kokuhoren: bool = True,
+    kokuhoren_database: str = KOKUHOREN_DATABASE,
 ) -> Network:
-    """Start the hub, then each agency's gateway (which enrols itself with the hub)."""
+    """Start the hub (and the 国保連 simulator), then each agency's gateway.
+
+    Gateways enrol themselves with the hub; those with a 保険者番号 are onboarded
+    at the 国保連 mailbox with a token and their public keys.
+    """
     hub_url = await db.ensure_database(server_url, hub_database)
     hub_config = HubConfig(
         database_url=hub_url,
@@ -166,6 +253,14 @@ async def start_network(
         server_url, hub, hub_config, work_dir=work_dir, gateway_database=gateway_database
     )
     try:
+        if kokuhoren:
+            network.kokuhoren_config = KokuhorenConfig(
+                database_url=await db.ensure_database(server_url, kokuhoren_database),
+                key_dir=work_dir / "keys" / "kokuhoren",
+                key_passphrase=secrets.token_urlsafe(24).encode(),
+                admin_token=secrets.token_urlsafe(24),
+            )
+            await network.start_kokuhoren()
         for code, name in agencies:
             await network.add_gateway(code, name, timing=timing)
     except BaseException:

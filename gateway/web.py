@@ -41,8 +41,11 @@ DEFAULT_MAX_BODY: Final = 8 * 1024 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:  # e.g. per-record errors of a batch, never personal values
+        error["details"] = details
+    return web.json_response({"error": error}, status=status)
 
 
 @web.middleware
@@ -74,7 +77,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 code=code,
                 caller=request.get(CALLER),
             )
-        return error_response(status, code, message)
+        return error_response(status, code, message, getattr(exc, "details", None))
     log.debug(
         "request_done",
         path=request.path,

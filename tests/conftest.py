@@ -73,6 +73,7 @@ async def network(
         tmp_path_factory.mktemp("network"),
         hub_database=f"{db_prefix}hub",
         gateway_database=f"{db_prefix}gateway",
+        kokuhoren_database=f"{db_prefix}kokuhoren",
     )
     try:
         yield net
