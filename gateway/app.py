@@ -38,6 +38,7 @@ from .internal import get_query, health, list_records, register_person, store_it
 from .keystore import load_or_create_keys
 from .network import receive_message
 from .queries import send_query
+from .records import setup_records
 from .state import GATEWAY_STATE, GatewayState, utcnow
 from .web import (
     error_middleware,
@@ -134,6 +135,7 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
         log.info("gateway_stopped", agency=config.agency_code)
 
     app.cleanup_ctx.append(lifecycle)
+    setup_records(app)
     app.router.add_get("/health", health)
     app.router.add_post("/internal/v1/persons", register_person)
     app.router.add_put("/internal/v1/persons/{atena_id}/items/{item_code}", store_item)

@@ -11,6 +11,8 @@ from typing import Final
 
 from chukan.keys import PublicSigningKey
 
+from .settings import OpsConfig, RecordsConfig, StaffConfig
+
 #: Operations a core system can be granted on the internal API.
 OP_REGISTER_PERSON: Final = "persons.register"
 OP_WRITE_REPLICA: Final = "replica.write"
@@ -85,6 +87,9 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 0
     timing: Timing = field(default_factory=Timing)
+    records: RecordsConfig = field(default_factory=RecordsConfig)
+    staff: StaffConfig = field(default_factory=StaffConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
 
     def __repr__(self) -> str:  # keep secrets out of logs and tracebacks
         return f"GatewayConfig(agency={self.agency_code!r}, hub={self.hub_url!r})"
