@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import datetime as dt
 import hashlib
+import io
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import asyncpg
 import structlog
@@ -45,8 +47,9 @@ from aiohttp import web
 from chukan.keys import PublicSigningKey, SigningKeyPair, public_signing_key
 
 from . import db
+from .errors import GatewayError, ValidationError
 from .metrics import metrics_for
-from .state import GATEWAY_STATE, GatewayState, utcnow
+from .state import ATENA_PATTERN, GATEWAY_STATE, GatewayState, utcnow
 
 log = structlog.get_logger("chukan.records")
 
@@ -83,6 +86,9 @@ _ROW_COLUMNS: Final = (
 
 OUTCOMES: Final = ("provided", "refused", "held", "failed")
 
+#: A record row: from asyncpg, or a plain mapping (tests, exports).
+Row: TypeAlias = Mapping[str, Any] | asyncpg.Record
+
 
 # -- canonical form and hashes (pure) --------------------------------------------------------
 
@@ -113,7 +119,7 @@ def _text(name: str, value: Any) -> str | None:
     raise TypeError(f"record field {name} has an unexpected type {type(value).__name__}")
 
 
-def canonical_record(row: Mapping[str, Any]) -> bytes:
+def canonical_record(row: Row) -> bytes:
     """The bytes a record's hash covers: every field but id and the hashes, in fixed order."""
     names = ("tenant", "seq", *CONTENT_COLUMNS, "recorded_at")
     text = CANONICAL_VERSION + ";" + "".join(_canon(n, _text(n, row[n])) for n in names)
@@ -125,7 +131,7 @@ def genesis_hash(tenant: str) -> bytes:
     return hashlib.sha256(f"{CANONICAL_VERSION}|genesis|{tenant}".encode()).digest()
 
 
-def chain_hash(prev_hash: bytes, row: Mapping[str, Any]) -> bytes:
+def chain_hash(prev_hash: bytes, row: Row) -> bytes:
     return hashlib.sha256(prev_hash + canonical_record(row)).digest()
 
 
@@ -338,7 +344,7 @@ class _Walk:
     def add(self, kind: str, seq: int | None, row_id: int | None = None, detail: str = "") -> None:
         self.report.issues.append(Issue(kind, seq, row_id, detail))
 
-    def group(self, seq: int, rows: Sequence[Mapping[str, Any]]) -> None:
+    def group(self, seq: int, rows: Sequence[Row]) -> None:
         self.report.records += len(rows)
         if seq < 1 or (self.head_seq is not None and seq > self.head_seq):
             for row in rows:
@@ -395,7 +401,7 @@ async def verify_chain(
         )
         report.head_seq = head["seq"] if head else None
         walk = _Walk(tenant, report, report.head_seq, genesis_hash(tenant))
-        group: list[Mapping[str, Any]] = []
+        group: list[Row] = []
         async for row in conn.cursor(
             f"SELECT {_ROW_COLUMNS} FROM provision_records "  # noqa: S608 -- fixed column list
             "WHERE tenant = $1 ORDER BY seq, id",
@@ -584,6 +590,112 @@ async def records_context(app: web.Application) -> AsyncIterator[None]:
             )
 
 
+# -- staff API -------------------------------------------------------------------------------
+
+
+def disclosure_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=DISCLOSURE_FIELDS, lineterminator="\r\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in DISCLOSURE_FIELDS})
+    return out.getvalue()
+
+
+async def get_disclosure(request: web.Request) -> web.Response:
+    """Every query and provision about one person (auditor); ``?format=json|csv``;
+    ``?audience=person`` leaves out records flagged non-disclosure (不開示)."""
+    from .staff import ROLE_AUDITOR, audit_staff, require_staff
+
+    await require_staff(request, ROLE_AUDITOR)
+    state = request.app[GATEWAY_STATE]
+    atena_id = request.match_info["atena_id"]
+    if not ATENA_PATTERN.match(atena_id):
+        raise ValidationError("団体内統合宛名番号 must be 1 to 15 digits")
+    fmt = request.query.get("format", "json")
+    audience = request.query.get("audience", "auditor")
+    if fmt not in ("json", "csv") or audience not in ("auditor", "person"):
+        raise ValidationError("format must be json or csv; audience auditor or person")
+    tenant = state.config.agency_code
+    async with state.pool.acquire() as conn, conn.transaction():
+        rows = await disclose(conn, tenant, atena_id, include_non_disclosed=audience == "auditor")
+        checkpoint = await latest_checkpoint(conn, tenant)
+        # The disclosure itself is on the record, in the same transaction.
+        await audit_staff(
+            request,
+            "records.disclose",
+            target=atena_id,
+            detail={"records": len(rows), "format": fmt, "audience": audience},
+            conn=conn,
+        )
+    log.info("records_disclosed", records=len(rows), format=fmt)
+    if fmt == "csv":
+        return web.Response(
+            body=disclosure_csv(rows).encode("utf-8"),
+            content_type="text/csv",
+            charset="utf-8",
+            headers={"Content-Disposition": 'attachment; filename="disclosure.csv"'},
+        )
+    return web.json_response(
+        {
+            "agency": tenant,
+            "atena_id": atena_id,
+            "generated_at": utcnow().isoformat(),
+            "records": rows,
+            "checkpoint": checkpoint.to_json() if checkpoint else None,
+        }
+    )
+
+
+async def get_verify(request: web.Request) -> web.Response:
+    """Walk this agency's chain against its own signing key (auditor)."""
+    from .staff import ROLE_AUDITOR, audit_staff, require_staff
+
+    await require_staff(request, ROLE_AUDITOR)
+    state = request.app[GATEWAY_STATE]
+    public = state.keys.signing.public
+    async with state.pool.acquire() as conn:
+        report = await verify_chain(conn, state.config.agency_code, {public.key_id: public})
+    await audit_staff(
+        request, "records.verify", detail={"ok": report.ok, "issues": len(report.issues)}
+    )
+    return web.json_response(report.to_json())
+
+
+async def post_checkpoint(request: web.Request) -> web.Response:
+    """Sign a checkpoint now (auditor, admin), e.g. before an export."""
+    from .staff import ROLE_ADMIN, ROLE_AUDITOR, audit_staff, require_staff
+
+    await require_staff(request, ROLE_AUDITOR, ROLE_ADMIN)
+    state = request.app[GATEWAY_STATE]
+    async with state.pool.acquire() as conn:
+        try:
+            checkpoint = await make_checkpoint(
+                conn,
+                state.config.agency_code,
+                state.keys.signing,
+                every=1,
+                interval=dt.timedelta(0),
+                force=True,
+            )
+        except ChainBrokenError as exc:
+            raise ChainBrokenApiError(str(exc)) from None
+        if checkpoint is None:
+            checkpoint = await latest_checkpoint(conn, state.config.agency_code)
+    await audit_staff(
+        request, "records.checkpoint", detail={"seq": checkpoint.seq if checkpoint else None}
+    )
+    return web.json_response({"checkpoint": checkpoint.to_json() if checkpoint else None})
+
+
+class ChainBrokenApiError(GatewayError):
+    code = "record_chain_broken"
+    status = 409
+
+
 def setup_records(app: web.Application) -> None:
-    """Background work of the records (routes: :func:`setup_records_routes`)."""
+    """Background work of the records, and their staff API."""
     app.cleanup_ctx.append(records_context)
+    app.router.add_get("/staff/v1/disclosures/{atena_id}", get_disclosure)
+    app.router.add_get("/staff/v1/records/verify", get_verify)
+    app.router.add_post("/staff/v1/records/checkpoints", post_checkpoint)
