@@ -257,14 +257,13 @@ async def require_staff(request: web.Request, *roles: str) -> StaffSession:
             """UPDATE staff_sessions s SET ended_at = now(), end_reason = CASE
                    WHEN a.revoked_at IS NOT NULL THEN 'revoked'
                    WHEN a.expires_at IS NOT NULL AND a.expires_at <= now() THEN 'expired'
-                   WHEN s.created_at <= now() - $3::interval THEN 'lifetime'
+                   WHEN s.created_at <= now() - $2::interval THEN 'lifetime'
                    ELSE 'idle' END
                FROM staff_accounts a
                WHERE s.token_sha256 = $1 AND s.ended_at IS NULL
                  AND a.tenant = s.tenant AND a.username = s.username
                RETURNING s.username || ':' || s.end_reason""",
             digest,
-            config.idle_timeout,
             config.session_lifetime,
         )
         username, _, why = (reason or ":unknown_or_ended").partition(":")
