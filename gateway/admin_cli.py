@@ -128,6 +128,9 @@ async def tenant_connection(url: str, tenant: str) -> asyncpg.Connection:
         await conn.execute(f"SET SESSION AUTHORIZATION {role}")
         await conn.execute("SET TIME ZONE 'UTC'")
         actual = await conn.fetchval("SELECT chukan_tenant()")
+    except asyncpg.InvalidParameterValueError:
+        await conn.close()
+        raise CommandError(f"tenant {tenant} has no login role on this server") from None
     except BaseException:
         await conn.close()
         raise

@@ -79,7 +79,7 @@ CREATE TABLE record_checkpoints (
 -- The first prev_hash of a tenant's chain: bound to the tenant, so chains cannot be swapped.
 CREATE FUNCTION chukan_chain_genesis(tenant text) RETURNS bytea
     LANGUAGE sql IMMUTABLE STRICT
-    AS $$ SELECT sha256(convert_to('chukan-records-v1|genesis|' || tenant, 'UTF8')) $$;
+    AS $$ SELECT sha256(convert_to('chukan-record-v1|genesis|' || tenant, 'UTF8')) $$;
 
 -- name:length:value; (length in UTF-8 bytes) or name:-; for NULL: unambiguous.
 CREATE FUNCTION chukan_canon(name text, value text) RETURNS text
