@@ -239,7 +239,8 @@ async def test_metrics_in_prometheus_text(
         async with http.get(api.gateway.url + "/metrics") as response:
             assert response.status == 200
             assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
-            return await response.text()
+            text: str = await response.text()
+            return text
 
     ops_text = await scrape(ops_gateway)
     assert 'chukan_http_requests_total{route="/health",method="GET",status="200"}' in ops_text
