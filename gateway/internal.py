@@ -316,7 +316,13 @@ async def list_records(request: web.Request) -> web.Response:
         {
             "records": [
                 {
-                    k: (v.isoformat() if isinstance(v, dt.datetime | dt.date) else v)
+                    k: (
+                        v.isoformat()
+                        if isinstance(v, dt.datetime | dt.date)
+                        else v.hex()
+                        if isinstance(v, bytes)
+                        else v
+                    )
                     for k, v in dict(r).items()
                 }
                 for r in rows

@@ -209,6 +209,7 @@ async def ops_gateway(network: Any, http: Any) -> Api:
             checkpoint_every=5,
             checkpoint_interval=dt.timedelta(seconds=0.3),
             checkpoint_poll=0.05,
+            partition_check=dt.timedelta(seconds=0.3),
         ),
     )
     server = await start_gateway(config)

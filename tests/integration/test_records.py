@@ -562,3 +562,10 @@ async def test_records_verify_cli_reads_the_agency_key_folder(
     status, _ = await run_cli(admin_url(chiba), "records", "verify", "--tenant", "999999")
     assert status == 2  # not a tenant of this database
     assert dataclasses.is_dataclass(config)
+
+
+async def test_core_systems_read_records_with_their_chain_fields(chiba: Any) -> None:
+    status, body = await chiba.call("GET", "/internal/v1/records")
+    assert status == 200 and body["records"]
+    first = body["records"][0]
+    assert len(first["hash"]) == 64 and first["seq"] >= 1
