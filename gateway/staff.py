@@ -148,7 +148,7 @@ def check_password_strength(password: str, config: StaffConfig, username: str) -
         )
     if len(password) > MAX_PASSWORD_LENGTH:
         raise WeakPasswordError(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
-    if username.lower() in password.lower() or len(set(password)) < 5:
+    if (username and username.lower() in password.lower()) or len(set(password)) < 5:
         raise WeakPasswordError("password is too easy to guess")
 
 

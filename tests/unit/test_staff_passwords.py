@@ -50,6 +50,7 @@ def test_n_must_be_a_power_of_two() -> None:
 def test_password_strength() -> None:
     config = StaffConfig(min_password_length=12)
     check_password_strength("Tsuki-ga-kirei-desu", config, "yamada")
+    check_password_strength("Tsuki-ga-kirei-desu", config, "")  # hash-password: no user
     for weak in ("short", "aaaaaaaaaaaaaaaa", "yamada-password-1"):
         with pytest.raises(WeakPasswordError):
             check_password_strength(weak, config, "yamada")
