@@ -129,7 +129,7 @@ async def test_purge_runs_periodically_and_on_demand_with_job_rows(ops_gateway: 
         _, listing = await ops_gateway.call(
             "GET", "/staff/v1/jobs?kind=results.purge", token=operator
         )
-        if any(j["created_by"] == "gateway" for j in listing["jobs"]):
+        if any(j["created_by"] == "gateway" and j["status"] == "done" for j in listing["jobs"]):
             break
         await asyncio.sleep(0.1)
     assert any(j["created_by"] == "gateway" and j["status"] == "done" for j in listing["jobs"])
