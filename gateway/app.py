@@ -38,7 +38,10 @@ from .internal import get_query, health, list_records, register_person, store_it
 from .keystore import load_or_create_keys
 from .kokuhoren import setup_kokuhoren_routes
 from .network import receive_message
+from .ops import metrics_middleware, setup_ops
 from .queries import send_query
+from .records import setup_records
+from .staff import setup_staff
 from .state import GATEWAY_STATE, GatewayState, utcnow
 from .web import (
     error_middleware,
@@ -78,7 +81,9 @@ async def _resume_queued(state: GatewayState) -> None:
 
 def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     """The application; ``endpoint`` is the URL the hub uses to reach this gateway."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024)
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware], client_max_size=8 * 1024 * 1024
+    )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         if config.migration_database_url is not None:
@@ -135,6 +140,9 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
         log.info("gateway_stopped", agency=config.agency_code)
 
     app.cleanup_ctx.append(lifecycle)
+    setup_records(app)
+    setup_staff(app)
+    setup_ops(app, config)
     app.router.add_get("/health", health)
     app.router.add_post("/internal/v1/persons", register_person)
     app.router.add_put("/internal/v1/persons/{atena_id}/items/{item_code}", store_item)

@@ -12,10 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from . import db
+from . import admin_cli, db
 from .logs import configure_logging
 
 DEFAULT_DATA_DIR: Final = Path(".chukan")
+GATEWAY_DATABASE: Final = "chukan_gateway"  # as server.GATEWAY_DATABASE (not imported: slow)
 
 
 def _server_url(data_dir: Path) -> tuple[str, db.EmbeddedPostgres | None]:
@@ -56,8 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="run the offline demo and exit")
     commands.add_parser("serve", help="start hub and gateways and keep them running")
+    admin_cli.add_commands(commands, database_default=GATEWAY_DATABASE)
     args = parser.parse_args(argv)
     configure_logging(getattr(logging, str(args.log_level).upper(), logging.WARNING))
+    if args.command in admin_cli.COMMANDS:
+        return _admin(args)
     server_url, embedded = _server_url(args.data_dir)
     try:
         if args.command == "demo":
@@ -70,6 +74,22 @@ def main(argv: list[str] | None = None) -> int:
         ):
             asyncio.run(_serve(server_url, Path(tmp)))
         return 0
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _admin(args: argparse.Namespace) -> int:
+    """``records``, ``staff`` and ``ops``: against the gateway database (see admin_cli)."""
+    if args.command == "staff" and args.action == "hash-password":
+        return asyncio.run(admin_cli.run(args, "", sys.stdout, sys.stdin))
+    embedded = None
+    url = args.database_url
+    if not url:
+        server_url, embedded = _server_url(args.data_dir)
+        url = db.with_database(server_url, args.database)
+    try:
+        return asyncio.run(admin_cli.run(args, url, sys.stdout, sys.stdin))
     finally:
         if embedded is not None:
             embedded.stop()

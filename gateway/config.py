@@ -12,6 +12,8 @@ from typing import Final
 from chukan.codecs.kokuhoren_fields import is_valid_insurer_number
 from chukan.keys import PublicEncryptionKey, PublicSigningKey
 
+from .settings import OpsConfig, RecordsConfig, StaffConfig
+
 #: Operations a core system can be granted on the internal API.
 OP_REGISTER_PERSON: Final = "persons.register"
 OP_WRITE_REPLICA: Final = "replica.write"
@@ -124,6 +126,9 @@ class GatewayConfig:
     insurer_number: str | None = None
     #: Where 国保連 files go; ``None`` when this gateway does not transmit.
     kokuhoren: KokuhorenLink | None = None
+    records: RecordsConfig = field(default_factory=RecordsConfig)
+    staff: StaffConfig = field(default_factory=StaffConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
 
     def __post_init__(self) -> None:
         if self.insurer_number is not None and not is_valid_insurer_number(self.insurer_number):
