@@ -38,6 +38,9 @@ from .internal import get_query, health, list_records, register_person, store_it
 from .keystore import load_or_create_keys
 from .network import receive_message
 from .queries import send_query
+from .replica import setup_replica_routes
+from .replica_registration import setup_registration_routes
+from .review import setup_review_routes
 from .state import GATEWAY_STATE, GatewayState, utcnow
 from .web import (
     error_middleware,
@@ -141,6 +144,9 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     app.router.add_get("/internal/v1/queries/{query_id}", get_query)
     app.router.add_get("/internal/v1/records", list_records)
     app.router.add_post("/network/v1/messages", receive_message)
+    setup_replica_routes(app)
+    setup_registration_routes(app)
+    setup_review_routes(app)
     return app
 
 

@@ -17,8 +17,20 @@ OP_WRITE_REPLICA: Final = "replica.write"
 OP_SUBMIT_QUERY: Final = "queries.submit"
 OP_READ_QUERY: Final = "queries.read"
 OP_READ_RECORDS: Final = "records.read"
+OP_READ_REPLICA: Final = "replica.read"  # item history, export for reconciliation
+OP_READ_REVIEW: Final = "review.read"  # the queue of provisions held for manual review
+OP_DECIDE_REVIEW: Final = "review.decide"  # approve or refuse a held provision
 ALL_OPERATIONS: Final = frozenset(
-    {OP_REGISTER_PERSON, OP_WRITE_REPLICA, OP_SUBMIT_QUERY, OP_READ_QUERY, OP_READ_RECORDS}
+    {
+        OP_REGISTER_PERSON,
+        OP_WRITE_REPLICA,
+        OP_SUBMIT_QUERY,
+        OP_READ_QUERY,
+        OP_READ_RECORDS,
+        OP_READ_REPLICA,
+        OP_READ_REVIEW,
+        OP_DECIDE_REVIEW,
+    }
 )
 
 DEFAULT_MESSAGE_SKEW: Final = dt.timedelta(minutes=5)

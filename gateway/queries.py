@@ -44,7 +44,7 @@ async def insert_requester_record(
                   q.procedure_code, q.item_code, q.legal_basis, q.atena_id, q.created_at,
                   q.answered_at, $3, $4
            FROM queries q WHERE q.query_id = $1
-           ON CONFLICT (tenant, role, query_id) DO NOTHING""",
+           ON CONFLICT (tenant, role, query_id) WHERE outcome <> 'held' DO NOTHING""",
         query_id,
         state.config.agency_code,
         outcome,
