@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from . import db
+from . import db, replica_cli
 from .logs import configure_logging
 
 DEFAULT_DATA_DIR: Final = Path(".chukan")
@@ -54,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="run the offline demo and exit")
     commands.add_parser("serve", help="start hub and gateways and keep them running")
+    replica_cli.add_parser(commands)
     args = parser.parse_args(argv)
     configure_logging(getattr(logging, str(args.log_level).upper(), logging.WARNING))
+    if args.command == "replica":
+        return replica_cli.run(args)
     server_url, embedded = _server_url(args.data_dir)
     try:
         if args.command == "demo":
