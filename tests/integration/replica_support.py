@@ -64,10 +64,12 @@ async def insert_people(gateway: Any, atena_ids: list[str]) -> None:
     are synthetic: these people are never queried through the hub)."""
     conn = await asyncpg.connect(gateway.config.database_url)
     try:
-        await conn.copy_records_to_table(
-            "persons",
-            records=[(a, "SYN" + secrets.token_hex(16)) for a in atena_ids],
-            columns=("atena_id", "person_code"),
+        # COPY cannot write into a table with row-level security; the import stages first.
+        await conn.execute(
+            "INSERT INTO persons (atena_id, person_code) "
+            "SELECT * FROM unnest($1::text[], $2::text[])",
+            atena_ids,
+            ["SYN" + secrets.token_hex(16) for _ in atena_ids],
         )
     finally:
         await conn.close()
