@@ -210,6 +210,13 @@ def _file_facts(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def default_workers(cpus: int | None = None) -> int:
+    """Validation processes worth starting: measured (bench/replica_import.py), a pool
+    only pays when cores are left beside the splitting thread and PostgreSQL."""
+    cpus = cpus or os.cpu_count() or 1
+    return 0 if cpus <= 2 else cpus - 1
+
+
 def process_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     """Validation workers: spawned (never forked from a process with threads), warmed."""
     return concurrent.futures.ProcessPoolExecutor(
@@ -413,8 +420,9 @@ def add_parser(commands: Any) -> None:
     importer.add_argument(
         "--workers",
         type=int,
-        default=os.cpu_count() or 1,
-        help="validation processes (0: validate in one thread; default: CPU count)",
+        default=default_workers(),
+        help="validation processes (0: validate in one thread; default: CPU count - 1, "
+        "or 0 on two cores or fewer)",
     )
     importer.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="entries per batch")
     importer.add_argument("--stored-by", default="replica-import", help="recorded as the writer")
