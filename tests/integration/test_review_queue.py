@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+import secrets
 from typing import Any
 
 import pytest
@@ -182,3 +183,34 @@ async def test_flag_without_data_and_flag_cleared(
         json={"manual_review": True},
     )
     assert (status, body["error"]["code"]) == (404, "person_unknown")
+
+
+async def test_review_operations_need_their_grants(network: Any, http: Any) -> None:
+    """Deciding needs review.decide; a reader (review.read) may list but not decide."""
+    from chukan.gateway.config import OP_READ_REVIEW, SystemCredential, token_digest
+
+    token = secrets.token_urlsafe(16)
+    reader = SystemCredential("review-reader", token_digest(token), frozenset({OP_READ_REVIEW}))
+    gateway = await network.add_gateway("123455", "試験市", systems=(reader,))
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        async with http.get(gateway.url + "/internal/v1/review", headers=headers) as response:
+            assert response.status == 200
+            assert (await response.json())["reviews"] == []
+        for action in ("approve", "refuse"):
+            async with http.post(
+                gateway.url + f"/internal/v1/review/q-{secrets.token_hex(6)}/{action}",
+                headers=headers,
+            ) as response:
+                assert response.status == 403
+                assert (await response.json())["error"]["code"] == "forbidden"
+        refusals = await gateway.state.pool.fetch(
+            "SELECT caller, operation FROM access_refusals ORDER BY id"
+        )
+        assert [(r["caller"], r["operation"]) for r in refusals] == [
+            ("review-reader", "review.decide"),
+            ("review-reader", "review.decide"),
+        ]
+    finally:
+        await gateway.server.stop()
+        del network.gateways["123455"]

@@ -21,6 +21,9 @@ TENANT_TABLES = (
     "seen_messages",
     "provision_records",
     "access_refusals",
+    "replica_review_flags",
+    "replica_messages",
+    "review_queue",
 )
 
 
