@@ -149,10 +149,12 @@ PROVISION_SQL: Final = f"""
         INSERT INTO used_permits (permit_id, query_id, expires_at)
         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1)
     SELECT (SELECT count(*) FROM used) AS fresh, p.atena_id,
-           COALESCE(f.manual_review, false) AS manual_review, r.ids, r.contents
+           COALESCE((SELECT f.manual_review FROM replica_review_flags f
+                     WHERE f.atena_id = p.atena_id AND f.item_code = $5), false)
+             AS manual_review,
+           r.ids, r.contents
     FROM (SELECT 1) AS one
     LEFT JOIN persons p ON p.person_code = $4
-    LEFT JOIN replica_review_flags f ON f.atena_id = p.atena_id AND f.item_code = $5
     LEFT JOIN LATERAL (
         SELECT array_agg(s.id ORDER BY s.record_key) AS ids,
                array_agg(s.content ORDER BY s.record_key) AS contents

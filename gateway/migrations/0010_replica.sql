@@ -67,7 +67,6 @@ ALTER TABLE replica_items
 ALTER TABLE replica_items FORCE ROW LEVEL SECURITY;
 CREATE INDEX replica_items_on_date
     ON replica_items (tenant, atena_id, item_code, record_key, valid_from, version);
-CREATE INDEX replica_items_by_item ON replica_items (tenant, item_code);
 
 -- Registration messages (IF_DBM_20113_R01) by MSGID: the first result is kept and
 -- answered again to a re-sent message, which changes nothing.
