@@ -374,3 +374,18 @@ async def test_hostile_message_is_refused_and_nothing_stored(chiba: Any, name: s
         "SELECT (SELECT count(*) FROM replica_items) + (SELECT count(*) FROM replica_messages)"
     )
     assert after == before
+
+
+async def test_put_refuses_wrong_namespace_and_huge_items(
+    chiba: Any, person: str, rng: random.Random
+) -> None:
+    from chukan.codecs.items import ITEM_NAMESPACE
+
+    code = "TM00000000010201"
+    other_namespace = valid_item(code, rng).replace(ITEM_NAMESPACE.encode(), b"urn:example:x")
+    status, body = await chiba.store(person, code, other_namespace)
+    assert (status, body["error"]["code"]) == (400, "xml_structure")
+    huge = b"<a>" + b" " * (50 * 1024 * 1024) + b"</a>"
+    status, body = await chiba.store(person, code, huge)
+    assert (status, body["error"]["code"]) == (413, "payload_too_large")
+    assert await count_items(chiba, [person]) == 0
