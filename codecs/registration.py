@@ -12,6 +12,9 @@ not at all).
 :func:`decode_registration` works on bytes in memory; :func:`iter_registration`
 streams arbitrarily many entries through a hardened ``iterparse`` with constant
 memory, yielding the header first and then one result per entry.
+:func:`iter_registration_records` streams with the same checks but hands each entry
+on as its own bytes (:class:`RawRecord`), for :func:`decode_record` to check in
+another process: a bulk import splits the message once and validates in parallel.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from __future__ import annotations
 import enum
 import os
 import re
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, BinaryIO, Final, TypeAlias, cast
+from typing import Any, BinaryIO, Final, TypeAlias, TypeVar, cast
 
 from lxml import etree
 
@@ -164,8 +167,20 @@ class RegistrationMessage:
     rejected: tuple[EntryRejection, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One entry of a message as standalone XML bytes, not yet checked (see decode_record)."""
+
+    #: 1-based position of the entry in the message body.
+    position: int
+    data: bytes
+
+
 #: What :func:`iter_registration` yields: the header first, then one per entry.
 StreamItem: TypeAlias = MessageHeader | RegistrationEntry | EntryRejection
+#: What :func:`iter_registration_records` yields: the header first, then one per entry.
+RawStreamItem: TypeAlias = MessageHeader | RawRecord
+_T = TypeVar("_T")
 
 
 # ------------------------------------------------------------- decoding parts
@@ -378,9 +393,45 @@ def iter_registration(
     """
     if isinstance(source, str | os.PathLike):
         with open(source, "rb") as stream:
-            yield from _stream(stream, limits)
+            yield from _stream(stream, limits, _decode_record)
     else:
-        yield from _stream(source, limits)
+        yield from _stream(source, limits, _decode_record)
+
+
+def iter_registration_records(
+    source: BinaryIO | str | os.PathLike[str], limits: StreamLimits = DEFAULT_STREAM_LIMITS
+) -> Generator[RawStreamItem, None, None]:
+    """Stream a message like :func:`iter_registration`, entries left undecoded.
+
+    The envelope, the limits and hostile markup are checked exactly as there; each
+    entry is yielded as a :class:`RawRecord` (its element serialised with the
+    namespace declarations it needs) for :func:`decode_record`, which gives the same
+    result :func:`iter_registration` would have given for it.
+    """
+    if isinstance(source, str | os.PathLike):
+        with open(source, "rb") as stream:
+            yield from _stream(stream, limits, _raw_record)
+    else:
+        yield from _stream(source, limits, _raw_record)
+
+
+def _raw_record(record: etree._Element, position: int) -> RawRecord:
+    return RawRecord(position, etree.tostring(record, encoding="UTF-8", with_tail=False))
+
+
+def decode_record(
+    data: bytes, position: int, limits: StreamLimits = DEFAULT_STREAM_LIMITS
+) -> RegistrationEntry | EntryRejection:
+    """Check one entry given as its own XML (a :class:`RawRecord`'s ``data``).
+
+    Entry problems become an :class:`EntryRejection` as in :func:`iter_registration`;
+    bytes that are not one ``Record`` element of the message namespace raise.
+    """
+    xml_limits = XmlLimits(max_bytes=2 * limits.max_entry_bytes, max_depth=limits.max_depth)
+    root = parse_xml(data, xml_limits)
+    if root.tag != _RECORD:
+        raise _structure("an entry must be one Record element in the message namespace", "/")
+    return _decode_record(root, position)
 
 
 #: Only envelope elements produce events; an entry's inside is looked at when it ends.
@@ -411,7 +462,11 @@ class _StreamState:
         self.position = 0
 
 
-def _stream(stream: BinaryIO, limits: StreamLimits) -> Iterator[StreamItem]:
+def _stream(
+    stream: BinaryIO,
+    limits: StreamLimits,
+    on_record: Callable[[etree._Element, int], _T],
+) -> Iterator[MessageHeader | _T]:
     # The reader refuses any stretch of more than max_entry_bytes between two marks;
     # marks are set at the header and at every entry start, so each part is bounded
     # while it is read, before its element count and depth are checked at its end.
@@ -432,7 +487,7 @@ def _stream(stream: BinaryIO, limits: StreamLimits) -> Iterator[StreamItem]:
             elif tag == _RECORD:
                 if over_budget(element):
                     raise _budget_error(element, state.position, limits)
-                result = _decode_record(element, state.position)
+                result = on_record(element, state.position)
                 element.clear(keep_tail=True)
                 yield result
             elif tag == _HEADER:

@@ -1,14 +1,29 @@
-"""Synthetic replica items for the demo, tests and benchmarks (never real data)."""
+"""Synthetic replica items for the demo, tests and benchmarks (never real data).
+
+The 介護保険 items are real typed values of :mod:`chukan.codecs.item_model`,
+encoded with :func:`chukan.codecs.items.encode_item` (so they validate against
+their XSDs and are already in canonical form: the bytes the gateway stores).
+``local_tax_item`` stands for an item of another business (地方税, provided by
+another municipality to 千葉市) whose layout this project does not model.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import random
+from collections.abc import Callable
+from typing import Final
 
 from lxml import etree
 
+from . import item_model as m
+from .items import ITEM_CODES, encode_item
+
 LOCAL_TAX_NS = "urn:chukan:item:local-tax:1"
-CERTIFICATION_NS = "urn:chukan:item:certification:draft"
+#: A synthetic 保険者番号 (real ones are public, but nothing here should look real).
+SAMPLE_INSURER: Final = m.InsurerNumber("129999")
+
+_NA: Final = m.Nil(m.ReasonOfNull.NOT_APPLICABLE)
 
 
 def _serialise(root: etree._Element) -> bytes:
@@ -27,11 +42,123 @@ def local_tax_item(rng: random.Random, today: dt.date) -> bytes:
     return _serialise(root)
 
 
-def certification_item(rng: random.Random, today: dt.date) -> bytes:
-    root = etree.Element(f"{{{CERTIFICATION_NS}}}Certification", nsmap={None: CERTIFICATION_NS})  # type: ignore[dict-item]
-    root.set("Version", "1")
-    etree.SubElement(root, f"{{{CERTIFICATION_NS}}}CareLevel").text = rng.choice(
-        ["12", "13", "21", "22", "23", "24", "25"]
+def insured_number(rng: random.Random) -> m.InsuredNumber:
+    """A synthetic 被保険者番号 (10 digits)."""
+    return m.InsuredNumber("".join(rng.choice("0123456789") for _ in range(10)))
+
+
+def _years_ago(today: dt.date, years: int) -> dt.date:
+    return today.replace(year=today.year - years, day=min(today.day, 28))
+
+
+def care_certification(
+    rng: random.Random, today: dt.date, insured: m.InsuredNumber | None = None
+) -> m.CareCertification:
+    """受給者基本情報・要介護認定 (0201): one certification valid for a year from ``today``."""
+    applied = today - dt.timedelta(days=rng.randint(20, 40))
+    valid_to = today.replace(year=today.year + 1, day=min(today.day, 28)) - dt.timedelta(days=1)
+    record = m.CertificationRecord(
+        updated=today,
+        application_date=applied,
+        application_reason=rng.choice(list(m.ApplicationReason)),
+        certification_date=today,
+        care_level=rng.choice([level for level in m.CareLevel if level.value != "01"]),
+        valid_from=today,
+        valid_to=valid_to,
+        specific_disease=_NA,
+        deemed_certification=m.DeemedCertification.REGULAR,
     )
-    etree.SubElement(root, f"{{{CERTIFICATION_NS}}}ValidFrom").text = today.isoformat()
-    return _serialise(root)
+    return m.CareCertification(insured or insured_number(rng), SAMPLE_INSURER, (record,))
+
+
+def insured_qualification(
+    rng: random.Random, today: dt.date, insured: m.InsuredNumber | None = None
+) -> m.InsuredQualification:
+    record = m.QualificationRecord(
+        today,
+        m.InsuredCategory.FIRST,
+        _years_ago(today, rng.randint(1, 20)),
+        m.AcquisitionReason.AGE_65,
+        _NA,
+        _NA,
+    )
+    return m.InsuredQualification(insured or insured_number(rng), SAMPLE_INSURER, (record,))
+
+
+def address_exception(
+    rng: random.Random, today: dt.date, insured: m.InsuredNumber | None = None
+) -> m.AddressException:
+    record = m.AddressExceptionRecord(
+        today,
+        _years_ago(today, rng.randint(1, 5)),
+        _NA,
+        _NA,
+        m.InsurerNumber("128888"),
+        m.AddressExceptionFacility.SPECIFIED_FACILITY,
+    )
+    return m.AddressException(insured or insured_number(rng), SAMPLE_INSURER, (record,))
+
+
+def burden_ratio(
+    rng: random.Random, today: dt.date, insured: m.InsuredNumber | None = None
+) -> m.BurdenRatio:
+    record = m.BurdenRatioRecord(today, rng.choice(list(m.BurdenRatioCode)), today, _NA)
+    return m.BurdenRatio(insured or insured_number(rng), SAMPLE_INSURER, (record,))
+
+
+def benefit(
+    rng: random.Random, today: dt.date, insured: m.InsuredNumber | None = None
+) -> m.Benefit:
+    units = rng.randint(100, 30_000)
+    record = m.BenefitRecord(
+        today,
+        m.YearMonth(today.year, today.month),
+        m.ServiceTypeCode(rng.choice(["11", "13", "15", "21", "43"])),
+        _NA,
+        m.Units(units),
+        m.Yen(units * 9),
+        m.Yen(units),
+    )
+    return m.Benefit(insured or insured_number(rng), SAMPLE_INSURER, (record,))
+
+
+def premium_assessment(
+    rng: random.Random, today: dt.date, insured: m.InsuredNumber | None = None
+) -> m.PremiumAssessment:
+    amount = m.Yen(rng.randrange(20_000, 200_000, 100))
+    record = m.AssessmentRecord(
+        today,
+        m.FiscalYear(today.year),
+        m.IncomeCategoryCode(f"{rng.randint(1, 13):02d}"),
+        rng.choice(list(m.CollectionMethod)),
+        amount,
+        amount,
+        _NA,
+    )
+    return m.PremiumAssessment(insured or insured_number(rng), SAMPLE_INSURER, (record,))
+
+
+SampleFactory = Callable[[random.Random, dt.date, "m.InsuredNumber | None"], m.Item]
+
+#: 特定個人情報名 code → a factory of valid synthetic items (every code of ``ITEM_CODES``).
+SAMPLE_FACTORIES: Final[dict[str, SampleFactory]] = {
+    "TM00000000010101": insured_qualification,
+    "TM00000000010102": address_exception,
+    "TM00000000010201": care_certification,
+    "TM00000000010202": burden_ratio,
+    "TM00000000010300": benefit,
+    "TM00000000010500": premium_assessment,
+}
+assert set(SAMPLE_FACTORIES) == set(ITEM_CODES)
+
+
+def sample_item(
+    code: str, rng: random.Random, today: dt.date, insured: m.InsuredNumber | None = None
+) -> m.Item:
+    """A valid synthetic item of 特定個人情報名 ``code``."""
+    return SAMPLE_FACTORIES[code](rng, today, insured)
+
+
+def certification_item(rng: random.Random, today: dt.date) -> bytes:
+    """受給者基本情報・要介護認定 (TM00000000010201) as canonical XML bytes."""
+    return encode_item(care_certification(rng, today))

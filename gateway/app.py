@@ -41,6 +41,9 @@ from .network import receive_message
 from .ops import metrics_middleware, setup_ops
 from .queries import send_query
 from .records import setup_records
+from .replica import setup_replica_routes
+from .replica_registration import setup_registration_routes
+from .review import setup_review_routes
 from .staff import setup_staff
 from .state import GATEWAY_STATE, GatewayState, utcnow
 from .web import (
@@ -151,6 +154,9 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     app.router.add_get("/internal/v1/records", list_records)
     app.router.add_post("/network/v1/messages", receive_message)
     setup_kokuhoren_routes(app)
+    setup_replica_routes(app)
+    setup_registration_routes(app)
+    setup_review_routes(app)
     return app
 
 

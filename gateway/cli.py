@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from . import admin_cli, db
+from . import admin_cli, db, replica_cli
 from .logs import configure_logging
 
 DEFAULT_DATA_DIR: Final = Path(".chukan")
@@ -58,10 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("demo", help="run the offline demo and exit")
     commands.add_parser("serve", help="start hub and gateways and keep them running")
     admin_cli.add_commands(commands, database_default=GATEWAY_DATABASE)
+    replica_cli.add_parser(commands)
     args = parser.parse_args(argv)
     configure_logging(getattr(logging, str(args.log_level).upper(), logging.WARNING))
     if args.command in admin_cli.COMMANDS:
         return _admin(args)
+    if args.command == "replica":
+        return replica_cli.run(args)
     server_url, embedded = _server_url(args.data_dir)
     try:
         if args.command == "demo":

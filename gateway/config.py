@@ -22,6 +22,9 @@ OP_READ_QUERY: Final = "queries.read"
 OP_READ_RECORDS: Final = "records.read"
 #: 国保連 伝送: post recipient changes, build and send files, ingest return files.
 OP_KOKUHOREN_TRANSMIT: Final = "kokuhoren.transmit"
+OP_READ_REPLICA: Final = "replica.read"  # item history, export for reconciliation
+OP_READ_REVIEW: Final = "review.read"  # the queue of provisions held for manual review
+OP_DECIDE_REVIEW: Final = "review.decide"  # approve or refuse a held provision
 ALL_OPERATIONS: Final = frozenset(
     {
         OP_REGISTER_PERSON,
@@ -30,6 +33,9 @@ ALL_OPERATIONS: Final = frozenset(
         OP_READ_QUERY,
         OP_READ_RECORDS,
         OP_KOKUHOREN_TRANSMIT,
+        OP_READ_REPLICA,
+        OP_READ_REVIEW,
+        OP_DECIDE_REVIEW,
     }
 )
 

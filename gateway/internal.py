@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import time
 from typing import Any
 
@@ -20,7 +19,6 @@ from chukan.codecs.envelope import (
     new_message_id,
 )
 from chukan.codecs.individual_number import is_valid_individual_number
-from chukan.codecs.xmlsafe import parse_xml
 from chukan.permits import (
     NotAuthorizedError,
 )
@@ -30,7 +28,6 @@ from .config import (
     OP_READ_RECORDS,
     OP_REGISTER_PERSON,
     OP_SUBMIT_QUERY,
-    OP_WRITE_REPLICA,
 )
 from .errors import (
     GatewayError,
@@ -42,12 +39,12 @@ from .errors import (
     ValidationError,
 )
 from .queries import current_list, insert_requester_record, send_query
+from .replica import store_item_request
 from .state import (
     AGENCY_PATTERN,
     ATENA_PATTERN,
     GATEWAY_STATE,
     ITEM_CODE_PATTERN,
-    MAX_ITEM_BYTES,
     PROCEDURE_CODE_PATTERN,
     QUERY_ID_PATTERN,
     authorize,
@@ -56,7 +53,6 @@ from .state import (
 from .web import (
     optional_str,
     read_json,
-    read_xml,
     require_str,
 )
 
@@ -123,48 +119,8 @@ def _hub_refusal(error: tuple[str, str], status: int) -> GatewayError:
 
 
 async def store_item(request: web.Request) -> web.Response:
-    """副本: a new version of one 特定個人情報名 for one person (safe XML only)."""
-    system = await authorize(request, OP_WRITE_REPLICA)
-    state = request.app[GATEWAY_STATE]
-    atena_id = _atena(request.match_info["atena_id"])
-    item_code = request.match_info["item_code"]
-    if not ITEM_CODE_PATTERN.match(item_code):
-        raise ValidationError("特定個人情報名コード must be TM followed by 14 digits")
-    manual_review = request.query.get("manual_review", "false")
-    if manual_review not in ("true", "false"):
-        raise ValidationError("manual_review must be true or false")
-    content = await read_xml(request, limit=MAX_ITEM_BYTES)
-    parse_xml(content)  # refuses DTDs, entities, oversize and deep documents before storing
-    digest = hashlib.sha256(content).hexdigest()
-    async with state.pool.acquire() as conn, conn.transaction():
-        person = await conn.fetchval(
-            "SELECT atena_id FROM persons WHERE atena_id = $1 FOR UPDATE", atena_id
-        )
-        if person is None:
-            raise PersonUnknownError("no person with this 宛名番号 is registered")
-        previous = await conn.fetchval(
-            "UPDATE replica_items SET valid_to = now() "
-            "WHERE atena_id = $1 AND item_code = $2 AND valid_to IS NULL RETURNING version",
-            atena_id,
-            item_code,
-        )
-        version = (previous or 0) + 1
-        await conn.execute(
-            "INSERT INTO replica_items (atena_id, item_code, version, content, digest, "
-            "manual_review, stored_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            atena_id,
-            item_code,
-            version,
-            content,
-            digest,
-            manual_review == "true",
-            system.system_id,
-        )
-    log.info("replica_item_stored", item_code=item_code, version=version, caller=system.system_id)
-    return web.json_response(
-        {"atena_id": atena_id, "item_code": item_code, "version": version, "digest": digest},
-        status=201,
-    )
+    """副本: a new version of one 特定個人情報名 for one person (see ``replica``)."""
+    return await store_item_request(request)
 
 
 async def submit_query(request: web.Request) -> web.Response:

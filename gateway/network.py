@@ -39,6 +39,8 @@ from .errors import (
 )
 from .queries import conclude_refused, insert_requester_record
 from .records import RecordEntry, write_record
+from .replica import PROVISION_SQL, ReplicaInconsistentError, provision_document, today_jst
+from .review import HELD_REASON, hold_provision
 from .state import GATEWAY_STATE, GatewayState, answer_aad, utcnow
 from .web import (
     SIGNATURE_HEADER,
@@ -166,39 +168,48 @@ async def _provide(state: GatewayState, envelope: Envelope, body: ProvisionReque
         )
         log.warning("permit_refused", query_id=body.query_id, code=exc.code)
         raise
+    reference_date = body.reference_date or today_jst()
     async with state.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            """WITH used AS (
-                   INSERT INTO used_permits (permit_id, query_id, expires_at)
-                   VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1)
-               SELECT (SELECT count(*) FROM used) AS fresh, p.atena_id, r.content,
-                      r.manual_review, r.version
-               FROM (SELECT 1) AS one
-               LEFT JOIN persons p ON p.person_code = $4
-               LEFT JOIN LATERAL (
-                   SELECT content, manual_review, version FROM replica_items
-                   WHERE atena_id = p.atena_id AND item_code = $5 AND valid_to IS NULL
-                   ORDER BY version DESC LIMIT 1) r ON true""",
+            PROVISION_SQL,
             permit.permit_id,
             permit.query_id,
             permit.expires_at,
             body.provider_person_code,
             body.item_code,
+            reference_date,
         )
         assert row is not None
         if not row["fresh"]:
             raise PermitReplayedError("permit was already used")
         atena_id = row["atena_id"]
+        payload = None
         if atena_id is None:
-            outcome, reason, payload = "refused", "person_unknown", None
-        elif row["content"] is None:
-            outcome, reason, payload = "refused", "item_not_found", None
-        else:
-            aad = answer_aad(
-                body.query_id, permit.permit_id, state.config.agency_code, body.requester
+            outcome, reason = "refused", "person_unknown"
+        elif row["manual_review"]:  # 自動応答不可: a staff decision answers later
+            outcome, reason = "held", HELD_REASON
+            await hold_provision(
+                conn,
+                body,
+                permit,
+                atena_id=atena_id,
+                reference_date=reference_date,
+                replica_ids=row["ids"] or [],
+                requested_at=requested_at,
             )
-            recipient = public_encryption_key(body.requester_key_id, body.requester_key)
-            outcome, reason, payload = "provided", None, seal(recipient, row["content"], aad)
+        elif not row["contents"]:
+            outcome, reason = "refused", "item_not_found"
+        else:
+            try:
+                document = provision_document(body.item_code, row["contents"])
+            except ReplicaInconsistentError as exc:
+                outcome, reason = "refused", exc.code
+            else:
+                aad = answer_aad(
+                    body.query_id, permit.permit_id, state.config.agency_code, body.requester
+                )
+                recipient = public_encryption_key(body.requester_key_id, body.requester_key)
+                outcome, reason, payload = "provided", None, seal(recipient, document, aad)
         await _record_provision(
             conn,
             state,
@@ -209,6 +220,9 @@ async def _provide(state: GatewayState, envelope: Envelope, body: ProvisionReque
             outcome=outcome,
             reason=reason,
         )
+    if outcome == "held":
+        log.info("provision_held", query_id=body.query_id)
+        return web.json_response({"query_id": body.query_id, "status": "held"}, status=202)
     answer = ProvisionAnswer(
         query_id=body.query_id,
         permit_id=permit.permit_id,

@@ -26,6 +26,9 @@ TENANT_TABLES = (
     "staff_accounts",
     "staff_sessions",
     "audit_trail",
+    "replica_review_flags",
+    "replica_messages",
+    "review_queue",
 )
 
 

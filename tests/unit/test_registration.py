@@ -798,3 +798,48 @@ def test_stream_ending_early_closes_its_file(tmp_path: Path) -> None:
     results.close()
     del results
     gc.collect()
+
+
+# ------------------------------------------------ split, then decode elsewhere
+
+
+def test_raw_records_decode_to_what_the_stream_gives() -> None:
+    """iter_registration_records + decode_record == iter_registration, entry by entry."""
+    from chukan.codecs.registration import RawRecord, decode_record, iter_registration_records
+
+    records = [_record("R1")] + [case[0] for case in REJECTED_CASES]
+    records.append(_record("R99", segment="2", code="TM00000000010300"))
+    data = _document(records)
+    streamed = list(iter_registration(io.BytesIO(data)))
+    raw = list(iter_registration_records(io.BytesIO(data)))
+    assert raw[0] == streamed[0]
+    assert all(isinstance(x, RawRecord) for x in raw[1:])
+    decoded = [decode_record(x.data, x.position) for x in raw[1:] if isinstance(x, RawRecord)]
+    assert decoded == streamed[1:]
+
+
+def test_raw_records_keep_the_stream_checks() -> None:
+    from chukan.codecs.registration import iter_registration_records
+
+    with pytest.raises(XmlError):
+        list(iter_registration_records(io.BytesIO(_document([_record("R1")]) + b"<x/>")))
+    wrong_namespace = _document([_record("R1")]).replace(
+        REGISTRATION_NAMESPACE.encode(), b"urn:example:other"
+    )
+    with pytest.raises(XmlStructureError):
+        list(iter_registration_records(io.BytesIO(wrong_namespace)))
+    with pytest.raises(XmlForbiddenError):
+        list(
+            iter_registration_records(
+                io.BytesIO(b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>')
+            )
+        )
+
+
+def test_decode_record_refuses_what_is_not_a_record() -> None:
+    from chukan.codecs.registration import decode_record
+
+    with pytest.raises(XmlStructureError):
+        decode_record(f'<MessageBody xmlns="{REGISTRATION_NAMESPACE}"/>'.encode(), 1)
+    with pytest.raises(XmlForbiddenError):
+        decode_record(b'<!DOCTYPE r [<!ENTITY a "b">]><r>&a;</r>', 1)
