@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -88,14 +89,19 @@ def test_any_tampered_byte_is_refused(payload: bytes, field: str, data: st.DataO
     value = bytearray(getattr(sealed, field))
     index = data.draw(st.integers(0, len(value) - 1))
     value[index] ^= data.draw(st.integers(1, 255))
-    tampered = dataclasses.replace(sealed, **{field: bytes(value)})
+    changes: dict[str, Any] = {field: bytes(value)}
+    tampered = dataclasses.replace(sealed, **changes)
     with pytest.raises(DecryptionError):
         open_sealed({RECIPIENT.key_id: RECIPIENT}, tampered, b"aad")
 
 
 def test_truncated_fields_are_refused() -> None:
     sealed = seal(RECIPIENT.public, b"payload", b"")
-    for changes in ({"nonce": sealed.nonce[:-1]}, {"ephemeral_public": b"\x00" * 31}):
+    variants: list[dict[str, Any]] = [
+        {"nonce": sealed.nonce[:-1]},
+        {"ephemeral_public": b"\x00" * 31},
+    ]
+    for changes in variants:
         with pytest.raises(DecryptionError):
             open_sealed({RECIPIENT.key_id: RECIPIENT}, dataclasses.replace(sealed, **changes), b"")
 
