@@ -11,14 +11,22 @@ from typing import Final
 
 from chukan.keys import PublicSigningKey
 
+from .tls import TlsSettings
+
 #: Operations a core system can be granted on the internal API.
 OP_REGISTER_PERSON: Final = "persons.register"
 OP_WRITE_REPLICA: Final = "replica.write"
 OP_SUBMIT_QUERY: Final = "queries.submit"
 OP_READ_QUERY: Final = "queries.read"
 OP_READ_RECORDS: Final = "records.read"
+#: Operator operations: status, authorization-list refresh, key-ring reload.
+OP_READ_STATUS: Final = "status.read"
+OP_MANAGE_LIST: Final = "authorization_list.manage"
+OP_MANAGE_KEYS: Final = "keys.manage"
+ADMIN_OPERATIONS: Final = frozenset({OP_READ_STATUS, OP_MANAGE_LIST, OP_MANAGE_KEYS})
 ALL_OPERATIONS: Final = frozenset(
     {OP_REGISTER_PERSON, OP_WRITE_REPLICA, OP_SUBMIT_QUERY, OP_READ_QUERY, OP_READ_RECORDS}
+    | ADMIN_OPERATIONS
 )
 
 DEFAULT_MESSAGE_SKEW: Final = dt.timedelta(minutes=5)
@@ -29,6 +37,7 @@ DEFAULT_SEND_BACKOFF: Final = 0.5
 DEFAULT_HTTP_TIMEOUT: Final = 10.0
 DEFAULT_LIST_REFRESH: Final = 60.0
 DEFAULT_MAX_WAIT: Final = 30.0
+DEFAULT_PURGE_INTERVAL: Final = 300.0
 
 
 def token_digest(token: str) -> str:
@@ -38,7 +47,13 @@ def token_digest(token: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SystemCredential:
-    """A core system (e.g. 介護保険システム) allowed to call some internal operations."""
+    """A core system (e.g. 介護保険システム) allowed to call some internal operations.
+
+    It authenticates with a client certificate (kind ``system``, subject
+    ``<agency>.<system_id>``; it may call an operation granted both here and in
+    the certificate's roles) or with a bearer token whose SHA-256 is
+    ``token_sha256`` (an empty ``token_sha256`` means certificate only).
+    """
 
     system_id: str
     token_sha256: str
@@ -65,6 +80,8 @@ class Timing:
     http_timeout: float = DEFAULT_HTTP_TIMEOUT
     list_refresh: float = DEFAULT_LIST_REFRESH
     max_wait: float = DEFAULT_MAX_WAIT
+    #: How often used permits past their expiry (plus ``permit_skew``) are forgotten.
+    purge_interval: float = DEFAULT_PURGE_INTERVAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +102,8 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 0
     timing: Timing = field(default_factory=Timing)
+    #: Mutual TLS (server certificate, client certificate to the hub, CA); None = plain HTTP.
+    tls: TlsSettings | None = None
 
     def __repr__(self) -> str:  # keep secrets out of logs and tracebacks
         return f"GatewayConfig(agency={self.agency_code!r}, hub={self.hub_url!r})"

@@ -41,8 +41,12 @@ DEFAULT_MAX_BODY: Final = 8 * 1024 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def error_response(
+    status: int, code: str, message: str, details: Mapping[str, Any] | None = None
+) -> web.Response:
+    """``{"error": {"code", "message", ...details}}``; details add fields such as ``reason``."""
+    error: dict[str, Any] = {**(details or {}), "code": code, "message": message}
+    return web.json_response({"error": error}, status=status)
 
 
 @web.middleware
@@ -74,7 +78,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 code=code,
                 caller=request.get(CALLER),
             )
-        return error_response(status, code, message)
+        details = getattr(exc, "details", None)
+        return error_response(
+            status, code, message, details if isinstance(details, Mapping) else None
+        )
     log.debug(
         "request_done",
         path=request.path,

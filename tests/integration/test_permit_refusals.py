@@ -99,6 +99,7 @@ class HubImpostor:
                 "Content-Type": "application/xml",
                 SIGNATURE_HEADER: signature_header(self.hub_signer, message),
             },
+            ssl=self.network.hub_client_ssl(),
         ) as response:
             if response.content_type == "application/json":
                 return response.status, await response.json()
@@ -237,12 +238,16 @@ async def test_unsigned_or_badly_signed_messages_are_refused(impostor: HubImpost
     message = encode_message(header, body)
     url = impostor.provider.gateway.url + "/network/v1/messages"
     xml = {"Content-Type": "application/xml"}
-    async with impostor.http.post(url, data=message, headers=xml) as response:
+    hub_tls = impostor.network.hub_client_ssl()
+    async with impostor.http.post(url, data=message, headers=xml, ssl=hub_tls) as response:
         assert response.status == 401
         assert (await response.json())["error"]["code"] == "message_signature_invalid"
     stranger = generate_signing_key("hub")
     async with impostor.http.post(
-        url, data=message, headers={**xml, SIGNATURE_HEADER: signature_header(stranger, message)}
+        url,
+        data=message,
+        headers={**xml, SIGNATURE_HEADER: signature_header(stranger, message)},
+        ssl=hub_tls,
     ) as response:
         assert response.status == 401
     tampered = message.replace(b"<LegalBasis>132<", b"<LegalBasis>133<")
@@ -250,6 +255,7 @@ async def test_unsigned_or_badly_signed_messages_are_refused(impostor: HubImpost
         url,
         data=tampered,
         headers={**xml, SIGNATURE_HEADER: signature_header(impostor.hub_signer, message)},
+        ssl=hub_tls,
     ) as response:
         assert response.status == 401
 
@@ -268,6 +274,7 @@ async def test_stale_and_replayed_messages_are_refused(impostor: HubImpostor) ->
                 "Content-Type": "application/xml",
                 SIGNATURE_HEADER: signature_header(impostor.hub_signer, message),
             },
+            ssl=impostor.network.hub_client_ssl(),
         ) as response:
             return int(response.status)
 

@@ -1,0 +1,111 @@
+"""The local CA of one offline network: the demo, ``chukan serve``, benchmarks and tests.
+
+:func:`chukan.gateway.server.start_network` creates a :class:`NetworkPki` at
+start-up (nothing is read from or written to disk) and issues from it:
+
+* one server certificate per server, for ``127.0.0.1``, ``::1`` and ``localhost``;
+* a client certificate per agency gateway (kind ``agency``, subject = agency code),
+  which it presents to the hub;
+* the hub's client certificate (kind ``hub``), which it presents to gateways;
+* client certificates for core systems (kind ``system``, subject
+  ``<agency>.<system id>``, roles = the operations granted) and for the hub's
+  operator (kind ``system``, role ``hub.admin``), on demand.
+
+Client contexts are cached per identity, so a test session builds each once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from chukan.keys.ca import CertificateAuthority, ClientIdentity, IssuedCertificate
+from chukan.keys.tls import client_context
+
+from .tls import TlsSettings, system_subject
+
+LOOPBACK_HOSTS: Final = ("127.0.0.1", "::1", "localhost")
+DEFAULT_CA_LIFETIME: Final = dt.timedelta(days=400)
+DEFAULT_LEAF_LIFETIME: Final = dt.timedelta(days=90)
+HUB_IDENTITY: Final = ClientIdentity("hub", "hub")
+#: Role of the hub operator's client certificate (publishing lists, reading hub records).
+HUB_ADMIN_ROLE: Final = "hub.admin"
+HUB_OPERATOR: Final = ClientIdentity("system", "hub-operator", (HUB_ADMIN_ROLE,))
+
+
+@dataclass
+class NetworkPki:
+    """A CA created for one run, with the certificates and contexts issued from it."""
+
+    ca: CertificateAuthority
+    leaf_lifetime: dt.timedelta = DEFAULT_LEAF_LIFETIME
+    _contexts: dict[ClientIdentity | None, ssl.SSLContext] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def create(
+        cls,
+        name: str = "chukan local CA",
+        *,
+        now: dt.datetime | None = None,
+        ca_lifetime: dt.timedelta = DEFAULT_CA_LIFETIME,
+        leaf_lifetime: dt.timedelta = DEFAULT_LEAF_LIFETIME,
+    ) -> NetworkPki:
+        moment = now or dt.datetime.now(dt.UTC)
+        return cls(
+            CertificateAuthority.create(name, now=moment, lifetime=ca_lifetime), leaf_lifetime
+        )
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca.certificate_pem
+
+    def _now(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
+
+    def issue_client(self, identity: ClientIdentity) -> IssuedCertificate:
+        return self.ca.issue_client(identity, now=self._now(), lifetime=self.leaf_lifetime)
+
+    def settings(
+        self, server_name: str, client: ClientIdentity, hosts: Sequence[str] = LOOPBACK_HOSTS
+    ) -> TlsSettings:
+        """Server certificate for ``hosts`` and a client certificate for ``client``."""
+        server = self.ca.issue_server(
+            server_name, hosts=hosts, now=self._now(), lifetime=self.leaf_lifetime
+        )
+        issued = self.issue_client(client)
+        return TlsSettings(
+            ca_pem=self.ca_pem,
+            server_cert_pem=server.certificate_pem,
+            server_key_pem=server.private_key_pem,
+            client_cert_pem=issued.certificate_pem,
+            client_key_pem=issued.private_key_pem,
+        )
+
+    def client_context(self, identity: ClientIdentity) -> ssl.SSLContext:
+        """A client context presenting a certificate for ``identity`` (built once per identity)."""
+        ctx = self._contexts.get(identity)
+        if ctx is None:
+            issued = self.issue_client(identity)
+            ctx = client_context(self.ca_pem, issued.certificate_pem, issued.private_key_pem)
+            self._contexts[identity] = ctx
+        return ctx
+
+    def anonymous_context(self) -> ssl.SSLContext:
+        """Trusts the CA but presents no certificate (a caller with a bearer token, or nobody)."""
+        ctx = self._contexts.get(None)
+        if ctx is None:
+            ctx = client_context(self.ca_pem)
+            self._contexts[None] = ctx
+        return ctx
+
+    def system_context(
+        self, agency_code: str, system_id: str, operations: Iterable[str]
+    ) -> ssl.SSLContext:
+        """A core system of ``agency_code`` holding a certificate for ``operations``."""
+        identity = ClientIdentity(
+            "system", system_subject(agency_code, system_id), tuple(sorted(operations))
+        )
+        return self.client_context(identity)
