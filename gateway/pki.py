@@ -17,9 +17,11 @@ Client contexts are cached per identity, so a test session builds each once.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 from chukan.keys.ca import CertificateAuthority, ClientIdentity, IssuedCertificate
@@ -34,6 +36,13 @@ HUB_IDENTITY: Final = ClientIdentity("hub", "hub")
 #: Role of the hub operator's client certificate (publishing lists, reading hub records).
 HUB_ADMIN_ROLE: Final = "hub.admin"
 HUB_OPERATOR: Final = ClientIdentity("system", "hub-operator", (HUB_ADMIN_ROLE,))
+
+
+def system_identity(agency_code: str, system_id: str, operations: Iterable[str]) -> ClientIdentity:
+    """The certificate identity of an agency's core system: roles are its operations."""
+    return ClientIdentity(
+        "system", system_subject(agency_code, system_id), tuple(sorted(operations))
+    )
 
 
 @dataclass
@@ -105,7 +114,27 @@ class NetworkPki:
         self, agency_code: str, system_id: str, operations: Iterable[str]
     ) -> ssl.SSLContext:
         """A core system of ``agency_code`` holding a certificate for ``operations``."""
-        identity = ClientIdentity(
-            "system", system_subject(agency_code, system_id), tuple(sorted(operations))
-        )
-        return self.client_context(identity)
+        return self.client_context(system_identity(agency_code, system_id, operations))
+
+    def export_client(
+        self, identity: ClientIdentity, directory: Path, name: str, passphrase: bytes
+    ) -> tuple[Path, Path]:
+        """Write a client certificate and its key (encrypted PKCS#8, 0600) for an outside caller.
+
+        Used by ``chukan serve`` so that curl or a core system can call a gateway.
+        Returns (certificate path, key path); the CA certificate is ``ca.pem`` beside them.
+        """
+        issued = self.issue_client(identity)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(directory / "ca.pem", self.ca_pem)
+        cert_path = directory / f"{name}.crt"
+        key_path = directory / f"{name}.key"
+        _write_private(cert_path, issued.certificate_pem)
+        _write_private(key_path, issued.encrypted_private_key_pem(passphrase))
+        return cert_path, key_path
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
