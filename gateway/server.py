@@ -15,10 +15,12 @@ benchmark baseline only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import secrets
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -146,6 +148,7 @@ class Network:
         timing: Timing | None = None,
         systems: tuple[SystemCredential, ...] | None = None,
         database: str | None = None,
+        hub_key: PublicSigningKey | None = None,
     ) -> Gateway:
         assert self.work_dir is not None
         token = secrets.token_urlsafe(24)
@@ -159,7 +162,7 @@ class Network:
             database_url=tenant_url,
             migration_database_url=admin_url,
             hub_url=self.hub.url,
-            hub_key=self.hub_key,
+            hub_key=hub_key or self.hub_key,
             enrolment_token=self.hub_config.admin_token,
             key_dir=self.work_dir / "keys" / code,
             key_passphrase=self.hub_config.key_passphrase,
@@ -171,8 +174,9 @@ class Network:
         self.gateways[code] = Gateway(gateway, config, token, self.pki)
         return self.gateways[code]
 
-    async def restart_gateway(self, code: str) -> Gateway:
-        """Stop one gateway and start it again with the same configuration, keys and database.
+    @contextlib.asynccontextmanager
+    async def gateway_stopped(self, code: str) -> AsyncIterator[Gateway]:
+        """Stop one gateway for the block, then start it again (same config, keys, database).
 
         It listens on the same port again when it can, and re-enrols with the hub
         either way; the :class:`Gateway` object is updated in place.
@@ -181,9 +185,17 @@ class Network:
         port = int(gateway.url.rsplit(":", 1)[1])
         await gateway.server.stop()
         try:
-            gateway.server = await start_gateway(dataclasses.replace(gateway.config, port=port))
-        except OSError:  # the port was taken meanwhile
-            gateway.server = await start_gateway(gateway.config)
+            yield gateway
+        finally:
+            try:
+                gateway.server = await start_gateway(dataclasses.replace(gateway.config, port=port))
+            except OSError:  # the port was taken meanwhile
+                gateway.server = await start_gateway(gateway.config)
+
+    async def restart_gateway(self, code: str) -> Gateway:
+        """Stop one gateway and start it again at once (see :meth:`gateway_stopped`)."""
+        async with self.gateway_stopped(code) as gateway:
+            pass
         return gateway
 
     def hub_operator_ssl(self) -> ssl.SSLContext | None:

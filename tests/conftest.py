@@ -176,6 +176,12 @@ async def http(network: Any) -> AsyncIterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def api(http: Any) -> Any:
+    """``api(gateway)``: an :class:`Api` for any gateway of the network (e.g. one a test added)."""
+    return lambda gateway: Api(http, gateway)
+
+
+@pytest.fixture(scope="session")
 def chiba(network: Any, http: Any) -> Api:
     from chukan.codecs.catalog import CHIBA_CITY
 
