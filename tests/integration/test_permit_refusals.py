@@ -295,3 +295,57 @@ async def test_stale_and_replayed_messages_are_refused(impostor: HubImpostor) ->
     )
     assert await post(header) == 200
     assert await post(header) == 409  # the very same message id again
+
+
+async def test_a_row_missing_from_the_providers_list_is_refused(impostor: HubImpostor) -> None:
+    """A genuine hub permit is not enough: the provider's own list must carry the row too."""
+    body = impostor.request_body(item_code=catalog.INSURED_QUALIFICATION.code)  # not for 船橋市
+    status, error = await impostor.send(body, impostor.permit(body))
+    assert status == 403
+    assert error["error"]["code"] == "not_authorized"
+    record = await _provider_record(impostor, body.query_id)
+    assert (record["outcome"], record["reason_code"]) == ("refused", "not_authorized")
+    # Nothing was consumed: the permit id is not in the replay store.
+    used = await impostor.provider.gateway.state.pool.fetchval(
+        "SELECT count(*) FROM used_permits WHERE query_id = $1", body.query_id
+    )
+    assert used == 0
+
+
+async def test_a_used_permit_stays_used_across_a_restart(impostor: HubImpostor) -> None:
+    body = impostor.request_body()
+    permit = impostor.permit(body)
+    first, _ = await impostor.send(body, permit)
+    assert first == 200
+    await impostor.network.restart_gateway(catalog.CHIBA_CITY)
+    status, error = await impostor.send(body, permit)
+    assert status == 403
+    assert error["error"]["code"] == "permit_replayed"
+
+
+async def test_used_permits_are_forgotten_only_after_expiry_and_skew(
+    impostor: HubImpostor,
+) -> None:
+    from chukan.gateway.housekeeping import purge_used_permits
+
+    state = impostor.provider.gateway.state
+    skew = state.config.timing.permit_skew
+    now = dt.datetime.now(dt.UTC)
+    ids = {
+        "long-expired": now - skew - dt.timedelta(minutes=10),
+        "within-skew": now - skew / 2,
+        "valid": now + dt.timedelta(minutes=5),
+    }
+    prefix = new_permit_id()
+    await state.pool.executemany(
+        "INSERT INTO used_permits (permit_id, query_id, expires_at) VALUES ($1, $2, $3)",
+        [(f"{prefix}-{name}", f"q-{name}", at) for name, at in ids.items()],
+    )
+    assert await purge_used_permits(state) >= 1
+    left = {
+        r["permit_id"].removeprefix(f"{prefix}-")
+        for r in await state.pool.fetch(
+            "SELECT permit_id FROM used_permits WHERE permit_id LIKE $1", f"{prefix}-%"
+        )
+    }
+    assert left == {"within-skew", "valid"}
