@@ -110,7 +110,9 @@ class Gateway:
         """
         if self.pki is None:
             return None
-        system = next(s for s in self.config.systems if s.system_id == system_id)
+        system = next((s for s in self.config.systems if s.system_id == system_id), None)
+        if system is None:
+            raise ValueError(f"{system_id} is not a core system of {self.config.agency_code}")
         return self.pki.system_context(self.config.agency_code, system_id, system.operations)
 
     @property

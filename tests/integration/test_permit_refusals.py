@@ -349,3 +349,23 @@ async def test_used_permits_are_forgotten_only_after_expiry_and_skew(
         )
     }
     assert left == {"within-skew", "valid"}
+
+
+async def test_a_permit_just_past_expiry_is_accepted_within_the_clock_skew(
+    impostor: HubImpostor,
+) -> None:
+    """``Timing.permit_skew`` (30 s by default) absorbs a hub clock slightly ahead."""
+    skew = impostor.provider.gateway.config.timing.permit_skew
+    body = impostor.request_body()
+    now = dt.datetime.now(dt.UTC)
+    permit = impostor.permit(
+        body, issued_at=now - dt.timedelta(minutes=5), expires_at=now - skew / 3
+    )
+    status, _ = await impostor.send(body, permit)
+    assert status == 200
+    late = impostor.request_body()
+    permit = impostor.permit(
+        late, issued_at=now - dt.timedelta(minutes=5), expires_at=now - skew * 2
+    )
+    status, error = await impostor.send(late, permit)
+    assert (status, error["error"]["code"]) == (403, "permit_expired")
