@@ -14,6 +14,7 @@ import random
 from importlib import resources
 from typing import Any
 
+import asyncpg
 import pytest
 
 from chukan.codecs import catalog
@@ -153,6 +154,13 @@ async def test_gateways_hold_the_sample_list_and_keep_its_history(chiba: Any) ->
     trusted = gateway.state.hub.trusted_hub
     again = verify_signed_list(row["signed_document"], trusted, now=dt.datetime.now(dt.UTC))
     assert again.rows == lst.rows
+    # The history is append-only for the gateway's own database login.
+    for statement in (
+        "DELETE FROM authorization_lists",
+        "UPDATE authorization_lists SET digest = ''",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await gateway.state.pool.execute(statement)
 
 
 async def test_a_published_version_takes_effect_without_a_restart(
