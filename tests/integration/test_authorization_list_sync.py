@@ -34,7 +34,6 @@ from chukan.gateway.web import SIGNATURE_HEADER, signature_header
 from chukan.keys import generate_signing_key
 from chukan.permits import (
     AuthorizationList,
-    AuthorizationRow,
     list_to_xml,
     sign_list,
     verify_signed_list,
@@ -450,19 +449,3 @@ async def test_the_refresh_loop_picks_up_a_new_version(network: Any, http: Any, 
         await gateway.server.stop()
         del network.gateways["122165"]
     await restore_sample(network, http)
-
-
-def test_sample_rows_match_the_design() -> None:
-    """27 provision rows (項 list of DESIGN §4) and 2 query rows (項 131, 132) for 千葉市."""
-    now = dt.datetime.now(dt.UTC)
-    from chukan.permits import load_sample_list
-
-    lst = load_sample_list(issued_at=now, expires_at=now + dt.timedelta(days=1))
-    provides = sorted(r.legal_basis for r in lst.rows_for_provider(catalog.CHIBA_CITY))
-    assert provides == [
-        2, 3, 6, 7, 11, 15, 27, 38, 42, 56, 65, 69, 70, 80, 83, 86, 87, 108, 115, 116,
-        125, 128, 132, 137, 144, 158, 161,
-    ]  # fmt: skip
-    queries = sorted(r.legal_basis for r in lst.rows_for_requester(catalog.CHIBA_CITY))
-    assert queries == [131, 132]
-    assert all(isinstance(r, AuthorizationRow) for r in lst.rows)
