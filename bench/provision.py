@@ -201,6 +201,7 @@ async def bench(
             hub_database="chukan_bench_hub",
             gateway_database="chukan_bench_gateway",
             tls=tls,
+            kokuhoren=False,
         )
         try:
             await measure(network, requests, concurrency, people, queries)

@@ -29,9 +29,13 @@ from .housekeeping import housekeeping_context
 from .hubclient import HubClient
 from .internal import get_query, health, list_records, register_person, store_item, submit_query
 from .keyring import current_keys, enrolment_payload, load_or_create_ring, reload_keys
+from .kokuhoren import setup_kokuhoren_routes
 from .listsync import LIST_SYNC, ListSync, list_sync_context, receive_pushed_list, refresh_list
 from .network import receive_message
+from .ops import metrics_middleware, setup_ops
 from .queries import send_query
+from .records import setup_records
+from .staff import setup_staff
 from .state import GATEWAY_STATE, GatewayState, utcnow
 from .status import gateway_status
 from .tls import client_session
@@ -54,7 +58,8 @@ async def _resume_queued(state: GatewayState) -> None:
 def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     """The application; ``endpoint`` is the URL the hub uses to reach this gateway."""
     app = web.Application(
-        middlewares=[error_middleware, network_peer_middleware], client_max_size=8 * 1024 * 1024
+        middlewares=[metrics_middleware, error_middleware, network_peer_middleware],
+        client_max_size=8 * 1024 * 1024,
     )
     app[LIST_SYNC] = ListSync()
 
@@ -104,6 +109,9 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(list_sync_context)
     app.cleanup_ctx.append(housekeeping_context)
+    setup_records(app)
+    setup_staff(app)
+    setup_ops(app, config)
     app.router.add_get("/health", health)
     app.router.add_get("/internal/v1/status", gateway_status)
     app.router.add_post("/internal/v1/authorization-list/refresh", refresh_list)
@@ -115,6 +123,7 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     app.router.add_get("/internal/v1/records", list_records)
     app.router.add_post("/network/v1/messages", receive_message)
     app.router.add_post("/network/v1/authorization-list", receive_pushed_list)
+    setup_kokuhoren_routes(app)
     return app
 
 

@@ -12,11 +12,12 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from . import db
+from . import admin_cli, db
 from .keycli import add_keys_parser, run_keys
 from .logs import configure_logging
 
 DEFAULT_DATA_DIR: Final = Path(".chukan")
+GATEWAY_DATABASE: Final = "chukan_gateway"  # as server.GATEWAY_DATABASE (not imported: slow)
 
 
 def _server_url(data_dir: Path) -> tuple[str, db.EmbeddedPostgres | None]:
@@ -34,6 +35,8 @@ async def _serve(server_url: str, work_dir: Path) -> None:
 
     network = await start_network(server_url, work_dir)
     print(f"hub      {network.hub.url}", flush=True)
+    if network.kokuhoren is not None:
+        print(f"国保連   {network.kokuhoren.url}", flush=True)
     for code, gateway in network.gateways.items():
         print(f"gateway  {code} {gateway.config.agency_name}  {gateway.url}", flush=True)
         print(f"         internal API token (this run only): {gateway.token}", flush=True)
@@ -68,11 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="run the offline demo and exit")
     commands.add_parser("serve", help="start hub and gateways and keep them running")
+    admin_cli.add_commands(commands, database_default=GATEWAY_DATABASE)
     add_keys_parser(commands)
     args = parser.parse_args(argv)
     configure_logging(getattr(logging, str(args.log_level).upper(), logging.WARNING))
     if args.command == "keys":
         return run_keys(args)
+    if args.command in admin_cli.COMMANDS:
+        return _admin(args)
     server_url, embedded = _server_url(args.data_dir)
     try:
         if args.command == "demo":
@@ -85,6 +91,22 @@ def main(argv: list[str] | None = None) -> int:
         ):
             asyncio.run(_serve(server_url, Path(tmp)))
         return 0
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _admin(args: argparse.Namespace) -> int:
+    """``records``, ``staff`` and ``ops``: against the gateway database (see admin_cli)."""
+    if args.command == "staff" and args.action == "hash-password":
+        return asyncio.run(admin_cli.run(args, "", sys.stdout, sys.stdin))
+    embedded = None
+    url = args.database_url
+    if not url:
+        server_url, embedded = _server_url(args.data_dir)
+        url = db.with_database(server_url, args.database)
+    try:
+        return asyncio.run(admin_cli.run(args, url, sys.stdout, sys.stdin))
     finally:
         if embedded is not None:
             embedded.stop()

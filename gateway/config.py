@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from chukan.keys import PublicSigningKey
+from chukan.codecs.kokuhoren_fields import is_valid_insurer_number
+from chukan.keys import PublicEncryptionKey, PublicSigningKey
 
+from .settings import OpsConfig, RecordsConfig, StaffConfig
 from .tls import TlsSettings
 
 #: Operations a core system can be granted on the internal API.
@@ -19,13 +21,22 @@ OP_WRITE_REPLICA: Final = "replica.write"
 OP_SUBMIT_QUERY: Final = "queries.submit"
 OP_READ_QUERY: Final = "queries.read"
 OP_READ_RECORDS: Final = "records.read"
+#: 国保連 伝送: post recipient changes, build and send files, ingest return files.
+OP_KOKUHOREN_TRANSMIT: Final = "kokuhoren.transmit"
 #: Operator operations: status, authorization-list refresh, key-ring reload.
 OP_READ_STATUS: Final = "status.read"
 OP_MANAGE_LIST: Final = "authorization_list.manage"
 OP_MANAGE_KEYS: Final = "keys.manage"
 ADMIN_OPERATIONS: Final = frozenset({OP_READ_STATUS, OP_MANAGE_LIST, OP_MANAGE_KEYS})
 ALL_OPERATIONS: Final = frozenset(
-    {OP_REGISTER_PERSON, OP_WRITE_REPLICA, OP_SUBMIT_QUERY, OP_READ_QUERY, OP_READ_RECORDS}
+    {
+        OP_REGISTER_PERSON,
+        OP_WRITE_REPLICA,
+        OP_SUBMIT_QUERY,
+        OP_READ_QUERY,
+        OP_READ_RECORDS,
+        OP_KOKUHOREN_TRANSMIT,
+    }
     | ADMIN_OPERATIONS
 )
 
@@ -38,6 +49,9 @@ DEFAULT_HTTP_TIMEOUT: Final = 10.0
 DEFAULT_LIST_REFRESH: Final = 60.0
 DEFAULT_MAX_WAIT: Final = 30.0
 DEFAULT_PURGE_INTERVAL: Final = 300.0
+DEFAULT_TRANSMIT_ATTEMPTS: Final = 12
+DEFAULT_TRANSMIT_BACKOFF: Final = 0.5
+DEFAULT_TRANSMIT_MAX_BACKOFF: Final = 300.0
 
 
 def token_digest(token: str) -> str:
@@ -82,6 +96,28 @@ class Timing:
     max_wait: float = DEFAULT_MAX_WAIT
     #: How often used permits past their expiry (plus ``permit_skew``) are forgotten.
     purge_interval: float = DEFAULT_PURGE_INTERVAL
+    #: 国保連 伝送: attempts per file, first delay and cap of the exponential backoff.
+    transmit_attempts: int = DEFAULT_TRANSMIT_ATTEMPTS
+    transmit_backoff: float = DEFAULT_TRANSMIT_BACKOFF
+    transmit_max_backoff: float = DEFAULT_TRANSMIT_MAX_BACKOFF
+
+
+@dataclass(frozen=True, slots=True)
+class KokuhorenLink:
+    """The 国保連 伝送 mailbox this gateway delivers to (伝送通信ソフト settings).
+
+    ``token`` is this 保険者's bearer credential (the mailbox keeps only its
+    SHA-256); files are sealed for ``encryption_key`` and the mailbox's answers
+    must verify under ``signing_key``.
+    """
+
+    url: str
+    token: str
+    encryption_key: PublicEncryptionKey
+    signing_key: PublicSigningKey
+
+    def __repr__(self) -> str:  # the token is a secret
+        return f"KokuhorenLink(url={self.url!r}, key={self.encryption_key.key_id!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +140,17 @@ class GatewayConfig:
     timing: Timing = field(default_factory=Timing)
     #: Mutual TLS (server certificate, client certificate to the hub, CA); None = plain HTTP.
     tls: TlsSettings | None = None
+    #: 介護保険 保険者番号 of this agency (6 digits, check digit), for 国保連 files.
+    insurer_number: str | None = None
+    #: Where 国保連 files go; ``None`` when this gateway does not transmit.
+    kokuhoren: KokuhorenLink | None = None
+    records: RecordsConfig = field(default_factory=RecordsConfig)
+    staff: StaffConfig = field(default_factory=StaffConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
+
+    def __post_init__(self) -> None:
+        if self.insurer_number is not None and not is_valid_insurer_number(self.insurer_number):
+            raise ValueError("insurer_number must be 6 digits with a valid check digit")
 
     def __repr__(self) -> str:  # keep secrets out of logs and tracebacks
         return f"GatewayConfig(agency={self.agency_code!r}, hub={self.hub_url!r})"

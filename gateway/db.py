@@ -19,11 +19,12 @@ import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 log = structlog.get_logger("chukan.db")
 
@@ -34,13 +35,11 @@ DEFAULT_POOL_MAX: Final = 10
 
 Pool = asyncpg.Pool
 
-if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    #: A connection, whether taken from a pool or opened directly.
-    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
-    #: Anything that runs a statement: a connection or the pool itself.
-    Executor: TypeAlias = Conn | asyncpg.Pool[asyncpg.Record]
+#: A connection, whether taken from a pool or opened directly.  (String aliases: asyncpg's
+#: classes are generic only in its type stubs, and these are used in runtime annotations.)
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+#: Anything that runs a statement: a connection or the pool itself.
+Executor: TypeAlias = "Conn | asyncpg.Pool[asyncpg.Record]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,11 +204,21 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.execute("SET TIME ZONE 'UTC'")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's per-release ``RESET ALL`` round trip.
+
+    Our code never leaves session state behind (no SET, LISTEN or session-level
+    advisory locks on pooled connections; transactions are always closed by
+    ``async with conn.transaction()``), so the reset only cost one round trip
+    per pool use — a third of a provision's database time.
+    """
+
+
 async def create_pool(
     url: str, *, min_size: int = DEFAULT_POOL_MIN, max_size: int = DEFAULT_POOL_MAX
 ) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection
+        url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
     )
     assert pool is not None
     return pool

@@ -5,6 +5,8 @@
 2. 千葉市 (the new city of person B) asks 船橋市 for B's premium basis
    (地方税 所得・課税) under 項 131;
 3. a query that is not on the authorization list is refused at the requester;
+4. 千葉市 sends its month-end 受給者異動連絡票 to the 国保連 simulator and prints
+   the intake result, then ingests the 給付実績 国保連 returns;
 
 then it shows the provision records on each side and that the hub stored only
 ciphertext of what it routed.
@@ -29,6 +31,7 @@ from chukan.codecs.sample_items import certification_item, local_tax_item
 from chukan.simulators.hub import HUB_STATE
 
 from . import db
+from .kokuhoren_demo import month_end_transmission
 from .server import Gateway, Network, start_network
 from .synthetic import SyntheticPerson, synthetic_person
 
@@ -158,10 +161,15 @@ async def run_demo(server_url: str, work_dir: Path, out: TextIO = sys.stdout) ->
         print(text, file=out, flush=True)
 
     say("chukan demo: hub, 千葉市 and 船橋市 gateways on one PostgreSQL")
-    for database in ("chukan_demo_hub", "chukan_demo_gateway"):  # each run starts empty
+    # each run starts empty
+    for database in ("chukan_demo_hub", "chukan_demo_gateway", "chukan_demo_kokuhoren"):
         await db.drop_database(server_url, database)
     network = await start_network(
-        server_url, work_dir, gateway_database="chukan_demo_gateway", hub_database="chukan_demo_hub"
+        server_url,
+        work_dir,
+        gateway_database="chukan_demo_gateway",
+        hub_database="chukan_demo_hub",
+        kokuhoren_database="chukan_demo_kokuhoren",
     )
     try:
         chiba = network.gateways[catalog.CHIBA_CITY]
@@ -245,6 +253,7 @@ async def run_demo(server_url: str, work_dir: Path, out: TextIO = sys.stdout) ->
             await demo.record_counts()
             say("\n7. What the hub stored")
             await demo.hub_saw_only_ciphertext([certification, income])
+            await month_end_transmission(demo, rng, [a_chiba, b_chiba])
         say("\ndemo finished: both directions answered, records kept on every side")
     finally:
         await network.stop()

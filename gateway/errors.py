@@ -134,7 +134,7 @@ class AuthorizationListUnavailableError(GatewayError):
 
     ``reason`` is the underlying code (``authorization_list_missing``,
     ``authorization_list_expired``, ``authorization_list_signature``, …); it is
-    returned beside the code as ``error.reason``.
+    returned beside the code as ``error.details.reason``.
     """
 
     code = "authorization_list_unavailable"

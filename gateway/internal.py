@@ -183,6 +183,9 @@ async def submit_query(request: web.Request) -> web.Response:
         raise ValidationError("特定個人情報名コード must be TM followed by 14 digits")
     if not AGENCY_PATTERN.match(provider):
         raise ValidationError("provider must be an agency code of 6 or 16 digits")
+    non_disclosure = data.get("non_disclosure", False)
+    if not isinstance(non_disclosure, bool):
+        raise ValidationError("non_disclosure must be true or false")
     reference = optional_str(data, "reference_date", max_length=10)
     try:
         reference_date = dt.date.fromisoformat(reference) if reference else None
@@ -202,9 +205,9 @@ async def submit_query(request: web.Request) -> web.Response:
         await conn.execute(
             """INSERT INTO queries (query_id, atena_id, provider, business_code, procedure_code,
                    item_code, legal_basis, reference_date, status, reason_code, submitted_by,
-                   expires_at, answered_at)
+                   expires_at, answered_at, non_disclosure)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                       CASE WHEN $9 = 'refused' THEN now() END)""",
+                       CASE WHEN $9 = 'refused' THEN now() END, $13)""",
             query_id,
             atena_id,
             provider,
@@ -217,6 +220,7 @@ async def submit_query(request: web.Request) -> web.Response:
             reason,
             system.system_id,
             now + state.config.timing.result_ttl,
+            non_disclosure,
         )
         if row is None:
             await insert_requester_record(conn, state, query_id, "refused", reason)
@@ -246,6 +250,7 @@ def _query_json(row: asyncpg.Record) -> dict[str, Any]:
         "submitted_at": row["created_at"].isoformat(),
         "answered_at": row["answered_at"].isoformat() if row["answered_at"] else None,
         "result": result.decode("utf-8") if result is not None else None,
+        "result_deleted": row["result_deleted_at"] is not None,
     }
 
 
@@ -270,6 +275,13 @@ async def get_query(request: web.Request) -> web.Response:
         if row is None:
             raise QueryUnknownError("no query with this id was submitted by this system")
         remaining = deadline - time.monotonic()
+        if row["status"] not in ("queued", "sent") and row["collected_at"] is None:
+            # The retention clock of the deletion job (ops.purge_results) starts now.
+            await state.pool.execute(
+                "UPDATE queries SET collected_at = now() "
+                "WHERE query_id = $1 AND collected_at IS NULL",
+                query_id,
+            )
         if row["status"] not in ("queued", "sent") or remaining <= 0:
             return web.json_response(_query_json(row))
         event = state.waiters.setdefault(query_id, asyncio.Event())
@@ -305,7 +317,13 @@ async def list_records(request: web.Request) -> web.Response:
         {
             "records": [
                 {
-                    k: (v.isoformat() if isinstance(v, dt.datetime | dt.date) else v)
+                    k: (
+                        v.isoformat()
+                        if isinstance(v, dt.datetime | dt.date)
+                        else v.hex()
+                        if isinstance(v, bytes)
+                        else v
+                    )
                     for k, v in dict(r).items()
                 }
                 for r in rows

@@ -26,7 +26,7 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
-from chukan.keys import KeyFormatError, b64e
+from chukan.keys import KeyFormatError, PublicSigningKey, b64e
 from chukan.keys.crypto import MIN_PASSPHRASE_BYTES
 from chukan.keys.ring import DEFAULT_OVERLAP, KeyRing, ring_from_bytes, ring_to_bytes
 
@@ -221,3 +221,18 @@ async def reload_keys(request: web.Request) -> web.Response:
             "keys": key_status(ring, now),
         }
     )
+
+
+def own_verification_keys(ring: KeyRing) -> dict[str, PublicSigningKey]:
+    """Every signing key the ring still holds, whatever its state.
+
+    For checking this agency's *own* past signatures (record checkpoints): a
+    checkpoint signed before a rotation stays verifiable as long as the ring
+    keeps the key.  Peers' messages are verified under ``ring.published`` keys.
+    """
+    return {key.key_id: key.pair.public for key in ring.signing_keys}
+
+
+def open_ring(key_dir: Path, owner: str, passphrase: bytes) -> KeyRing:
+    """An existing ring of ``owner`` in ``key_dir`` (tools: never creates one)."""
+    return read_ring(ring_path(key_dir, owner), passphrase, owner=owner)

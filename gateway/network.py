@@ -39,6 +39,7 @@ from .errors import (
 )
 from .listsync import check_provision, require_list
 from .queries import conclude_refused, insert_requester_record
+from .records import RecordEntry, write_record
 from .state import GATEWAY_STATE, GatewayState, answer_aad, utcnow
 from .web import (
     SIGNATURE_HEADER,
@@ -105,25 +106,25 @@ async def _record_provision(
     outcome: str,
     reason: str | None,
 ) -> None:
-    await conn.execute(
-        """INSERT INTO provision_records (role, query_id, permit_id, requester, provider,
-               business_code, procedure_code, item_code, legal_basis, atena_id, requested_at,
-               provided_at, outcome, reason_code)
-           VALUES ('provider', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                   CASE WHEN $11 = 'provided' THEN now() END, $11, $12)
-           ON CONFLICT (tenant, role, query_id) DO NOTHING""",
-        body.query_id,
-        permit_id,
-        body.requester,
+    await write_record(
+        conn,
         state.config.agency_code,
-        body.business_code,
-        body.procedure_code,
-        body.item_code,
-        body.legal_basis,
-        atena_id,
-        requested_at,
-        outcome,
-        reason,
+        RecordEntry(
+            role="provider",
+            query_id=body.query_id,
+            permit_id=permit_id,
+            requester=body.requester,
+            provider=state.config.agency_code,
+            business_code=body.business_code,
+            procedure_code=body.procedure_code,
+            item_code=body.item_code,
+            legal_basis=body.legal_basis,
+            atena_id=atena_id,
+            requested_at=requested_at,
+            provided_at=utcnow() if outcome == "provided" else None,
+            outcome=outcome,
+            reason_code=reason,
+        ),
     )
 
 

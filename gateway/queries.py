@@ -19,6 +19,7 @@ from .errors import (
     UpstreamError,
 )
 from .listsync import require_list
+from .records import count_record
 from .state import GatewayState
 
 log = structlog.get_logger("chukan.gateway")
@@ -36,20 +37,21 @@ async def insert_requester_record(
     outcome: str,
     reason: str | None,
 ) -> None:
+    """The requester's record of a concluded query (chained by the database; see records)."""
     await conn.execute(
         """INSERT INTO provision_records (role, query_id, permit_id, requester, provider,
                business_code, procedure_code, item_code, legal_basis, atena_id, requested_at,
-               provided_at, outcome, reason_code)
+               provided_at, outcome, reason_code, non_disclosure)
            SELECT 'requester', q.query_id, q.permit_id, $2, q.provider, q.business_code,
                   q.procedure_code, q.item_code, q.legal_basis, q.atena_id, q.created_at,
-                  q.answered_at, $3, $4
-           FROM queries q WHERE q.query_id = $1
-           ON CONFLICT (tenant, role, query_id) DO NOTHING""",
+                  CASE WHEN $3 = 'provided' THEN q.answered_at END, $3, $4, q.non_disclosure
+           FROM queries q WHERE q.query_id = $1""",
         query_id,
         state.config.agency_code,
         outcome,
         reason,
     )
+    count_record(state.config.agency_code, "requester", outcome)
 
 
 async def send_query(state: GatewayState, query_id: str) -> None:

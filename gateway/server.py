@@ -25,12 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+import aiohttp
 from aiohttp import web
 
 from chukan.codecs.catalog import CHIBA_CITY, FUNABASHI_CITY
-from chukan.keys import PublicSigningKey
+from chukan.keys import PublicSigningKey, b64e
 from chukan.keys.ca import ClientIdentity
 from chukan.simulators.hub import HUB_DATABASE, HUB_STATE, HubConfig, create_hub_app
+from chukan.simulators.kokuhoren import (
+    KOKUHOREN_DATABASE,
+    KOKUHOREN_STATE,
+    KokuhorenConfig,
+    create_kokuhoren_app,
+)
 
 from . import db
 from .app import bind_socket, create_gateway_app
@@ -39,6 +46,7 @@ from .config import (
     ALL_OPERATIONS,
     OP_READ_RECORDS,
     GatewayConfig,
+    KokuhorenLink,
     SystemCredential,
     Timing,
     token_digest,
@@ -47,6 +55,8 @@ from .pki import HUB_IDENTITY, HUB_OPERATOR, NetworkPki
 from .state import GATEWAY_STATE, GatewayState
 
 DEMO_AGENCIES: Final = ((CHIBA_CITY, "千葉市"), (FUNABASHI_CITY, "船橋市"))
+#: 介護保険 保険者番号 of the demo agencies (6 digits, the last a check digit).
+DEMO_INSURERS: Final = {CHIBA_CITY: "122010", FUNABASHI_CITY: "122044"}
 CORE_SYSTEM: Final = "kaigo-system"  # 介護保険システム
 #: Operators' console: status, authorization-list refresh, key reload (certificate only).
 OPERATOR_SYSTEM: Final = "ops-console"
@@ -137,10 +147,68 @@ class Network:
     gateway_database: str = GATEWAY_DATABASE
     #: The run's local CA; None when the network speaks plain HTTP.
     pki: NetworkPki | None = None
+    #: The 国保連 simulator (its 伝送 mailbox), when the network has one.
+    kokuhoren: RunningServer | None = None
+    kokuhoren_config: KokuhorenConfig | None = None
 
     @property
     def hub_key(self) -> PublicSigningKey:
         return self.hub.app[HUB_STATE].keys.signing.public
+
+    def _kokuhoren_link(self) -> KokuhorenLink | None:
+        if self.kokuhoren is None:
+            return None
+        keys = self.kokuhoren.app[KOKUHOREN_STATE].keys
+        return KokuhorenLink(
+            url=self.kokuhoren.url,
+            token=secrets.token_urlsafe(24),
+            encryption_key=keys.encryption.public,
+            signing_key=keys.signing.public,
+        )
+
+    async def register_insurer(self, gateway: Gateway) -> None:
+        """Onboard a gateway's 保険者 at the 国保連 mailbox (token digest and public keys)."""
+        link, number = gateway.config.kokuhoren, gateway.config.insurer_number
+        if self.kokuhoren is None or self.kokuhoren_config is None or link is None or not number:
+            return
+        keys = gateway.state.keys
+        async with (
+            aiohttp.ClientSession() as session,
+            session.put(
+                f"{self.kokuhoren.url}/admin/v1/insurers/{number}",
+                json={
+                    "name": gateway.config.agency_name,
+                    "token_sha256": token_digest(link.token),
+                    "signing_key": {
+                        "key_id": keys.signing.key_id,
+                        "public": b64e(keys.signing.public.raw),
+                    },
+                    "encryption_key": {
+                        "key_id": keys.encryption.key_id,
+                        "public": b64e(keys.encryption.public.raw),
+                    },
+                },
+                headers={"Authorization": f"Bearer {self.kokuhoren_config.admin_token}"},
+            ) as response,
+        ):
+            if response.status not in (200, 201):
+                raise RuntimeError(f"国保連 refused the 保険者 {number}: HTTP {response.status}")
+
+    async def start_kokuhoren(self) -> RunningServer:
+        """Start the 国保連 simulator (again): the same database, keys and port as before."""
+        assert self.kokuhoren_config is not None
+        config = self.kokuhoren_config
+        self.kokuhoren = await serve(create_kokuhoren_app(config), config.host, config.port)
+        if config.port == 0:  # keep the port, so gateways reach it after a restart
+            port = int(self.kokuhoren.url.rsplit(":", 1)[1])
+            self.kokuhoren_config = dataclasses.replace(config, port=port)
+        return self.kokuhoren
+
+    async def stop_kokuhoren(self) -> None:
+        """Stop the 国保連 simulator (its mailbox goes down); gateways keep running."""
+        if self.kokuhoren is not None:
+            await self.kokuhoren.stop()
+            self.kokuhoren = None
 
     async def add_gateway(
         self,
@@ -151,8 +219,10 @@ class Network:
         systems: tuple[SystemCredential, ...] | None = None,
         database: str | None = None,
         hub_key: PublicSigningKey | None = None,
+        insurer_number: str | None = None,
     ) -> Gateway:
         assert self.work_dir is not None
+        insurer_number = insurer_number or DEMO_INSURERS.get(code)
         token = secrets.token_urlsafe(24)
         tls = None if self.pki is None else self.pki.settings(code, ClientIdentity("agency", code))
         admin_url = await db.ensure_database(self.server_url, database or self.gateway_database)
@@ -171,9 +241,12 @@ class Network:
             systems=systems if systems is not None else default_systems(token),
             timing=timing or Timing(),
             tls=tls,
+            insurer_number=insurer_number,
+            kokuhoren=self._kokuhoren_link() if insurer_number else None,
         )
         gateway = await start_gateway(config)
         self.gateways[code] = Gateway(gateway, config, token, self.pki)
+        await self.register_insurer(self.gateways[code])
         return self.gateways[code]
 
     @contextlib.asynccontextmanager
@@ -218,6 +291,7 @@ class Network:
         for gateway in list(self.gateways.values()):
             await gateway.server.stop()
         self.gateways.clear()
+        await self.stop_kokuhoren()
         await self.hub.stop()
 
 
@@ -257,11 +331,16 @@ async def start_network(
     hub_overrides: dict[str, object] | None = None,
     timing: Timing | None = None,
     tls: bool = True,
+    kokuhoren: bool = True,
+    kokuhoren_database: str = KOKUHOREN_DATABASE,
 ) -> Network:
-    """Start the hub, then each agency's gateway (which enrols itself with the hub).
+    """Start the hub (and the 国保連 simulator), then each agency's gateway.
 
-    With ``tls`` (the default) a CA is created for this run and every connection is
-    mutual TLS; ``tls=False`` is plain HTTP, for a benchmark baseline only.
+    Gateways enrol themselves with the hub; those with a 保険者番号 are onboarded
+    at the 国保連 mailbox with a token and their public keys.  With ``tls`` (the
+    default) a CA is created for this run and every connection to the hub and
+    between the hub and gateways is mutual TLS; ``tls=False`` is plain HTTP, for a
+    benchmark baseline only.
     """
     hub_url = await db.ensure_database(server_url, hub_database)
     pki = NetworkPki.create() if tls else None
@@ -285,6 +364,14 @@ async def start_network(
         server_url, hub, hub_config, work_dir=work_dir, gateway_database=gateway_database, pki=pki
     )
     try:
+        if kokuhoren:
+            network.kokuhoren_config = KokuhorenConfig(
+                database_url=await db.ensure_database(server_url, kokuhoren_database),
+                key_dir=work_dir / "keys" / "kokuhoren",
+                key_passphrase=secrets.token_urlsafe(24).encode(),
+                admin_token=secrets.token_urlsafe(24),
+            )
+            await network.start_kokuhoren()
         for code, name in agencies:
             await network.add_gateway(code, name, timing=timing)
     except BaseException:

@@ -41,11 +41,10 @@ DEFAULT_MAX_BODY: Final = 8 * 1024 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(
-    status: int, code: str, message: str, details: Mapping[str, Any] | None = None
-) -> web.Response:
-    """``{"error": {"code", "message", ...details}}``; details add fields such as ``reason``."""
-    error: dict[str, Any] = {**(details or {}), "code": code, "message": message}
+def error_response(status: int, code: str, message: str, details: Any = None) -> web.Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:  # e.g. per-record errors of a batch, never personal values
+        error["details"] = details
     return web.json_response({"error": error}, status=status)
 
 
@@ -83,10 +82,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 code=code,
                 caller=request.get(CALLER),
             )
-        details = getattr(exc, "details", None)
-        return error_response(
-            status, code, message, details if isinstance(details, Mapping) else None
-        )
+        return error_response(status, code, message, getattr(exc, "details", None))
     log.debug(
         "request_done",
         path=request.path,

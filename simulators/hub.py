@@ -218,6 +218,20 @@ async def _route_log(
     )
 
 
+async def record_event(
+    conn: db.Executor, query_id: str, kind: str, outcome: str, reason_code: str | None
+) -> None:
+    """A change of a query's state, appended (``hub_records`` shows the latest)."""
+    await conn.execute(
+        "INSERT INTO hub_record_events (query_id, kind, outcome, reason_code, answered_at) "
+        "VALUES ($1, $2, $3, $4, CASE WHEN $2 = 'concluded' THEN now() END)",
+        query_id,
+        kind,
+        outcome,
+        reason_code,
+    )
+
+
 # -- admin API ------------------------------------------------------------------------
 
 
@@ -459,11 +473,11 @@ async def _refuse_query(
 ) -> None:
     code = error.code
     await state.pool.execute(
-        """INSERT INTO hub_records (query_id, requester, provider, business_code, procedure_code,
-                                    item_code, requester_person_code, requested_at, outcome,
-                                    reason_code)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, now(), 'refused', $8)
-           ON CONFLICT (query_id) DO NOTHING""",
+        """INSERT INTO hub_record_events (query_id, kind, requester, provider, business_code,
+                                          procedure_code, item_code, requester_person_code,
+                                          requested_at, answered_at, outcome, reason_code)
+           VALUES ($1, 'opened', $2, $3, $4, $5, $6, $7, now(), now(), 'refused', $8)
+           ON CONFLICT (query_id) WHERE kind = 'opened' DO NOTHING""",
         body.query_id,
         requester,
         body.provider,
@@ -557,10 +571,11 @@ async def _query(
     message = encode_message(out_header, request_body)
     async with state.pool.acquire() as conn, conn.transaction():
         await conn.execute(
-            """INSERT INTO hub_records (query_id, permit_id, requester, provider, business_code,
-                   procedure_code, item_code, legal_basis, requester_person_code,
+            """INSERT INTO hub_record_events (query_id, kind, permit_id, requester, provider,
+                   business_code, procedure_code, item_code, legal_basis, requester_person_code,
                    provider_person_code, requested_at, permit_expires_at, outcome)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'permitted')""",
+               VALUES ($1, 'opened', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                       'permitted')""",
             body.query_id,
             permit.permit_id,
             requester,
@@ -650,13 +665,7 @@ async def _record_answer(
     signature: str,
     requester: str,
 ) -> None:
-    await conn.execute(
-        "UPDATE hub_records SET answered_at = now(), outcome = $2, reason_code = $3 "
-        "WHERE query_id = $1",
-        body.query_id,
-        body.outcome,
-        body.reason_code,
-    )
+    await record_event(conn, body.query_id, "concluded", body.outcome, body.reason_code)
     await _route_log(
         conn,
         header=envelope.header,
@@ -740,13 +749,7 @@ async def _enqueue_refusal(
     header = Header(new_message_id(), "QueryRefusal", HUB, record["requester"], utcnow())
     body = encode_message(header, refusal)
     async with state.pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "UPDATE hub_records SET answered_at = now(), outcome = $2, reason_code = $3 "
-            "WHERE query_id = $1",
-            query_id,
-            outcome,
-            reason_code,
-        )
+        await record_event(conn, query_id, "concluded", outcome, reason_code)
         await _route_log(
             conn,
             header=header,
@@ -785,9 +788,7 @@ async def _deliver_provision_request(state: HubState, delivery: asyncpg.Record) 
         if response.status == 200:
             await _accept_answer(state, delivery, provider, payload, response)
         elif response.status == 202:
-            await state.pool.execute(
-                "UPDATE hub_records SET outcome = 'held' WHERE query_id = $1", delivery["query_id"]
-            )
+            await record_event(state.pool, delivery["query_id"], "held", "held", None)
             await _finish(state, delivery["id"], "done")
             log.info("provision_held", query_id=delivery["query_id"], provider=provider.code)
         elif 400 <= response.status < 500:

@@ -73,6 +73,7 @@ async def network(
         tmp_path_factory.mktemp("network"),
         hub_database=f"{db_prefix}hub",
         gateway_database=f"{db_prefix}gateway",
+        kokuhoren_database=f"{db_prefix}kokuhoren",
     )
     try:
         yield net
@@ -211,3 +212,43 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if isinstance(capture, LogCapture):
         tail = "\n".join(capture.getvalue().splitlines()[-40:])
         item.add_report_section("call", "structlog events", tail)
+
+
+#: An agency of the test network whose gateway runs with short timeouts and fast hashing,
+#: for the staff, records and operations tests (no other test uses it).
+OPS_AGENCY = "129992"
+ROOT_PASSWORD = "initial-Admin-passw0rd"
+
+
+@pytest.fixture(scope="session")
+async def ops_gateway(network: Any, http: Any) -> Api:
+    """A gateway of :data:`OPS_AGENCY` restarted with test settings (a real server)."""
+    import dataclasses
+    import datetime as dt
+
+    from chukan.gateway.server import Gateway, start_gateway
+    from chukan.gateway.settings import InitialAdmin, OpsConfig, RecordsConfig, StaffConfig
+    from chukan.gateway.staff import hash_password
+
+    first = await network.add_gateway(OPS_AGENCY, "試験市")
+    await first.server.stop()
+    config = dataclasses.replace(
+        first.config,
+        staff=StaffConfig(
+            idle_timeout=dt.timedelta(seconds=1),
+            max_failed_logins=3,
+            lockout=dt.timedelta(minutes=5),
+            scrypt_n=2**10,
+            initial_admin=InitialAdmin("root", hash_password(ROOT_PASSWORD, n=2**10, r=8, p=1)),
+        ),
+        ops=OpsConfig(purge_interval=dt.timedelta(seconds=0.3), ready_timeout=1.0),
+        records=RecordsConfig(
+            checkpoint_every=5,
+            checkpoint_interval=dt.timedelta(seconds=0.3),
+            checkpoint_poll=0.05,
+            partition_check=dt.timedelta(seconds=0.3),
+        ),
+    )
+    server = await start_gateway(config)
+    network.gateways[OPS_AGENCY] = Gateway(server, config, first.token)
+    return Api(http, network.gateways[OPS_AGENCY])

@@ -321,7 +321,7 @@ async def test_when_the_list_expires_nothing_is_sent_or_answered(
         )
         assert status == 503
         assert error["error"]["code"] == "authorization_list_unavailable"
-        assert error["error"]["reason"] == "authorization_list_expired"
+        assert error["error"]["details"]["reason"] == "authorization_list_expired"
         status, health = await chiba.call("GET", "/health")
         assert health["status"] == "degraded"
         assert health["authorization_list"]["reason"] == "authorization_list_expired"
@@ -345,7 +345,7 @@ async def test_when_the_list_expires_nothing_is_sent_or_answered(
         # And a provider answers nothing, before even looking at the permit.
         status, error = await as_hub_provision_request(network, http, chiba.gateway)
         assert status == 503
-        assert error["error"]["reason"] == "authorization_list_expired"
+        assert error["error"]["details"]["reason"] == "authorization_list_expired"
     finally:
         await restore_sample(network, http)
     status, _ = await chiba.query(
@@ -384,7 +384,7 @@ async def test_a_gateway_that_cannot_verify_the_list_refuses_to_query(
             catalog.CHIBA_CITY,
         )
         assert status == 503
-        assert error["error"]["reason"] == "authorization_list_signature"
+        assert error["error"]["details"]["reason"] == "authorization_list_signature"
         assert await gateway.state.pool.fetchval("SELECT count(*) FROM authorization_lists") == 0
     finally:
         await gateway.server.stop()

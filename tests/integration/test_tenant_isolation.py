@@ -21,6 +21,11 @@ TENANT_TABLES = (
     "seen_messages",
     "provision_records",
     "access_refusals",
+    "record_chain_heads",
+    "record_checkpoints",
+    "staff_accounts",
+    "staff_sessions",
+    "audit_trail",
 )
 
 
@@ -99,5 +104,27 @@ async def test_every_gateway_table_is_isolated(chiba: Any) -> None:
                                  WHERE a.attrelid = c.oid AND a.attname = 'tenant')"""
         )
         assert [r["relname"] for r in unprotected] == []
+    finally:
+        await admin.close()
+
+
+async def test_record_partitions_are_reached_only_through_their_isolated_parent(
+    chiba: Any,
+) -> None:
+    """Policies of a partitioned table apply through the parent only: a partition must
+    give tenant roles no privilege at all, and carries the policy besides."""
+    admin = await asyncpg.connect(chiba.gateway.config.migration_database_url)
+    try:
+        rows = await admin.fetch(
+            """SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity,
+                      has_table_privilege('chukan_app', c.oid,
+                                          'SELECT, INSERT, UPDATE, DELETE, TRUNCATE') AS open
+               FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+               WHERE i.inhparent = 'provision_records'::regclass"""
+        )
+        assert len(rows) >= 5  # default + this month + three ahead
+        for row in rows:
+            assert not row["open"], row["relname"]
+            assert row["relrowsecurity"] and row["relforcerowsecurity"], row["relname"]
     finally:
         await admin.close()
