@@ -266,6 +266,8 @@ class Network:
                 gateway.server = await start_gateway(dataclasses.replace(gateway.config, port=port))
             except OSError:  # the port was taken meanwhile
                 gateway.server = await start_gateway(gateway.config)
+            # Its keys may have been rotated meanwhile: tell the 国保連 mailbox too.
+            await self.register_insurer(gateway)
 
     async def restart_gateway(self, code: str) -> Gateway:
         """Stop one gateway and start it again at once (see :meth:`gateway_stopped`)."""
