@@ -25,7 +25,6 @@ from .access import network_peer_middleware
 from .config import (
     GatewayConfig,
 )
-from .housekeeping import housekeeping_context
 from .hubclient import HubClient
 from .internal import get_query, health, list_records, register_person, store_item, submit_query
 from .keyring import current_keys, enrolment_payload, load_or_create_ring, reload_keys
@@ -108,7 +107,6 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(list_sync_context)
-    app.cleanup_ctx.append(housekeeping_context)
     setup_records(app)
     setup_staff(app)
     setup_ops(app, config)

@@ -48,7 +48,6 @@ DEFAULT_SEND_BACKOFF: Final = 0.5
 DEFAULT_HTTP_TIMEOUT: Final = 10.0
 DEFAULT_LIST_REFRESH: Final = 60.0
 DEFAULT_MAX_WAIT: Final = 30.0
-DEFAULT_PURGE_INTERVAL: Final = 300.0
 DEFAULT_TRANSMIT_ATTEMPTS: Final = 12
 DEFAULT_TRANSMIT_BACKOFF: Final = 0.5
 DEFAULT_TRANSMIT_MAX_BACKOFF: Final = 300.0
@@ -94,8 +93,6 @@ class Timing:
     http_timeout: float = DEFAULT_HTTP_TIMEOUT
     list_refresh: float = DEFAULT_LIST_REFRESH
     max_wait: float = DEFAULT_MAX_WAIT
-    #: How often used permits past their expiry (plus ``permit_skew``) are forgotten.
-    purge_interval: float = DEFAULT_PURGE_INTERVAL
     #: 国保連 伝送: attempts per file, first delay and cap of the exponential backoff.
     transmit_attempts: int = DEFAULT_TRANSMIT_ATTEMPTS
     transmit_backoff: float = DEFAULT_TRANSMIT_BACKOFF

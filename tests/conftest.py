@@ -250,5 +250,5 @@ async def ops_gateway(network: Any, http: Any) -> Api:
         ),
     )
     server = await start_gateway(config)
-    network.gateways[OPS_AGENCY] = Gateway(server, config, first.token)
+    network.gateways[OPS_AGENCY] = Gateway(server, config, first.token, first.pki)
     return Api(http, network.gateways[OPS_AGENCY])
