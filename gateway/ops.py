@@ -27,8 +27,14 @@ from aiohttp import web
 
 from . import db
 from .config import DEFAULT_PERMIT_SKEW, GatewayConfig
-from .errors import GatewayError, NotFoundError, ValidationError
+from .errors import (
+    AuthorizationListUnavailableError,
+    GatewayError,
+    NotFoundError,
+    ValidationError,
+)
 from .jobs import Job, create_job, fail_job, finish_job, get_job, list_jobs, start_job
+from .listsync import require_list
 from .metrics import CONTENT_TYPE, GatewayMetrics, metrics_for
 from .staff import ROLE_ADMIN, ROLE_AUDITOR, ROLE_OPERATOR, audit_staff, require_staff
 from .state import GATEWAY_STATE, GatewayState, utcnow
@@ -340,13 +346,11 @@ async def ready(request: web.Request) -> web.Response:
     database, hub = await asyncio.gather(
         _timed(_check_database(state), timeout), _timed(_check_hub(state), timeout)
     )
-    listed = state.authorization_list
-    if listed is None:
-        authorization = {"ok": False, "reason": state.list_error or "none"}
-    elif listed.expires_at <= utcnow():
-        authorization = {"ok": False, "reason": "expired"}
-    else:
-        authorization = {"ok": True, "version": listed.version}
+    authorization: dict[str, Any]
+    try:
+        authorization = {"ok": True, "version": require_list(state).version}
+    except AuthorizationListUnavailableError as exc:  # the same reason queries are refused with
+        authorization = {"ok": False, "reason": exc.reason}
     try:
         probe = b"chukan-ready-probe"
         state.keys.signing.public.verify(probe, state.keys.signing.sign(probe))
