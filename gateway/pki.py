@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Final
 
 from chukan.keys.ca import CertificateAuthority, ClientIdentity, IssuedCertificate
-from chukan.keys.tls import client_context
+from chukan.keys.tls import client_context, server_context
 
 from .tls import TlsSettings, system_subject
 
@@ -91,6 +91,17 @@ class NetworkPki:
             server_key_pem=server.private_key_pem,
             client_cert_pem=issued.certificate_pem,
             client_key_pem=issued.private_key_pem,
+        )
+
+    def server_context(
+        self, server_name: str, hosts: Sequence[str] = LOOPBACK_HOSTS
+    ) -> ssl.SSLContext:
+        """A listener context for a server that authenticates its callers otherwise (tokens)."""
+        server = self.ca.issue_server(
+            server_name, hosts=hosts, now=self._now(), lifetime=self.leaf_lifetime
+        )
+        return server_context(
+            self.ca_pem, server.certificate_pem, server.private_key_pem, require_client_cert=False
         )
 
     def client_context(self, identity: ClientIdentity) -> ssl.SSLContext:

@@ -172,8 +172,10 @@ class Network:
         if self.kokuhoren is None or self.kokuhoren_config is None or link is None or not number:
             return
         keys = gateway.state.keys
+        context = self.anonymous_ssl()
+        connector = None if context is None else aiohttp.TCPConnector(ssl=context)
         async with (
-            aiohttp.ClientSession() as session,
+            aiohttp.ClientSession(connector=connector) as session,
             session.put(
                 f"{self.kokuhoren.url}/admin/v1/insurers/{number}",
                 json={
@@ -198,7 +200,12 @@ class Network:
         """Start the 国保連 simulator (again): the same database, keys and port as before."""
         assert self.kokuhoren_config is not None
         config = self.kokuhoren_config
-        self.kokuhoren = await serve(create_kokuhoren_app(config), config.host, config.port)
+        self.kokuhoren = await serve(
+            create_kokuhoren_app(config),
+            config.host,
+            config.port,
+            ssl_context=None if self.pki is None else self.pki.server_context("kokuhoren"),
+        )
         if config.port == 0:  # keep the port, so gateways reach it after a restart
             port = int(self.kokuhoren.url.rsplit(":", 1)[1])
             self.kokuhoren_config = dataclasses.replace(config, port=port)
@@ -284,6 +291,10 @@ class Network:
         if self.pki is None:
             return None
         return self.pki.client_context(ClientIdentity("agency", code))
+
+    def anonymous_ssl(self) -> ssl.SSLContext | None:
+        """Trusts the run's CA, presents no certificate (token-authenticated callers)."""
+        return None if self.pki is None else self.pki.anonymous_context()
 
     def hub_client_ssl(self) -> ssl.SSLContext | None:
         """The hub's own client context, as the hub presents it when it calls gateways."""
