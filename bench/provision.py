@@ -9,11 +9,13 @@ Two figures, each with its baseline and ratio:
   hub, between two gateways.
 
 The baseline is a bare aiohttp server echoing the same request bodies with the
-same client and concurrency, so the ratio shows what the work costs over HTTP
-alone.  Servers and the load generator share one process and event loop (as
-in the integration tests); absolute numbers are for comparison within a run.
+same client, concurrency and transport (mutual TLS by default, as the network
+runs; ``--plain-http`` runs everything over plain HTTP), so the ratio shows what
+the work costs over the transport alone.  Servers and the load generator share
+one process and event loop (as in the integration tests); absolute numbers are
+for comparison within a run.
 
-Run:  .venv/bin/python bench/provision.py [--requests 2000] [--concurrency 16]
+Run:  .venv/bin/python bench/provision.py [--requests 2000] [--concurrency 16] [--plain-http]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import logging
 import os
 import random
 import shutil
+import ssl
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -68,19 +71,31 @@ async def run_load(count: int, concurrency: int, one: Callable[[int], Awaitable[
     return count / (time.perf_counter() - started)
 
 
+def _ssl(context: ssl.SSLContext | None) -> ssl.SSLContext | bool:
+    """``ssl=`` for a request: the caller's client context, or the default over plain HTTP."""
+    return True if context is None else context
+
+
 async def echo_baseline(
-    session: aiohttp.ClientSession, bodies: list[bytes], concurrency: int
+    session: aiohttp.ClientSession, network: Network, bodies: list[bytes], concurrency: int
 ) -> float:
     async def echo(request: web.Request) -> web.Response:
         return web.Response(body=await request.read(), content_type="application/xml")
 
     app = web.Application()
     app.router.add_post("/echo", echo)
-    server = await serve(app, "127.0.0.1", 0)
+    chiba = network.gateways[catalog.CHIBA_CITY]
+    tls = chiba.config.tls
+    server = await serve(
+        app, "127.0.0.1", 0, ssl_context=None if tls is None else tls.server_context()
+    )
+    client = _ssl(network.hub_client_ssl())
     try:
 
         async def one(index: int) -> None:
-            async with session.post(server.url + "/echo", data=bodies[index % len(bodies)]) as r:
+            async with session.post(
+                server.url + "/echo", data=bodies[index % len(bodies)], ssl=client
+            ) as r:
                 await r.read()
                 assert r.status == 200
 
@@ -88,6 +103,11 @@ async def echo_baseline(
         return await run_load(len(bodies), concurrency, one)
     finally:
         await server.stop()
+
+
+def _auth(gateway: Gateway) -> dict[str, str]:
+    """Core systems present a client certificate; over plain HTTP they send the bearer token."""
+    return gateway.auth if gateway.pki is None else {}
 
 
 async def prepare_people(
@@ -103,14 +123,16 @@ async def prepare_people(
         for gateway, person in ((chiba, here), (funabashi, there)):
             async with session.post(
                 gateway.url + "/internal/v1/persons",
-                headers=gateway.auth,
+                headers=_auth(gateway),
                 json={"atena_id": person.atena_id, "individual_number": person.individual_number},
+                ssl=_ssl(gateway.client_ssl()),
             ) as response:
                 assert response.status == 201, await response.text()
         async with session.put(
             f"{chiba.url}/internal/v1/persons/{here.atena_id}/items/{catalog.CERTIFICATION.code}",
-            headers={**chiba.auth, "Content-Type": "application/xml"},
+            headers={**_auth(chiba), "Content-Type": "application/xml"},
             data=certification_item(rng, dt.date.today()),
+            ssl=_ssl(chiba.client_ssl()),
         ) as response:
             assert response.status == 201
         pairs.append((here, there))
@@ -161,7 +183,9 @@ async def provider_messages(network: Network, codes: list[str], count: int) -> l
     return messages
 
 
-async def bench(requests: int, concurrency: int, people: int, queries: int) -> None:
+async def bench(
+    requests: int, concurrency: int, people: int, queries: int, *, tls: bool = True
+) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="chukan-bench-"))
     embedded = None
     server_url = os.environ.get("CHUKAN_DATABASE_URL")
@@ -176,6 +200,7 @@ async def bench(requests: int, concurrency: int, people: int, queries: int) -> N
             data_dir,
             hub_database="chukan_bench_hub",
             gateway_database="chukan_bench_gateway",
+            tls=tls,
             kokuhoren=False,
         )
         try:
@@ -203,7 +228,8 @@ async def measure(
             for r in await chiba.state.pool.fetch("SELECT person_code FROM persons")
         ]
         messages = await provider_messages(network, codes, requests + 200)
-        baseline = await echo_baseline(session, messages[:requests], concurrency)
+        baseline = await echo_baseline(session, network, messages[:requests], concurrency)
+        hub_tls = _ssl(network.hub_client_ssl())
 
         async def provide(index: int) -> None:
             message = messages[index]
@@ -214,6 +240,7 @@ async def measure(
                     "Content-Type": "application/xml",
                     SIGNATURE_HEADER: signature_header(hub.keys.signing, message),
                 },
+                ssl=hub_tls,
             ) as response:
                 await response.read()
                 assert response.status == 200, response.status
@@ -226,7 +253,8 @@ async def measure(
             there = pairs[index % len(pairs)][1]
             async with session.post(
                 funabashi.url + "/internal/v1/queries",
-                headers=funabashi.auth,
+                headers=_auth(funabashi),
+                ssl=_ssl(funabashi.client_ssl()),
                 json={
                     "atena_id": there.atena_id,
                     "procedure_code": catalog.LTC_CERTIFICATION_PROCEDURE,
@@ -236,7 +264,9 @@ async def measure(
             ) as response:
                 query_id = (await response.json())["query_id"]
             async with session.get(
-                f"{funabashi.url}/internal/v1/queries/{query_id}?wait=30", headers=funabashi.auth
+                f"{funabashi.url}/internal/v1/queries/{query_id}?wait=30",
+                headers=_auth(funabashi),
+                ssl=_ssl(funabashi.client_ssl()),
             ) as response:
                 result = await response.json()
                 assert result["status"] == "answered", result
@@ -259,9 +289,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--people", type=int, default=100)
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument(
+        "--plain-http", action="store_true", help="no TLS anywhere (a baseline, not a deployment)"
+    )
     args = parser.parse_args()
     configure_logging(logging.WARNING)
-    asyncio.run(bench(args.requests, args.concurrency, args.people, args.queries))
+    asyncio.run(
+        bench(args.requests, args.concurrency, args.people, args.queries, tls=not args.plain_http)
+    )
 
 
 if __name__ == "__main__":

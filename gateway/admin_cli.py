@@ -21,11 +21,12 @@ from typing import Any, TextIO
 
 import asyncpg
 
-from chukan.keys import PublicSigningKey, b64d, public_signing_key
+from chukan.keys import KeysError, PublicSigningKey, b64d, public_signing_key
+from chukan.keys.ring import KeyRing
 
 from . import db, ops, records, staff
 from .errors import GatewayError
-from .keystore import load_or_create_keys
+from .keyring import open_ring, own_verification_keys, ring_path
 from .settings import (
     DEFAULT_RESULT_RETENTION,
     DEFAULT_STATISTICS_TIME_ZONE,
@@ -148,20 +149,23 @@ def _trusted_keys(args: argparse.Namespace) -> dict[str, PublicSigningKey] | Non
             raise CommandError("--public-key takes KEY_ID=BASE64")
         keys[key_id] = public_signing_key(key_id, b64d(raw))
     if args.key_dir is not None:
-        signing = _load_keys(args.key_dir, args.tenant).signing
-        keys[signing.key_id] = signing.public
+        keys.update(own_verification_keys(_load_ring(args.key_dir, args.tenant)))
     return keys or None
 
 
-def _load_keys(key_dir: Path, tenant: str) -> Any:
+def _load_ring(key_dir: Path, tenant: str) -> KeyRing:
+    """The agency's key ring (``chukan keys``); every key it holds verifies, the newest signs."""
     import os
 
     passphrase = os.environ.get("CHUKAN_KEY_PASSPHRASE")
     if not passphrase:
         raise CommandError("set CHUKAN_KEY_PASSPHRASE to open the key folder")
-    if not (key_dir / f"{tenant}.sig.pem").exists():
-        raise CommandError(f"no signing key of {tenant} in {key_dir}")
-    return load_or_create_keys(key_dir, tenant, passphrase.encode())
+    if not ring_path(key_dir, tenant).exists():
+        raise CommandError(f"no key ring of {tenant} in {key_dir}")
+    try:
+        return open_ring(key_dir, tenant, passphrase.encode())
+    except KeysError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _json(out: TextIO, value: Any) -> None:
@@ -252,7 +256,7 @@ async def _tenant_command(
             )
         return 0
     if (command, action) == ("records", "checkpoint"):
-        signer = _load_keys(args.key_dir, tenant).signing
+        signer = _load_ring(args.key_dir, tenant).current_signing(dt.datetime.now(dt.UTC))
         made = await records.make_checkpoint(
             conn, tenant, signer, every=1, interval=dt.timedelta(0), force=True
         )

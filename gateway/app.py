@@ -2,11 +2,12 @@
 
 Two faces on one aiohttp application:
 
-* ``/internal/v1/...`` for the agency's core systems (token-authenticated,
-  per-operation grants): register people, store the replica, submit queries,
-  collect results, read provision records;
-* ``/network/v1/messages`` for the hub: provision requests with permits,
-  answers to our own queries, refusals.
+* ``/internal/v1/...`` for the agency's core systems (client certificate or
+  bearer token, per-operation grants): register people, store the replica,
+  submit queries, collect results, read provision records; for operators:
+  status, authorization-list refresh, key-ring reload;
+* ``/network/v1/...`` for the hub only (its client certificate): provision
+  requests with permits, answers to our own queries, refusals, pushed lists.
 """
 
 from __future__ import annotations
@@ -16,27 +17,19 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 
-import aiohttp
 import structlog
 from aiohttp import web
 
-from chukan.keys import b64e
-from chukan.permits import (
-    PermitsError,
-    verify_signed_list,
-)
-
 from . import db
+from .access import network_peer_middleware
 from .config import (
     GatewayConfig,
 )
-from .errors import (
-    GatewayError,
-)
 from .hubclient import HubClient
 from .internal import get_query, health, list_records, register_person, store_item, submit_query
-from .keystore import load_or_create_keys
+from .keyring import current_keys, enrolment_payload, load_or_create_ring, reload_keys
 from .kokuhoren import setup_kokuhoren_routes
+from .listsync import LIST_SYNC, ListSync, list_sync_context, receive_pushed_list, refresh_list
 from .network import receive_message
 from .ops import metrics_middleware, setup_ops
 from .queries import send_query
@@ -46,6 +39,8 @@ from .replica_registration import setup_registration_routes
 from .review import setup_review_routes
 from .staff import setup_staff
 from .state import GATEWAY_STATE, GatewayState, utcnow
+from .status import gateway_status
+from .tls import client_session
 from .web import (
     error_middleware,
 )
@@ -53,26 +48,6 @@ from .web import (
 log = structlog.get_logger("chukan.gateway")
 
 # -- lifecycle -----------------------------------------------------------------------------
-
-
-async def refresh_authorization_list(state: GatewayState) -> None:
-    """Fetch and verify the hub-signed list; keep the last good one only while it is valid."""
-    try:
-        signed = await state.hub.get("/network/v1/authorization-list")
-        state.authorization_list = verify_signed_list(signed, state.hub.trusted_hub, now=utcnow())
-        state.list_error = None
-    except (GatewayError, PermitsError) as exc:
-        state.list_error = getattr(exc, "code", type(exc).__name__)
-        current = state.authorization_list
-        if current is not None and current.expires_at <= utcnow():
-            state.authorization_list = None
-        log.warning("authorization_list_unavailable", code=state.list_error)
-
-
-async def _list_refresher(state: GatewayState) -> None:
-    while True:
-        await asyncio.sleep(state.config.timing.list_refresh)
-        await refresh_authorization_list(state)
 
 
 async def _resume_queued(state: GatewayState) -> None:
@@ -85,8 +60,10 @@ async def _resume_queued(state: GatewayState) -> None:
 def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     """The application; ``endpoint`` is the URL the hub uses to reach this gateway."""
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware], client_max_size=8 * 1024 * 1024
+        middlewares=[metrics_middleware, error_middleware, network_peer_middleware],
+        client_max_size=8 * 1024 * 1024,
     )
+    app[LIST_SYNC] = ListSync()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         if config.migration_database_url is not None:
@@ -98,10 +75,15 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
             raise RuntimeError(
                 f"the database login is bound to tenant {tenant!r}, not {config.agency_code!r}"
             )
-        keys = await asyncio.to_thread(
-            load_or_create_keys, config.key_dir, config.agency_code, config.key_passphrase
+        ring = await asyncio.to_thread(
+            load_or_create_ring,
+            config.key_dir,
+            config.agency_code,
+            config.key_passphrase,
+            now=utcnow(),
         )
-        session = aiohttp.ClientSession()
+        keys = current_keys(ring, utcnow())
+        session = client_session(config.tls)
         hub = HubClient(
             config.hub_url,
             config.agency_code,
@@ -110,49 +92,38 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
             session,
             config.timing.http_timeout,
         )
-        state = GatewayState(config=config, endpoint=endpoint, pool=pool, keys=keys, hub=hub)
-        app[GATEWAY_STATE] = state
-        await hub.enrol(
-            config.enrolment_token,
-            {
-                "code": config.agency_code,
-                "name": config.agency_name,
-                "endpoint": endpoint,
-                "signing_key": {
-                    "key_id": keys.signing.key_id,
-                    "public": b64e(keys.signing.public.raw),
-                },
-                "encryption_key": {
-                    "key_id": keys.encryption.key_id,
-                    "public": b64e(keys.encryption.public.raw),
-                },
-            },
+        state = GatewayState(
+            config=config, endpoint=endpoint, pool=pool, keys=keys, hub=hub, ring=ring
         )
-        await refresh_authorization_list(state)
-        refresher = asyncio.create_task(_list_refresher(state), name="list-refresher")
+        app[GATEWAY_STATE] = state
+        await hub.enrol(config.enrolment_token, enrolment_payload(config, endpoint, ring, utcnow()))
         await _resume_queued(state)
         log.info("gateway_started", agency=config.agency_code, endpoint=endpoint)
         yield
-        refresher.cancel()
         for task in list(state.tasks):
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(refresher, *state.tasks, return_exceptions=True)
+            await asyncio.gather(*state.tasks, return_exceptions=True)
         await session.close()
         await pool.close()
         log.info("gateway_stopped", agency=config.agency_code)
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(list_sync_context)
     setup_records(app)
     setup_staff(app)
     setup_ops(app, config)
     app.router.add_get("/health", health)
+    app.router.add_get("/internal/v1/status", gateway_status)
+    app.router.add_post("/internal/v1/authorization-list/refresh", refresh_list)
+    app.router.add_post("/internal/v1/keys/reload", reload_keys)
     app.router.add_post("/internal/v1/persons", register_person)
     app.router.add_put("/internal/v1/persons/{atena_id}/items/{item_code}", store_item)
     app.router.add_post("/internal/v1/queries", submit_query)
     app.router.add_get("/internal/v1/queries/{query_id}", get_query)
     app.router.add_get("/internal/v1/records", list_records)
     app.router.add_post("/network/v1/messages", receive_message)
+    app.router.add_post("/network/v1/authorization-list", receive_pushed_list)
     setup_kokuhoren_routes(app)
     setup_replica_routes(app)
     setup_registration_routes(app)

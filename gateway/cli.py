@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from . import admin_cli, db, replica_cli
+from .keycli import add_keys_parser, run_keys
 from .logs import configure_logging
 
 DEFAULT_DATA_DIR: Final = Path(".chukan")
@@ -29,7 +30,8 @@ def _server_url(data_dir: Path) -> tuple[str, db.EmbeddedPostgres | None]:
 
 
 async def _serve(server_url: str, work_dir: Path) -> None:
-    from .server import start_network, wait_forever
+    from .pki import system_identity
+    from .server import CORE_SYSTEM, start_network, wait_forever
 
     network = await start_network(server_url, work_dir)
     print(f"hub      {network.hub.url}", flush=True)
@@ -38,6 +40,18 @@ async def _serve(server_url: str, work_dir: Path) -> None:
     for code, gateway in network.gateways.items():
         print(f"gateway  {code} {gateway.config.agency_name}  {gateway.url}", flush=True)
         print(f"         internal API token (this run only): {gateway.token}", flush=True)
+        if network.pki is not None:
+            core = next(s for s in gateway.config.systems if s.system_id == CORE_SYSTEM)
+            cert, key = network.pki.export_client(
+                system_identity(code, CORE_SYSTEM, core.operations),
+                work_dir / "tls",
+                f"{code}-{CORE_SYSTEM}",
+                gateway.token.encode(),
+            )
+            print(f"         client certificate {cert}", flush=True)
+            print(f"         its key {key} (passphrase: the token above)", flush=True)
+    if network.pki is not None:
+        print(f"CA       {work_dir / 'tls' / 'ca.pem'} (mutual TLS, this run only)", flush=True)
     print("serving; press Ctrl-C to stop", flush=True)
     try:
         await wait_forever()
@@ -59,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="start hub and gateways and keep them running")
     admin_cli.add_commands(commands, database_default=GATEWAY_DATABASE)
     replica_cli.add_parser(commands)
+    add_keys_parser(commands)
     args = parser.parse_args(argv)
     configure_logging(getattr(logging, str(args.log_level).upper(), logging.WARNING))
+    if args.command == "keys":
+        return run_keys(args)
     if args.command in admin_cli.COMMANDS:
         return _admin(args)
     if args.command == "replica":

@@ -13,6 +13,7 @@ from chukan.codecs.kokuhoren_fields import is_valid_insurer_number
 from chukan.keys import PublicEncryptionKey, PublicSigningKey
 
 from .settings import OpsConfig, RecordsConfig, StaffConfig
+from .tls import TlsSettings
 
 #: Operations a core system can be granted on the internal API.
 OP_REGISTER_PERSON: Final = "persons.register"
@@ -25,6 +26,11 @@ OP_KOKUHOREN_TRANSMIT: Final = "kokuhoren.transmit"
 OP_READ_REPLICA: Final = "replica.read"  # item history, export for reconciliation
 OP_READ_REVIEW: Final = "review.read"  # the queue of provisions held for manual review
 OP_DECIDE_REVIEW: Final = "review.decide"  # approve or refuse a held provision
+#: Operator operations: status, authorization-list refresh, key-ring reload.
+OP_READ_STATUS: Final = "status.read"
+OP_MANAGE_LIST: Final = "authorization_list.manage"
+OP_MANAGE_KEYS: Final = "keys.manage"
+ADMIN_OPERATIONS: Final = frozenset({OP_READ_STATUS, OP_MANAGE_LIST, OP_MANAGE_KEYS})
 ALL_OPERATIONS: Final = frozenset(
     {
         OP_REGISTER_PERSON,
@@ -37,6 +43,7 @@ ALL_OPERATIONS: Final = frozenset(
         OP_READ_REVIEW,
         OP_DECIDE_REVIEW,
     }
+    | ADMIN_OPERATIONS
 )
 
 DEFAULT_MESSAGE_SKEW: Final = dt.timedelta(minutes=5)
@@ -59,7 +66,13 @@ def token_digest(token: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SystemCredential:
-    """A core system (e.g. 介護保険システム) allowed to call some internal operations."""
+    """A core system (e.g. 介護保険システム) allowed to call some internal operations.
+
+    It authenticates with a client certificate (kind ``system``, subject
+    ``<agency>.<system_id>``; it may call an operation granted both here and in
+    the certificate's roles) or with a bearer token whose SHA-256 is
+    ``token_sha256`` (an empty ``token_sha256`` means certificate only).
+    """
 
     system_id: str
     token_sha256: str
@@ -128,6 +141,8 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 0
     timing: Timing = field(default_factory=Timing)
+    #: Mutual TLS (server certificate, client certificate to the hub, CA); None = plain HTTP.
+    tls: TlsSettings | None = None
     #: 介護保険 保険者番号 of this agency (6 digits, check digit), for 国保連 files.
     insurer_number: str | None = None
     #: Where 国保連 files go; ``None`` when this gateway does not transmit.

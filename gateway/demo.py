@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
+import ssl
 import sys
 import tempfile
 from pathlib import Path
@@ -51,9 +52,8 @@ class Demo:
     async def call(
         self, gateway: Gateway, method: str, path: str, expect: int, **kwargs: Any
     ) -> dict[str, Any]:
-        headers = {**gateway.auth, **kwargs.pop("headers", {})}
         async with self.session.request(
-            method, gateway.url + path, headers=headers, **kwargs
+            method, gateway.url + path, ssl=_core_system(gateway), **kwargs
         ) as response:
             data: dict[str, Any] = await response.json()
             if response.status != expect:
@@ -139,6 +139,14 @@ class Demo:
         self.say("   no item plaintext appears in any message the hub stored")
 
 
+def _core_system(gateway: Gateway) -> ssl.SSLContext:
+    """The 介護保険システム's client certificate for this gateway (mutual TLS)."""
+    context = gateway.client_ssl()
+    if context is None:
+        raise DemoFailedError("the demo network runs over mutual TLS")
+    return context
+
+
 def _markers(xml: bytes) -> list[bytes]:
     """Distinctive fragments of an item: its element names and its whole text."""
     root = etree.fromstring(xml)
@@ -166,6 +174,7 @@ async def run_demo(server_url: str, work_dir: Path, out: TextIO = sys.stdout) ->
     try:
         chiba = network.gateways[catalog.CHIBA_CITY]
         funabashi = network.gateways[catalog.FUNABASHI_CITY]
+        say(" mutual TLS: a CA for this run; every server and caller holds a certificate")
         say(f" hub      {network.hub.url}")
         say(f" 千葉市   {chiba.url}")
         say(f" 船橋市   {funabashi.url}")
@@ -227,7 +236,7 @@ async def run_demo(server_url: str, work_dir: Path, out: TextIO = sys.stdout) ->
             say("\n5. A query with no row in the authorization list is refused at the requester")
             async with session.post(
                 chiba.url + "/internal/v1/queries",
-                headers=chiba.auth,
+                ssl=_core_system(chiba),
                 json={
                     "atena_id": b_chiba.atena_id,
                     "procedure_code": catalog.LTC_CERTIFICATION_PROCEDURE,

@@ -129,6 +129,35 @@ class UpstreamError(GatewayError):
     status = 502
 
 
+class AuthorizationListUnavailableError(GatewayError):
+    """No valid authorization list: nothing is sent or answered until one is held again.
+
+    ``reason`` is the underlying code (``authorization_list_missing``,
+    ``authorization_list_expired``, ``authorization_list_signature``, …); it is
+    returned beside the code as ``error.details.reason``.
+    """
+
+    code = "authorization_list_unavailable"
+    status = 503
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        super().__init__(message or f"no valid authorization list ({reason})")
+        self.reason = reason
+        self.details = {"reason": reason}
+
+
+class AuthorizationListRollbackError(ConflictError):
+    """A list older than the newest one already received: versions never go back."""
+
+    code = "authorization_list_rollback"
+
+
+class AuthorizationListConflictError(ConflictError):
+    """A list with a version already received but other content (equivocation)."""
+
+    code = "authorization_list_conflict"
+
+
 def status_for(exc: Exception) -> tuple[int, str]:
     """HTTP status and stable code for any exception the packages define."""
     if isinstance(exc, GatewayError):

@@ -38,6 +38,7 @@ from .errors import (
     UpstreamError,
     ValidationError,
 )
+from .listsync import LIST_SYNC, list_status
 from .queries import current_list, insert_requester_record, send_query
 from .replica import store_item_request
 from .state import (
@@ -288,15 +289,13 @@ async def list_records(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Liveness and, for operators, whether a valid authorization list is in force."""
     state = request.app[GATEWAY_STATE]
+    authorization = list_status(state, request.app[LIST_SYNC])
     return web.json_response(
         {
-            "status": "ok",
+            "status": "ok" if authorization["available"] else "degraded",
             "agency": state.config.agency_code,
-            "authorization_list": (
-                {"version": state.authorization_list.version, "error": None}
-                if state.authorization_list is not None
-                else {"version": None, "error": state.list_error}
-            ),
+            "authorization_list": authorization,
         }
     )

@@ -30,7 +30,6 @@ import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Final
 
-import aiohttp
 import asyncpg
 import structlog
 from aiohttp import web
@@ -58,6 +57,7 @@ from .kokuhoren_json import (
     record_to_json,
 )
 from .state import GATEWAY_STATE, GatewayState, authorize
+from .tls import client_session
 from .transmission import (
     JOB_INGEST,
     JOB_TRANSMIT,
@@ -605,7 +605,7 @@ def setup_kokuhoren_routes(app: web.Application) -> None:
         if link is None or state.config.insurer_number is None:
             yield
             return
-        session = aiohttp.ClientSession()
+        session = client_session(state.config.tls)  # TLS to the mailbox when the network has it
         client = MailboxClient(
             link, state.config.insurer_number, state.keys, session, state.config.timing.http_timeout
         )

@@ -152,6 +152,7 @@ async def month_end_transmission(
         network.kokuhoren.url + "/admin/v1/returns",
         json={"insurer_number": chiba.config.insurer_number, "month": month},
         headers={"Authorization": f"Bearer {network.kokuhoren_config.admin_token}"},
+        ssl=network.anonymous_ssl() or True,
     ) as response:
         if response.status not in (200, 201):
             raise DemoFailedError(f"国保連 did not produce 給付実績: HTTP {response.status}")

@@ -19,7 +19,7 @@ from chukan.codecs.envelope import (
     new_message_id,
 )
 from chukan.codecs.xmlsafe import parse_xml
-from chukan.keys import open_sealed, public_encryption_key, seal
+from chukan.keys import KeysError, public_encryption_key, seal
 from chukan.permits import (
     Permit,
     PermitReplayedError,
@@ -37,6 +37,7 @@ from .errors import (
     QueryUnknownError,
     StaleMessageError,
 )
+from .listsync import check_provision, require_list
 from .queries import conclude_refused, insert_requester_record
 from .records import RecordEntry, write_record
 from .replica import PROVISION_SQL, ReplicaInconsistentError, provision_document, today_jst
@@ -73,6 +74,8 @@ async def receive_message(request: web.Request) -> web.Response:
             verify_signature(signature, raw, keys)
     if abs(utcnow() - header.created) > state.config.timing.message_skew:
         raise StaleMessageError("message timestamp is outside the accepted window")
+    if isinstance(envelope.body, ProvisionRequest):
+        require_list(state)  # 503 before the message id is spent: the hub may retry it
     fresh = await state.pool.fetchval(
         "INSERT INTO seen_messages (message_id, sender) VALUES ($1, $2) "
         "ON CONFLICT DO NOTHING RETURNING 1",
@@ -147,6 +150,7 @@ def _check_permit(state: GatewayState, envelope: Envelope, body: ProvisionReques
         or permit.business_code != body.business_code
     ):
         raise PermitMalformedError("permit does not match the request it travels with")
+    check_provision(state, permit)
     return permit
 
 
@@ -261,9 +265,14 @@ async def _take_answer(
         )
         return web.json_response({"query_id": body.query_id, "accepted": True})
     aad = answer_aad(body.query_id, body.permit_id, provider, state.config.agency_code)
-    plaintext = open_sealed(
-        {state.keys.encryption.key_id: state.keys.encryption}, body.payload, aad
-    )
+    try:
+        # Any key of the ring still in its overlap window opens the answer.
+        plaintext = state.ring.unseal(body.payload, aad, now=utcnow())
+    except KeysError as exc:
+        await conclude_refused(
+            state, body.query_id, exc.code, "the answer could not be decrypted", permit_id=None
+        )
+        raise
     parse_xml(plaintext)  # what we hand to core systems must be safe XML too
     async with state.pool.acquire() as conn, conn.transaction():
         updated = await conn.fetchval(

@@ -26,9 +26,15 @@ import structlog
 from aiohttp import web
 
 from . import db
-from .config import GatewayConfig
-from .errors import GatewayError, NotFoundError, ValidationError
+from .config import DEFAULT_PERMIT_SKEW, GatewayConfig
+from .errors import (
+    AuthorizationListUnavailableError,
+    GatewayError,
+    NotFoundError,
+    ValidationError,
+)
 from .jobs import Job, create_job, fail_job, finish_job, get_job, list_jobs, start_job
+from .listsync import require_list
 from .metrics import CONTENT_TYPE, GatewayMetrics, metrics_for
 from .staff import ROLE_ADMIN, ROLE_AUDITOR, ROLE_OPERATOR, audit_staff, require_staff
 from .state import GATEWAY_STATE, GatewayState, utcnow
@@ -57,8 +63,13 @@ async def purge_results(
     *,
     retention: dt.timedelta,
     message_skew: dt.timedelta,
+    permit_skew: dt.timedelta = DEFAULT_PERMIT_SKEW,
 ) -> dict[str, int]:
-    """One transaction; returns how many of each kind were removed."""
+    """One transaction; returns how many of each kind were removed.
+
+    A used permit is forgotten only once it could no longer be accepted: after its
+    expiry plus the verification's clock skew (``permit_skew``, at least ``message_skew``).
+    """
     async with conn.transaction():
         # Never answered before expiry: concluded as failed, recorded, then deleted below.
         expired_unanswered = await conn.fetchval(
@@ -95,7 +106,7 @@ async def purge_results(
         permits = await conn.fetchval(
             "WITH gone AS (DELETE FROM used_permits WHERE expires_at <= now() - $1::interval "
             "RETURNING 1) SELECT count(*) FROM gone",
-            message_skew,
+            max(message_skew, permit_skew),
         )
         messages = await conn.fetchval(
             "WITH gone AS (DELETE FROM seen_messages WHERE received_at <= now() - $1::interval "
@@ -121,12 +132,15 @@ async def run_purge_job(
     retention: dt.timedelta,
     message_skew: dt.timedelta,
     created_by: str,
+    permit_skew: dt.timedelta = DEFAULT_PERMIT_SKEW,
 ) -> Job:
     """The deletion job with its job row: queued → running → done (counts) | failed."""
     job_id = await create_job(conn, PURGE_JOB, created_by=created_by)
     await start_job(conn, job_id)
     try:
-        counts = await purge_results(conn, agency, retention=retention, message_skew=message_skew)
+        counts = await purge_results(
+            conn, agency, retention=retention, message_skew=message_skew, permit_skew=permit_skew
+        )
     except (asyncpg.PostgresError, OSError) as exc:
         await fail_job(conn, job_id, f"{type(exc).__name__}: {exc}")
         raise
@@ -144,6 +158,7 @@ async def _purge(state: GatewayState, created_by: str) -> Job:
             retention=state.config.ops.result_retention,
             message_skew=state.config.timing.message_skew,
             created_by=created_by,
+            permit_skew=state.config.timing.permit_skew,
         )
 
 
@@ -331,13 +346,11 @@ async def ready(request: web.Request) -> web.Response:
     database, hub = await asyncio.gather(
         _timed(_check_database(state), timeout), _timed(_check_hub(state), timeout)
     )
-    listed = state.authorization_list
-    if listed is None:
-        authorization = {"ok": False, "reason": state.list_error or "none"}
-    elif listed.expires_at <= utcnow():
-        authorization = {"ok": False, "reason": "expired"}
-    else:
-        authorization = {"ok": True, "version": listed.version}
+    authorization: dict[str, Any]
+    try:
+        authorization = {"ok": True, "version": require_list(state).version}
+    except AuthorizationListUnavailableError as exc:  # the same reason queries are refused with
+        authorization = {"ok": False, "reason": exc.reason}
     try:
         probe = b"chukan-ready-probe"
         state.keys.signing.public.verify(probe, state.keys.signing.sign(probe))

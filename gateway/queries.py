@@ -18,6 +18,7 @@ from . import db
 from .errors import (
     UpstreamError,
 )
+from .listsync import require_list
 from .records import count_record
 from .state import GatewayState
 
@@ -25,9 +26,8 @@ log = structlog.get_logger("chukan.gateway")
 
 
 def current_list(state: GatewayState) -> AuthorizationList:
-    if state.authorization_list is None:
-        raise UpstreamError(f"no valid authorization list: {state.list_error}")
-    return state.authorization_list
+    """The list in force; 503 ``authorization_list_unavailable`` (with the reason) without one."""
+    return require_list(state)
 
 
 async def insert_requester_record(

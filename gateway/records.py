@@ -48,6 +48,7 @@ from chukan.keys import PublicSigningKey, SigningKeyPair, public_signing_key
 
 from . import db
 from .errors import GatewayError, ValidationError
+from .keyring import own_verification_keys
 from .metrics import metrics_for
 from .state import ATENA_PATTERN, GATEWAY_STATE, GatewayState, utcnow
 
@@ -653,9 +654,9 @@ async def get_verify(request: web.Request) -> web.Response:
 
     await require_staff(request, ROLE_AUDITOR)
     state = request.app[GATEWAY_STATE]
-    public = state.keys.signing.public
+    trusted = own_verification_keys(state.ring)  # checkpoints signed before a rotation too
     async with state.pool.acquire() as conn:
-        report = await verify_chain(conn, state.config.agency_code, {public.key_id: public})
+        report = await verify_chain(conn, state.config.agency_code, trusted)
     await audit_staff(
         request, "records.verify", detail={"ok": report.ok, "issues": len(report.issues)}
     )

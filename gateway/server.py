@@ -2,13 +2,25 @@
 
 Used by the demo, ``chukan serve``, the benchmarks and the integration tests
 alike, so that what is tested is what runs.
+
+By default everything speaks mutual TLS: :func:`start_network` creates a local
+CA (:class:`~chukan.gateway.pki.NetworkPki`, in memory, for this run only) and
+issues a server certificate to every server and a client certificate to every
+gateway (kind ``agency``) and to the hub (kind ``hub``).  Core systems call a
+gateway with :meth:`Gateway.client_ssl` (a certificate of kind ``system`` whose
+roles are the operations granted).  ``tls=False`` gives plain HTTP, for a
+benchmark baseline only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import secrets
+import socket
+import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -18,6 +30,7 @@ from aiohttp import web
 
 from chukan.codecs.catalog import CHIBA_CITY, FUNABASHI_CITY
 from chukan.keys import PublicSigningKey, b64e
+from chukan.keys.ca import ClientIdentity
 from chukan.simulators.hub import HUB_DATABASE, HUB_STATE, HubConfig, create_hub_app
 from chukan.simulators.kokuhoren import (
     KOKUHOREN_DATABASE,
@@ -29,19 +42,26 @@ from chukan.simulators.kokuhoren import (
 from . import db
 from .app import bind_socket, create_gateway_app
 from .config import (
+    ADMIN_OPERATIONS,
     ALL_OPERATIONS,
+    OP_READ_RECORDS,
     GatewayConfig,
     KokuhorenLink,
     SystemCredential,
     Timing,
     token_digest,
 )
+from .pki import HUB_IDENTITY, HUB_OPERATOR, NetworkPki
 from .state import GATEWAY_STATE, GatewayState
 
 DEMO_AGENCIES: Final = ((CHIBA_CITY, "千葉市"), (FUNABASHI_CITY, "船橋市"))
 #: 介護保険 保険者番号 of the demo agencies (6 digits, the last a check digit).
 DEMO_INSURERS: Final = {CHIBA_CITY: "122010", FUNABASHI_CITY: "122044"}
 CORE_SYSTEM: Final = "kaigo-system"  # 介護保険システム
+#: Operators' console: status, authorization-list refresh, key reload (certificate only).
+OPERATOR_SYSTEM: Final = "ops-console"
+#: A reporting system that may only read provision records (certificate only).
+REPORTING_SYSTEM: Final = "reporting-system"
 GATEWAY_DATABASE: Final = "chukan_gateway"
 
 
@@ -58,22 +78,28 @@ class RunningServer:
         await self.runner.cleanup()
 
 
-async def serve(app: web.Application, host: str, port: int) -> RunningServer:
+async def serve(
+    app: web.Application, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
+) -> RunningServer:
     sock = bind_socket(host, port)
-    return await serve_on(app, sock)
+    return await serve_on(app, sock, ssl_context=ssl_context)
 
 
-async def serve_on(app: web.Application, sock: object) -> RunningServer:
-    import socket as _socket
-
-    assert isinstance(sock, _socket.socket)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.SockSite(runner, sock)
-    await site.start()
+def socket_url(sock: socket.socket, *, tls: bool) -> str:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    return RunningServer(runner, f"http://{shown}:{port}")
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
+
+
+async def serve_on(
+    app: web.Application, sock: object, *, ssl_context: ssl.SSLContext | None = None
+) -> RunningServer:
+    assert isinstance(sock, socket.socket)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.SockSite(runner, sock, ssl_context=ssl_context)
+    await site.start()
+    return RunningServer(runner, socket_url(sock, tls=ssl_context is not None))
 
 
 @dataclass
@@ -81,10 +107,23 @@ class Gateway:
     server: RunningServer
     config: GatewayConfig
     token: str
+    pki: NetworkPki | None = None
 
     @property
     def url(self) -> str:
         return self.server.url
+
+    def client_ssl(self, system_id: str = CORE_SYSTEM) -> ssl.SSLContext | None:
+        """TLS context of one of this agency's configured core systems (None without TLS).
+
+        The certificate's roles are the operations configured for the system.
+        """
+        if self.pki is None:
+            return None
+        system = next((s for s in self.config.systems if s.system_id == system_id), None)
+        if system is None:
+            raise ValueError(f"{system_id} is not a core system of {self.config.agency_code}")
+        return self.pki.system_context(self.config.agency_code, system_id, system.operations)
 
     @property
     def state(self) -> GatewayState:
@@ -106,6 +145,8 @@ class Network:
     work_dir: Path | None = None
     #: One database for every agency's gateway: tenants are isolated by row-level security.
     gateway_database: str = GATEWAY_DATABASE
+    #: The run's local CA; None when the network speaks plain HTTP.
+    pki: NetworkPki | None = None
     #: The 国保連 simulator (its 伝送 mailbox), when the network has one.
     kokuhoren: RunningServer | None = None
     kokuhoren_config: KokuhorenConfig | None = None
@@ -131,8 +172,10 @@ class Network:
         if self.kokuhoren is None or self.kokuhoren_config is None or link is None or not number:
             return
         keys = gateway.state.keys
+        context = self.anonymous_ssl()
+        connector = None if context is None else aiohttp.TCPConnector(ssl=context)
         async with (
-            aiohttp.ClientSession() as session,
+            aiohttp.ClientSession(connector=connector) as session,
             session.put(
                 f"{self.kokuhoren.url}/admin/v1/insurers/{number}",
                 json={
@@ -157,7 +200,12 @@ class Network:
         """Start the 国保連 simulator (again): the same database, keys and port as before."""
         assert self.kokuhoren_config is not None
         config = self.kokuhoren_config
-        self.kokuhoren = await serve(create_kokuhoren_app(config), config.host, config.port)
+        self.kokuhoren = await serve(
+            create_kokuhoren_app(config),
+            config.host,
+            config.port,
+            ssl_context=None if self.pki is None else self.pki.server_context("kokuhoren"),
+        )
         if config.port == 0:  # keep the port, so gateways reach it after a restart
             port = int(self.kokuhoren.url.rsplit(":", 1)[1])
             self.kokuhoren_config = dataclasses.replace(config, port=port)
@@ -177,11 +225,13 @@ class Network:
         timing: Timing | None = None,
         systems: tuple[SystemCredential, ...] | None = None,
         database: str | None = None,
+        hub_key: PublicSigningKey | None = None,
         insurer_number: str | None = None,
     ) -> Gateway:
         assert self.work_dir is not None
         insurer_number = insurer_number or DEMO_INSURERS.get(code)
         token = secrets.token_urlsafe(24)
+        tls = None if self.pki is None else self.pki.settings(code, ClientIdentity("agency", code))
         admin_url = await db.ensure_database(self.server_url, database or self.gateway_database)
         await db.migrate_url(admin_url, "chukan.gateway")
         tenant_url = await db.provision_tenant(admin_url, code, name)
@@ -191,21 +241,64 @@ class Network:
             database_url=tenant_url,
             migration_database_url=admin_url,
             hub_url=self.hub.url,
-            hub_key=self.hub_key,
+            hub_key=hub_key or self.hub_key,
             enrolment_token=self.hub_config.admin_token,
             key_dir=self.work_dir / "keys" / code,
             key_passphrase=self.hub_config.key_passphrase,
-            systems=systems
-            if systems is not None
-            else (SystemCredential(CORE_SYSTEM, token_digest(token), ALL_OPERATIONS),),
+            systems=systems if systems is not None else default_systems(token),
             timing=timing or Timing(),
+            tls=tls,
             insurer_number=insurer_number,
             kokuhoren=self._kokuhoren_link() if insurer_number else None,
         )
         gateway = await start_gateway(config)
-        self.gateways[code] = Gateway(gateway, config, token)
+        self.gateways[code] = Gateway(gateway, config, token, self.pki)
         await self.register_insurer(self.gateways[code])
         return self.gateways[code]
+
+    @contextlib.asynccontextmanager
+    async def gateway_stopped(self, code: str) -> AsyncIterator[Gateway]:
+        """Stop one gateway for the block, then start it again (same config, keys, database).
+
+        It listens on the same port again when it can, and re-enrols with the hub
+        either way; the :class:`Gateway` object is updated in place.
+        """
+        gateway = self.gateways[code]
+        port = int(gateway.url.rsplit(":", 1)[1])
+        await gateway.server.stop()
+        try:
+            yield gateway
+        finally:
+            try:
+                gateway.server = await start_gateway(dataclasses.replace(gateway.config, port=port))
+            except OSError:  # the port was taken meanwhile
+                gateway.server = await start_gateway(gateway.config)
+            # Its keys may have been rotated meanwhile: tell the 国保連 mailbox too.
+            await self.register_insurer(gateway)
+
+    async def restart_gateway(self, code: str) -> Gateway:
+        """Stop one gateway and start it again at once (see :meth:`gateway_stopped`)."""
+        async with self.gateway_stopped(code) as gateway:
+            pass
+        return gateway
+
+    def hub_operator_ssl(self) -> ssl.SSLContext | None:
+        """The hub operator's client context (publishing lists, reading hub records)."""
+        return None if self.pki is None else self.pki.client_context(HUB_OPERATOR)
+
+    def agency_client_ssl(self, code: str) -> ssl.SSLContext | None:
+        """An agency gateway's client context, as it presents it when it calls the hub."""
+        if self.pki is None:
+            return None
+        return self.pki.client_context(ClientIdentity("agency", code))
+
+    def anonymous_ssl(self) -> ssl.SSLContext | None:
+        """Trusts the run's CA, presents no certificate (token-authenticated callers)."""
+        return None if self.pki is None else self.pki.anonymous_context()
+
+    def hub_client_ssl(self) -> ssl.SSLContext | None:
+        """The hub's own client context, as the hub presents it when it calls gateways."""
+        return None if self.pki is None else self.pki.client_context(HUB_IDENTITY)
 
     async def stop(self) -> None:
         for gateway in list(self.gateways.values()):
@@ -215,12 +308,30 @@ class Network:
         await self.hub.stop()
 
 
+def default_systems(token: str) -> tuple[SystemCredential, ...]:
+    """The core systems of a demo or test gateway.
+
+    The 介護保険システム may call the business operations, by certificate or with
+    ``token``; the operators' console holds the operator operations and the
+    reporting system may only read records, both by certificate only.
+    """
+    return (
+        SystemCredential(CORE_SYSTEM, token_digest(token), ALL_OPERATIONS - ADMIN_OPERATIONS),
+        SystemCredential(OPERATOR_SYSTEM, "", ADMIN_OPERATIONS),
+        SystemCredential(REPORTING_SYSTEM, "", frozenset({OP_READ_RECORDS})),
+    )
+
+
 async def start_gateway(config: GatewayConfig) -> RunningServer:
     sock = bind_socket(config.host, config.port)
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    app = create_gateway_app(config, f"http://{shown}:{port}")
-    return await serve_on(app, sock)
+    tls = config.tls is not None
+    app = create_gateway_app(config, socket_url(sock, tls=tls))
+    try:
+        context = None if config.tls is None else config.tls.server_context()
+    except BaseException:
+        sock.close()
+        raise
+    return await serve_on(app, sock, ssl_context=context)
 
 
 async def start_network(
@@ -232,25 +343,38 @@ async def start_network(
     gateway_database: str = GATEWAY_DATABASE,
     hub_overrides: dict[str, object] | None = None,
     timing: Timing | None = None,
+    tls: bool = True,
     kokuhoren: bool = True,
     kokuhoren_database: str = KOKUHOREN_DATABASE,
 ) -> Network:
     """Start the hub (and the 国保連 simulator), then each agency's gateway.
 
     Gateways enrol themselves with the hub; those with a 保険者番号 are onboarded
-    at the 国保連 mailbox with a token and their public keys.
+    at the 国保連 mailbox with a token and their public keys.  With ``tls`` (the
+    default) a CA is created for this run and every connection to the hub and
+    between the hub and gateways is mutual TLS; ``tls=False`` is plain HTTP, for a
+    benchmark baseline only.
     """
     hub_url = await db.ensure_database(server_url, hub_database)
+    pki = NetworkPki.create() if tls else None
     hub_config = HubConfig(
         database_url=hub_url,
         key_dir=work_dir / "keys" / "hub",
         key_passphrase=secrets.token_urlsafe(24).encode(),
         admin_token=secrets.token_urlsafe(24),
-        **(hub_overrides or {}),  # type: ignore[arg-type]
+        **{  # type: ignore[arg-type]
+            "tls": None if pki is None else pki.settings("hub", HUB_IDENTITY),
+            **(hub_overrides or {}),
+        },
     )
-    hub = await serve(create_hub_app(hub_config), hub_config.host, hub_config.port)
+    hub = await serve(
+        create_hub_app(hub_config),
+        hub_config.host,
+        hub_config.port,
+        ssl_context=None if hub_config.tls is None else hub_config.tls.server_context(),
+    )
     network = Network(
-        server_url, hub, hub_config, work_dir=work_dir, gateway_database=gateway_database
+        server_url, hub, hub_config, work_dir=work_dir, gateway_database=gateway_database, pki=pki
     )
     try:
         if kokuhoren:

@@ -12,6 +12,8 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from chukan.keys.ca import CertificateError, ClientIdentity
+from chukan.keys.ring import KeyRing
 from chukan.permits import (
     AuthorizationList,
 )
@@ -27,6 +29,7 @@ from .errors import (
 )
 from .hubclient import HubClient
 from .keystore import AgencyKeys
+from .tls import identity_label, parse_system_subject, peer_identity
 from .web import CALLER
 
 log = structlog.get_logger("chukan.gateway")
@@ -46,6 +49,8 @@ class GatewayState:
     pool: asyncpg.Pool
     keys: AgencyKeys
     hub: HubClient
+    #: Every key pair of this agency, old and new; ``keys`` are its current ones.
+    ring: KeyRing
     authorization_list: AuthorizationList | None = None
     list_error: str | None = "not yet fetched"
     waiters: dict[str, asyncio.Event] = field(default_factory=dict)
@@ -94,18 +99,53 @@ async def _record_refusal(
 
 
 async def authorize(request: web.Request, operation: str) -> SystemCredential:
-    """Bearer token → core system; 401 without a valid token, 403 without the grant."""
+    """Client certificate or bearer token → core system; 401 without either, 403 without the grant.
+
+    A client certificate, when presented, decides alone (a bearer token beside it
+    is ignored); without one, a configured bearer token is accepted.
+    """
     state = request.app[GATEWAY_STATE]
+    try:
+        peer = peer_identity(request)
+    except CertificateError:
+        exc: GatewayError = UnauthenticatedError("the client certificate is not usable here")
+        await _record_refusal(state, request, "certificate:invalid", operation, exc)
+        raise exc from None
+    if peer is not None:
+        return await _authorize_certificate(state, request, peer, operation)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     system = state.config.system_for_token(token) if scheme == "Bearer" and token else None
     if system is None:
-        exc: GatewayError = UnauthenticatedError("a valid system token is required")
+        exc = UnauthenticatedError("a client certificate or a valid system token is required")
         await _record_refusal(state, request, None, operation, exc)
         raise exc
     request[CALLER] = system.system_id
     if operation not in system.operations:
         exc = ForbiddenError(f"system {system.system_id} may not call {operation}")
         await _record_refusal(state, request, system.system_id, operation, exc)
+        raise exc
+    return system
+
+
+async def _authorize_certificate(
+    state: GatewayState, request: web.Request, peer: ClientIdentity, operation: str
+) -> SystemCredential:
+    """A core system's certificate: this agency's, configured here, holding the operation."""
+    label = identity_label(peer)
+    subject = parse_system_subject(peer.subject_id) if peer.kind == "system" else None
+    system = None
+    if subject is not None and subject[0] == state.config.agency_code:
+        system = next((s for s in state.config.systems if s.system_id == subject[1]), None)
+    if system is None:
+        exc: GatewayError = ForbiddenError(
+            f"{label} is not a core system of agency {state.config.agency_code}"
+        )
+        await _record_refusal(state, request, label, operation, exc)
+        raise exc
+    request[CALLER] = system.system_id
+    if operation not in system.operations or operation not in peer.roles:
+        exc = ForbiddenError(f"system {system.system_id} may not call {operation}")
+        await _record_refusal(state, request, label, operation, exc)
         raise exc
     return system

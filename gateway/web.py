@@ -64,7 +64,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception as exc:
         status, code = status_for(exc)
-        if status >= 500:
+        if status >= 500 and isinstance(exc, GatewayError) and status != 500:
+            # An expected condition with its own code (hub unreachable, no valid list):
+            # worth a warning, not a traceback.
+            log.warning("request_failed", path=request.path, status=status, code=code)
+            message = exc.message
+        elif status >= 500:
             log.exception("request_failed", path=request.path, code=code)
             message = "internal error" if code == "internal_error" else str(exc)
         else:

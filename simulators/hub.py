@@ -63,6 +63,7 @@ from chukan.gateway.errors import (
     ValidationError,
 )
 from chukan.gateway.keystore import AgencyKeys, load_or_create_keys
+from chukan.gateway.tls import TlsSettings, client_session
 from chukan.gateway.web import (
     SIGNATURE_HEADER,
     error_middleware,
@@ -75,10 +76,7 @@ from chukan.gateway.web import (
 )
 from chukan.keys import (
     PublicSigningKey,
-    b64d,
     b64e,
-    public_encryption_key,
-    public_signing_key,
 )
 from chukan.permits import (
     AuthorizationList,
@@ -86,10 +84,10 @@ from chukan.permits import (
     Permit,
     body_digest,
     encode_permit,
-    load_sample_list,
     new_permit_id,
-    sign_list,
 )
+
+from . import hubauth, hubkeys, hublist
 
 log = structlog.get_logger("chukan.hub")
 
@@ -124,6 +122,8 @@ class HubConfig:
     delivery_backoff: float = DEFAULT_DELIVERY_BACKOFF
     delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT
     authorization_list: AuthorizationList | None = None
+    #: Mutual TLS (server certificate, the hub's client certificate, CA); None = plain HTTP.
+    tls: TlsSettings | None = None
 
     def __repr__(self) -> str:  # never print the passphrase or the admin token
         return f"HubConfig(database={self.database_url.rsplit('/', 1)[-1]!r}, port={self.port})"
@@ -180,7 +180,8 @@ async def load_agency(conn: db.Executor, code: str) -> Agency:
     if row is None:
         raise AgencyUnknownError(f"agency {code} is not registered with the hub")
     keys = await conn.fetch(
-        "SELECT key_id, public_key FROM agency_keys WHERE agency_code = $1 AND purpose = 'sig'",
+        "SELECT key_id, public_key FROM agency_keys WHERE agency_code = $1 AND purpose = 'sig' "
+        "AND (valid_until IS NULL OR valid_until > now())",
         code,
     )
     return Agency(
@@ -256,12 +257,14 @@ async def register_agency(request: web.Request) -> web.Response:
     endpoint = require_str(data, "endpoint", max_length=500)
     if not endpoint.startswith(("http://", "https://")):
         raise ValidationError("endpoint must be an http(s) URL")
+    hubauth.require_enrolling(request, code, endpoint)
     sig = data.get("signing_key")
     enc = data.get("encryption_key")
     if not isinstance(sig, dict) or not isinstance(enc, dict):
         raise ValidationError("signing_key and encryption_key are required objects")
-    signing = public_signing_key(require_str(sig, "key_id"), b64d(require_str(sig, "public")))
-    encryption = public_encryption_key(require_str(enc, "key_id"), b64d(require_str(enc, "public")))
+    signing = hubkeys.parse_key(code, sig, "sig")
+    encryption = hubkeys.parse_key(code, enc, "enc")
+    published = hubkeys.parse_published(code, data)
     async with state.pool.acquire() as conn, conn.transaction():
         await conn.execute(
             """INSERT INTO agencies (code, name, endpoint, signing_key_id, signing_key,
@@ -280,23 +283,7 @@ async def register_agency(request: web.Request) -> web.Response:
             encryption.key_id,
             encryption.raw,
         )
-        for key_id, purpose, raw in (
-            (signing.key_id, "sig", signing.raw),
-            (encryption.key_id, "enc", encryption.raw),
-        ):
-            owner = await conn.fetchval(
-                "SELECT agency_code FROM agency_keys WHERE key_id = $1", key_id
-            )
-            if owner is not None and owner != code:
-                raise ForbiddenError("that key id belongs to another agency")
-            await conn.execute(
-                """INSERT INTO agency_keys (key_id, agency_code, purpose, public_key)
-                   VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING""",
-                key_id,
-                code,
-                purpose,
-                raw,
-            )
+        await hubkeys.store_keys(conn, code, (signing, encryption), published)
     log.info("agency_registered", agency=code, endpoint=endpoint)
     return web.json_response({"code": code, "registered": True}, status=201)
 
@@ -328,12 +315,19 @@ async def get_agency(request: web.Request) -> web.Response:
         raise AgencyUnknownError("no such agency")
     result = _agency_json(row)
     keys = await state.pool.fetch(
-        "SELECT key_id, purpose, public_key FROM agency_keys WHERE agency_code = $1 "
+        "SELECT key_id, purpose, public_key, valid_from, valid_until FROM agency_keys "
+        "WHERE agency_code = $1 AND (valid_until IS NULL OR valid_until > now()) "
         "ORDER BY published_at",
         row["code"],
     )
     result["keys"] = [
-        {"key_id": k["key_id"], "purpose": k["purpose"], "public": b64e(k["public_key"])}
+        {
+            "key_id": k["key_id"],
+            "purpose": k["purpose"],
+            "public": b64e(k["public_key"]),
+            "valid_from": k["valid_from"].isoformat() if k["valid_from"] else None,
+            "valid_until": k["valid_until"].isoformat() if k["valid_until"] else None,
+        }
         for k in keys
     ]
     return web.json_response(result)
@@ -352,6 +346,7 @@ async def authorization_list(request: web.Request) -> web.Response:
 
 async def list_records(request: web.Request) -> web.Response:
     _require_admin(request)
+    hubauth.require_operator(request)
     state = request.app[HUB_STATE]
     rows = await state.pool.fetch("SELECT * FROM hub_records ORDER BY requested_at")
     return web.json_response({"records": [_jsonable(dict(r)) for r in rows]})
@@ -372,6 +367,7 @@ async def receive_message(request: web.Request) -> web.Response:
     raw = await read_xml(request)
     envelope = decode_message(raw)
     header = envelope.header
+    hubauth.require_sender(request, header.sender)
     sender = await load_agency(state.pool, header.sender)
     verify_signature(request.headers.get(SIGNATURE_HEADER), raw, sender.signing_keys)
     if abs(utcnow() - header.created) > state.config.message_skew:
@@ -515,6 +511,7 @@ async def _query(
             {"query_id": body.query_id, "permit_id": existing["permit_id"], "duplicate": True},
             status=202,
         )
+    hublist.require_current(state.authorization_list, now)
     try:
         try:
             row = state.authorization_list.check(
@@ -922,15 +919,11 @@ async def _delivery_loop(state: HubState) -> None:
 # -- application ----------------------------------------------------------------------
 
 
-def _make_list(config: HubConfig) -> AuthorizationList:
-    if config.authorization_list is not None:
-        return config.authorization_list
-    now = utcnow()
-    return load_sample_list(version=1, issued_at=now, expires_at=now + config.list_lifetime)
-
-
 def create_hub_app(config: HubConfig) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=8 * 1024 * 1024)
+    app = web.Application(
+        middlewares=[error_middleware, hubauth.peer_middleware(config.tls is not None)],
+        client_max_size=8 * 1024 * 1024,
+    )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         pool = await db.create_pool(config.database_url)
@@ -939,15 +932,15 @@ def create_hub_app(config: HubConfig) -> web.Application:
         keys = await asyncio.to_thread(
             load_or_create_keys, config.key_dir, HUB_OWNER, config.key_passphrase
         )
-        authorization = _make_list(config)
+        authorization, signed = await hublist.initial_list(pool, config, keys.signing)
         state = HubState(
             config=config,
             pool=pool,
             keys=keys,
             secret=_load_secret(config.key_dir),
             authorization_list=authorization,
-            signed_list=sign_list(authorization, keys.signing),
-            session=aiohttp.ClientSession(),
+            signed_list=signed,
+            session=client_session(config.tls),
         )
         app[HUB_STATE] = state
         state.worker = asyncio.create_task(_delivery_loop(state), name="hub-deliveries")
@@ -963,6 +956,8 @@ def create_hub_app(config: HubConfig) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/admin/v1/agencies", register_agency)
     app.router.add_get("/admin/v1/records", list_records)
+    app.router.add_post("/admin/v1/authorization-list", hublist.publish_list)
+    app.router.add_get("/admin/v1/authorization-list/versions", hublist.list_versions)
     app.router.add_get("/network/v1/agencies", list_agencies)
     app.router.add_get("/network/v1/agencies/{code}", get_agency)
     app.router.add_get("/network/v1/hub-key", hub_key)

@@ -82,19 +82,37 @@ async def network(
 
 
 class Api:
-    """Calls a gateway's internal API as its core system does, over real HTTP."""
+    """Calls a gateway's internal API as its core system does, over real mutual TLS.
+
+    By default the call presents the 介護保険システム's client certificate
+    (``system=`` picks another configured system of that gateway); with ``token=``
+    it presents no certificate and sends the bearer token instead.  An explicit
+    ``ssl=`` context wins over both.
+    """
 
     def __init__(self, session: Any, gateway: Any) -> None:
         self.session = session
         self.gateway = gateway
 
     async def call(
-        self, method: str, path: str, *, token: str | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        system: str | None = None,
+        **kwargs: Any,
     ) -> tuple[int, Any]:
+        from chukan.gateway.server import CORE_SYSTEM
+
         headers = dict(kwargs.pop("headers", {}))
         if isinstance(kwargs.get("data"), bytes) and len(kwargs["data"]) > 512 * 1024:
             kwargs["data"] = io.BytesIO(kwargs["data"])  # aiohttp warns on big raw bodies
-        headers.setdefault("Authorization", f"Bearer {token or self.gateway.token}")
+        context = None if token is not None else self.gateway.client_ssl(system or CORE_SYSTEM)
+        if context is None:  # a bearer-token caller, or a plain-HTTP network
+            headers.setdefault("Authorization", f"Bearer {token or self.gateway.token}")
+        else:
+            kwargs.setdefault("ssl", context)
         async with self.session.request(
             method, self.gateway.url + path, headers=headers, **kwargs
         ) as response:
@@ -141,11 +159,27 @@ class Api:
 
 
 @pytest.fixture(scope="session")
-async def http() -> AsyncIterator[Any]:
+async def http(network: Any) -> AsyncIterator[Any]:
+    """A client that trusts the network's CA but presents no certificate of its own.
+
+    Pass ``ssl=`` per request to present one (``network.hub_client_ssl()``, a
+    gateway's ``client_ssl()``, ``network.hub_operator_ssl()``).
+    """
     import aiohttp
 
-    async with aiohttp.ClientSession() as session:
+    connector = (
+        aiohttp.TCPConnector(ssl=network.pki.anonymous_context())
+        if network.pki is not None
+        else None
+    )
+    async with aiohttp.ClientSession(connector=connector) as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def api(http: Any) -> Any:
+    """``api(gateway)``: an :class:`Api` for any gateway of the network (e.g. one a test added)."""
+    return lambda gateway: Api(http, gateway)
 
 
 @pytest.fixture(scope="session")
@@ -216,5 +250,5 @@ async def ops_gateway(network: Any, http: Any) -> Api:
         ),
     )
     server = await start_gateway(config)
-    network.gateways[OPS_AGENCY] = Gateway(server, config, first.token)
+    network.gateways[OPS_AGENCY] = Gateway(server, config, first.token, first.pki)
     return Api(http, network.gateways[OPS_AGENCY])

@@ -75,6 +75,7 @@ async def test_hostile_network_message_is_refused(
         chiba.gateway.url + "/network/v1/messages",
         data=io.BytesIO(data),
         headers={"Content-Type": "application/xml"},
+        ssl=network.hub_client_ssl(),  # as the hub: only the hub may call the network API
     ) as response:
         assert 400 <= response.status < 500
         got = (await response.json())["error"]["code"]
@@ -83,7 +84,10 @@ async def test_hostile_network_message_is_refused(
         assert got == code or (name == "too_big" and got == "xml_structure")
     for url in (network.hub.url + "/network/v1/messages",):
         async with http.post(
-            url, data=io.BytesIO(data), headers={"Content-Type": "application/xml"}
+            url,
+            data=io.BytesIO(data),
+            headers={"Content-Type": "application/xml"},
+            ssl=network.agency_client_ssl(catalog.CHIBA_CITY),  # as an agency gateway
         ) as r:
             assert 400 <= r.status < 500
     assert await chiba.gateway.state.pool.fetchval("SELECT count(*) FROM seen_messages") == before

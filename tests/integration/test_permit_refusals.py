@@ -99,6 +99,7 @@ class HubImpostor:
                 "Content-Type": "application/xml",
                 SIGNATURE_HEADER: signature_header(self.hub_signer, message),
             },
+            ssl=self.network.hub_client_ssl(),
         ) as response:
             if response.content_type == "application/json":
                 return response.status, await response.json()
@@ -237,12 +238,16 @@ async def test_unsigned_or_badly_signed_messages_are_refused(impostor: HubImpost
     message = encode_message(header, body)
     url = impostor.provider.gateway.url + "/network/v1/messages"
     xml = {"Content-Type": "application/xml"}
-    async with impostor.http.post(url, data=message, headers=xml) as response:
+    hub_tls = impostor.network.hub_client_ssl()
+    async with impostor.http.post(url, data=message, headers=xml, ssl=hub_tls) as response:
         assert response.status == 401
         assert (await response.json())["error"]["code"] == "message_signature_invalid"
     stranger = generate_signing_key("hub")
     async with impostor.http.post(
-        url, data=message, headers={**xml, SIGNATURE_HEADER: signature_header(stranger, message)}
+        url,
+        data=message,
+        headers={**xml, SIGNATURE_HEADER: signature_header(stranger, message)},
+        ssl=hub_tls,
     ) as response:
         assert response.status == 401
     tampered = message.replace(b"<LegalBasis>132<", b"<LegalBasis>133<")
@@ -250,6 +255,7 @@ async def test_unsigned_or_badly_signed_messages_are_refused(impostor: HubImpost
         url,
         data=tampered,
         headers={**xml, SIGNATURE_HEADER: signature_header(impostor.hub_signer, message)},
+        ssl=hub_tls,
     ) as response:
         assert response.status == 401
 
@@ -268,6 +274,7 @@ async def test_stale_and_replayed_messages_are_refused(impostor: HubImpostor) ->
                 "Content-Type": "application/xml",
                 SIGNATURE_HEADER: signature_header(impostor.hub_signer, message),
             },
+            ssl=impostor.network.hub_client_ssl(),
         ) as response:
             return int(response.status)
 
@@ -288,3 +295,86 @@ async def test_stale_and_replayed_messages_are_refused(impostor: HubImpostor) ->
     )
     assert await post(header) == 200
     assert await post(header) == 409  # the very same message id again
+
+
+async def test_a_row_missing_from_the_providers_list_is_refused(impostor: HubImpostor) -> None:
+    """A genuine hub permit is not enough: the provider's own list must carry the row too."""
+    body = impostor.request_body(item_code=catalog.INSURED_QUALIFICATION.code)  # not for 船橋市
+    status, error = await impostor.send(body, impostor.permit(body))
+    assert status == 403
+    assert error["error"]["code"] == "not_authorized"
+    record = await _provider_record(impostor, body.query_id)
+    assert (record["outcome"], record["reason_code"]) == ("refused", "not_authorized")
+    # Nothing was consumed: the permit id is not in the replay store.
+    used = await impostor.provider.gateway.state.pool.fetchval(
+        "SELECT count(*) FROM used_permits WHERE query_id = $1", body.query_id
+    )
+    assert used == 0
+
+
+async def test_a_used_permit_stays_used_across_a_restart(impostor: HubImpostor) -> None:
+    body = impostor.request_body()
+    permit = impostor.permit(body)
+    first, _ = await impostor.send(body, permit)
+    assert first == 200
+    await impostor.network.restart_gateway(catalog.CHIBA_CITY)
+    status, error = await impostor.send(body, permit)
+    assert status == 403
+    assert error["error"]["code"] == "permit_replayed"
+
+
+async def test_used_permits_are_forgotten_only_after_expiry_and_skew(
+    impostor: HubImpostor,
+) -> None:
+    """The deletion job keeps a used permit while it could still be accepted (expiry + skew)."""
+    from chukan.gateway.ops import purge_results
+
+    state = impostor.provider.gateway.state
+    timing = state.config.timing
+    margin = max(timing.permit_skew, timing.message_skew)
+    now = dt.datetime.now(dt.UTC)
+    ids = {
+        "long-expired": now - margin - dt.timedelta(minutes=10),
+        "within-skew": now - timing.permit_skew / 2,
+        "valid": now + dt.timedelta(minutes=5),
+    }
+    prefix = new_permit_id()
+    await state.pool.executemany(
+        "INSERT INTO used_permits (permit_id, query_id, expires_at) VALUES ($1, $2, $3)",
+        [(f"{prefix}-{name}", f"q-{name}", at) for name, at in ids.items()],
+    )
+    async with state.pool.acquire() as conn:
+        await purge_results(
+            conn,
+            state.config.agency_code,
+            retention=state.config.ops.result_retention,
+            message_skew=timing.message_skew,
+            permit_skew=timing.permit_skew,
+        )
+    left = {
+        r["permit_id"].removeprefix(f"{prefix}-")
+        for r in await state.pool.fetch(
+            "SELECT permit_id FROM used_permits WHERE permit_id LIKE $1", f"{prefix}-%"
+        )
+    }
+    assert left == {"within-skew", "valid"}
+
+
+async def test_a_permit_just_past_expiry_is_accepted_within_the_clock_skew(
+    impostor: HubImpostor,
+) -> None:
+    """``Timing.permit_skew`` (30 s by default) absorbs a hub clock slightly ahead."""
+    skew = impostor.provider.gateway.config.timing.permit_skew
+    body = impostor.request_body()
+    now = dt.datetime.now(dt.UTC)
+    permit = impostor.permit(
+        body, issued_at=now - dt.timedelta(minutes=5), expires_at=now - skew / 3
+    )
+    status, _ = await impostor.send(body, permit)
+    assert status == 200
+    late = impostor.request_body()
+    permit = impostor.permit(
+        late, issued_at=now - dt.timedelta(minutes=5), expires_at=now - skew * 2
+    )
+    status, error = await impostor.send(late, permit)
+    assert (status, error["error"]["code"]) == (403, "permit_expired")

@@ -295,6 +295,16 @@ def test_arbitrary_text_is_refused_cleanly(token: str) -> None:
 # -- malformed tokens --------------------------------------------------------------------
 
 
+def _standard_alphabet(token: str) -> str:
+    """The token in the standard base64 alphabet.
+
+    A random token has no ``-`` or ``_`` about one time in fifteen (the signature
+    is 86 random characters); then one ``+`` stands in, so the case always differs.
+    """
+    converted = token.replace("-", "+").replace("_", "/")
+    return converted if converted != token else token[:-1] + "+"
+
+
 @pytest.mark.parametrize(
     "token",
     [
@@ -308,7 +318,7 @@ def test_arbitrary_text_is_refused_cleanly(token: str) -> None:
         pytest.param(TOKEN[:-1] + "あ", id="non-ascii"),
         pytest.param(" " + TOKEN, id="leading-space"),
         pytest.param(TOKEN + "\n", id="trailing-newline"),
-        pytest.param(TOKEN.replace("-", "+").replace("_", "/"), id="standard-base64"),
+        pytest.param(_standard_alphabet(TOKEN), id="standard-base64"),
         pytest.param(TOKEN[:-2], id="short-signature"),
     ],
 )
