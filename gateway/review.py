@@ -47,6 +47,7 @@ from .errors import ConflictError, NotFoundError, ValidationError
 from .hubclient import HubReply
 from .records import RecordEntry, write_record
 from .replica import ReplicaInconsistentError, provision_document
+from .staff import ROLE_APPROVER, ROLE_AUDITOR, audit_staff, require_staff
 from .state import GATEWAY_STATE, QUERY_ID_PATTERN, GatewayState, answer_aad, authorize, utcnow
 from .web import SIGNATURE_HEADER, read_json, signature_header
 
@@ -380,6 +381,10 @@ def _query_id(request: web.Request) -> str:
 async def list_reviews(request: web.Request) -> web.Response:
     """``GET /internal/v1/review[?status=pending|approved|refused|all]`` (oldest first)."""
     await authorize(request, OP_READ_REVIEW)
+    return await _list_reviews(request)
+
+
+async def _list_reviews(request: web.Request) -> web.Response:
     state = request.app[GATEWAY_STATE]
     wanted = request.query.get("status", "pending")
     if wanted not in (*REVIEW_STATUSES, "all"):
@@ -397,6 +402,10 @@ async def list_reviews(request: web.Request) -> web.Response:
 async def get_review(request: web.Request) -> web.Response:
     """``GET /internal/v1/review/{query_id}``: the review and the document it would answer."""
     await authorize(request, OP_READ_REVIEW)
+    return await _get_review(request)
+
+
+async def _get_review(request: web.Request) -> web.Response:
     state = request.app[GATEWAY_STATE]
     query_id = _query_id(request)
     async with state.pool.acquire() as conn:
@@ -416,6 +425,10 @@ async def get_review(request: web.Request) -> web.Response:
 
 async def _decide_request(request: web.Request, approve: bool) -> web.Response:
     system = await authorize(request, OP_DECIDE_REVIEW)
+    return web.json_response(await _decide(request, approve, Decider("system", system.system_id)))
+
+
+async def _decide(request: web.Request, approve: bool, decider: Decider) -> dict[str, Any]:
     state = request.app[GATEWAY_STATE]
     query_id = _query_id(request)
     reason: str | None = None
@@ -427,14 +440,9 @@ async def _decide_request(request: web.Request, approve: bool) -> web.Response:
         reason = value
     if approve and reason is not None:
         raise ValidationError("an approval takes no reason_code")
-    answer = await decide_review(
-        state,
-        query_id,
-        approve=approve,
-        decider=Decider("system", system.system_id),
-        reason_code=reason,
+    return await decide_review(
+        state, query_id, approve=approve, decider=decider, reason_code=reason
     )
-    return web.json_response(answer)
 
 
 async def approve_review(request: web.Request) -> web.Response:
@@ -447,9 +455,51 @@ async def refuse_review(request: web.Request) -> web.Response:
     return await _decide_request(request, approve=False)
 
 
+# -- staff console: approvers decide (職員: 承認者) ------------------------------------------
+
+
+async def staff_list_reviews(request: web.Request) -> web.Response:
+    """``GET /staff/v1/review``: approvers and auditors see the queue."""
+    await require_staff(request, ROLE_APPROVER, ROLE_AUDITOR)
+    return await _list_reviews(request)
+
+
+async def staff_get_review(request: web.Request) -> web.Response:
+    """``GET /staff/v1/review/{query_id}``: one held provision and the document it would send."""
+    await require_staff(request, ROLE_APPROVER, ROLE_AUDITOR)
+    await audit_staff(request, "review.read", target=_query_id(request))
+    return await _get_review(request)
+
+
+async def _staff_decide(request: web.Request, approve: bool) -> web.Response:
+    session = await require_staff(request, ROLE_APPROVER)
+    answer = await _decide(request, approve, Decider("staff", session.username))
+    await audit_staff(
+        request,
+        "review.approve" if approve else "review.refuse",
+        target=answer["query_id"],
+        detail={"outcome": answer["outcome"], "reason_code": answer["reason_code"]},
+    )
+    return web.json_response(answer)
+
+
+async def staff_approve_review(request: web.Request) -> web.Response:
+    """``POST /staff/v1/review/{query_id}/approve`` (role approver)."""
+    return await _staff_decide(request, approve=True)
+
+
+async def staff_refuse_review(request: web.Request) -> web.Response:
+    """``POST /staff/v1/review/{query_id}/refuse`` (role approver), optional ``{"reason_code"}``."""
+    return await _staff_decide(request, approve=False)
+
+
 def setup_review_routes(app: web.Application) -> None:
     app.router.add_get("/internal/v1/review", list_reviews)
     app.router.add_get("/internal/v1/review/{query_id}", get_review)
     app.router.add_post("/internal/v1/review/{query_id}/approve", approve_review)
     app.router.add_post("/internal/v1/review/{query_id}/refuse", refuse_review)
+    app.router.add_get("/staff/v1/review", staff_list_reviews)
+    app.router.add_get("/staff/v1/review/{query_id}", staff_get_review)
+    app.router.add_post("/staff/v1/review/{query_id}/approve", staff_approve_review)
+    app.router.add_post("/staff/v1/review/{query_id}/refuse", staff_refuse_review)
     app.on_startup.append(_resume_unsent)

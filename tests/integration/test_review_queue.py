@@ -214,3 +214,72 @@ async def test_review_operations_need_their_grants(network: Any, http: Any) -> N
     finally:
         await gateway.server.stop()
         del network.gateways["123455"]
+
+
+async def _staff_token(chiba: Any, roles: list[str]) -> str:
+    """A staff account of 千葉市 with ``roles``, logged in over HTTP; returns the session token."""
+    from chukan.gateway.staff import create_account, hash_password
+
+    username = f"s{secrets.token_hex(4)}"
+    password = f"Pw-{secrets.token_urlsafe(12)}"
+    await create_account(
+        chiba.gateway.state.pool,
+        username=username,
+        roles=roles,
+        password_hash=hash_password(password, n=2**10, r=8, p=1),
+        created_by="test",
+    )
+    status, body = await chiba.call(
+        "POST",
+        "/staff/v1/login",
+        json={"username": username, "password": password},
+        headers={"Authorization": ""},
+    )
+    assert status == 200, body
+    token: str = body["token"]
+    return token
+
+
+async def test_staff_approver_decides_and_is_audited(
+    chiba: Any, funabashi: Any, rng: random.Random
+) -> None:
+    query_id, item = await held_query(chiba, funabashi, rng)
+    operator = await _staff_token(chiba, ["operator"])
+    approver = await _staff_token(chiba, ["approver"])
+    # An operator may not decide; the refusal is recorded.
+    status, body = await chiba.call("POST", f"/staff/v1/review/{query_id}/approve", token=operator)
+    assert (status, body["error"]["code"]) == (403, "role_required")
+    status, body = await chiba.call("GET", "/staff/v1/review", token=approver)
+    assert status == 200
+    assert query_id in [r["query_id"] for r in body["reviews"]]
+    status, decided = await chiba.call(
+        "POST", f"/staff/v1/review/{query_id}/approve", token=approver
+    )
+    assert status == 200, decided
+    assert decided["decided_by"].startswith("staff:s")
+    result = await funabashi.result(query_id)
+    assert result["status"] == "answered"
+    assert item is not None and result["result"].encode() == item
+    actions = await chiba.gateway.state.pool.fetch(
+        "SELECT action, actor_kind FROM audit_trail WHERE target = $1 ORDER BY id", query_id
+    )
+    assert ("review.approve", "staff") in [tuple(r) for r in actions]
+
+
+async def test_staff_approver_refuses_with_a_reason(
+    chiba: Any, funabashi: Any, rng: random.Random
+) -> None:
+    query_id, _ = await held_query(chiba, funabashi, rng)
+    approver = await _staff_token(chiba, ["approver"])
+    status, decided = await chiba.call(
+        "POST",
+        f"/staff/v1/review/{query_id}/refuse",
+        token=approver,
+        json={"reason_code": "manual_review_refused"},
+    )
+    assert status == 200, decided
+    result = await funabashi.result(query_id)
+    assert (result["status"], result["reason_code"]) == ("refused", "manual_review_refused")
+    # Without a session: 401.
+    status, body = await chiba.call("GET", "/staff/v1/review", headers={"Authorization": ""})
+    assert (status, body["error"]["code"]) == (401, "session_invalid")
