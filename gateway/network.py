@@ -39,9 +39,8 @@ from .errors import (
 )
 from .listsync import check_provision, require_list
 from .queries import conclude_refused, insert_requester_record
-from .records import RecordEntry, write_record
+from .records import RecordEntry, count_record, write_record
 from .replica import PROVISION_SQL, ReplicaInconsistentError, provision_document, today_jst
-from .review import HELD_REASON, hold_provision
 from .state import GATEWAY_STATE, GatewayState, answer_aad, utcnow
 from .web import (
     SIGNATURE_HEADER,
@@ -172,50 +171,47 @@ async def _provide(state: GatewayState, envelope: Envelope, body: ProvisionReque
         )
         log.warning("permit_refused", query_id=body.query_id, code=exc.code)
         raise
+    # A malformed requester key is refused before anything is consumed or recorded.
+    recipient = public_encryption_key(body.requester_key_id, body.requester_key)
     reference_date = body.reference_date or today_jst()
-    async with state.pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            PROVISION_SQL,
-            permit.permit_id,
-            permit.query_id,
-            permit.expires_at,
-            body.provider_person_code,
-            body.item_code,
-            reference_date,
-        )
-        assert row is not None
-        if not row["fresh"]:
-            raise PermitReplayedError("permit was already used")
-        atena_id = row["atena_id"]
-        payload = None
-        if atena_id is None:
-            outcome, reason = "refused", "person_unknown"
-        elif row["manual_review"]:  # 自動応答不可: a staff decision answers later
-            outcome, reason = "held", HELD_REASON
-            await hold_provision(
-                conn,
-                body,
-                permit,
-                atena_id=atena_id,
-                reference_date=reference_date,
-                replica_ids=row["ids"] or [],
-                requested_at=requested_at,
-            )
-        elif not row["contents"]:
-            outcome, reason = "refused", "item_not_found"
+    # One autocommitted statement: permit consumed, outcome decided, held provision
+    # queued and the record appended together (see replica.PROVISION_SQL).
+    row = await state.pool.fetchrow(
+        PROVISION_SQL,
+        permit.permit_id,
+        permit.query_id,
+        permit.expires_at,
+        body.provider_person_code,
+        body.item_code,
+        reference_date,
+        body.requester,
+        state.config.agency_code,
+        body.business_code,
+        body.procedure_code,
+        body.legal_basis,
+        requested_at,
+        body.requester_key_id,
+        body.requester_key,
+    )
+    assert row is not None
+    outcome: str | None = row["outcome"]
+    reason: str | None = row["reason"]
+    if outcome is not None:
+        count_record(state.config.agency_code, "provider", outcome)
+    if not row["fresh"]:
+        raise PermitReplayedError("permit was already used")
+    atena_id = row["atena_id"]
+    payload = None
+    document: bytes | None = row["contents"][0] if outcome == "provided" else None
+    if outcome is None:  # several record keys in force: combine them, then record
+        try:
+            document = provision_document(body.item_code, row["contents"])
+        except ReplicaInconsistentError as exc:
+            outcome, reason = "refused", exc.code
         else:
-            try:
-                document = provision_document(body.item_code, row["contents"])
-            except ReplicaInconsistentError as exc:
-                outcome, reason = "refused", exc.code
-            else:
-                aad = answer_aad(
-                    body.query_id, permit.permit_id, state.config.agency_code, body.requester
-                )
-                recipient = public_encryption_key(body.requester_key_id, body.requester_key)
-                outcome, reason, payload = "provided", None, seal(recipient, document, aad)
+            outcome, reason = "provided", None
         await _record_provision(
-            conn,
+            state.pool,
             state,
             body,
             permit_id=permit.permit_id,
@@ -224,6 +220,9 @@ async def _provide(state: GatewayState, envelope: Envelope, body: ProvisionReque
             outcome=outcome,
             reason=reason,
         )
+    if outcome == "provided" and document is not None:
+        aad = answer_aad(body.query_id, permit.permit_id, state.config.agency_code, body.requester)
+        payload = seal(recipient, document, aad)
     if outcome == "held":
         log.info("provision_held", query_id=body.query_id)
         return web.json_response({"query_id": body.query_id, "status": "held"}, status=202)

@@ -143,22 +143,60 @@ def in_force_sql(atena: str, item: str, on: str) -> str:
 
 #: The provider's one statement per provision (DESIGN §8): consume the permit, map
 #: 符号 → 宛名番号, read the manual-review flag and the versions in force on the
-#: reference date. Parameters: permit id, query id, permit expiry, 符号, item, date.
+#: reference date, decide the outcome, queue a held provision, and append the
+#: provision record — all in one autocommitted statement, so the record chain's
+#: per-tenant lock is held only inside the server, never across a client round trip.
+#: ``outcome`` is NULL (and nothing is recorded) only when several record keys are in
+#: force: combining them is the caller's work, which then records the outcome itself.
+#: Parameters: $1 permit id, $2 query id, $3 permit expiry, $4 符号, $5 item, $6 date,
+#: $7 requester, $8 provider (this agency), $9 事務, $10 事務手続き, $11 項,
+#: $12 requested at, $13 requester key id, $14 requester key.
 PROVISION_SQL: Final = f"""
     WITH used AS (
         INSERT INTO used_permits (permit_id, query_id, expires_at)
-        VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1)
-    SELECT (SELECT count(*) FROM used) AS fresh, p.atena_id,
-           COALESCE((SELECT f.manual_review FROM replica_review_flags f
-                     WHERE f.atena_id = p.atena_id AND f.item_code = $5), false)
-             AS manual_review,
-           r.ids, r.contents
-    FROM (SELECT 1) AS one
-    LEFT JOIN persons p ON p.person_code = $4
-    LEFT JOIN LATERAL (
-        SELECT array_agg(s.id ORDER BY s.record_key) AS ids,
-               array_agg(s.content ORDER BY s.record_key) AS contents
-        FROM ({in_force_sql("p.atena_id", "$5", "$6::date")}) s) r ON true"""  # noqa: S608
+        VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1),
+    found AS (
+        SELECT (SELECT count(*) FROM used) > 0 AS fresh, p.atena_id,
+               COALESCE((SELECT f.manual_review FROM replica_review_flags f
+                         WHERE f.atena_id = p.atena_id AND f.item_code = $5), false)
+                 AS manual_review,
+               r.ids, r.contents
+        FROM (SELECT 1) AS one
+        LEFT JOIN persons p ON p.person_code = $4
+        LEFT JOIN LATERAL (
+            SELECT array_agg(s.id ORDER BY s.record_key) AS ids,
+                   array_agg(s.content ORDER BY s.record_key) AS contents
+            FROM ({in_force_sql("p.atena_id", "$5", "$6::date")}) s) r ON true),
+    decided AS (
+        SELECT found.*,
+               CASE WHEN NOT fresh OR atena_id IS NULL THEN 'refused'
+                    WHEN manual_review THEN 'held'
+                    WHEN contents IS NULL THEN 'refused'
+                    WHEN cardinality(contents) = 1 THEN 'provided' END AS outcome,
+               CASE WHEN NOT fresh THEN 'permit_replayed'
+                    WHEN atena_id IS NULL THEN 'person_unknown'
+                    WHEN manual_review THEN 'manual_review'
+                    WHEN contents IS NULL THEN 'item_not_found' END AS reason
+        FROM found),
+    held AS (
+        INSERT INTO review_queue (query_id, permit_id, permit_expires_at, requester,
+            requester_key_id, requester_key, business_code, procedure_code, item_code,
+            legal_basis, atena_id, reference_date, replica_ids, requested_at)
+        SELECT $2, $1, $3, $7, $13, $14, $9, $10, $5, $11, d.atena_id, $6::date,
+               COALESCE(d.ids, '{{}}'::bigint[]), $12
+        FROM decided d WHERE d.outcome = 'held'
+        ON CONFLICT DO NOTHING RETURNING 1),
+    recorded AS (
+        INSERT INTO provision_records (role, query_id, permit_id, requester, provider,
+            business_code, procedure_code, item_code, legal_basis, atena_id, requested_at,
+            provided_at, outcome, reason_code)
+        SELECT 'provider', $2, $1, $7, $8, $9, $10, $5, $11, d.atena_id, $12,
+               CASE WHEN d.outcome = 'provided' THEN now() END, d.outcome, d.reason
+        FROM decided d WHERE d.outcome IS NOT NULL
+        RETURNING 1)
+    SELECT d.fresh, d.atena_id, d.ids, d.contents, d.outcome, d.reason,
+           (SELECT count(*) FROM held) AS held, (SELECT count(*) FROM recorded) AS recorded
+    FROM decided d"""  # noqa: S608
 
 
 def provision_document(item_code: str, contents: Sequence[bytes]) -> bytes:

@@ -2,7 +2,7 @@
 
 When a provision request names a person and item whose manual-review flag is set,
 the provider gateway consumes the permit, records the provision as ``held``, puts
-the request in ``review_queue`` (with the requester's key and the replica versions
+the request in ``review_queue`` (all in ``replica.PROVISION_SQL``'s one statement) (with the requester's key and the replica versions
 in force on the reference date) and answers the hub HTTP 202; the hub marks the
 query held. Nothing is sent to the requester until someone decides:
 
@@ -20,8 +20,8 @@ retried with backoff, and resumed when the gateway starts.
 
 Who decides: :func:`decide_review` takes the decider's identity (:class:`Decider`).
 The internal API calls it for core-system credentials holding ``review.decide``
-(and lists the queue with ``review.read``); staff sessions with an approver role
-can call the same function with ``Decider("staff", username)``.
+(and lists the queue with ``review.read``); the staff console calls it for sessions
+with the approver role (``/staff/v1/review/...``) as ``Decider("staff", username)``.
 """
 
 from __future__ import annotations
@@ -37,9 +37,8 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from chukan.codecs.envelope import ProvisionAnswer, ProvisionRequest
+from chukan.codecs.envelope import ProvisionAnswer
 from chukan.keys import public_encryption_key, seal
-from chukan.permits import Permit
 
 from . import db
 from .config import OP_DECIDE_REVIEW, OP_READ_REVIEW
@@ -56,7 +55,6 @@ log = structlog.get_logger("chukan.gateway")
 #: Reason code of a provision refused by staff (unless the decider gives another).
 REVIEW_REFUSED: Final = "manual_review_refused"
 #: Reason recorded with the ``held`` provision record.
-HELD_REASON: Final = "manual_review"
 REASON_CODE_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
 REVIEW_STATUSES: Final = ("pending", "approved", "refused")
 REJECTED_PREFIX: Final = "rejected:"
@@ -79,43 +77,6 @@ class Decider:
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}"
-
-
-# -- holding (called by the provider's _provide) -----------------------------------------
-
-
-async def hold_provision(
-    conn: db.Executor,
-    body: ProvisionRequest,
-    permit: Permit,
-    *,
-    atena_id: str,
-    reference_date: dt.date,
-    replica_ids: list[int],
-    requested_at: dt.datetime,
-) -> None:
-    """Queue a flagged provision; the caller records it as ``held`` and answers 202."""
-    await conn.execute(
-        """INSERT INTO review_queue (query_id, permit_id, permit_expires_at, requester,
-               requester_key_id, requester_key, business_code, procedure_code, item_code,
-               legal_basis, atena_id, reference_date, replica_ids, requested_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-           ON CONFLICT DO NOTHING""",
-        body.query_id,
-        permit.permit_id,
-        permit.expires_at,
-        body.requester,
-        body.requester_key_id,
-        body.requester_key,
-        body.business_code,
-        body.procedure_code,
-        body.item_code,
-        body.legal_basis,
-        atena_id,
-        reference_date,
-        replica_ids,
-        requested_at,
-    )
 
 
 # -- deciding ----------------------------------------------------------------------------

@@ -175,6 +175,16 @@ async def test_replayed_permit_is_refused(impostor: HubImpostor) -> None:
     status, error = await impostor.send(body, permit)
     assert status == 403
     assert error["error"]["code"] == "permit_replayed"
+    # Both events are on the provider's record: the provision, then the refused replay.
+    rows = await impostor.provider.gateway.state.pool.fetch(
+        "SELECT outcome, reason_code FROM provision_records "
+        "WHERE role = 'provider' AND query_id = $1 ORDER BY seq",
+        body.query_id,
+    )
+    assert [(r["outcome"], r["reason_code"]) for r in rows] == [
+        ("provided", None),
+        ("refused", "permit_replayed"),
+    ]
 
 
 async def test_permit_for_another_agency_is_refused(impostor: HubImpostor) -> None:
@@ -321,6 +331,16 @@ async def test_a_used_permit_stays_used_across_a_restart(impostor: HubImpostor) 
     status, error = await impostor.send(body, permit)
     assert status == 403
     assert error["error"]["code"] == "permit_replayed"
+    # Both events are on the provider's record: the provision, then the refused replay.
+    rows = await impostor.provider.gateway.state.pool.fetch(
+        "SELECT outcome, reason_code FROM provision_records "
+        "WHERE role = 'provider' AND query_id = $1 ORDER BY seq",
+        body.query_id,
+    )
+    assert [(r["outcome"], r["reason_code"]) for r in rows] == [
+        ("provided", None),
+        ("refused", "permit_replayed"),
+    ]
 
 
 async def test_used_permits_are_forgotten_only_after_expiry_and_skew(
