@@ -897,23 +897,40 @@ async def _deliver_one(state: HubState, delivery: asyncpg.Record) -> None:
         await _retry_or_give_up(state, delivery, "internal_error")
 
 
-async def deliver_due(state: HubState) -> int:
-    """One pass of the outbox, deliveries in parallel; returns how many were attempted."""
-    due = await _claim_due(state, limit=DELIVERY_BATCH)
-    await asyncio.gather(*(_deliver_one(state, delivery) for delivery in due))
-    return len(due)
-
-
 async def _delivery_loop(state: HubState) -> None:
-    while True:
-        try:
-            if await deliver_due(state):
-                continue
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            log.exception("delivery_pass_failed")
-        state.wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.wake.wait(), timeout=0.5)
+    """Keep up to ``DELIVERY_BATCH`` deliveries in flight, claiming more as each ends.
+
+    Waiting for a whole batch before claiming again would hold every new query
+    behind the slowest delivery of the previous batch.
+    """
+    running: set[asyncio.Task[None]] = set()
+
+    def finished(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        state.wake.set()
+
+    try:
+        while True:
+            state.wake.clear()
+            free = DELIVERY_BATCH - len(running)
+            due: list[asyncpg.Record] = []
+            if free > 0:
+                try:
+                    due = await _claim_due(state, limit=free)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    log.exception("delivery_pass_failed")
+            for delivery in due:
+                task = asyncio.create_task(_deliver_one(state, delivery))
+                running.add(task)
+                task.add_done_callback(finished)
+            if due and len(due) == free:
+                continue  # more may be due at once
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.wake.wait(), timeout=0.5)
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 # -- application ----------------------------------------------------------------------
