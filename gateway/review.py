@@ -2,9 +2,10 @@
 
 When a provision request names a person and item whose manual-review flag is set,
 the provider gateway consumes the permit, records the provision as ``held``, puts
-the request in ``review_queue`` (all in ``replica.PROVISION_SQL``'s one statement) (with the requester's key and the replica versions
-in force on the reference date) and answers the hub HTTP 202; the hub marks the
-query held. Nothing is sent to the requester until someone decides:
+the request in ``review_queue`` (with the requester's key and the replica versions
+in force on the reference date) — all in ``replica.PROVISION_SQL``'s one statement —
+and answers the hub HTTP 202; the hub marks the query held. Nothing is sent to the
+requester until someone decides:
 
 * **approve** — the versions are combined, sealed for the requester's key and sent
   as a ``ProvisionAnswer`` (sender = this agency, receiver = the requester), signed
