@@ -15,6 +15,7 @@ from typing import BinaryIO, Final
 from lxml import etree
 
 from .errors import CodecError, XmlEncodingError, XmlError, XmlForbiddenError, XmlLimitError
+from .xmlsafe import HARDENED_OPTIONS
 
 #: How many bytes of the document start are inspected before any is handed on.
 _HEAD_BYTES: Final = 1024
@@ -101,17 +102,7 @@ def hardened_iterparse(
     ``tags`` restricts start/end events to those elements (Clark notation).
     """
     return etree.iterparse(
-        reader,
-        events=("start", "end"),
-        tag=tags,
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-        recover=False,
+        reader, events=("start", "end"), tag=tags, recover=False, **HARDENED_OPTIONS
     )
 
 
