@@ -30,6 +30,18 @@ from chukan.keys.tls import client_context, server_context
 from .tls import TlsSettings, system_subject
 
 LOOPBACK_HOSTS: Final = ("127.0.0.1", "::1", "localhost")
+#: A name under ``.invalid`` (RFC 6761: never resolves) that only agency ``code``'s
+#: server certificate carries: the hub connects to ``https://127.0.0.1:…`` but asks TLS
+#: to verify this name, so a registry endpoint pointing at another agency's server is
+#: refused in the handshake, before any message is sent.
+AGENCY_HOST_SUFFIX: Final = ".agency.chukan.invalid"
+
+
+def agency_host(code: str) -> str:
+    """The identity name TLS checks when the hub calls agency ``code``'s gateway."""
+    return code + AGENCY_HOST_SUFFIX
+
+
 DEFAULT_CA_LIFETIME: Final = dt.timedelta(days=400)
 DEFAULT_LEAF_LIFETIME: Final = dt.timedelta(days=90)
 HUB_IDENTITY: Final = ClientIdentity("hub", "hub")

@@ -51,7 +51,7 @@ from .config import (
     Timing,
     token_digest,
 )
-from .pki import HUB_IDENTITY, HUB_OPERATOR, NetworkPki
+from .pki import HUB_IDENTITY, HUB_OPERATOR, LOOPBACK_HOSTS, NetworkPki, agency_host
 from .state import GATEWAY_STATE, GatewayState
 
 DEMO_AGENCIES: Final = ((CHIBA_CITY, "千葉市"), (FUNABASHI_CITY, "船橋市"))
@@ -231,7 +231,13 @@ class Network:
         assert self.work_dir is not None
         insurer_number = insurer_number or DEMO_INSURERS.get(code)
         token = secrets.token_urlsafe(24)
-        tls = None if self.pki is None else self.pki.settings(code, ClientIdentity("agency", code))
+        tls = (
+            None
+            if self.pki is None
+            else self.pki.settings(
+                code, ClientIdentity("agency", code), (*LOOPBACK_HOSTS, agency_host(code))
+            )
+        )
         admin_url = await db.ensure_database(self.server_url, database or self.gateway_database)
         await db.migrate_url(admin_url, "chukan.gateway")
         tenant_url = await db.provision_tenant(admin_url, code, name)

@@ -63,6 +63,7 @@ from chukan.gateway.errors import (
     ValidationError,
 )
 from chukan.gateway.keystore import AgencyKeys, load_or_create_keys
+from chukan.gateway.pki import agency_host
 from chukan.gateway.tls import TlsSettings, client_session
 from chukan.gateway.web import (
     SIGNATURE_HEADER,
@@ -700,14 +701,22 @@ async def _claim_due(state: HubState, limit: int = 16) -> list[asyncpg.Record]:
     )
 
 
+def agency_tls_name(state: HubState, agency: Agency) -> str | None:
+    """Over TLS, the agency's identity name the server certificate must carry."""
+    if state.config.tls is None or not agency.endpoint.startswith("https://"):
+        return None
+    return agency_host(agency.code)
+
+
 async def _post(
-    state: HubState, endpoint: str, body: bytes, signature: str
+    state: HubState, agency: Agency, body: bytes, signature: str
 ) -> aiohttp.ClientResponse:
     return await state.session.post(
-        endpoint.rstrip("/") + "/network/v1/messages",
+        agency.endpoint.rstrip("/") + "/network/v1/messages",
         data=body,
         headers={"Content-Type": "application/xml", SIGNATURE_HEADER: signature},
         timeout=aiohttp.ClientTimeout(total=state.config.delivery_timeout),
+        server_hostname=agency_tls_name(state, agency),
     )
 
 
@@ -772,7 +781,7 @@ async def _enqueue_refusal(
 async def _deliver_provision_request(state: HubState, delivery: asyncpg.Record) -> None:
     provider = await load_agency(state.pool, delivery["target"])
     try:
-        response = await _post(state, provider.endpoint, delivery["body"], delivery["signature"])
+        response = await _post(state, provider, delivery["body"], delivery["signature"])
     except (aiohttp.ClientError, TimeoutError) as exc:
         if await _retry_or_give_up(state, delivery, type(exc).__name__):
             await _enqueue_refusal(
@@ -869,7 +878,7 @@ async def _accept_answer(
 async def _deliver_answer(state: HubState, delivery: asyncpg.Record) -> None:
     requester = await load_agency(state.pool, delivery["target"])
     try:
-        response = await _post(state, requester.endpoint, delivery["body"], delivery["signature"])
+        response = await _post(state, requester, delivery["body"], delivery["signature"])
     except (aiohttp.ClientError, TimeoutError) as exc:
         await _retry_or_give_up(state, delivery, type(exc).__name__)
         return

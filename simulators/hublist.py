@@ -34,6 +34,7 @@ from chukan.gateway.errors import (
     UnsupportedMediaError,
     ValidationError,
 )
+from chukan.gateway.pki import agency_host
 from chukan.gateway.web import read_body
 from chukan.keys import SigningKeyPair
 from chukan.permits import (
@@ -176,6 +177,7 @@ def _rows_of(content_type: str, data: bytes) -> tuple[AuthorizationRow, ...]:
 async def push_list(state: HubState, signed: bytes) -> dict[str, str]:
     """Push a signed version to every registered agency; returns each one's outcome or code."""
     agencies = await state.pool.fetch("SELECT code, endpoint FROM agencies ORDER BY code")
+    tls = state.config.tls is not None
 
     async def push(code: str, endpoint: str) -> tuple[str, str]:
         try:
@@ -184,6 +186,7 @@ async def push_list(state: HubState, signed: bytes) -> dict[str, str]:
                 data=signed,
                 headers={"Content-Type": "application/xml"},
                 timeout=aiohttp.ClientTimeout(total=PUSH_TIMEOUT),
+                server_hostname=agency_host(code) if tls and endpoint.startswith("https") else None,
             ) as response:
                 answer: Any = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:

@@ -278,3 +278,20 @@ async def test_only_the_operator_reads_hub_records(http: Any, network: Any) -> N
         assert response.status == 401  # the certificate alone is not enough
     async with http.get(url, headers=admin, ssl=network.hub_operator_ssl()) as response:
         assert response.status == 200
+
+
+async def test_the_hub_calls_an_agency_only_at_a_server_holding_that_agencys_name(
+    network: Any, chiba: Any
+) -> None:
+    """The hub checks the server's identity, not just the CA: a registry endpoint that
+    points at another agency's gateway fails in the TLS handshake, before sending."""
+    from chukan.gateway.pki import agency_host
+    from chukan.simulators.hub import HUB_STATE
+
+    session = network.hub.app[HUB_STATE].session
+    url = chiba.gateway.url + "/health"
+    async with session.get(url, server_hostname=agency_host(catalog.CHIBA_CITY)) as response:
+        assert response.status == 200
+    with pytest.raises(aiohttp.ClientConnectorCertificateError):
+        async with session.get(url, server_hostname=agency_host(catalog.FUNABASHI_CITY)):
+            pass
