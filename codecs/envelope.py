@@ -83,6 +83,8 @@ class QueryRequest:
     procedure_code: str
     item_code: str
     reference_date: dt.date | None = None
+    #: 不開示: every side records the query with the non-disclosure flag.
+    non_disclosure: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ class ProvisionRequest:
     requester_key_id: str
     requester_key: bytes
     reference_date: dt.date | None = None
+    non_disclosure: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,8 @@ def _fill_body(parent: etree._Element, body: Body) -> None:
             _sub(element, "ItemCode", body.item_code)
             if body.reference_date is not None:
                 _sub(element, "ReferenceDate", body.reference_date.isoformat())
+            if body.non_disclosure:
+                _sub(element, "NonDisclosure", "true")
         case ProvisionRequest():
             _sub(element, "QueryId", body.query_id)
             _sub(element, "Requester", body.requester)
@@ -202,6 +207,8 @@ def _fill_body(parent: etree._Element, body: Body) -> None:
             _sub(element, "RequesterKey", b64e(body.requester_key)).set(
                 "keyId", body.requester_key_id
             )
+            if body.non_disclosure:
+                _sub(element, "NonDisclosure", "true")
         case ProvisionAnswer():
             _sub(element, "QueryId", body.query_id)
             _sub(element, "PermitId", body.permit_id)
@@ -314,6 +321,7 @@ def _decode_body(element: etree._Element) -> Body:
             procedure_code=_text(element, "ProcedureCode"),
             item_code=_text(element, "ItemCode"),
             reference_date=_date(_optional(element, "ReferenceDate")),
+            non_disclosure=_optional(element, "NonDisclosure") in ("true", "1"),
         )
     if kind == "ProvisionRequest":
         key = element.find(_Q + "RequesterKey")
@@ -329,6 +337,7 @@ def _decode_body(element: etree._Element) -> Body:
             reference_date=_date(_optional(element, "ReferenceDate")),
             requester_key_id=key.get("keyId", ""),
             requester_key=b64d(key.text or ""),
+            non_disclosure=_optional(element, "NonDisclosure") in ("true", "1"),
         )
     if kind == "ProvisionAnswer":
         outcome = _text(element, "Outcome")

@@ -125,6 +125,7 @@ async def _record_provision(
             provided_at=utcnow() if outcome == "provided" else None,
             outcome=outcome,
             reason_code=reason,
+            non_disclosure=body.non_disclosure,
         ),
     )
 
@@ -192,6 +193,7 @@ async def _provide(state: GatewayState, envelope: Envelope, body: ProvisionReque
         requested_at,
         body.requester_key_id,
         body.requester_key,
+        body.non_disclosure,
     )
     assert row is not None
     outcome: str | None = row["outcome"]

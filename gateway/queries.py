@@ -73,6 +73,7 @@ async def send_query(state: GatewayState, query_id: str) -> None:
             procedure_code=row["procedure_code"],
             item_code=row["item_code"],
             reference_date=row["reference_date"],
+            non_disclosure=row["non_disclosure"],
         )
         await state.pool.execute(
             "UPDATE queries SET attempts = attempts + 1 WHERE query_id = $1", query_id

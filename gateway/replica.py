@@ -150,7 +150,7 @@ def in_force_sql(atena: str, item: str, on: str) -> str:
 #: force: combining them is the caller's work, which then records the outcome itself.
 #: Parameters: $1 permit id, $2 query id, $3 permit expiry, $4 符号, $5 item, $6 date,
 #: $7 requester, $8 provider (this agency), $9 事務, $10 事務手続き, $11 項,
-#: $12 requested at, $13 requester key id, $14 requester key.
+#: $12 requested at, $13 requester key id, $14 requester key, $15 不開示.
 PROVISION_SQL: Final = f"""
     WITH used AS (
         INSERT INTO used_permits (permit_id, query_id, expires_at)
@@ -181,17 +181,17 @@ PROVISION_SQL: Final = f"""
     held AS (
         INSERT INTO review_queue (query_id, permit_id, permit_expires_at, requester,
             requester_key_id, requester_key, business_code, procedure_code, item_code,
-            legal_basis, atena_id, reference_date, replica_ids, requested_at)
+            legal_basis, atena_id, reference_date, replica_ids, requested_at, non_disclosure)
         SELECT $2, $1, $3, $7, $13, $14, $9, $10, $5, $11, d.atena_id, $6::date,
-               COALESCE(d.ids, '{{}}'::bigint[]), $12
+               COALESCE(d.ids, '{{}}'::bigint[]), $12, $15
         FROM decided d WHERE d.outcome = 'held'
         ON CONFLICT DO NOTHING RETURNING 1),
     recorded AS (
         INSERT INTO provision_records (role, query_id, permit_id, requester, provider,
             business_code, procedure_code, item_code, legal_basis, atena_id, requested_at,
-            provided_at, outcome, reason_code)
+            provided_at, outcome, reason_code, non_disclosure)
         SELECT 'provider', $2, $1, $7, $8, $9, $10, $5, $11, d.atena_id, $12,
-               CASE WHEN d.outcome = 'provided' THEN now() END, d.outcome, d.reason
+               CASE WHEN d.outcome = 'provided' THEN now() END, d.outcome, d.reason, $15
         FROM decided d WHERE d.outcome IS NOT NULL
         RETURNING 1)
     SELECT d.fresh, d.atena_id, d.ids, d.contents, d.outcome, d.reason,

@@ -161,6 +161,7 @@ async def decide_review(
                 provided_at=utcnow() if outcome == "provided" else None,
                 outcome=outcome,
                 reason_code=reason,
+                non_disclosure=row["non_disclosure"],
             ),
         )
     log.info(

@@ -476,8 +476,9 @@ async def _refuse_query(
     await state.pool.execute(
         """INSERT INTO hub_record_events (query_id, kind, requester, provider, business_code,
                                           procedure_code, item_code, requester_person_code,
-                                          requested_at, answered_at, outcome, reason_code)
-           VALUES ($1, 'opened', $2, $3, $4, $5, $6, $7, now(), now(), 'refused', $8)
+                                          requested_at, answered_at, outcome, reason_code,
+                                          non_disclosure)
+           VALUES ($1, 'opened', $2, $3, $4, $5, $6, $7, now(), now(), 'refused', $8, $9)
            ON CONFLICT (query_id) WHERE kind = 'opened' DO NOTHING""",
         body.query_id,
         requester,
@@ -487,6 +488,7 @@ async def _refuse_query(
         body.item_code,
         body.requester_person_code,
         code,
+        body.non_disclosure,
     )
     log.info("query_refused", requester=requester, provider=body.provider, code=code)
 
@@ -552,6 +554,7 @@ async def _query(
         requester_key_id=requester_agency.encryption_key_id,
         requester_key=requester_agency.encryption_key,
         reference_date=body.reference_date,
+        non_disclosure=body.non_disclosure,
     )
     permit = Permit(
         permit_id=new_permit_id(),
@@ -574,9 +577,10 @@ async def _query(
         await conn.execute(
             """INSERT INTO hub_record_events (query_id, kind, permit_id, requester, provider,
                    business_code, procedure_code, item_code, legal_basis, requester_person_code,
-                   provider_person_code, requested_at, permit_expires_at, outcome)
+                   provider_person_code, requested_at, permit_expires_at, outcome,
+                   non_disclosure)
                VALUES ($1, 'opened', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                       'permitted')""",
+                       'permitted', $13)""",
             body.query_id,
             permit.permit_id,
             requester,
@@ -589,6 +593,7 @@ async def _query(
             provider_code,
             now,
             permit.expires_at,
+            body.non_disclosure,
         )
         await _route_log(
             conn,

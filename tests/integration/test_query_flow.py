@@ -363,3 +363,43 @@ async def test_callers_must_authenticate_and_hold_the_grant(network: Any, http: 
         ("reporting", 403),
     ]
     assert all(r["operation"] == "persons.register" for r in rows)
+
+
+async def test_non_disclosure_travels_to_every_record(
+    chiba: Any, funabashi: Any, network: Any, rng: random.Random
+) -> None:
+    """不開示 set by the requester is recorded by the requester, the hub and the provider."""
+    from chukan.gateway import records
+
+    in_chiba, in_funabashi = await moved_person(rng, chiba, funabashi)
+    item = certification_item(rng, dt.date.today())
+    assert (await chiba.store(in_chiba.atena_id, catalog.CERTIFICATION.code, item))[0] == 201
+    status, submitted = await funabashi.query(
+        in_funabashi.atena_id,
+        catalog.LTC_CERTIFICATION_PROCEDURE,
+        catalog.CERTIFICATION.code,
+        catalog.CHIBA_CITY,
+        non_disclosure=True,
+    )
+    assert status == 202
+    assert (await funabashi.result(submitted["query_id"]))["status"] == "answered"
+    query_id = submitted["query_id"]
+    for api in (funabashi, chiba):
+        flags = await api.gateway.state.pool.fetch(
+            "SELECT non_disclosure FROM provision_records WHERE query_id = $1", query_id
+        )
+        assert [r["non_disclosure"] for r in flags] == [True]
+    hub = network.hub.app[HUB_STATE]
+    assert await hub.pool.fetchval(
+        "SELECT non_disclosure FROM hub_records WHERE query_id = $1", query_id
+    )
+    # A disclosure to the person leaves the record out on the provider's side too.
+    async with chiba.gateway.state.pool.acquire() as conn:
+        for_person = await records.disclose(
+            conn, catalog.CHIBA_CITY, in_chiba.atena_id, include_non_disclosed=False
+        )
+        for_auditor = await records.disclose(
+            conn, catalog.CHIBA_CITY, in_chiba.atena_id, include_non_disclosed=True
+        )
+    assert query_id not in [r["query_id"] for r in for_person]
+    assert query_id in [r["query_id"] for r in for_auditor]

@@ -68,6 +68,7 @@ BODIES: st.SearchStrategy[Body] = st.one_of(
         DIGITS14.map("JT".__add__),
         DIGITS14.map("TM".__add__),
         st.none() | DATES,
+        st.booleans(),
     ),
     st.builds(
         ProvisionRequest,
@@ -81,6 +82,7 @@ BODIES: st.SearchStrategy[Body] = st.one_of(
         st.just(KEY.key_id),
         st.binary(min_size=32, max_size=32),
         st.none() | DATES,
+        st.booleans(),
     ),
     st.builds(
         ProvisionAnswer,
