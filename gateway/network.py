@@ -44,6 +44,7 @@ from .replica import PROVISION_SQL, ReplicaInconsistentError, provision_document
 from .state import GATEWAY_STATE, GatewayState, answer_aad, utcnow
 from .web import (
     SIGNATURE_HEADER,
+    XML_CONTENT_TYPE,
     read_xml,
     signed_xml_response,
     verify_signature,
@@ -81,11 +82,15 @@ async def receive_message(request: web.Request) -> web.Response:
         header.message_id,
         header.sender,
     )
-    if fresh is None:
-        raise MessageReplayError("message id already seen")
     body = envelope.body
     if isinstance(body, ProvisionRequest) and header.sender == HUB:
+        if fresh is None:  # the hub retries: the first answer again, or a refusal
+            return await _repeat_answer(state, header.message_id)
         return await _provide(state, envelope, body)
+    if fresh is None and not isinstance(body, ProvisionAnswer | QueryRefusal):
+        raise MessageReplayError("message id already seen")
+    # Answers and refusals are applied idempotently (by query state), so a delivery
+    # retried after a lost response is acknowledged again rather than refused.
     if isinstance(body, ProvisionAnswer) and header.sender != HUB:
         return await _take_answer(state, envelope, body)
     if isinstance(body, QueryRefusal) and header.sender == HUB:
@@ -227,7 +232,10 @@ async def _provide(state: GatewayState, envelope: Envelope, body: ProvisionReque
         payload = seal(recipient, document, aad)
     if outcome == "held":
         log.info("provision_held", query_id=body.query_id)
-        return web.json_response({"query_id": body.query_id, "status": "held"}, status=202)
+        held = web.json_response({"query_id": body.query_id, "status": "held"}, status=202)
+        assert isinstance(held.body, bytes)
+        await _keep_answer(state, envelope, permit, 202, held.body, None)
+        return held
     answer = ProvisionAnswer(
         query_id=body.query_id,
         permit_id=permit.permit_id,
@@ -239,7 +247,52 @@ async def _provide(state: GatewayState, envelope: Envelope, body: ProvisionReque
         new_message_id(), "ProvisionAnswer", state.config.agency_code, body.requester, utcnow()
     )
     log.info("provision_answered", query_id=body.query_id, outcome=outcome, reason=reason)
-    return signed_xml_response(state.keys.signing, encode_message(header, answer))
+    response = signed_xml_response(state.keys.signing, encode_message(header, answer))
+    assert isinstance(response.body, bytes)
+    await _keep_answer(
+        state, envelope, permit, 200, response.body, response.headers[SIGNATURE_HEADER]
+    )
+    return response
+
+
+async def _keep_answer(
+    state: GatewayState,
+    envelope: Envelope,
+    permit: Permit,
+    status: int,
+    body: bytes,
+    signature: str | None,
+) -> None:
+    """Keep the answer until the permit expires, for a retry of the same request."""
+    await state.pool.execute(
+        "INSERT INTO provision_answers (message_id, permit_id, status, body, signature, "
+        "expires_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        envelope.header.message_id,
+        permit.permit_id,
+        status,
+        body,
+        signature,
+        permit.expires_at,
+    )
+
+
+async def _repeat_answer(state: GatewayState, message_id: str) -> web.Response:
+    """The stored answer to a provision request the hub delivers again."""
+    row = await state.pool.fetchrow(
+        "SELECT status, body, signature FROM provision_answers WHERE message_id = $1",
+        message_id,
+    )
+    if row is None:
+        raise MessageReplayError("message id already seen")
+    log.info("provision_answer_repeated", status=row["status"])
+    if row["signature"] is None:
+        return web.Response(body=row["body"], status=row["status"], content_type="application/json")
+    return web.Response(
+        body=row["body"],
+        status=row["status"],
+        content_type=XML_CONTENT_TYPE,
+        headers={SIGNATURE_HEADER: row["signature"]},
+    )
 
 
 async def _take_answer(
@@ -253,6 +306,10 @@ async def _take_answer(
     if row is None or row["provider"] != provider:
         raise QueryUnknownError("no query of ours matches this answer")
     if row["status"] not in ("queued", "sent"):
+        if row["permit_id"] == body.permit_id:  # a retried delivery of what we have
+            return web.json_response(
+                {"query_id": body.query_id, "accepted": True, "duplicate": True}
+            )
         raise MessageReplayError("the query was already concluded")
     if row["permit_id"] is not None and row["permit_id"] != body.permit_id:
         raise ForbiddenError("answer names another permit than the query's")

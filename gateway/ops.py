@@ -108,6 +108,11 @@ async def purge_results(
             "RETURNING 1) SELECT count(*) FROM gone",
             max(message_skew, permit_skew),
         )
+        answers = await conn.fetchval(
+            "WITH gone AS (DELETE FROM provision_answers "
+            "WHERE expires_at <= now() - $1::interval RETURNING 1) SELECT count(*) FROM gone",
+            max(message_skew, permit_skew),
+        )
         messages = await conn.fetchval(
             "WITH gone AS (DELETE FROM seen_messages WHERE received_at <= now() - $1::interval "
             "RETURNING 1) SELECT count(*) FROM gone",
@@ -118,6 +123,7 @@ async def purge_results(
         "expired_deleted": int(expired),
         "collected_results_deleted": int(collected),
         "used_permits_deleted": int(permits),
+        "provision_answers_deleted": int(answers),
         "seen_messages_deleted": int(messages),
     }
     if expired_unanswered:

@@ -14,6 +14,7 @@ from chukan.gateway.synthetic import synthetic_person
 pytestmark = pytest.mark.integration
 
 TENANT_TABLES = (
+    "provision_answers",
     "persons",
     "replica_items",
     "queries",
