@@ -16,7 +16,6 @@ fi
 STAMP=.venv/.chukan-installed
 WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
     .venv/bin/python -m pip install --quiet -e '.[test]'
     echo "$WANT" > "$STAMP"
 fi
