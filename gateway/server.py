@@ -180,6 +180,7 @@ class Network:
                 f"{self.kokuhoren.url}/admin/v1/insurers/{number}",
                 json={
                     "name": gateway.config.agency_name,
+                    "agency_code": gateway.config.agency_code,
                     "token_sha256": token_digest(link.token),
                     "signing_key": {
                         "key_id": keys.signing.key_id,
@@ -389,6 +390,7 @@ async def start_network(
                 key_dir=work_dir / "keys" / "kokuhoren",
                 key_passphrase=secrets.token_urlsafe(24).encode(),
                 admin_token=secrets.token_urlsafe(24),
+                require_client_certificate=network.pki is not None,
             )
             await network.start_kokuhoren()
         for code, name in agencies:

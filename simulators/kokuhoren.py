@@ -88,6 +88,7 @@ from chukan.gateway.mailbox import (
     open_file,
     seal_file,
 )
+from chukan.gateway.tls import peer_identity
 from chukan.gateway.web import (
     SIGNATURE_HEADER,
     error_middleware,
@@ -105,6 +106,7 @@ from chukan.keys import (
     public_encryption_key,
     public_signing_key,
 )
+from chukan.keys.ca import CertificateError
 
 from .kokuhoren_rules import Register, Review, key_of, month_end, review_file
 
@@ -141,6 +143,8 @@ class KokuhorenConfig:
     host: str = "127.0.0.1"
     port: int = 0
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    #: Mailbox calls must present the 保険者's agency client certificate (mutual TLS).
+    require_client_certificate: bool = False
 
     def __repr__(self) -> str:
         return (
@@ -218,6 +222,35 @@ def _require_admin(request: web.Request) -> None:
         raise ForbiddenError("the administrator token is not valid")
 
 
+class PeerMismatchError(ForbiddenError):
+    """The client certificate belongs to another agency than the 保険者's."""
+
+    code = "peer_mismatch"
+
+
+class ClientCertificateRequiredError(UnauthenticatedError):
+    code = "client_certificate_required"
+
+
+def _check_peer(
+    request: web.Request, config: KokuhorenConfig, insurer: str, agency: str | None
+) -> None:
+    """With mutual TLS the token alone is not enough: the caller's certificate must be
+    the agency the 保険者 was onboarded for."""
+    try:
+        peer = peer_identity(request)
+    except CertificateError:
+        peer = None
+    if peer is None:
+        if config.require_client_certificate:
+            log.warning("mailbox_access_refused", code=ClientCertificateRequiredError.code)
+            raise ClientCertificateRequiredError("a client certificate is required")
+        return
+    if peer.kind != "agency" or agency is None or peer.subject_id != agency:
+        log.warning("mailbox_access_refused", code=PeerMismatchError.code, insurer=insurer)
+        raise PeerMismatchError("the client certificate is not the 保険者's agency")
+
+
 async def _insurer(request: web.Request) -> Insurer:
     """The 保険者 whose bearer token this is (compared as a SHA-256 digest)."""
     state = request.app[KOKUHOREN_STATE]
@@ -230,6 +263,7 @@ async def _insurer(request: web.Request) -> Insurer:
     if row is None:
         log.warning("mailbox_access_refused", code="unauthenticated")
         raise UnauthenticatedError("the token does not belong to a registered 保険者")
+    _check_peer(request, state.config, row["insurer_number"], row["agency_code"])
     keys = await state.pool.fetch(
         "SELECT key_id, public_key FROM insurer_keys WHERE insurer_number = $1 AND purpose = 'sig'",
         row["insurer_number"],
@@ -262,6 +296,11 @@ async def register_insurer(request: web.Request) -> web.Response:
     token_sha256 = require_str(data, "token_sha256", max_length=64)
     if not re.fullmatch(r"[0-9a-f]{64}", token_sha256):
         raise ValidationError("token_sha256 must be a hex SHA-256 digest")
+    agency_code = data.get("agency_code")
+    if agency_code is not None and (
+        not isinstance(agency_code, str) or not re.fullmatch(r"[0-9]{6}([0-9]{10})?", agency_code)
+    ):
+        raise ValidationError("agency_code must be 6 or 16 digits")
     sig, enc = data.get("signing_key"), data.get("encryption_key")
     if not isinstance(sig, dict) or not isinstance(enc, dict):
         raise ValidationError("signing_key and encryption_key are required objects")
@@ -275,18 +314,20 @@ async def register_insurer(request: web.Request) -> web.Response:
             raise ConflictError("this token is registered to another 保険者")
         created = await conn.fetchval(
             """INSERT INTO insurers (insurer_number, name, token_sha256, encryption_key_id,
-                                     encryption_key)
-               VALUES ($1, $2, $3, $4, $5)
+                                     encryption_key, agency_code)
+               VALUES ($1, $2, $3, $4, $5, $6)
                ON CONFLICT (insurer_number) DO UPDATE SET
                    name = EXCLUDED.name, token_sha256 = EXCLUDED.token_sha256,
                    encryption_key_id = EXCLUDED.encryption_key_id,
-                   encryption_key = EXCLUDED.encryption_key, updated_at = now()
+                   encryption_key = EXCLUDED.encryption_key,
+                   agency_code = EXCLUDED.agency_code, updated_at = now()
                RETURNING (xmax = 0)""",
             number,
             name,
             token_sha256,
             encryption.key_id,
             encryption.raw,
+            agency_code,
         )
         for key_id, purpose, raw in (
             (signing.key_id, "sig", signing.raw),

@@ -583,6 +583,27 @@ async def test_a_queued_transmission_resumes_after_a_gateway_restart(
             await running.server.stop()
 
 
+async def test_the_mailbox_needs_the_insurers_agency_certificate_as_well_as_its_token(
+    network: Any, http: Any, chiba: Any
+) -> None:
+    """Mutual TLS exists, so a 保険者's token alone does not open its mailbox."""
+    from chukan.codecs import catalog
+
+    link = chiba.gateway.config.kokuhoren
+    url = f"{link.url}/mailbox/v1/outbox?month=202611"
+    headers = {"Authorization": f"Bearer {link.token}"}
+    async with http.get(url, headers=headers, ssl=network.anonymous_ssl()) as response:
+        assert response.status == 401
+        assert (await response.json())["error"]["code"] == "client_certificate_required"
+    foreign = network.agency_client_ssl(catalog.FUNABASHI_CITY)
+    async with http.get(url, headers=headers, ssl=foreign) as response:
+        assert response.status == 403
+        assert (await response.json())["error"]["code"] == "peer_mismatch"
+    own = network.agency_client_ssl(catalog.CHIBA_CITY)
+    async with http.get(url, headers=headers, ssl=own) as response:
+        assert response.status == 200
+
+
 async def test_no_personal_data_in_logs(log_capture: Any) -> None:
     """Runs last in this file: nothing the tests sent as 被保険者番号 or name was logged."""
     if not PERSONAL:
