@@ -96,7 +96,14 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
             config=config, endpoint=endpoint, pool=pool, keys=keys, hub=hub, ring=ring
         )
         app[GATEWAY_STATE] = state
-        await hub.enrol(config.enrolment_token, enrolment_payload(config, endpoint, ring, utcnow()))
+        try:
+            await hub.enrol(
+                config.enrolment_token, enrolment_payload(config, endpoint, ring, utcnow())
+            )
+        except BaseException:  # a gateway the hub cannot know must not start half-way
+            await session.close()
+            await pool.close()
+            raise
         await _resume_queued(state)
         log.info("gateway_started", agency=config.agency_code, endpoint=endpoint)
         yield
