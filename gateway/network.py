@@ -38,7 +38,7 @@ from .errors import (
     StaleMessageError,
 )
 from .listsync import check_provision, require_list
-from .queries import conclude_refused, insert_requester_record
+from .queries import CONCLUDE_ANSWERED_SQL, conclude_refused
 from .records import RecordEntry, count_record, write_record
 from .replica import PROVISION_SQL, ReplicaInconsistentError, provision_document, today_jst
 from .state import GATEWAY_STATE, GatewayState, answer_aad, utcnow
@@ -332,18 +332,15 @@ async def _take_answer(
         )
         raise
     parse_xml(plaintext)  # what we hand to core systems must be safe XML too
-    async with state.pool.acquire() as conn, conn.transaction():
-        updated = await conn.fetchval(
-            """UPDATE queries SET status = 'answered', result = $2, answered_at = now(),
-                   permit_id = $3, sent_at = COALESCE(sent_at, now())
-               WHERE query_id = $1 AND status IN ('queued', 'sent') RETURNING 1""",
-            body.query_id,
-            plaintext,
-            body.permit_id,
-        )
-        if not updated:
-            raise MessageReplayError("the query was already concluded")
-        await insert_requester_record(conn, state, body.query_id, "provided", None)
+    recorded = await state.pool.fetchval(
+        CONCLUDE_ANSWERED_SQL,
+        body.query_id,
+        plaintext,
+        body.permit_id,
+    )
+    if not recorded:
+        raise MessageReplayError("the query was already concluded")
+    count_record(state.config.agency_code, "requester", "provided")
     state.notify(body.query_id)
     log.info("query_answered", query_id=body.query_id)
     return web.json_response({"query_id": body.query_id, "accepted": True})

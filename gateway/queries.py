@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Final
 
 import structlog
 
@@ -104,6 +105,40 @@ async def send_query(state: GatewayState, query_id: str) -> None:
     )
 
 
+#: The requester's record, appended from the row a conclusion just updated: one
+#: statement, so the record chain's lock is not held across a client round trip.
+#: The requester is this agency: the row's tenant.
+_RECORD_CONCLUDED = """
+    recorded AS (
+        INSERT INTO provision_records (role, query_id, permit_id, requester, provider,
+            business_code, procedure_code, item_code, legal_basis, atena_id, requested_at,
+            provided_at, outcome, reason_code, non_disclosure)
+        SELECT 'requester', q.query_id, q.permit_id, q.tenant, q.provider, q.business_code,
+               q.procedure_code, q.item_code, q.legal_basis, q.atena_id, q.created_at,
+               CASE WHEN q.status = 'answered' THEN q.answered_at END,
+               CASE WHEN q.status = 'answered' THEN 'provided' ELSE 'refused' END,
+               q.reason_code, q.non_disclosure
+        FROM concluded q RETURNING 1)
+    SELECT count(*) FROM recorded"""
+
+
+def _conclude(update: str) -> str:
+    """A conclusion (an UPDATE of one query; constant SQL) and its record, as one statement."""
+    return f"WITH concluded AS ({update} RETURNING *),{_RECORD_CONCLUDED}"
+
+
+CONCLUDE_REFUSED_SQL: Final = _conclude(
+    """UPDATE queries SET status = $2, reason_code = $3, reason_message = $4,
+           answered_at = now(), permit_id = COALESCE(permit_id, $5)
+       WHERE query_id = $1 AND status IN ('queued', 'sent')"""
+)
+CONCLUDE_ANSWERED_SQL: Final = _conclude(
+    """UPDATE queries SET status = 'answered', result = $2, answered_at = now(),
+           permit_id = $3, sent_at = COALESCE(sent_at, now())
+       WHERE query_id = $1 AND status IN ('queued', 'sent')"""
+)
+
+
 async def conclude_refused(
     state: GatewayState,
     query_id: str,
@@ -113,18 +148,15 @@ async def conclude_refused(
     status: str = "refused",
     permit_id: str | None = None,
 ) -> None:
-    async with state.pool.acquire() as conn, conn.transaction():
-        updated = await conn.fetchval(
-            """UPDATE queries SET status = $2, reason_code = $3, reason_message = $4,
-                   answered_at = now(), permit_id = COALESCE(permit_id, $5)
-               WHERE query_id = $1 AND status IN ('queued', 'sent') RETURNING 1""",
-            query_id,
-            status,
-            code,
-            message[:500],
-            permit_id,
-        )
-        if updated:
-            await insert_requester_record(conn, state, query_id, "refused", code)
+    recorded = await state.pool.fetchval(
+        CONCLUDE_REFUSED_SQL,
+        query_id,
+        status,
+        code,
+        message[:500],
+        permit_id,
+    )
+    if recorded:
+        count_record(state.config.agency_code, "requester", "refused")
     state.notify(query_id)
     log.info("query_refused", query_id=query_id, code=code)

@@ -177,19 +177,29 @@ def _load_secret(key_dir: Path) -> bytes:
 
 
 async def load_agency(conn: db.Executor, code: str) -> Agency:
-    row = await conn.fetchrow("SELECT * FROM agencies WHERE code = $1", code)
-    if row is None:
-        raise AgencyUnknownError(f"agency {code} is not registered with the hub")
-    keys = await conn.fetch(
-        "SELECT key_id, public_key FROM agency_keys WHERE agency_code = $1 AND purpose = 'sig' "
-        "AND (valid_until IS NULL OR valid_until > now())",
+    """An agency with its signing keys still valid, in one round trip."""
+    row = await conn.fetchrow(
+        """SELECT a.code, a.name, a.endpoint, a.encryption_key_id, a.encryption_key,
+                  k.ids, k.keys
+           FROM agencies a
+           LEFT JOIN LATERAL (
+               SELECT array_agg(key_id) AS ids, array_agg(public_key) AS keys
+               FROM agency_keys
+               WHERE agency_code = a.code AND purpose = 'sig'
+                 AND (valid_until IS NULL OR valid_until > now())) k ON true
+           WHERE a.code = $1""",
         code,
     )
+    if row is None:
+        raise AgencyUnknownError(f"agency {code} is not registered with the hub")
+    ids, keys = row["ids"] or [], row["keys"] or []
     return Agency(
         code=row["code"],
         name=row["name"],
         endpoint=row["endpoint"],
-        signing_keys={k["key_id"]: PublicSigningKey(k["key_id"], k["public_key"]) for k in keys},
+        signing_keys={
+            key_id: PublicSigningKey(key_id, raw) for key_id, raw in zip(ids, keys, strict=True)
+        },
         encryption_key_id=row["encryption_key_id"],
         encryption_key=row["encryption_key"],
     )
