@@ -161,15 +161,19 @@ def enrolment_payload(
         "code": config.agency_code,
         "name": config.agency_name,
         "endpoint": endpoint,
-        "signing_key": {
-            "key_id": keys.signing.key_id,
-            "public": b64e(keys.signing.public.raw),
-        },
+        **current_keys_json(keys),
+        "keys": published_keys(ring, now),
+    }
+
+
+def current_keys_json(keys: AgencyKeys) -> dict[str, Any]:
+    """The public halves of the keys in use, as the hub and 国保連 registries take them."""
+    return {
+        "signing_key": {"key_id": keys.signing.key_id, "public": b64e(keys.signing.public.raw)},
         "encryption_key": {
             "key_id": keys.encryption.key_id,
             "public": b64e(keys.encryption.public.raw),
         },
-        "keys": published_keys(ring, now),
     }
 
 

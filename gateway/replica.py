@@ -55,6 +55,7 @@ from chukan.codecs.xmlsafe import parse_xml
 from . import db
 from .config import OP_READ_REPLICA, OP_WRITE_REPLICA
 from .errors import GatewayError, PersonUnknownError, ValidationError
+from .reconcile import COLUMNS
 from .state import ATENA_PATTERN, GATEWAY_STATE, ITEM_CODE_PATTERN, MAX_ITEM_BYTES, authorize
 from .web import read_json, read_xml
 
@@ -69,15 +70,8 @@ RECORD_KEY_PATTERN: Final = re.compile(r"^[0-9A-Za-z_\-]{1,64}$")
 REPLICA_LOCK: Final = 0x7265706C  # "repl"
 #: Items larger than this are decoded off the event loop.
 INLINE_DECODE_BYTES: Final = 64 * 1024
-EXPORT_COLUMNS: Final = (
-    "item_code",
-    "atena_id",
-    "record_key",
-    "version",
-    "valid_from",
-    "valid_to",
-    "digest",
-)
+#: The export is the reconciliation file format (``reconcile.COLUMNS``).
+EXPORT_COLUMNS: Final = COLUMNS
 EXPORT_BATCH: Final = 2000
 
 

@@ -29,7 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from chukan.codecs.catalog import CHIBA_CITY, FUNABASHI_CITY
-from chukan.keys import PublicSigningKey, b64e
+from chukan.keys import PublicSigningKey
 from chukan.keys.ca import ClientIdentity
 from chukan.simulators.hub import HUB_DATABASE, HUB_STATE, HubConfig, create_hub_app
 from chukan.simulators.kokuhoren import (
@@ -51,6 +51,7 @@ from .config import (
     Timing,
     token_digest,
 )
+from .keyring import current_keys_json
 from .pki import HUB_IDENTITY, HUB_OPERATOR, LOOPBACK_HOSTS, NetworkPki, agency_host
 from .state import GATEWAY_STATE, GatewayState
 
@@ -182,14 +183,7 @@ class Network:
                     "name": gateway.config.agency_name,
                     "agency_code": gateway.config.agency_code,
                     "token_sha256": token_digest(link.token),
-                    "signing_key": {
-                        "key_id": keys.signing.key_id,
-                        "public": b64e(keys.signing.public.raw),
-                    },
-                    "encryption_key": {
-                        "key_id": keys.encryption.key_id,
-                        "public": b64e(keys.encryption.public.raw),
-                    },
+                    **current_keys_json(keys),
                 },
                 headers={"Authorization": f"Bearer {self.kokuhoren_config.admin_token}"},
             ) as response,

@@ -621,9 +621,9 @@ async def _query(
             query_id=body.query_id,
             permit_id=permit.permit_id,
         )
-        await conn.execute(
-            "INSERT INTO deliveries (kind, target, query_id, body, signature) "
-            "VALUES ('provision_request', $1, $2, $3, $4)",
+        await _enqueue_delivery(
+            conn,
+            "provision_request",
             provider.code,
             body.query_id,
             message,
@@ -673,6 +673,21 @@ async def _deferred_answer(
     return web.json_response({"query_id": body.query_id, "routed": True}, status=202)
 
 
+async def _enqueue_delivery(
+    conn: db.Conn, kind: str, target: str, query_id: str, body: bytes, signature: str
+) -> None:
+    """Put a signed message in the outbox, in the caller's transaction (sent after commit)."""
+    await conn.execute(
+        "INSERT INTO deliveries (kind, target, query_id, body, signature) "
+        "VALUES ($1, $2, $3, $4, $5)",
+        kind,
+        target,
+        query_id,
+        body,
+        signature,
+    )
+
+
 async def _record_answer(
     conn: db.Conn,
     envelope: Envelope,
@@ -690,14 +705,7 @@ async def _record_answer(
         query_id=body.query_id,
         permit_id=body.permit_id,
     )
-    await conn.execute(
-        "INSERT INTO deliveries (kind, target, query_id, body, signature) "
-        "VALUES ('answer', $1, $2, $3, $4)",
-        requester,
-        body.query_id,
-        raw,
-        signature,
-    )
+    await _enqueue_delivery(conn, "answer", requester, body.query_id, raw, signature)
 
 
 # -- delivery worker ------------------------------------------------------------------
@@ -782,9 +790,9 @@ async def _enqueue_refusal(
             query_id=query_id,
             permit_id=record["permit_id"],
         )
-        await conn.execute(
-            "INSERT INTO deliveries (kind, target, query_id, body, signature) "
-            "VALUES ('answer', $1, $2, $3, $4)",
+        await _enqueue_delivery(
+            conn,
+            "answer",
             record["requester"],
             query_id,
             body,

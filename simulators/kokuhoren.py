@@ -575,13 +575,18 @@ async def _apply_review(
     )
 
 
+def _file_number(request: web.Request) -> str:
+    fmn = request.match_info["file_management_number"]
+    if not FILE_NUMBER_PATTERN.match(fmn):
+        raise ValidationError("ファイル管理番号 must be 10 digits")
+    return fmn
+
+
 async def get_intake(request: web.Request) -> web.Response:
     """The intake result of a file already delivered (for a sender that lost the answer)."""
     state = request.app[KOKUHOREN_STATE]
     insurer = await _insurer(request)
-    fmn = request.match_info["file_management_number"]
-    if not FILE_NUMBER_PATTERN.match(fmn):
-        raise ValidationError("ファイル管理番号 must be 10 digits")
+    fmn = _file_number(request)
     row = await state.pool.fetchrow(
         "SELECT intake_result FROM received_files "
         "WHERE insurer_number = $1 AND file_management_number = $2",
@@ -728,9 +733,7 @@ async def fetch_return(request: web.Request) -> web.Response:
     """One return file, sealed for the insurer's key, in a signed envelope."""
     state = request.app[KOKUHOREN_STATE]
     insurer = await _insurer(request)
-    fmn = request.match_info["file_management_number"]
-    if not FILE_NUMBER_PATTERN.match(fmn):
-        raise ValidationError("ファイル管理番号 must be 10 digits")
+    fmn = _file_number(request)
     row = await state.pool.fetchrow(
         "UPDATE return_files SET fetched_at = COALESCE(fetched_at, now()) "
         "WHERE insurer_number = $1 AND file_management_number = $2 RETURNING *",
