@@ -125,6 +125,13 @@ class QueryRefusal:
     permit_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ConclusionRequest:
+    """Requester → hub: the conclusion of one of its queries, to recover a lost delivery."""
+
+    query_id: str
+
+
 Body = (
     AcquisitionRequest
     | AcquisitionResponse
@@ -134,6 +141,7 @@ Body = (
     | ProvisionRequest
     | ProvisionAnswer
     | QueryRefusal
+    | ConclusionRequest
 )
 
 
@@ -228,6 +236,8 @@ def _fill_body(parent: etree._Element, body: Body) -> None:
                 _sub(element, "PermitId", body.permit_id)
             _sub(element, "ReasonCode", body.reason_code)
             _sub(element, "Message", body.message[:500])
+        case ConclusionRequest():
+            _sub(element, "QueryId", body.query_id)
 
 
 def build_body(body: Body) -> etree._Element:
@@ -361,6 +371,8 @@ def _decode_body(element: etree._Element) -> Body:
             reason_code=_optional(element, "ReasonCode"),
             payload=payload,
         )
+    if kind == "ConclusionRequest":
+        return ConclusionRequest(_text(element, "QueryId"))
     if kind == "QueryRefusal":
         return QueryRefusal(
             query_id=_text(element, "QueryId"),
@@ -407,6 +419,7 @@ __all__ = [
     "Body",
     "CodeRequest",
     "CodeResponse",
+    "ConclusionRequest",
     "Envelope",
     "Header",
     "ProvisionAnswer",

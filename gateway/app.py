@@ -32,7 +32,6 @@ from .kokuhoren import setup_kokuhoren_routes
 from .listsync import LIST_SYNC, ListSync, list_sync_context, receive_pushed_list, refresh_list
 from .network import receive_message
 from .ops import metrics_middleware, setup_ops
-from .queries import send_query
 from .records import setup_records
 from .replica import setup_replica_routes
 from .replica_registration import setup_registration_routes
@@ -40,6 +39,7 @@ from .review import setup_review_routes
 from .staff import setup_staff
 from .state import GATEWAY_STATE, GatewayState, utcnow
 from .status import gateway_status
+from .sweep import sweep_loop
 from .tls import client_session
 from .web import (
     error_middleware,
@@ -48,13 +48,6 @@ from .web import (
 log = structlog.get_logger("chukan.gateway")
 
 # -- lifecycle -----------------------------------------------------------------------------
-
-
-async def _resume_queued(state: GatewayState) -> None:
-    """After a restart, queries accepted but not yet sent are sent now."""
-    rows = await state.pool.fetch("SELECT query_id FROM queries WHERE status = 'queued'")
-    for row in rows:
-        state.spawn(send_query(state, row["query_id"]), name=f"resend-{row['query_id']}")
 
 
 def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
@@ -104,7 +97,8 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
             await session.close()
             await pool.close()
             raise
-        await _resume_queued(state)
+        # What a crash or an outage left open is taken up by the durable sweep.
+        state.spawn(sweep_loop(state), name="sweep")
         log.info("gateway_started", agency=config.agency_code, endpoint=endpoint)
         yield
         for task in list(state.tasks):

@@ -49,8 +49,12 @@ ALL_OPERATIONS: Final = frozenset(
 DEFAULT_MESSAGE_SKEW: Final = dt.timedelta(minutes=5)
 DEFAULT_PERMIT_SKEW: Final = dt.timedelta(seconds=30)
 DEFAULT_RESULT_TTL: Final = dt.timedelta(days=7)
-DEFAULT_SEND_ATTEMPTS: Final = 5
 DEFAULT_SEND_BACKOFF: Final = 0.5
+DEFAULT_MAX_BACKOFF: Final = 30.0
+DEFAULT_SWEEP_INTERVAL: Final = 1.0
+#: How long a provider keeps its answer to a provision request after the permit
+#: expires, to repeat it to a hub that retries; longer than the hub's delivery grace.
+DEFAULT_ANSWER_RETENTION: Final = dt.timedelta(days=1)
 DEFAULT_HTTP_TIMEOUT: Final = 10.0
 DEFAULT_LIST_REFRESH: Final = 60.0
 DEFAULT_MAX_WAIT: Final = 30.0
@@ -94,8 +98,13 @@ class Timing:
     message_skew: dt.timedelta = DEFAULT_MESSAGE_SKEW
     permit_skew: dt.timedelta = DEFAULT_PERMIT_SKEW
     result_ttl: dt.timedelta = DEFAULT_RESULT_TTL
-    send_attempts: int = DEFAULT_SEND_ATTEMPTS
+    #: First step and cap of the backoff between attempts to send a query or an answer;
+    #: nothing gives up after a number of attempts (DESIGN §9): the sweep keeps trying.
     send_backoff: float = DEFAULT_SEND_BACKOFF
+    max_backoff: float = DEFAULT_MAX_BACKOFF
+    #: Seconds between two passes of the durable sweep of open queries and answers.
+    sweep_interval: float = DEFAULT_SWEEP_INTERVAL
+    answer_retention: dt.timedelta = DEFAULT_ANSWER_RETENTION
     http_timeout: float = DEFAULT_HTTP_TIMEOUT
     list_refresh: float = DEFAULT_LIST_REFRESH
     max_wait: float = DEFAULT_MAX_WAIT

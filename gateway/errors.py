@@ -3,7 +3,10 @@
 Each error class carries a stable ``code`` (machine-readable, part of the API)
 and an HTTP ``status``.  :func:`status_for` maps the other packages' root
 exceptions at the boundary, as httpx's ``map_exceptions`` does, so handlers
-raise domain errors and never build responses for failures themselves.
+raise domain errors and never build responses for failures themselves.  A
+database that is unreachable or going away is 503 ``database_unavailable``
+whatever asyncpg or the socket raised (``db.is_database_error``); any other
+unmapped exception is a bug: 500 ``internal_error``.
 """
 
 from __future__ import annotations
@@ -129,6 +132,36 @@ class UpstreamError(GatewayError):
     status = 502
 
 
+class DatabaseUnavailableError(GatewayError):
+    """PostgreSQL is unreachable, shutting down or refusing sessions: try again later.
+
+    Raised explicitly or mapped from asyncpg's and the socket's errors by
+    :func:`status_for` (see ``db.is_database_error``); never a bug in a statement.
+    """
+
+    code = "database_unavailable"
+    status = 503
+
+
+class ProvisionInProgressError(GatewayError):
+    """A copy of a provision request arrived while the first is still being answered."""
+
+    code = "provision_in_progress"
+    status = 503
+
+
+class ConclusionConflictError(ConflictError):
+    """An answer that contradicts the one conclusion a query already has."""
+
+    code = "conclusion_conflict"
+
+
+class IdempotencyKeyReusedError(ConflictError):
+    """An Idempotency-Key already used for another request body."""
+
+    code = "idempotency_key_reused"
+
+
 class AuthorizationListUnavailableError(GatewayError):
     """No valid authorization list: nothing is sent or answered until one is held again.
 
@@ -175,4 +208,8 @@ def status_for(exc: Exception) -> tuple[int, str]:
 
     if isinstance(exc, PermitsError):
         return 403, exc.code
+    from .db import is_database_error  # asyncpg, for the servers only
+
+    if is_database_error(exc):
+        return DatabaseUnavailableError.status, DatabaseUnavailableError.code
     return 500, "internal_error"

@@ -39,7 +39,15 @@ from .errors import (
     ValidationError,
 )
 from .listsync import LIST_SYNC, list_status
-from .queries import current_list, insert_requester_record, send_query
+from .queries import (
+    current_list,
+    first_answer,
+    idempotency_key,
+    insert_requester_record,
+    request_digest,
+    send_query,
+    submitted,
+)
 from .replica import store_item_request
 from .state import (
     AGENCY_PATTERN,
@@ -92,21 +100,39 @@ async def register_person(request: web.Request) -> web.Response:
     if not isinstance(code_body, CodeResponse):
         raise UpstreamError("hub answered with an unexpected message")
     person_code = code_body.person_code
-    async with state.pool.acquire() as conn, conn.transaction():
-        existing = await conn.fetchrow(
-            "SELECT atena_id, person_code FROM persons WHERE atena_id = $1 OR person_code = $2",
-            atena_id,
-            person_code,
-        )
-        if existing is not None:
-            if existing["atena_id"] == atena_id and existing["person_code"] == person_code:
-                return web.json_response({"atena_id": atena_id, "status": "already_registered"})
-            raise PersonConflictError(
-                "this 宛名番号 or this person is already registered with another binding"
+    # One atomic statement decides: the insert either binds the pair or conflicts on
+    # either key of this tenant (宛名番号 or 符号) — after waiting for a concurrent
+    # insert of the same key to commit or roll back, so identical concurrent requests
+    # get one 201 and the others see the committed binding. The binding found then
+    # says whether the request repeats it (200) or contradicts it (409). Each
+    # statement reads what is committed when it starts (READ COMMITTED, no
+    # transaction), and a binding is never removed, so the first look finds it.
+    async with state.pool.acquire() as conn:
+        for _ in range(3):
+            inserted = await conn.fetchval(
+                "INSERT INTO persons (atena_id, person_code) VALUES ($1, $2) "
+                "ON CONFLICT DO NOTHING RETURNING true",
+                atena_id,
+                person_code,
             )
-        await conn.execute(
-            "INSERT INTO persons (atena_id, person_code) VALUES ($1, $2)", atena_id, person_code
-        )
+            if inserted:
+                break
+            bound = await conn.fetch(
+                "SELECT atena_id, person_code FROM persons WHERE atena_id = $1 OR person_code = $2",
+                atena_id,
+                person_code,
+            )
+            if len(bound) == 1 and (bound[0]["atena_id"], bound[0]["person_code"]) == (
+                atena_id,
+                person_code,
+            ):
+                return web.json_response({"atena_id": atena_id, "status": "already_registered"})
+            if bound:
+                raise PersonConflictError(
+                    "this 宛名番号 or this person is already registered with another binding"
+                )
+        else:  # the conflicting binding vanished each time: never seen, but not a 500
+            raise PersonConflictError("the registration raced with other changes; send it again")
     log.info("person_registered", caller=system.system_id)
     return web.json_response({"atena_id": atena_id, "status": "registered"}, status=201)
 
@@ -147,6 +173,14 @@ async def submit_query(request: web.Request) -> web.Response:
         reference_date = dt.date.fromisoformat(reference) if reference else None
     except ValueError:
         raise ValidationError("reference_date must be YYYY-MM-DD") from None
+    key = idempotency_key(request)
+    digest = request_digest(
+        atena_id, procedure, item_code, provider, non_disclosure, reference_date
+    )
+    if key is not None:
+        first = await first_answer(state.pool, system.system_id, key, digest)
+        if first is not None:
+            return first
     person_code = await state.pool.fetchval(
         "SELECT person_code FROM persons WHERE atena_id = $1", atena_id
     )
@@ -158,12 +192,17 @@ async def submit_query(request: web.Request) -> web.Response:
     query_id = new_message_id()
     status, reason = ("queued", None) if row is not None else ("refused", "not_authorized")
     async with state.pool.acquire() as conn, conn.transaction():
-        await conn.execute(
+        inserted = await conn.fetchval(
             """INSERT INTO queries (query_id, atena_id, provider, business_code, procedure_code,
                    item_code, legal_basis, reference_date, status, reason_code, submitted_by,
-                   expires_at, answered_at, non_disclosure)
+                   expires_at, answered_at, non_disclosure, idempotency_key, request_digest,
+                   next_attempt_at)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                       CASE WHEN $9 = 'refused' THEN now() END, $13)""",
+                       CASE WHEN $9 = 'refused' THEN now() END, $13, $14, $15,
+                       now() + $16::interval)
+               ON CONFLICT (tenant, submitted_by, idempotency_key)
+                   WHERE idempotency_key IS NOT NULL DO NOTHING
+               RETURNING 1""",
             query_id,
             atena_id,
             provider,
@@ -177,18 +216,26 @@ async def submit_query(request: web.Request) -> web.Response:
             system.system_id,
             now + state.config.timing.result_ttl,
             non_disclosure,
+            key,
+            digest,
+            # The sweep takes the query up only if the send below does not conclude.
+            dt.timedelta(seconds=state.config.timing.http_timeout * 2),
         )
+        if inserted is None:  # the same key, submitted concurrently, won
+            assert key is not None
+            conn_first = await first_answer(conn, system.system_id, key, digest)
+            assert conn_first is not None
+            return conn_first
         if row is None:
             await insert_requester_record(conn, state, query_id, "refused", reason)
     if row is None:
         log.info("query_refused_locally", provider=provider, item_code=item_code)
-        exc = NotAuthorizedError(
+        raise NotAuthorizedError(
             "the authorization list has no row for this requester, provider, procedure and item"
         )
-        raise exc
     state.spawn(send_query(state, query_id), name=f"send-{query_id}")
     log.info("query_submitted", query_id=query_id, provider=provider, caller=system.system_id)
-    return web.json_response({"query_id": query_id, "status": "queued"}, status=202)
+    return submitted(query_id)
 
 
 def _query_json(row: asyncpg.Record) -> dict[str, Any]:
@@ -289,13 +336,20 @@ async def list_records(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """Liveness and, for operators, whether a valid authorization list is in force."""
+    """Liveness and, for operators, whether the database answers and a valid authorization
+    list is in force: ``degraded`` without either; 503 when the database does not answer
+    ``SELECT 1`` within ``ops.ready_timeout`` (nothing can be served), 200 otherwise."""
+    from . import db
+
     state = request.app[GATEWAY_STATE]
+    database = await db.probe(state.pool, state.config.ops.ready_timeout)
     authorization = list_status(state, request.app[LIST_SYNC])
     return web.json_response(
         {
-            "status": "ok" if authorization["available"] else "degraded",
+            "status": "ok" if database["ok"] and authorization["available"] else "degraded",
             "agency": state.config.agency_code,
+            "database": database,
             "authorization_list": authorization,
-        }
+        },
+        status=200 if database["ok"] else 503,
     )

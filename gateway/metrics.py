@@ -166,6 +166,20 @@ class GatewayMetrics:
             ("outcome",),
         )
     )
+    conclusion_conflicts: Counter = field(
+        default_factory=lambda: Counter(
+            "chukan_conclusion_conflicts_total",
+            "Answers that contradicted a query's stored conclusion (kept, never applied).",
+            ("kind",),
+        )
+    )
+    task_failures: Counter = field(
+        default_factory=lambda: Counter(
+            "chukan_background_task_failures_total",
+            "Background tasks that ended with an exception (their work is swept again).",
+            ("task",),
+        )
+    )
     jobs: Gauge = field(
         default_factory=lambda: Gauge(
             "chukan_jobs", "Jobs in the jobs table, by kind and status.", ("kind", "status")
@@ -174,7 +188,14 @@ class GatewayMetrics:
 
     def render(self, jobs: dict[tuple[str, ...], float]) -> str:
         lines: list[str] = []
-        for family in (self.requests, self.latency, self.queries, self.provisions):
+        for family in (
+            self.requests,
+            self.latency,
+            self.queries,
+            self.provisions,
+            self.conclusion_conflicts,
+            self.task_failures,
+        ):
             lines.extend(family.render())
         lines.extend(self.jobs.render(jobs))
         return "\n".join(lines) + "\n"

@@ -1,23 +1,36 @@
-"""Outgoing queries (情報照会): sending to the hub, concluding, requester-side records."""
+"""Outgoing queries (情報照会): statuses, sending to the hub, concluding, requester records.
+
+A query is concluded once (one UPDATE guarded by its open status, with its record
+in the same statement); sending is one attempt at a time, and what is not yet
+concluded is taken up again by the durable sweep (:mod:`chukan.gateway.sweep`).
+"""
 
 from __future__ import annotations
 
-import asyncio
+import datetime as dt
+import hashlib
 import json
+import random
+import re
+from enum import StrEnum
 from typing import Final
 
 import structlog
+from aiohttp import web
 
 from chukan.codecs.envelope import (
     QueryRequest,
 )
 from chukan.permits import (
     AuthorizationList,
+    NotAuthorizedError,
 )
 
 from . import db
 from .errors import (
+    IdempotencyKeyReusedError,
     UpstreamError,
+    ValidationError,
 )
 from .listsync import require_list
 from .records import count_record
@@ -26,9 +39,104 @@ from .state import GatewayState
 log = structlog.get_logger("chukan.gateway")
 
 
+class QueryStatus(StrEnum):
+    """The state of an outgoing query at the requester."""
+
+    #: accepted from the core system, not yet acknowledged by the hub
+    QUEUED = "queued"
+    #: the hub issued a permit; the conclusion has not arrived yet
+    SENT = "sent"
+    #: the provider's answer arrived and was opened
+    ANSWERED = "answered"
+    #: refused by the list, the hub or the provider (a signed, final refusal)
+    REFUSED = "refused"
+    #: expired with no conclusion (see ops.purge_results)
+    FAILED = "failed"
+
+
+OPEN_STATUSES: Final = (QueryStatus.QUEUED, QueryStatus.SENT)
+#: Hub refusals worth trying again: they say nothing about the query itself.
+RETRYABLE_HUB_CODES: Final = frozenset(
+    {"message_replayed", "message_stale", "database_unavailable", "authorization_list_unavailable"}
+)
+
+
 def current_list(state: GatewayState) -> AuthorizationList:
     """The list in force; 503 ``authorization_list_unavailable`` (with the reason) without one."""
     return require_list(state)
+
+
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+IDEMPOTENCY_KEY_PATTERN: Final = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The ``Idempotency-Key`` a core system sent (printable ASCII, up to 200), if any."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY_PATTERN.match(key):
+        raise ValidationError("Idempotency-Key must be 1 to 200 printable ASCII characters")
+    return key
+
+
+def request_digest(
+    atena_id: str,
+    procedure_code: str,
+    item_code: str,
+    provider: str,
+    non_disclosure: bool,
+    reference_date: dt.date | None,
+) -> bytes:
+    """What makes two submissions "the same request" (no 個人番号 is ever part of it)."""
+    canonical = json.dumps(
+        [
+            atena_id,
+            procedure_code,
+            item_code,
+            provider,
+            non_disclosure,
+            reference_date.isoformat() if reference_date else None,
+        ]
+    )
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+def submitted(query_id: str) -> web.Response:
+    """The answer to an accepted submission (and to every retry of it)."""
+    return web.json_response({"query_id": query_id, "status": "queued"}, status=202)
+
+
+async def first_answer(
+    conn: db.Executor, submitted_by: str, key: str, digest: bytes
+) -> web.Response | None:
+    """The first answer to a submission with this key; None if the key is new.
+
+    A locally refused submission is refused again; another body under the same key
+    is 409 ``idempotency_key_reused``.
+    """
+    row = await conn.fetchrow(
+        "SELECT query_id, request_digest, status, attempts FROM queries "
+        "WHERE submitted_by = $1 AND idempotency_key = $2",
+        submitted_by,
+        key,
+    )
+    if row is None:
+        return None
+    if row["request_digest"] != digest:
+        raise IdempotencyKeyReusedError("this Idempotency-Key was used for another request")
+    log.info("query_submission_repeated", query_id=row["query_id"])
+    if row["status"] == QueryStatus.REFUSED and row["attempts"] == 0:
+        raise NotAuthorizedError(
+            "the authorization list has no row for this requester, provider, procedure and item"
+        )
+    return submitted(row["query_id"])
+
+
+def backoff(base: float, cap: float, attempts: int) -> dt.timedelta:
+    """Exponential backoff with jitter ("equal jitter"): between half and all of the step."""
+    step = min(cap, base * 2 ** max(attempts - 1, 0))
+    return dt.timedelta(seconds=step / 2 + random.uniform(0, step / 2))  # noqa: S311 -- jitter
 
 
 async def insert_requester_record(
@@ -55,54 +163,67 @@ async def insert_requester_record(
     count_record(state.config.agency_code, "requester", outcome)
 
 
-async def send_query(state: GatewayState, query_id: str) -> None:
-    """Send a queued query to the hub, retrying with backoff while the hub is unreachable."""
+async def retry_later(state: GatewayState, query_id: str, attempts: int) -> None:
+    """When the sweep may try this open query again."""
     timing = state.config.timing
-    for attempt in range(1, timing.send_attempts + 1):
-        row = await state.pool.fetchrow(
-            "SELECT q.*, p.person_code FROM queries q JOIN persons p USING (tenant, atena_id) "
-            "WHERE q.query_id = $1",
-            query_id,
-        )
-        if row is None or row["status"] != "queued":
-            return
-        body = QueryRequest(
-            query_id=query_id,
-            requester_person_code=row["person_code"],
-            provider=row["provider"],
-            business_code=row["business_code"],
-            procedure_code=row["procedure_code"],
-            item_code=row["item_code"],
-            reference_date=row["reference_date"],
-            non_disclosure=row["non_disclosure"],
-        )
-        await state.pool.execute(
-            "UPDATE queries SET attempts = attempts + 1 WHERE query_id = $1", query_id
-        )
-        try:
-            reply = await state.hub.send(body)
-        except UpstreamError:
-            log.info("query_send_retry", query_id=query_id, attempt=attempt)
-            await asyncio.sleep(timing.send_backoff * 2 ** (attempt - 1))
-            continue
-        if reply.status == 202:
-            permit_id = json.loads(reply.body).get("permit_id")
-            await state.pool.execute(
-                "UPDATE queries SET status = 'sent', sent_at = now(), "
-                "permit_id = COALESCE(permit_id, $2) WHERE query_id = $1 AND status = 'queued'",
-                query_id,
-                permit_id,
-            )
-            log.info("query_sent", query_id=query_id, permit_id=permit_id)
-            return
-        if 400 <= reply.status < 500:
-            code, message = reply.error()
-            await conclude_refused(state, query_id, code, message)
-            return
-        await asyncio.sleep(timing.send_backoff * 2 ** (attempt - 1))
-    await conclude_refused(
-        state, query_id, "hub_unreachable", "the hub could not be reached", status="failed"
+    await state.pool.execute(
+        "UPDATE queries SET next_attempt_at = now() + $2 WHERE query_id = $1",
+        query_id,
+        backoff(timing.send_backoff, timing.max_backoff, attempts),
     )
+
+
+async def send_query(state: GatewayState, query_id: str) -> None:
+    """One attempt to hand a queued query to the hub (which deduplicates by query id).
+
+    202 → ``sent`` with the permit id; a refusal of the query itself → ``refused``
+    (recorded); anything else (unreachable, 5xx, a transient refusal) leaves it
+    queued for the sweep, with backoff.
+    """
+    row = await state.pool.fetchrow(
+        "UPDATE queries q SET attempts = attempts + 1 FROM persons p "
+        "WHERE q.query_id = $1 AND p.tenant = q.tenant AND p.atena_id = q.atena_id "
+        "AND q.status = 'queued' RETURNING q.*, p.person_code",
+        query_id,
+    )
+    if row is None:
+        return
+    body = QueryRequest(
+        query_id=query_id,
+        requester_person_code=row["person_code"],
+        provider=row["provider"],
+        business_code=row["business_code"],
+        procedure_code=row["procedure_code"],
+        item_code=row["item_code"],
+        reference_date=row["reference_date"],
+        non_disclosure=row["non_disclosure"],
+    )
+    try:
+        reply = await state.hub.send(body)
+    except UpstreamError:
+        log.info("query_send_retry", query_id=query_id, attempt=row["attempts"])
+        await retry_later(state, query_id, row["attempts"])
+        return
+    if reply.status == 202:
+        permit_id = json.loads(reply.body).get("permit_id")
+        timing = state.config.timing
+        # The conclusion normally arrives by delivery; the sweep asks the hub after a while.
+        await state.pool.execute(
+            "UPDATE queries SET status = 'sent', sent_at = now(), "
+            "permit_id = COALESCE(permit_id, $2), next_attempt_at = now() + $3 "
+            "WHERE query_id = $1 AND status = 'queued'",
+            query_id,
+            permit_id,
+            dt.timedelta(seconds=timing.max_backoff),
+        )
+        log.info("query_sent", query_id=query_id, permit_id=permit_id)
+        return
+    code, message = reply.error()
+    if 400 <= reply.status < 500 and code not in RETRYABLE_HUB_CODES:
+        await conclude_refused(state, query_id, code, message)
+        return
+    log.info("query_send_retry", query_id=query_id, attempt=row["attempts"], status=reply.status)
+    await retry_later(state, query_id, row["attempts"])
 
 
 #: The requester's record, appended from the row a conclusion just updated: one
@@ -145,18 +266,21 @@ async def conclude_refused(
     code: str,
     message: str,
     *,
-    status: str = "refused",
+    status: QueryStatus = QueryStatus.REFUSED,
     permit_id: str | None = None,
-) -> None:
+) -> bool:
+    """Conclude an open query as refused (recorded in the same statement); False if not open."""
     recorded = await state.pool.fetchval(
         CONCLUDE_REFUSED_SQL,
         query_id,
-        status,
+        str(status),
         code,
         message[:500],
         permit_id,
     )
-    if recorded:
-        count_record(state.config.agency_code, "requester", "refused")
+    if not recorded:
+        return False
+    count_record(state.config.agency_code, "requester", "refused")
     state.notify(query_id)
     log.info("query_refused", query_id=query_id, code=code)
+    return True

@@ -170,11 +170,16 @@ class RecordEntry:
         return tuple(getattr(self, name) for name in CONTENT_COLUMNS)
 
 
-async def write_record(conn: db.Executor, agency: str, entry: RecordEntry) -> None:
-    """One INSERT, inside the caller's transaction; the trigger chains it."""
+async def insert_record(conn: db.Executor, entry: RecordEntry) -> None:
+    """One INSERT, inside the caller's transaction; the trigger chains it (not counted)."""
     if entry.role not in ("requester", "provider") or entry.outcome not in OUTCOMES:
         raise ValueError(f"bad record role/outcome {entry.role}/{entry.outcome}")
     await conn.execute(INSERT_RECORD_SQL, *entry.values())
+
+
+async def write_record(conn: db.Executor, agency: str, entry: RecordEntry) -> None:
+    """:func:`insert_record`, counted in the metrics at once."""
+    await insert_record(conn, entry)
     count_record(agency, entry.role, entry.outcome)
 
 
@@ -540,8 +545,11 @@ async def _checkpointer(state: GatewayState) -> None:
                 )
         except ChainBrokenError:
             pass  # logged; an operator must look (chukan records verify)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            log.exception("record_checkpoint_failed")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if db.is_database_error(exc):
+                db.note_unavailable(exc)  # logged once per outage, not per pass
+            else:
+                log.exception("record_checkpoint_failed")
 
 
 async def _partition_keeper(state: GatewayState) -> None:
@@ -558,11 +566,16 @@ async def _partition_keeper(state: GatewayState) -> None:
                     state.pool, utcnow().date(), settings.partitions_ahead + 1
                 )
             except asyncpg.PostgresError as exc:
+                if db.is_database_error(exc):
+                    raise
                 await fail_job(state.pool, job_id, type(exc).__name__)
                 continue
             await finish_job(state.pool, job_id, {"created": len(created)})
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            log.exception("record_partitions_failed")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if db.is_database_error(exc):
+                db.note_unavailable(exc)  # logged once per outage, not per pass
+            else:
+                log.exception("record_partitions_failed")
 
 
 async def records_context(app: web.Application) -> AsyncIterator[None]:

@@ -27,7 +27,6 @@ with the approver role (``/staff/v1/review/...``) as ``Decider("staff", username
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from . import db
 from .config import OP_DECIDE_REVIEW, OP_READ_REVIEW
 from .errors import ConflictError, NotFoundError, ValidationError
 from .hubclient import HubReply
+from .queries import backoff
 from .records import RecordEntry, write_record
 from .replica import ReplicaInconsistentError, provision_document
 from .staff import ROLE_APPROVER, ROLE_AUDITOR, audit_staff, require_staff
@@ -172,9 +172,7 @@ async def decide_review(
         reason=reason,
         decider=str(decider),
     )
-    sent = await deliver_decision(state, query_id)
-    if sent == "retry":
-        state.spawn(_deliver_with_retries(state, query_id), name=f"review-send-{query_id}")
+    sent = await deliver_decision(state, query_id)  # if not now, the sweep sends it later
     answer = await review_json(state.pool, query_id)
     answer["delivered"] = sent == "sent"
     return answer
@@ -244,36 +242,33 @@ async def deliver_decision(state: GatewayState, query_id: str) -> str:
         error = REJECTED_PREFIX + HubReply(status, reply, None).error()[0]
     elif status:
         error = f"HTTP {status}"
+    timing = state.config.timing
     await state.pool.execute(
-        "UPDATE review_queue SET send_error = $2 WHERE query_id = $1", query_id, error
+        "UPDATE review_queue SET send_error = $2, next_attempt_at = now() + $3 WHERE query_id = $1",
+        query_id,
+        error,
+        backoff(timing.send_backoff, timing.max_backoff, row["send_attempts"]),
     )
     log.warning("review_answer_not_sent", query_id=query_id, error=error)
     return "rejected" if rejected else "retry"
 
 
-async def _deliver_with_retries(state: GatewayState, query_id: str) -> None:
+async def due_decisions(state: GatewayState, limit: int) -> list[str]:
+    """Decided answers not yet sent whose next attempt is due (claimed for a while)."""
     timing = state.config.timing
-    for attempt in range(1, timing.send_attempts + 1):
-        await asyncio.sleep(timing.send_backoff * 2 ** (attempt - 1))
-        try:
-            if await deliver_decision(state, query_id) != "retry":
-                return
-        except Exception:  # one broken answer must not stop the others
-            log.exception("review_answer_failed", query_id=query_id)
-            return
-
-
-async def _resume_unsent(app: web.Application) -> None:
-    """After a restart, decided answers not yet sent are sent now."""
-    state = app[GATEWAY_STATE]
     rows = await state.pool.fetch(
-        "SELECT query_id FROM review_queue WHERE status <> 'pending' AND sent_at IS NULL "
-        "AND (send_error IS NULL OR send_error NOT LIKE 'rejected:%')"
+        """UPDATE review_queue r SET next_attempt_at = now() + $2
+           FROM (SELECT tenant, query_id FROM review_queue
+                 WHERE status <> 'pending' AND sent_at IS NULL
+                   AND (send_error IS NULL OR send_error NOT LIKE 'rejected:%')
+                   AND next_attempt_at <= now()
+                 ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
+           WHERE r.tenant = due.tenant AND r.query_id = due.query_id
+           RETURNING r.query_id, r.send_attempts""",
+        limit,
+        dt.timedelta(seconds=timing.http_timeout * 2),
     )
-    for row in rows:
-        state.spawn(
-            _deliver_with_retries(state, row["query_id"]), name=f"review-send-{row['query_id']}"
-        )
+    return [row["query_id"] for row in rows]
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -465,4 +460,3 @@ def setup_review_routes(app: web.Application) -> None:
     app.router.add_get("/staff/v1/review/{query_id}", staff_get_review)
     app.router.add_post("/staff/v1/review/{query_id}/approve", staff_approve_review)
     app.router.add_post("/staff/v1/review/{query_id}/refuse", staff_refuse_review)
-    app.on_startup.append(_resume_unsent)

@@ -29,6 +29,7 @@ from .errors import (
 )
 from .hubclient import HubClient
 from .keystore import AgencyKeys
+from .metrics import metrics_for
 from .tls import identity_label, parse_system_subject, peer_identity
 from .web import CALLER
 
@@ -56,11 +57,27 @@ class GatewayState:
     waiters: dict[str, asyncio.Event] = field(default_factory=dict)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
+    #: Set to run the durable sweep now rather than at its next interval.
+    sweep_wake: asyncio.Event = field(default_factory=asyncio.Event)
+
     def spawn(self, coro: Any, name: str) -> None:
-        """Keep a reference to background tasks so they are not garbage-collected mid-flight."""
+        """Run background work, kept referenced and supervised.
+
+        An exception is never lost: it is logged once as ``background_task_failed``
+        and counted; the work itself is durable and the sweep takes it up again.
+        """
         task = asyncio.create_task(coro, name=name)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            kind = task.get_name().split("-", 1)[0]
+            task_failed(self.config.agency_code, kind, exc)
 
     def notify(self, query_id: str) -> None:
         event = self.waiters.get(query_id)
@@ -69,6 +86,12 @@ class GatewayState:
 
 
 GATEWAY_STATE: Final = web.AppKey("gateway_state", GatewayState)
+
+
+def task_failed(agency: str, kind: str, exc: BaseException) -> None:
+    """One event (with the traceback) and one count per failed background task."""
+    metrics_for(agency).task_failures.inc(kind)
+    log.error("background_task_failed", task=kind, exc_info=exc)
 
 
 def utcnow() -> dt.datetime:

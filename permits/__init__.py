@@ -46,6 +46,7 @@ from .permit import (
     encode_permit,
     issue_permit,
     new_permit_id,
+    peek_permit_id,
     verify_permit,
 )
 
@@ -83,6 +84,7 @@ __all__ = [
     "list_to_xml",
     "load_sample_list",
     "new_permit_id",
+    "peek_permit_id",
     "parse_list_csv",
     "parse_list_xml",
     "sign_list",

@@ -293,6 +293,20 @@ def _permit_from(payload: Mapping[str, Any]) -> Permit:
     )
 
 
+def peek_permit_id(token: str) -> str | None:
+    """The id a well-formed token names, *unverified*: only to name it in a refusal.
+
+    A provider that refuses a permit (expired, replayed, not for it) answers with
+    a signed refusal naming the permit, so that the hub can match it to its record.
+    """
+    try:
+        _, payload, _ = _decode_token(token)
+    except PermitMalformedError:
+        return None
+    permit_id = payload["permit_id"]
+    return permit_id if isinstance(permit_id, str) else None
+
+
 def verify_permit(
     token: str,
     trusted: Mapping[str, PublicSigningKey],

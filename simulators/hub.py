@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import enum
 import hashlib
 import hmac
 import json
 import os
+import random
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -35,6 +37,7 @@ from chukan.codecs.envelope import (
     AcquisitionResponse,
     CodeRequest,
     CodeResponse,
+    ConclusionRequest,
     Envelope,
     Header,
     ProvisionAnswer,
@@ -50,14 +53,15 @@ from chukan.codecs.individual_number import is_valid_individual_number
 from chukan.gateway import db
 from chukan.gateway.errors import (
     AgencyUnknownError,
+    ConclusionConflictError,
     ForbiddenError,
     GatewayError,
     IndividualNumberInvalidError,
     MessageReplayError,
-    MessageSignatureError,
     MisaddressedError,
     PersonNotAtProviderError,
     PersonUnknownError,
+    QueryUnknownError,
     StaleMessageError,
     UnauthenticatedError,
     ValidationError,
@@ -68,6 +72,7 @@ from chukan.gateway.tls import TlsSettings, client_session
 from chukan.gateway.web import (
     SIGNATURE_HEADER,
     error_middleware,
+    error_response,
     read_json,
     read_xml,
     require_str,
@@ -96,8 +101,14 @@ DEFAULT_PERMIT_LIFETIME: Final = dt.timedelta(minutes=5)
 DEFAULT_ACQUISITION_LIFETIME: Final = dt.timedelta(minutes=5)
 DEFAULT_MESSAGE_SKEW: Final = dt.timedelta(minutes=5)
 DEFAULT_LIST_LIFETIME: Final = dt.timedelta(days=1)
-DEFAULT_DELIVERY_ATTEMPTS: Final = 5
 DEFAULT_DELIVERY_BACKOFF: Final = 0.5
+DEFAULT_DELIVERY_MAX_BACKOFF: Final = 30.0
+#: After a permit expires, its provision request is still retried this long, so that a
+#: provider that answered just before (and was then cut off) is heard; the providers'
+#: answer retention (``Timing.answer_retention``) must be longer.
+DEFAULT_DELIVERY_GRACE: Final = dt.timedelta(hours=1)
+#: How long a conclusion is offered to its requester (pushed, and kept to be asked for).
+DEFAULT_ANSWER_RETENTION: Final = dt.timedelta(days=7)
 DEFAULT_DELIVERY_TIMEOUT: Final = 10.0
 DELIVERY_LEASE: Final = dt.timedelta(seconds=30)
 DELIVERY_BATCH: Final = 64
@@ -119,8 +130,10 @@ class HubConfig:
     acquisition_lifetime: dt.timedelta = DEFAULT_ACQUISITION_LIFETIME
     message_skew: dt.timedelta = DEFAULT_MESSAGE_SKEW
     list_lifetime: dt.timedelta = DEFAULT_LIST_LIFETIME
-    delivery_attempts: int = DEFAULT_DELIVERY_ATTEMPTS
     delivery_backoff: float = DEFAULT_DELIVERY_BACKOFF
+    delivery_max_backoff: float = DEFAULT_DELIVERY_MAX_BACKOFF
+    delivery_grace: dt.timedelta = DEFAULT_DELIVERY_GRACE
+    answer_retention: dt.timedelta = DEFAULT_ANSWER_RETENTION
     delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT
     authorization_list: AuthorizationList | None = None
     #: Mutual TLS (server certificate, the hub's client certificate, CA); None = plain HTTP.
@@ -226,20 +239,6 @@ async def _route_log(
         permit_id,
         direction,
         body,
-    )
-
-
-async def record_event(
-    conn: db.Executor, query_id: str, kind: str, outcome: str, reason_code: str | None
-) -> None:
-    """A change of a query's state, appended (``hub_records`` shows the latest)."""
-    await conn.execute(
-        "INSERT INTO hub_record_events (query_id, kind, outcome, reason_code, answered_at) "
-        "VALUES ($1, $2, $3, $4, CASE WHEN $2 = 'concluded' THEN now() END)",
-        query_id,
-        kind,
-        outcome,
-        reason_code,
     )
 
 
@@ -405,6 +404,8 @@ async def receive_message(request: web.Request) -> web.Response:
                 return await _query(state, envelope, body, raw)
             case ProvisionAnswer():
                 return await _deferred_answer(state, envelope, body, raw, request)
+            case ConclusionRequest():
+                return await _conclusion_request(state, envelope, body)
             case _:
                 raise MisaddressedError(f"the hub does not accept {header.message_type}")
     finally:
@@ -503,6 +504,18 @@ async def _refuse_query(
     log.info("query_refused", requester=requester, provider=body.provider, code=code)
 
 
+def _query_again(existing: asyncpg.Record, requester: str, query_id: str) -> web.Response:
+    """A query id seen before: its first answer again (the permit is never issued twice)."""
+    if existing["requester"] != requester:
+        raise ForbiddenError("query id belongs to another agency")
+    if existing["permit_id"] is None:
+        return _refused_again(query_id, existing["reason_code"])
+    return web.json_response(
+        {"query_id": query_id, "permit_id": existing["permit_id"], "duplicate": True},
+        status=202,
+    )
+
+
 async def _query(
     state: HubState, envelope: Envelope, body: QueryRequest, raw: bytes
 ) -> web.Response:
@@ -515,15 +528,7 @@ async def _query(
         body.query_id,
     )
     if existing is not None:
-        if existing["requester"] != requester:
-            raise ForbiddenError("query id belongs to another agency")
-        if existing["permit_id"] is None:
-            raise ForbiddenError(f"query was refused: {existing['reason_code']}")
-        # A retried submission: the first permit stands, nothing is issued twice.
-        return web.json_response(
-            {"query_id": body.query_id, "permit_id": existing["permit_id"], "duplicate": True},
-            status=202,
-        )
+        return _query_again(existing, requester, body.query_id)
     hublist.require_current(state.authorization_list, now)
     try:
         try:
@@ -584,13 +589,14 @@ async def _query(
     out_header = Header(new_message_id(), "ProvisionRequest", HUB, provider.code, now, token)
     message = encode_message(out_header, request_body)
     async with state.pool.acquire() as conn, conn.transaction():
-        await conn.execute(
+        opened = await conn.fetchval(
             """INSERT INTO hub_record_events (query_id, kind, permit_id, requester, provider,
                    business_code, procedure_code, item_code, legal_basis, requester_person_code,
                    provider_person_code, requested_at, permit_expires_at, outcome,
                    non_disclosure)
                VALUES ($1, 'opened', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                       'permitted', $13)""",
+                       'permitted', $13)
+               ON CONFLICT (query_id) WHERE kind = 'opened' DO NOTHING RETURNING 1""",
             body.query_id,
             permit.permit_id,
             requester,
@@ -605,6 +611,13 @@ async def _query(
             permit.expires_at,
             body.non_disclosure,
         )
+        if opened is None:  # the same query, sent twice at once: the first one stands
+            existing = await conn.fetchrow(
+                "SELECT requester, permit_id, reason_code FROM hub_records WHERE query_id = $1",
+                body.query_id,
+            )
+            assert existing is not None
+            return _query_again(existing, requester, body.query_id)
         await _route_log(
             conn,
             header=envelope.header,
@@ -628,6 +641,7 @@ async def _query(
             body.query_id,
             message,
             signature_header(state.keys.signing, message),
+            give_up_at=permit.expires_at + state.config.delivery_grace,
         )
     state.wake.set()
     log.info(
@@ -664,63 +678,190 @@ async def _deferred_answer(
         raise ForbiddenError("no query with this permit is awaiting this provider's answer")
     if envelope.header.receiver != record["requester"]:
         raise MisaddressedError("answer is not addressed to the requester of the query")
-    if record["outcome"] not in ("held", "permitted"):
-        raise ForbiddenError("the query was already answered")
     signature = request.headers[SIGNATURE_HEADER]
+    won = await _conclude(
+        state,
+        body.query_id,
+        body.outcome,
+        body.reason_code,
+        requester=record["requester"],
+        sender=provider,
+        message=raw,
+        signature=signature,
+        header=envelope.header,
+        direction="in",
+    )
+    if won is Conclusion.CONTRADICTS:
+        raise ConclusionConflictError("the query was already concluded otherwise")
+    return web.json_response(
+        {"query_id": body.query_id, "routed": True, "duplicate": won is Conclusion.REPEATED},
+        status=202,
+    )
+
+
+async def _conclusion_request(
+    state: HubState, envelope: Envelope, body: ConclusionRequest
+) -> web.Response:
+    """A requester recovers its query's conclusion: the message the hub holds for it.
+
+    200 with the conclusion (the provider's signed answer or the hub's signed refusal,
+    byte for byte, as delivered); 202 while the query is open; 404 if the hub never
+    accepted the query; a query refused at the hub is refused again with its code.
+    """
+    record = await state.pool.fetchrow(
+        "SELECT r.requester, r.permit_id, r.outcome, r.reason_code, d.body, d.signature "
+        "FROM hub_records r LEFT JOIN deliveries d "
+        "ON d.query_id = r.query_id AND d.kind = 'answer' WHERE r.query_id = $1",
+        body.query_id,
+    )
+    if record is None or record["requester"] != envelope.header.sender:
+        raise QueryUnknownError("the hub holds no query with this id for this agency")
+    if record["body"] is not None:
+        return web.Response(
+            body=record["body"],
+            content_type="application/xml",
+            headers={SIGNATURE_HEADER: record["signature"]},
+        )
+    if record["permit_id"] is None:  # refused when it arrived
+        return _refused_again(body.query_id, record["reason_code"])
+    return web.json_response({"query_id": body.query_id, "status": "open"}, status=202)
+
+
+def _refused_again(query_id: str, reason_code: str | None) -> web.Response:
+    """The hub's first refusal of a query, repeated with its stable code."""
+    code = reason_code or "refused"
+    return error_response(403, code, f"query {query_id} was refused by the hub: {code}")
+
+
+class Conclusion(enum.Enum):
+    """What recording a conclusion did."""
+
+    WON = "won"  # this is the query's one conclusion: recorded and forwarded
+    REPEATED = "repeated"  # the same conclusion again (a retried delivery)
+    CONTRADICTS = "contradicts"  # another conclusion stands: kept apart as evidence
+
+
+async def _conclude(
+    state: HubState,
+    query_id: str,
+    outcome: str,
+    reason_code: str | None,
+    *,
+    requester: str,
+    sender: str,
+    message: bytes,
+    signature: str,
+    header: Header,
+    direction: str,
+    delivery: asyncpg.Record | None = None,
+    finish_status: str = "done",
+) -> Conclusion:
+    """Record the query's one conclusion and queue it for the requester, in one transaction.
+
+    With ``delivery`` (the provision request that produced it), that delivery ends too,
+    if this worker still holds its lease.
+    """
     async with state.pool.acquire() as conn, conn.transaction():
-        await _record_answer(conn, envelope, body, raw, signature, record["requester"])
+        won = await conn.fetchval(
+            "INSERT INTO hub_record_events (query_id, kind, outcome, reason_code, answered_at) "
+            "VALUES ($1, 'concluded', $2, $3, now()) ON CONFLICT DO NOTHING RETURNING 1",
+            query_id,
+            outcome,
+            reason_code,
+        )
+        if delivery is not None:
+            await _finish(conn, delivery, finish_status, reason_code)
+        if won is None:
+            stored = await conn.fetchrow(
+                "SELECT outcome, reason_code FROM hub_record_events "
+                "WHERE query_id = $1 AND kind = 'concluded'",
+                query_id,
+            )
+            assert stored is not None
+            if stored["outcome"] == outcome:
+                return Conclusion.REPEATED
+            await conn.execute(
+                "INSERT INTO hub_conclusion_conflicts (query_id, sender, outcome, reason_code, "
+                "body) VALUES ($1, $2, $3, $4, $5)",
+                query_id,
+                sender,
+                outcome,
+                reason_code,
+                message,
+            )
+            log.error(
+                "conclusion_contradicted",
+                query_id=query_id,
+                stored=stored["outcome"],
+                received=outcome,
+                sender=sender,
+            )
+            return Conclusion.CONTRADICTS
+        await _route_log(
+            conn,
+            header=header,
+            direction=direction,
+            body=message,
+            query_id=query_id,
+            permit_id=None,
+        )
+        await _enqueue_delivery(
+            conn,
+            "answer",
+            requester,
+            query_id,
+            message,
+            signature,
+            give_up_at=utcnow() + state.config.answer_retention,
+        )
     state.wake.set()
-    return web.json_response({"query_id": body.query_id, "routed": True}, status=202)
+    log.info("query_concluded", query_id=query_id, outcome=outcome, reason=reason_code)
+    return Conclusion.WON
 
 
 async def _enqueue_delivery(
-    conn: db.Conn, kind: str, target: str, query_id: str, body: bytes, signature: str
+    conn: db.Conn,
+    kind: str,
+    target: str,
+    query_id: str,
+    body: bytes,
+    signature: str,
+    *,
+    give_up_at: dt.datetime,
 ) -> None:
     """Put a signed message in the outbox, in the caller's transaction (sent after commit)."""
     await conn.execute(
-        "INSERT INTO deliveries (kind, target, query_id, body, signature) "
-        "VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO deliveries (kind, target, query_id, body, signature, give_up_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (query_id, kind) DO NOTHING",
         kind,
         target,
         query_id,
         body,
         signature,
+        give_up_at,
     )
-
-
-async def _record_answer(
-    conn: db.Conn,
-    envelope: Envelope,
-    body: ProvisionAnswer,
-    raw: bytes,
-    signature: str,
-    requester: str,
-) -> None:
-    await record_event(conn, body.query_id, "concluded", body.outcome, body.reason_code)
-    await _route_log(
-        conn,
-        header=envelope.header,
-        direction="in",
-        body=raw,
-        query_id=body.query_id,
-        permit_id=body.permit_id,
-    )
-    await _enqueue_delivery(conn, "answer", requester, body.query_id, raw, signature)
 
 
 # -- delivery worker ------------------------------------------------------------------
 
 
+def _lease(config: HubConfig) -> dt.timedelta:
+    """Long enough for one attempt to end (timeout included) before anyone else may try."""
+    return max(DELIVERY_LEASE, dt.timedelta(seconds=config.delivery_timeout * 3))
+
+
 async def _claim_due(state: HubState, limit: int = 16) -> list[asyncpg.Record]:
     """Lease due deliveries so that several hub workers never send one twice at once."""
     return await state.pool.fetch(
-        """UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = now() + $2
+        """UPDATE deliveries SET attempts = attempts + 1, lease_token = gen_random_uuid(),
+               leased_until = now() + $2
            WHERE id IN (SELECT id FROM deliveries
                         WHERE status = 'pending' AND next_attempt_at <= now()
-                        ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+                          AND (leased_until IS NULL OR leased_until <= now())
+                        ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
            RETURNING *""",
         limit,
-        DELIVERY_LEASE,
+        _lease(state.config),
     )
 
 
@@ -743,98 +884,109 @@ async def _post(
     )
 
 
-async def _finish(state: HubState, delivery_id: int, status: str, error: str | None = None) -> None:
-    await state.pool.execute(
-        "UPDATE deliveries SET status = $2, last_error = $3, done_at = now() WHERE id = $1",
-        delivery_id,
+async def _finish(
+    conn: db.Executor, delivery: asyncpg.Record, status: str, error: str | None = None
+) -> bool:
+    """End a delivery, only if this worker still holds its lease; returns whether it did."""
+    done = await conn.fetchval(
+        "UPDATE deliveries SET status = $3, last_error = $4, done_at = now(), "
+        "leased_until = NULL, lease_token = NULL "
+        "WHERE id = $1 AND lease_token = $2 AND status = 'pending' RETURNING 1",
+        delivery["id"],
+        delivery["lease_token"],
         status,
         error,
     )
+    return done is not None
 
 
-async def _retry_or_give_up(state: HubState, delivery: asyncpg.Record, error: str) -> bool:
-    """Back off exponentially; returns True when the delivery is abandoned."""
-    if delivery["attempts"] >= state.config.delivery_attempts:
-        await _finish(state, delivery["id"], "failed", error)
-        log.warning("delivery_failed", delivery=delivery["id"], kind=delivery["kind"], error=error)
+async def _retry_later(state: HubState, delivery: asyncpg.Record, error: str) -> bool:
+    """Back off (with jitter) and release the lease; True when the give-up time has passed."""
+    give_up_at = delivery["give_up_at"]
+    if give_up_at is not None and utcnow() >= give_up_at:
         return True
-    delay = state.config.delivery_backoff * (2 ** (delivery["attempts"] - 1))
+    step = min(
+        state.config.delivery_max_backoff,
+        state.config.delivery_backoff * (2 ** (delivery["attempts"] - 1)),
+    )
+    delay = step / 2 + random.uniform(0, step / 2)  # noqa: S311 -- jitter, not a secret
     await state.pool.execute(
-        "UPDATE deliveries SET next_attempt_at = now() + $2, last_error = $3 WHERE id = $1",
+        "UPDATE deliveries SET next_attempt_at = now() + $3, last_error = $4, "
+        "leased_until = NULL, lease_token = NULL "
+        "WHERE id = $1 AND lease_token = $2 AND status = 'pending'",
         delivery["id"],
+        delivery["lease_token"],
         dt.timedelta(seconds=delay),
         error,
     )
-    log.info("delivery_retry", delivery=delivery["id"], kind=delivery["kind"], delay=delay)
+    log.info("delivery_retry", delivery=delivery["id"], kind=delivery["kind"], error=error)
     return False
 
 
-async def _enqueue_refusal(
-    state: HubState, query_id: str, reason_code: str, message: str, outcome: str = "refused"
-) -> None:
+async def _expire(state: HubState, delivery: asyncpg.Record, error: str) -> None:
+    """The provider never answered while the permit and its grace lived: conclude expired."""
     record = await state.pool.fetchrow(
-        "SELECT requester, permit_id FROM hub_records WHERE query_id = $1", query_id
+        "SELECT requester, permit_id FROM hub_records WHERE query_id = $1", delivery["query_id"]
     )
-    if record is None:
-        return
-    refusal = QueryRefusal(query_id, reason_code, message, record["permit_id"])
+    assert record is not None
+    query_id = delivery["query_id"]
+    refusal = QueryRefusal(
+        query_id, "provider_unreachable", "the provider did not answer in time", record["permit_id"]
+    )
     header = Header(new_message_id(), "QueryRefusal", HUB, record["requester"], utcnow())
-    body = encode_message(header, refusal)
-    async with state.pool.acquire() as conn, conn.transaction():
-        await record_event(conn, query_id, "concluded", outcome, reason_code)
-        await _route_log(
-            conn,
-            header=header,
-            direction="out",
-            body=body,
-            query_id=query_id,
-            permit_id=record["permit_id"],
-        )
-        await _enqueue_delivery(
-            conn,
-            "answer",
-            record["requester"],
-            query_id,
-            body,
-            signature_header(state.keys.signing, body),
-        )
-    log.info("query_refused_after_permit", query_id=query_id, code=reason_code)
+    message = encode_message(header, refusal)
+    await _conclude(
+        state,
+        query_id,
+        "expired",
+        "provider_unreachable",
+        requester=record["requester"],
+        sender=HUB,
+        message=message,
+        signature=signature_header(state.keys.signing, message),
+        header=header,
+        direction="out",
+        delivery=delivery,
+        finish_status="failed",
+    )
+    log.warning("delivery_expired", delivery=delivery["id"], query_id=query_id, error=error)
 
 
 async def _deliver_provision_request(state: HubState, delivery: asyncpg.Record) -> None:
+    """Only a signed answer (or "held") ends a provision request; everything else is retried."""
     provider = await load_agency(state.pool, delivery["target"])
+    error: str | None
     try:
         response = await _post(state, provider, delivery["body"], delivery["signature"])
     except (aiohttp.ClientError, TimeoutError) as exc:
-        if await _retry_or_give_up(state, delivery, type(exc).__name__):
-            await _enqueue_refusal(
-                state,
+        error = type(exc).__name__
+    else:
+        async with response:
+            payload = await response.read()
+            if response.status == 200:
+                error = await _accept_answer(state, delivery, provider, payload, response)
+                if error is None:
+                    return
+            elif response.status == 202:
+                await _held(state, delivery, provider)
+                return
+            else:
+                error = f"HTTP {response.status} {_error_of(payload)[0]}"
+    assert error is not None
+    if await _retry_later(state, delivery, error):
+        await _expire(state, delivery, error)
+
+
+async def _held(state: HubState, delivery: asyncpg.Record, provider: Agency) -> None:
+    async with state.pool.acquire() as conn, conn.transaction():
+        if await _finish(conn, delivery, "done"):
+            await conn.execute(
+                "INSERT INTO hub_record_events (query_id, kind, outcome) "
+                "SELECT $1, 'held', 'held' WHERE NOT EXISTS (SELECT 1 FROM hub_record_events "
+                "WHERE query_id = $1 AND kind = 'concluded') ON CONFLICT DO NOTHING",
                 delivery["query_id"],
-                "provider_unreachable",
-                "the provider could not be reached",
-                "undeliverable",
             )
-        return
-    async with response:
-        payload = await response.read()
-        if response.status == 200:
-            await _accept_answer(state, delivery, provider, payload, response)
-        elif response.status == 202:
-            await record_event(state.pool, delivery["query_id"], "held", "held", None)
-            await _finish(state, delivery["id"], "done")
-            log.info("provision_held", query_id=delivery["query_id"], provider=provider.code)
-        elif 400 <= response.status < 500:
-            code, message = _error_of(payload)
-            await _finish(state, delivery["id"], "done", code)
-            await _enqueue_refusal(state, delivery["query_id"], code, message)
-        elif await _retry_or_give_up(state, delivery, f"HTTP {response.status}"):
-            await _enqueue_refusal(
-                state,
-                delivery["query_id"],
-                "provider_unavailable",
-                "the provider did not answer",
-                "undeliverable",
-            )
+    log.info("provision_held", query_id=delivery["query_id"], provider=provider.code)
 
 
 def _error_of(payload: bytes) -> tuple[str, str]:
@@ -854,68 +1006,62 @@ async def _accept_answer(
     provider: Agency,
     payload: bytes,
     response: aiohttp.ClientResponse,
-) -> None:
-    """Check the provider's signed answer, record it, and queue it for the requester."""
+) -> str | None:
+    """Check the provider's signed answer and conclude with it; an error text to retry."""
     try:
         verify_signature(response.headers.get(SIGNATURE_HEADER), payload, provider.signing_keys)
         envelope = decode_message(payload)
-        body = envelope.body
-        if not isinstance(body, ProvisionAnswer) or body.query_id != delivery["query_id"]:
-            raise MessageSignatureError("answer does not belong to the query")
-        if envelope.header.sender != provider.code:
-            raise MessageSignatureError("answer sender is not the provider")
-    except Exception as exc:
-        code = getattr(exc, "code", "provider_answer_invalid")
-        await _finish(state, delivery["id"], "done", code)
-        await _enqueue_refusal(
-            state,
-            delivery["query_id"],
-            "provider_answer_invalid",
-            "the provider's answer could not be verified",
-        )
-        return
+    except Exception as exc:  # e.g. a key the registry does not list yet: ask again later
+        log.warning("provider_answer_unverified", query_id=delivery["query_id"], error=str(exc))
+        return getattr(exc, "code", "provider_answer_invalid")
+    body = envelope.body
     record = await state.pool.fetchrow(
-        "SELECT requester, permit_id FROM hub_records WHERE query_id = $1", body.query_id
+        "SELECT requester, permit_id FROM hub_records WHERE query_id = $1", delivery["query_id"]
     )
     assert record is not None
-    if record["permit_id"] != body.permit_id or envelope.header.receiver != record["requester"]:
-        await _finish(state, delivery["id"], "done", "answer_mismatch")
-        await _enqueue_refusal(
-            state,
-            delivery["query_id"],
-            "provider_answer_invalid",
-            "the provider's answer names another permit or receiver",
-        )
-        return
-    async with state.pool.acquire() as conn, conn.transaction():
-        await _record_answer(
-            conn, envelope, body, payload, response.headers[SIGNATURE_HEADER], record["requester"]
-        )
-        await conn.execute(
-            "UPDATE deliveries SET status = 'done', done_at = now() WHERE id = $1", delivery["id"]
-        )
-    state.wake.set()
-    log.info("provision_answered", query_id=body.query_id, outcome=body.outcome)
+    if (
+        not isinstance(body, ProvisionAnswer)
+        or body.query_id != delivery["query_id"]
+        or envelope.header.sender != provider.code
+        or body.permit_id != record["permit_id"]
+        or envelope.header.receiver != record["requester"]
+    ):
+        log.warning("provider_answer_mismatch", query_id=delivery["query_id"])
+        return "provider_answer_mismatch"
+    await _conclude(
+        state,
+        body.query_id,
+        body.outcome,
+        body.reason_code,
+        requester=record["requester"],
+        sender=provider.code,
+        message=payload,
+        signature=response.headers[SIGNATURE_HEADER],
+        header=envelope.header,
+        direction="in",
+        delivery=delivery,
+    )
+    return None
 
 
 async def _deliver_answer(state: HubState, delivery: asyncpg.Record) -> None:
+    """A conclusion to its requester, until acknowledged (the requester can also ask)."""
     requester = await load_agency(state.pool, delivery["target"])
     try:
         response = await _post(state, requester, delivery["body"], delivery["signature"])
     except (aiohttp.ClientError, TimeoutError) as exc:
-        await _retry_or_give_up(state, delivery, type(exc).__name__)
-        return
-    async with response:
-        payload = await response.read()
-        if response.status < 300:
-            await _finish(state, delivery["id"], "done")
-            log.info("answer_delivered", query_id=delivery["query_id"])
-        elif 400 <= response.status < 500:
-            code, _ = _error_of(payload)
-            await _finish(state, delivery["id"], "failed", code)
-            log.warning("answer_rejected", query_id=delivery["query_id"], code=code)
-        else:
-            await _retry_or_give_up(state, delivery, f"HTTP {response.status}")
+        error = type(exc).__name__
+    else:
+        async with response:
+            payload = await response.read()
+            if response.status < 300:
+                await _finish(state.pool, delivery, "done")
+                log.info("answer_delivered", query_id=delivery["query_id"])
+                return
+            error = f"HTTP {response.status} {_error_of(payload)[0]}"
+    if await _retry_later(state, delivery, error):
+        await _finish(state.pool, delivery, "failed", error)
+        log.warning("answer_undelivered", query_id=delivery["query_id"], error=error)
 
 
 async def _deliver_one(state: HubState, delivery: asyncpg.Record) -> None:
@@ -924,9 +1070,10 @@ async def _deliver_one(state: HubState, delivery: asyncpg.Record) -> None:
             await _deliver_provision_request(state, delivery)
         else:
             await _deliver_answer(state, delivery)
-    except Exception:  # a bug in one delivery must not stop the others
-        log.exception("delivery_crashed", delivery=delivery["id"])
-        await _retry_or_give_up(state, delivery, "internal_error")
+    except Exception as exc:  # a bug or an outage in one delivery must not stop the others
+        log.warning("delivery_crashed", delivery=delivery["id"], error=type(exc).__name__)
+        with contextlib.suppress(Exception):  # if even this fails, the lease runs out
+            await _retry_later(state, delivery, "internal_error")
 
 
 async def _delivery_loop(state: HubState) -> None:
@@ -936,6 +1083,7 @@ async def _delivery_loop(state: HubState) -> None:
     behind the slowest delivery of the previous batch.
     """
     running: set[asyncio.Task[None]] = set()
+    failing = False
 
     def finished(task: asyncio.Task[None]) -> None:
         running.discard(task)
@@ -949,8 +1097,14 @@ async def _delivery_loop(state: HubState) -> None:
             if free > 0:
                 try:
                     due = await _claim_due(state, limit=free)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                    log.exception("delivery_pass_failed")
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    if not failing:  # once per outage, not once per pass
+                        log.warning("delivery_pass_failed", error=type(exc).__name__)
+                    failing = True
+                else:
+                    if failing:
+                        log.info("delivery_pass_recovered")
+                    failing = False
             for delivery in due:
                 task = asyncio.create_task(_deliver_one(state, delivery))
                 running.add(task)
@@ -963,6 +1117,21 @@ async def _delivery_loop(state: HubState) -> None:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+
+
+async def retry_deliveries(request: web.Request) -> web.Response:
+    """Operator lever: every pending delivery is due now (after an outage was fixed)."""
+    _require_admin(request)
+    hubauth.require_operator(request)
+    state = request.app[HUB_STATE]
+    count = await state.pool.fetchval(
+        "WITH due AS (UPDATE deliveries SET next_attempt_at = now() "
+        "WHERE status = 'pending' AND (leased_until IS NULL OR leased_until <= now()) "
+        "RETURNING 1) SELECT count(*) FROM due"
+    )
+    state.wake.set()
+    log.info("deliveries_rescheduled", count=count)
+    return web.json_response({"rescheduled": count})
 
 
 # -- application ----------------------------------------------------------------------
@@ -1005,6 +1174,7 @@ def create_hub_app(config: HubConfig) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/admin/v1/agencies", register_agency)
     app.router.add_get("/admin/v1/records", list_records)
+    app.router.add_post("/admin/v1/deliveries/retry", retry_deliveries)
     app.router.add_post("/admin/v1/authorization-list", hublist.publish_list)
     app.router.add_get("/admin/v1/authorization-list/versions", hublist.list_versions)
     app.router.add_get("/network/v1/agencies", list_agencies)

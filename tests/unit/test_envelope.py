@@ -16,6 +16,7 @@ from chukan.codecs.envelope import (
     Body,
     CodeRequest,
     CodeResponse,
+    ConclusionRequest,
     Header,
     ProvisionAnswer,
     ProvisionRequest,
@@ -107,6 +108,7 @@ BODIES: st.SearchStrategy[Body] = st.one_of(
         st.text(max_size=100).filter(lambda t: all(c.isprintable() for c in t)),
         st.none() | TOKEN,
     ),
+    st.builds(ConclusionRequest, TOKEN),
 )
 
 
