@@ -10,6 +10,7 @@ hub's (bad signature, wrong receiver) is an HTTP error, which the hub retries.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import random
@@ -419,3 +420,42 @@ async def test_a_permit_just_past_expiry_is_accepted_within_the_clock_skew(
     )
     status, error = await impostor.send(late, permit)
     assert refusal_reason(status, error) == "permit_expired"
+
+
+async def test_copies_of_one_request_arriving_together_are_answered_once(
+    impostor: HubImpostor,
+) -> None:
+    """The hub retrying while the first copy is still being answered: one provision."""
+    body = impostor.request_body()
+    token = encode_permit(impostor.permit(body), impostor.hub_signer)
+    header = Header(
+        new_message_id(),
+        "ProvisionRequest",
+        HUB,
+        catalog.CHIBA_CITY,
+        dt.datetime.now(dt.UTC),
+        token,
+    )
+    message = encode_message(header, body)
+
+    async def post() -> tuple[int, bytes]:
+        async with impostor.http.post(
+            impostor.provider.gateway.url + "/network/v1/messages",
+            data=message,
+            headers={
+                "Content-Type": "application/xml",
+                SIGNATURE_HEADER: signature_header(impostor.hub_signer, message),
+            },
+            ssl=impostor.network.hub_client_ssl(),
+        ) as response:
+            return response.status, await response.read()
+
+    answers = await asyncio.gather(*(post() for _ in range(6)))
+    assert {status for status, _ in answers} == {200}
+    assert len({answer for _, answer in answers}) == 1  # byte for byte
+    assert b"<Outcome>provided</Outcome>" in answers[0][1]
+    rows = await impostor.provider.gateway.state.pool.fetch(
+        "SELECT outcome FROM provision_records WHERE role = 'provider' AND query_id = $1",
+        body.query_id,
+    )
+    assert [r["outcome"] for r in rows] == ["provided"]

@@ -35,6 +35,7 @@ from chukan.permits import (
     encode_permit,
     issue_permit,
     new_permit_id,
+    peek_permit_id,
     verify_permit,
 )
 
@@ -416,3 +417,13 @@ def test_error_codes_are_stable() -> None:
         assert cls.code == code
         assert issubclass(cls, PermitError)
         assert issubclass(cls, PermitsError)
+
+
+def test_peek_names_the_permit_without_trusting_it() -> None:
+    """A provider names a permit it refuses; peeking verifies nothing and never raises."""
+    forged = encode_permit(PERMIT, OTHER)
+    assert peek_permit_id(TOKEN) == PERMIT.permit_id
+    assert peek_permit_id(forged) == PERMIT.permit_id  # named, still refused by verify
+    assert peek_permit_id("") is None
+    assert peek_permit_id("not.a.permit") is None
+    assert peek_permit_id(TOKEN[:-3]) is None
