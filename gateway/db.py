@@ -6,15 +6,44 @@ that server is used.  Each component (hub, each gateway) has a database of
 its own on that server, created on first use.  Migrations are ordered SQL
 files recorded in ``schema_migrations``; an advisory lock makes concurrent
 starts safe and re-running a no-op.
+
+Database outages.  :func:`is_database_error` says whether an exception means
+the server is unreachable or going away (refused or lost connection, admin or
+crash shutdown, "cannot connect now", too many connections, a closed
+connection, a timeout inside asyncpg) rather than a bug in a statement; the
+HTTP boundary answers those 503 ``database_unavailable`` (``errors.status_for``).
+This process's view of the database is kept by one tracker, so that an outage
+is two log events, not a traceback per request:
+
+* :func:`note_unavailable` — call it with the exception when an operation failed
+  for that reason: logs ``database_unavailable`` once, on the change;
+* :func:`note_available` — call it when the database answered: logs
+  ``database_available`` once, on the change back.  Every new pooled connection
+  notes it (a pool replaces the connections an outage broke on their next use),
+  and so does :func:`probe` (``SELECT 1`` with a deadline, for ``/health`` and
+  ``/ready``).
+
+The tracker is per process, not per pool: a deployment runs one server per
+process on one PostgreSQL; a demo or test running several in one process shares it.
+
+Background loops do the same instead of logging a traceback per pass::
+
+    except Exception as exc:
+        if not db.is_database_error(exc):
+            raise  # or log.exception(...)
+        db.note_unavailable(exc)
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import importlib
 import re
 import secrets
+import threading
+import time
 import warnings
 from dataclasses import dataclass
 from importlib import resources
@@ -26,12 +55,16 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from .errors import DatabaseUnavailableError
+
 log = structlog.get_logger("chukan.db")
 
 DATABASE_NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 MIGRATION_LOCK_ID: Final = 0x63_68_75_6B  # "chuk"
 DEFAULT_POOL_MIN: Final = 1
 DEFAULT_POOL_MAX: Final = 10
+#: Seconds to establish a connection: an unreachable server fails requests quickly.
+DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 
 Pool = asyncpg.Pool
 
@@ -202,6 +235,7 @@ async def drop_database(server_url: str, database: str) -> None:
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.execute("SET TIME ZONE 'UTC'")
+    note_available()  # a new session works: the end of an outage, if there was one
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -215,13 +249,135 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    url: str, *, min_size: int = DEFAULT_POOL_MIN, max_size: int = DEFAULT_POOL_MAX
+    url: str,
+    *,
+    min_size: int = DEFAULT_POOL_MIN,
+    max_size: int = DEFAULT_POOL_MAX,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
 ) -> asyncpg.Pool:
+    """A pool that outlives database restarts.
+
+    A connection the server closed (restart, admin shutdown) is noticed by
+    asyncpg when it is next acquired or released and replaced by a new one, so
+    requests succeed again as soon as the server answers, without a restart of
+    ours; meanwhile they fail with errors that :func:`is_database_error` knows.
+    """
     pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        reset=_keep_session,
+        timeout=connect_timeout,
     )
     assert pool is not None
     return pool
+
+
+# -- availability ----------------------------------------------------------------------------
+
+#: Ours, and asyncpg's of a server that is unreachable, going away or refusing sessions.
+_UNAVAILABLE: Final = (
+    DatabaseUnavailableError,
+    asyncpg.PostgresConnectionError,  # class 08: connection does not exist, failure, …
+    asyncpg.exceptions.AdminShutdownError,  # 57P01
+    asyncpg.exceptions.CrashShutdownError,  # 57P02
+    asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up, shutting down
+    asyncpg.exceptions.TooManyConnectionsError,  # 53300
+)
+_CLOSED: Final = ("connection is closed", "connection was closed")
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database is unreachable or going away (not a bug)."""
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError):
+        return any(text in str(exc) for text in _CLOSED)
+    # Refused, reset, unreachable, timed out (connect, pool acquire): a socket error counts
+    # only when asyncpg raised it, not one from a file or an HTTP call to a peer.
+    return isinstance(exc, OSError) and _raised_in_asyncpg(exc)
+
+
+def _raised_in_asyncpg(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module == "asyncpg" or module.startswith("asyncpg."):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class Availability:
+    """This process's view of its database: logs each change, not each failure."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.available = True
+        self._since = time.monotonic()
+        self._failures = 0
+        self.last_error: str | None = None
+
+    def note_unavailable(self, exc: BaseException) -> bool:
+        """An operation failed because of the database; True when this is the change."""
+        with self._lock:
+            self._failures += 1
+            self.last_error = type(exc).__name__
+            if not self.available:
+                return False
+            self.available = False
+            self._since = time.monotonic()
+        log.error("database_unavailable", error=type(exc).__name__, detail=str(exc)[:200])
+        return True
+
+    def note_available(self) -> bool:
+        """The database answered; True when this ends an outage."""
+        with self._lock:
+            if self.available:
+                return False
+            self.available = True
+            seconds = time.monotonic() - self._since
+            failures, self._failures = self._failures, 0
+            self._since = time.monotonic()
+        log.info(
+            "database_available", unavailable_seconds=round(seconds, 3), failed_operations=failures
+        )
+        return True
+
+
+#: The tracker of this process (every pool, server and loop in it).
+AVAILABILITY: Final = Availability()
+
+
+def note_unavailable(exc: BaseException) -> bool:
+    """Record a failure because of the database (``is_database_error``); logs on the change."""
+    return AVAILABILITY.note_unavailable(exc)
+
+
+def note_available() -> bool:
+    """Record that the database answered; logs ``database_available`` after an outage."""
+    return AVAILABILITY.note_available()
+
+
+async def probe(executor: Executor, limit: float) -> dict[str, Any]:
+    """``SELECT 1`` within ``limit`` seconds, for health checks; never raises.
+
+    ``{"ok": true, "ms": …}`` or ``{"ok": false, "reason": "database_unavailable",
+    "error": <exception type>}``; either is noted in the tracker.
+    """
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(executor.fetchval("SELECT 1"), limit)
+    except Exception as exc:
+        if not isinstance(exc, TimeoutError) and not is_database_error(exc):
+            log.warning("database_probe_failed", error=type(exc).__name__)
+            return {"ok": False, "reason": type(exc).__name__}
+        note_unavailable(exc)
+        error = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+        return {"ok": False, "reason": "database_unavailable", "error": error}
+    note_available()
+    return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
 class EmbeddedPostgres:

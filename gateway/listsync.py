@@ -43,6 +43,7 @@ from chukan.permits import (
 )
 from chukan.permits.authorization import MAX_SIGNED_LIST_BYTES
 
+from . import db
 from .config import OP_MANAGE_LIST
 from .errors import (
     AuthorizationListConflictError,
@@ -255,8 +256,11 @@ async def _refresh_loop(state: GatewayState, sync: ListSync) -> None:
         await asyncio.sleep(state.config.timing.list_refresh)
         try:
             await _refresh_quietly(state, sync)
-        except Exception:  # a database hiccup must not end the loop
-            log.exception("authorization_list_refresh_crashed")
+        except Exception as exc:  # a database hiccup must not end the loop
+            if db.is_database_error(exc):
+                db.note_unavailable(exc)  # logged once per outage, not per pass
+            else:
+                log.exception("authorization_list_refresh_crashed")
 
 
 async def list_sync_context(app: web.Application) -> AsyncIterator[None]:

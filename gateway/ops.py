@@ -173,8 +173,11 @@ async def _purger(state: GatewayState) -> None:
         await asyncio.sleep(state.config.ops.purge_interval.total_seconds())
         try:
             await _purge(state, "gateway")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            log.exception("purge_failed")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if db.is_database_error(exc):
+                db.note_unavailable(exc)  # logged once per outage, not per pass
+            else:
+                log.exception("purge_failed")
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -310,11 +313,6 @@ async def post_purge(request: web.Request) -> web.Response:
 # -- health, readiness, metrics --------------------------------------------------------------
 
 
-async def _check_database(state: GatewayState) -> dict[str, Any]:
-    await state.pool.fetchval("SELECT 1")
-    return {"ok": True}
-
-
 async def _check_hub(state: GatewayState) -> dict[str, Any]:
     import json
 
@@ -349,8 +347,9 @@ async def ready(request: web.Request) -> web.Response:
     holds this agency's current keys; 503 with the failing checks otherwise."""
     state = request.app[GATEWAY_STATE]
     timeout = state.config.ops.ready_timeout
+    # The database probe never raises: an outage is a failing check (503), not a 500.
     database, hub = await asyncio.gather(
-        _timed(_check_database(state), timeout), _timed(_check_hub(state), timeout)
+        db.probe(state.pool, timeout), _timed(_check_hub(state), timeout)
     )
     authorization: dict[str, Any]
     try:

@@ -2,6 +2,9 @@
 
 * :func:`error_middleware` maps every package's exceptions to
   ``{"error": {"code", "message"}}`` with a stable status (see ``errors.status_for``);
+  a database that is unreachable or going away is 503 ``database_unavailable``
+  with ``Retry-After``, noted in ``db``'s tracker (one event per outage, no
+  traceback per request);
 * signed network messages: the sender signs the exact body bytes with its
   Ed25519 key and names the key in the ``Chukan-Signature`` header.
 """
@@ -19,6 +22,7 @@ from aiohttp import web
 from chukan.codecs.errors import CodecError
 from chukan.keys import KeyFormatError, PublicSigningKey, SigningKeyPair, b64d, b64e
 
+from . import db
 from .errors import (
     BadRequestError,
     GatewayError,
@@ -37,6 +41,8 @@ CALLER: Final = web.RequestKey("caller", str)
 SIGNATURE_HEADER: Final = "Chukan-Signature"
 XML_CONTENT_TYPE: Final = "application/xml"
 DEFAULT_MAX_BODY: Final = 8 * 1024 * 1024
+#: Seconds a client is asked to wait after 503 ``database_unavailable``.
+DATABASE_RETRY_AFTER: Final = 5
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,6 +70,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception as exc:
         status, code = status_for(exc)
+        if db.is_database_error(exc):  # ours; a peer's relayed code is the peer's outage
+            # Logged once per outage by the tracker; per request one line, no traceback.
+            db.note_unavailable(exc)
+            log.warning(
+                "request_failed",
+                path=request.path,
+                status=status,
+                code=code,
+                error=type(exc).__name__,
+            )
+            message = (
+                exc.message
+                if isinstance(exc, GatewayError)
+                else "the database is unavailable; try again in a few seconds"
+            )
+            response = error_response(status, code, message)
+            response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER)
+            return response
         if status >= 500 and isinstance(exc, GatewayError) and status != 500:
             # An expected condition with its own code (hub unreachable, no valid list):
             # worth a warning, not a traceback.
