@@ -75,11 +75,16 @@ async def wait_until_sent(kashiwa: Any, query_id: str) -> None:
     raise AssertionError(f"query still {status}")
 
 
-async def retry_deliveries_now(network: Any) -> None:
-    """Operator's "retry now" on the hub's outbox (instead of waiting for the backoff)."""
-    hub = network.hub.app[HUB_STATE]
-    await hub.pool.execute("UPDATE deliveries SET next_attempt_at = now() WHERE status = 'pending'")
-    hub.wake.set()
+async def retry_deliveries_now(network: Any, http: Any) -> None:
+    """The hub operator's "retry now" on the outbox (instead of waiting for the backoff)."""
+    async with http.post(
+        network.hub.url + "/admin/v1/deliveries/retry",
+        headers={"Authorization": f"Bearer {network.hub_config.admin_token}"},
+        ssl=network.hub_operator_ssl(),
+    ) as response:
+        assert response.status == 200, await response.text()
+        body = await response.json()
+    assert isinstance(body["rescheduled"], int)  # 0 when the hub is already retrying it
 
 
 async def reload(kashiwa: Any) -> dict[str, Any]:
@@ -149,7 +154,7 @@ async def test_a_rotation_is_published_and_new_messages_use_the_new_key(
 
 
 async def test_an_answer_sealed_to_the_previous_key_opens_within_the_overlap(
-    network: Any, chiba: Any, kashiwa: Any, rng: random.Random
+    network: Any, http: Any, chiba: Any, kashiwa: Any, rng: random.Random
 ) -> None:
     person = await moved_person(rng, chiba, kashiwa)
     previous = kashiwa.gateway.state.keys.encryption.key_id
@@ -158,7 +163,7 @@ async def test_an_answer_sealed_to_the_previous_key_opens_within_the_overlap(
         await wait_until_sent(kashiwa, query_id)  # the request names `previous`
         rotate_with_cli(kashiwa)
         assert (await reload(kashiwa))["encryption_key"] != previous
-    await retry_deliveries_now(network)
+    await retry_deliveries_now(network, http)
     result = await kashiwa.result(query_id)
     assert result["status"] == "answered", result
     assert previous.encode() in await routed_answer(network, query_id)
@@ -190,7 +195,7 @@ async def test_an_answer_sealed_to_a_key_past_its_overlap_is_refused(
         write_ring(ring_path(config.key_dir, KASHIWA), aged, config.key_passphrase)
         states = {k["key_id"]: k["state"] for k in (await reload(kashiwa))["keys"]}
         assert states[old_enc.key_id] == states[old_sig.key_id] == "expired"
-    await retry_deliveries_now(network)
+    await retry_deliveries_now(network, http)
     result = await kashiwa.result(query_id)
     assert result["status"] == "refused", result
     assert result["reason_code"] == "key_retired"
