@@ -24,6 +24,7 @@ import structlog
 
 from chukan.codecs.envelope import ConclusionRequest
 
+from . import db
 from .errors import UpstreamError
 from .network import apply_pulled_conclusion
 from .queries import QueryStatus, retry_later, send_query
@@ -98,9 +99,11 @@ async def sweep_loop(state: GatewayState) -> None:
         state.sweep_wake.clear()
         try:
             taken = await sweep_once(state)
-        except Exception as exc:  # the database or the hub is away: say so once
-            if not failing:
-                log.warning("sweep_failing", error=type(exc).__name__)
+        except Exception as exc:  # the database is away, or a bug: say so once
+            if db.is_database_error(exc):
+                db.note_unavailable(exc)
+            elif not failing:
+                log.warning("sweep_failing", error=type(exc).__name__, exc_info=exc)
             failing = True
             taken = 0
         else:

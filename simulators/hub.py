@@ -1098,7 +1098,9 @@ async def _delivery_loop(state: HubState) -> None:
                 try:
                     due = await _claim_due(state, limit=free)
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    if not failing:  # once per outage, not once per pass
+                    if db.is_database_error(exc):
+                        db.note_unavailable(exc)  # logged once per outage
+                    elif not failing:
                         log.warning("delivery_pass_failed", error=type(exc).__name__)
                     failing = True
                 else:
