@@ -134,6 +134,16 @@ async def fail_job(
     log.warning("job_failed", job_id=job_id, retrying=retry_at is not None)
 
 
+async def requeue_job(conn: db.Executor, job_id: int) -> None:
+    """An operator's re-run of a finished job: queued again, with a fresh retry budget."""
+    await conn.execute(
+        "UPDATE jobs SET status = 'queued', attempts = 0, error = NULL, next_attempt_at = NULL, "
+        "started_at = NULL, finished_at = NULL WHERE id = $1",
+        job_id,
+    )
+    log.info("job_requeued", job_id=job_id)
+
+
 async def get_job(conn: db.Executor, job_id: int) -> Job | None:
     row = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
     return Job.from_row(row) if row is not None else None

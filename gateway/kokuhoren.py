@@ -14,6 +14,7 @@ Endpoints (grant ``kokuhoren.transmit``):
 * ``POST /internal/v1/kokuhoren/recipient-changes`` ``{"changes": [...]}``
 * ``POST /internal/v1/kokuhoren/transmissions`` ``{"month": "YYYYMM", "kind": ...}``
 * ``GET  /internal/v1/kokuhoren/transmissions/{id}[?wait=s]``
+* ``POST /internal/v1/kokuhoren/transmissions/{id}/resend`` (the same file, same number)
 * ``POST /internal/v1/kokuhoren/returns`` ``{"month": "YYYYMM"}``
 * ``GET  /internal/v1/kokuhoren/returns/{job_id}[?wait=s]``
 """
@@ -47,7 +48,7 @@ from chukan.codecs.kokuhoren import (
 
 from .config import OP_KOKUHOREN_TRANSMIT
 from .errors import ConflictError, NotFoundError, ValidationError
-from .jobs import create_job, get_job
+from .jobs import create_job, get_job, requeue_job
 from .kokuhoren_json import (
     FieldProblem,
     RecordInvalidError,
@@ -124,6 +125,12 @@ class NoValidRecordsError(ValidationError):
 
 class TransmissionUnknownError(NotFoundError):
     code = "transmission_unknown"
+
+
+class TransmissionInProgressError(ConflictError):
+    """The transmission is still being delivered: there is nothing to send again yet."""
+
+    code = "transmission_in_progress"
 
 
 class ReturnIngestUnknownError(NotFoundError):
@@ -497,6 +504,43 @@ async def get_transmission(request: web.Request) -> web.Response:
         await asyncio.sleep(POLL_INTERVAL)
 
 
+async def post_resend(request: web.Request) -> web.Response:
+    """Deliver a transmission's file again, under the same ファイル管理番号 (operator lever).
+
+    For a ``failed`` transmission once its cause is fixed (a mailbox outage longer than
+    the retry budget), or a ``delivered`` one whose intake result is in doubt: the mailbox
+    is idempotent per ファイル管理番号, so a file it already holds is not registered twice
+    and the answer is its stored intake result (``duplicate``).  The job runs again with a
+    fresh retry budget; 409 ``transmission_in_progress`` while it is still queued.
+    """
+    system = await authorize(request, OP_KOKUHOREN_TRANSMIT)
+    state = request.app[GATEWAY_STATE]
+    client = _client(request)
+    transmission_id = _id(request, "transmission_id")
+    async with state.pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT job_id, status FROM kokuhoren_transmissions WHERE id = $1 FOR UPDATE",
+            transmission_id,
+        )
+        if row is None:
+            raise TransmissionUnknownError("no transmission with this id")
+        if row["status"] == "queued":
+            raise TransmissionInProgressError("the transmission is still being delivered")
+        await conn.execute(
+            "UPDATE kokuhoren_transmissions SET status = 'queued' WHERE id = $1", transmission_id
+        )
+        await requeue_job(conn, row["job_id"])
+    spawn_job(state, transmit(state, client, transmission_id), row["job_id"])
+    log.info(
+        "kokuhoren_transmission_resent",
+        transmission_id=transmission_id,
+        job_id=row["job_id"],
+        previous=row["status"],
+        caller=system.system_id,
+    )
+    return web.json_response(await _transmission_json(state, transmission_id), status=202)
+
+
 # -- return files ---------------------------------------------------------------------------
 
 
@@ -623,5 +667,8 @@ def setup_kokuhoren_routes(app: web.Application) -> None:
     app.router.add_post("/internal/v1/kokuhoren/recipient-changes", post_recipient_changes)
     app.router.add_post("/internal/v1/kokuhoren/transmissions", post_transmission)
     app.router.add_get("/internal/v1/kokuhoren/transmissions/{transmission_id}", get_transmission)
+    app.router.add_post(
+        "/internal/v1/kokuhoren/transmissions/{transmission_id}/resend", post_resend
+    )
     app.router.add_post("/internal/v1/kokuhoren/returns", post_returns)
     app.router.add_get("/internal/v1/kokuhoren/returns/{job_id}", get_returns)

@@ -18,9 +18,9 @@ import pytest
 
 from chukan.codecs.kokuhoren import decode_file, encode_file
 from chukan.gateway.config import OP_READ_RECORDS, SystemCredential, Timing, token_digest
-from chukan.gateway.kokuhoren import KOKUHOREN_CLIENT, spawn_job
+from chukan.gateway.kokuhoren import KOKUHOREN_CLIENT
 from chukan.gateway.synthetic import FAMILY_NAMES, GIVEN_NAMES
-from chukan.gateway.transmission import MailboxRefusedError, transmit
+from chukan.gateway.transmission import MailboxRefusedError
 from chukan.simulators.kokuhoren import KOKUHOREN_STATE
 
 pytestmark = pytest.mark.integration
@@ -240,6 +240,8 @@ async def test_mailbox_down_then_up_delivers_after_recovery(
     assert waiting["status"] == "queued"
     assert waiting["last_error"] == "kokuhoren_unavailable"
     assert waiting["job"]["status"] in ("queued", "running")
+    status, body = await chiba.call("POST", f"{TRANSMISSIONS}/{built['transmission_id']}/resend")
+    assert (status, body["error"]["code"]) == (409, "transmission_in_progress")
 
     await network.start_kokuhoren()  # the same port, database and keys
     assert network.kokuhoren_config.port == port
@@ -254,7 +256,7 @@ async def test_mailbox_down_then_up_delivers_after_recovery(
 
 
 async def test_a_file_management_number_is_never_taken_twice(
-    chiba: Any, network: Any, rng: random.Random
+    chiba: Any, network: Any, rng: random.Random, log_capture: Any
 ) -> None:
     assert (await post_changes(chiba, change(rng, dt.date(2023, 4, 3))))[0] == 201
     built = await transmit_month(chiba, "202304")
@@ -290,18 +292,17 @@ async def test_a_file_management_number_is_never_taken_twice(
         == 1
     )
 
-    # The gateway re-running the job (a lost answer, a restart) ends in the same result.
-    await state.pool.execute(
-        "UPDATE kokuhoren_transmissions SET status = 'queued' WHERE id = $1",
-        built["transmission_id"],
-    )
-    await state.pool.execute(
-        "UPDATE jobs SET status = 'queued', finished_at = NULL WHERE id = $1", built["job_id"]
-    )
-    spawn_job(state, transmit(state, client, built["transmission_id"]), built["job_id"])
+    # The operator sending the file again (an intake result in doubt) gets the same result.
+    status, resent = await chiba.call("POST", f"{TRANSMISSIONS}/{built['transmission_id']}/resend")
+    assert status == 202 and resent["status"] == "queued", resent
     again = await wait_transmission(chiba, built["transmission_id"])
     assert again["status"] == "delivered" and again["intake"]["duplicate"] is True
     assert again["intake"]["accepted"] == first["intake"]["accepted"]
+    assert again["file_management_number"] == fmn and again["job"]["status"] == "done"
+    assert any(
+        e["transmission_id"] == built["transmission_id"] and e["previous"] == "delivered"
+        for e in log_capture.named("kokuhoren_transmission_resent")
+    )
 
 
 async def test_a_name_outside_shift_jis_is_refused(chiba: Any, rng: random.Random) -> None:
@@ -447,6 +448,8 @@ async def test_requests_are_validated(chiba: Any, rng: random.Random) -> None:
     assert status == 409 and body["error"]["code"] == "nothing_to_transmit"
     status, body = await chiba.call("GET", f"{TRANSMISSIONS}/999999999")
     assert status == 404 and body["error"]["code"] == "transmission_unknown"
+    status, body = await chiba.call("POST", f"{TRANSMISSIONS}/999999999/resend")
+    assert status == 404 and body["error"]["code"] == "transmission_unknown"
     status, body = await chiba.call("GET", f"{RETURNS}/999999999")
     assert status == 404 and body["error"]["code"] == "return_ingest_unknown"
     status, body = await chiba.call("POST", CHANGES, json={"changes": []})
@@ -527,6 +530,21 @@ async def test_grant_and_configuration_are_required(
         assert failed["status"] == "failed" and failed["last_error"] == "kokuhoren_unavailable"
         assert failed["job"]["status"] == "failed" and failed["job"]["attempts"] == 3
         assert failed["job"]["error"].startswith("kokuhoren_unavailable: gave up after 3")
+        # Once the mailbox is back, the operator sends the same file again.
+        await network.start_kokuhoren()
+        transmission = f"{TRANSMISSIONS}/{built['transmission_id']}"
+        status, resent = await api.call("POST", f"{transmission}/resend")
+        assert status == 202 and resent["status"] == "queued", resent
+        done = await wait_transmission(api, built["transmission_id"])
+        assert done["status"] == "delivered" and done["intake"]["status"] == "accepted"
+        assert done["intake"]["duplicate"] is False
+        assert done["file_management_number"] == built["file_management_number"]
+        assert done["job"]["status"] == "done" and done["job"]["attempts"] == 1
+        assert done["attempts"] == 4 and done["last_error"] is None
+        status, body = await api_of(http, reader).call(
+            "POST", f"{transmission}/resend", token=reader_token
+        )
+        assert status == 403 and body["error"]["code"] == "forbidden"
     finally:
         for code in ("122106", "122114", "122122"):
             gateway = network.gateways.pop(code, None)
@@ -604,10 +622,19 @@ async def test_the_mailbox_needs_the_insurers_agency_certificate_as_well_as_its_
         assert response.status == 200
 
 
-async def test_no_personal_data_in_logs(log_capture: Any) -> None:
-    """Runs last in this file: nothing the tests sent as 被保険者番号 or name was logged."""
-    if not PERSONAL:
-        pytest.skip("nothing was sent: run it after the other tests of this file")
+async def test_no_personal_data_in_logs(chiba: Any, rng: random.Random, log_capture: Any) -> None:
+    """Nothing sent as 被保険者番号 or name was logged: this test's own file (a 新規 and a
+    refused record) and whatever the tests before it in the session sent."""
+    known = insured_number(rng)
+    refused = change(
+        rng, dt.date(2023, 11, 1), insured=known, change_kind="2", reason="05", care_level="22"
+    )
+    status, _ = await post_changes(chiba, change(rng, dt.date(2023, 11, 1), insured=known), refused)
+    assert status == 201
+    built = await transmit_month(chiba, "202311")
+    intake = (await wait_transmission(chiba, built["transmission_id"]))["intake"]
+    assert (intake["accepted"], intake["rejected"]) == (1, 1)
     text = log_capture.getvalue()
+    assert built["file_management_number"] in text  # the file's events are in the capture
     leaked = sorted(value for value in PERSONAL if value in text)
     assert leaked == []
