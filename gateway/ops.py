@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import csv
 import datetime as dt
+import hashlib
 import io
+import stat
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
@@ -24,6 +26,9 @@ from typing import Any, Final
 import asyncpg
 import structlog
 from aiohttp import web
+
+from chukan.keys import KeysError
+from chukan.keys.ring import ring_from_bytes
 
 from . import db
 from .config import DEFAULT_PERMIT_SKEW, GatewayConfig
@@ -34,6 +39,8 @@ from .errors import (
     ValidationError,
 )
 from .jobs import Job, create_job, fail_job, finish_job, get_job, list_jobs, start_job
+from .keyring import ring_path
+from .keystore import AgencyKeys
 from .listsync import require_list
 from .metrics import CONTENT_TYPE, GatewayMetrics, metrics_for
 from .staff import ROLE_ADMIN, ROLE_AUDITOR, ROLE_OPERATOR, audit_staff, require_staff
@@ -330,6 +337,46 @@ async def _check_hub(state: GatewayState) -> dict[str, Any]:
     return {"ok": True}
 
 
+#: Outcomes of :func:`_check_key_ring` by (file, its bytes' digest, its mode, keys in use).
+_RING_CHECKS: dict[tuple[Any, ...], str | None] = {}
+
+
+def _check_key_ring(config: GatewayConfig, keys: AgencyKeys) -> dict[str, Any]:
+    """The key ring at rest opens with the configured passphrase and holds the keys in
+    use: a key reload or a restart would come back with them.  Opening it costs an
+    scrypt, so the outcome is kept for the file's exact bytes and mode."""
+    path = ring_path(config.key_dir, config.agency_code)
+    try:
+        data, mode = path.read_bytes(), stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return {"ok": False, "reason": "the key ring cannot be read"}
+    in_use = {k.key_id: k.public.raw for k in (keys.signing, keys.encryption)}
+    memo = (path, hashlib.sha256(data).digest(), mode, tuple(sorted(in_use.items())))
+    if memo not in _RING_CHECKS:
+        reason: str | None = None
+        if mode & 0o077:
+            reason = "the key ring is readable by others"
+        else:
+            try:
+                ring = ring_from_bytes(data, config.key_passphrase)
+            except KeysError:
+                reason = "the key ring does not open with the configured passphrase"
+            else:
+                held = {k.key_id: k.pair.public.raw for k in ring.signing_keys}
+                held.update((k.key_id, k.pair.public.raw) for k in ring.encryption_keys)
+                if ring.owner != config.agency_code or any(
+                    held.get(key_id) != raw for key_id, raw in in_use.items()
+                ):
+                    reason = "the key ring does not hold the keys in use"
+        if len(_RING_CHECKS) >= 64:
+            _RING_CHECKS.clear()
+        _RING_CHECKS[memo] = reason
+    reason = _RING_CHECKS[memo]
+    if reason is not None:
+        return {"ok": False, "reason": reason}
+    return {"ok": True, "signing_key": keys.signing.key_id}
+
+
 async def _timed(check: Any, limit: float) -> dict[str, Any]:
     try:
         result: dict[str, Any] = await asyncio.wait_for(check, limit)
@@ -343,8 +390,9 @@ async def _timed(check: Any, limit: float) -> dict[str, Any]:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """200 when the database and hub answer, the authorization list is valid and the hub
-    holds this agency's current keys; 503 with the failing checks otherwise."""
+    """200 when the database and hub answer, the authorization list is valid, the hub
+    holds this agency's current keys and the key ring at rest holds them too (see
+    :func:`_check_key_ring`); 503 with the failing checks otherwise."""
     state = request.app[GATEWAY_STATE]
     timeout = state.config.ops.ready_timeout
     # The database probe never raises: an outage is a failing check (503), not a 500.
@@ -356,12 +404,7 @@ async def ready(request: web.Request) -> web.Response:
         authorization = {"ok": True, "version": require_list(state).version}
     except AuthorizationListUnavailableError as exc:  # the same reason queries are refused with
         authorization = {"ok": False, "reason": exc.reason}
-    try:
-        probe = b"chukan-ready-probe"
-        state.keys.signing.public.verify(probe, state.keys.signing.sign(probe))
-        keys: dict[str, Any] = {"ok": True, "signing_key": state.keys.signing.key_id}
-    except Exception:
-        keys = {"ok": False, "reason": "signing key does not verify"}
+    keys = await _timed(asyncio.to_thread(_check_key_ring, state.config, state.keys), timeout)
     checks = {"database": database, "hub": hub, "authorization_list": authorization, "keys": keys}
     ok = all(c["ok"] for c in checks.values())
     if not ok:

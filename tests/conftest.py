@@ -241,7 +241,8 @@ async def ops_gateway(network: Any, http: Any) -> Api:
             scrypt_n=2**10,
             initial_admin=InitialAdmin("root", hash_password(ROOT_PASSWORD, n=2**10, r=8, p=1)),
         ),
-        ops=OpsConfig(purge_interval=dt.timedelta(seconds=0.3), ready_timeout=1.0),
+        # /ready's first look at the key ring opens it (an scrypt): room for a busy machine.
+        ops=OpsConfig(purge_interval=dt.timedelta(seconds=0.3), ready_timeout=5.0),
         records=RecordsConfig(
             checkpoint_every=5,
             checkpoint_interval=dt.timedelta(seconds=0.3),
