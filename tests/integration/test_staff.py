@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import io
 import secrets
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -12,6 +15,7 @@ import pytest
 from conftest import OPS_AGENCY, ROOT_PASSWORD
 
 from chukan.gateway import admin_cli, cli
+from chukan.gateway.staff import token_sha256
 
 pytestmark = pytest.mark.integration
 
@@ -178,17 +182,56 @@ async def test_account_crud_validates_and_never_half_applies(ops_gateway: Any, a
     assert user in [a["username"] for a in listing["accounts"]]
 
 
+async def _session_clock(conn: asyncpg.Connection, token: str) -> tuple[dt.timedelta, dt.timedelta]:
+    """(age, time since last use) of a session, by the database clock the gateway judges
+    idleness with."""
+    row = await conn.fetchrow(
+        "SELECT now() - created_at AS age, now() - last_seen_at AS unused FROM staff_sessions "
+        "WHERE tenant = $1 AND token_sha256 = $2",
+        OPS_AGENCY,
+        token_sha256(token),
+    )
+    assert row is not None
+    return row["age"], row["unused"]
+
+
+async def _until(
+    condition: Callable[[], Awaitable[bool]], what: str, deadline: float = 15.0
+) -> None:
+    """Poll ``condition()`` until it holds, failing after ``deadline`` seconds."""
+    stop = time.monotonic() + deadline
+    while not await condition():
+        if time.monotonic() > stop:
+            pytest.fail(f"still not {what} after {deadline} s")
+        await asyncio.sleep(0.05)
+
+
 async def test_idle_sessions_end(ops_gateway: Any, admin: str) -> None:
+    """A session in use outlives the idle timeout; once unused for longer, it has ended.
+
+    Each step waits for a fact on the database clock (the session's age, the time since
+    its last use) instead of sleeping for a guessed time."""
+    idle: dt.timedelta = ops_gateway.gateway.config.staff.idle_timeout  # 1 s in this gateway
     user, password = await make_account(ops_gateway, admin, ["operator"])
     token = await session(ops_gateway, user, password)
-    for _ in range(3):  # use keeps it alive past the idle timeout (1 s in this gateway)
-        await asyncio.sleep(0.4)
-        assert (await ops_gateway.call("GET", "/staff/v1/me", token=token))[0] == 200
-    await asyncio.sleep(1.2)
-    status, body = await ops_gateway.call("GET", "/staff/v1/me", token=token)
-    assert status == 401 and body["error"]["code"] == "session_invalid"
     conn = await owner(ops_gateway)
     try:
+
+        async def in_use_past_the_timeout() -> bool:
+            status, body = await ops_gateway.call("GET", "/staff/v1/me", token=token)
+            assert status == 200, body  # every use restarts the idle clock
+            age, _ = await _session_clock(conn, token)
+            return age > idle
+
+        await _until(in_use_past_the_timeout, "older than the idle timeout")
+
+        async def unused_past_the_timeout() -> bool:
+            _, unused = await _session_clock(conn, token)
+            return unused > idle
+
+        await _until(unused_past_the_timeout, "idle")
+        status, body = await ops_gateway.call("GET", "/staff/v1/me", token=token)
+        assert status == 401 and body["error"]["code"] == "session_invalid"
         reason = await conn.fetchval(
             "SELECT end_reason FROM staff_sessions WHERE tenant = $1 AND username = $2",
             OPS_AGENCY,
