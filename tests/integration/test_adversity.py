@@ -21,6 +21,8 @@ import pytest
 
 from chukan.codecs import catalog
 from chukan.codecs.sample_items import certification_item
+from chukan.gateway.keyring import enrolment_payload
+from chukan.gateway.state import utcnow
 from chukan.gateway.synthetic import SyntheticPerson, synthetic_person
 from chukan.simulators.hub import HUB_STATE
 
@@ -104,25 +106,33 @@ class CuttingProxy:
             done.set_result(None)
 
 
+async def enrol_at(network: Any, http: Any, code: str, endpoint: str) -> None:
+    """The hub operator points the registry entry of agency ``code`` at ``endpoint``
+    (``POST /admin/v1/agencies`` with the agency's current keys, as its gateway enrols)."""
+    state = network.gateways[code].state
+    async with http.post(
+        network.hub.url + "/admin/v1/agencies",
+        json=enrolment_payload(state.config, endpoint, state.ring, utcnow()),
+        headers={"Authorization": f"Bearer {network.hub_config.admin_token}"},
+        ssl=network.hub_operator_ssl(),
+    ) as response:
+        assert response.status == 201, await response.text()
+
+
 @contextlib.asynccontextmanager
-async def proxied(network: Any, code: str, cuts: int) -> AsyncIterator[CuttingProxy]:
+async def proxied(network: Any, http: Any, code: str, cuts: int) -> AsyncIterator[CuttingProxy]:
     """Route the hub's calls to agency ``code`` through a cutting proxy, then restore."""
-    hub = network.hub.app[HUB_STATE]
-    endpoint: str = await hub.pool.fetchval("SELECT endpoint FROM agencies WHERE code = $1", code)
+    endpoint: str = network.gateways[code].state.endpoint
     target = urlsplit(endpoint)
     assert target.hostname is not None
     assert target.port is not None
     proxy = CuttingProxy(target.hostname, target.port, cuts)
     await proxy.start()
-    await hub.pool.execute(
-        "UPDATE agencies SET endpoint = $2 WHERE code = $1",
-        code,
-        f"{target.scheme}://127.0.0.1:{proxy.port}",
-    )
+    await enrol_at(network, http, code, f"{target.scheme}://127.0.0.1:{proxy.port}")
     try:
         yield proxy
     finally:
-        await hub.pool.execute("UPDATE agencies SET endpoint = $2 WHERE code = $1", code, endpoint)
+        await enrol_at(network, http, code, endpoint)
         await proxy.stop()
 
 
@@ -151,10 +161,10 @@ async def _query(funabashi: Any, there: SyntheticPerson) -> str:
 
 
 async def test_a_provision_whose_answer_was_cut_is_answered_again_not_refused(
-    network: Any, chiba: Any, funabashi: Any, rng: random.Random, log_capture: Any
+    network: Any, http: Any, chiba: Any, funabashi: Any, rng: random.Random, log_capture: Any
 ) -> None:
     _, there, item = await moved_person(rng, chiba, funabashi)
-    async with proxied(network, catalog.CHIBA_CITY, cuts=1) as proxy:
+    async with proxied(network, http, catalog.CHIBA_CITY, cuts=1) as proxy:
         query_id = await _query(funabashi, there)
         result = await funabashi.result(query_id)
     assert proxy.cut == 1  # the first answer really was lost
@@ -177,10 +187,10 @@ async def test_a_provision_whose_answer_was_cut_is_answered_again_not_refused(
 
 
 async def test_an_answer_whose_acknowledgement_was_cut_is_kept_once(
-    network: Any, chiba: Any, funabashi: Any, rng: random.Random
+    network: Any, http: Any, chiba: Any, funabashi: Any, rng: random.Random
 ) -> None:
     _, there, item = await moved_person(rng, chiba, funabashi)
-    async with proxied(network, catalog.FUNABASHI_CITY, cuts=1) as proxy:
+    async with proxied(network, http, catalog.FUNABASHI_CITY, cuts=1) as proxy:
         query_id = await _query(funabashi, there)
         result = await funabashi.result(query_id)
         hub = network.hub.app[HUB_STATE]
