@@ -5,17 +5,25 @@ replica upload can be far larger than that. Here the bytes pass through
 :class:`GuardedReader` on their way to libxml2, which refuses — before libxml2 sees
 them — documents over the size limit, non-UTF-8 documents and any DTD or entity
 markup, and the parser itself runs with entities, DTDs and network access off.
+:func:`hardened_iterparse` refuses processing instructions and XInclude elements as
+the parser reports them, wherever they are.
+
+Errors come from the failing parse only: :func:`syntax_error` reads the exception's
+own fields, never ``exc.error_log`` (for some failures lxml fills that with a copy of
+the thread's global log, i.e. earlier parses of that thread), and an empty document
+is named as such by the reader before libxml2 has to guess.
 """
 
 from __future__ import annotations
 
 import re
-from typing import BinaryIO, Final
+from collections.abc import Iterator
+from typing import Any, BinaryIO, Final
 
 from lxml import etree
 
 from .errors import CodecError, XmlEncodingError, XmlError, XmlForbiddenError, XmlLimitError
-from .xmlsafe import HARDENED_OPTIONS
+from .xmlsafe import HARDENED_OPTIONS, XINCLUDE_TAG, error_name, forbidden_node
 
 #: How many bytes of the document start are inspected before any is handed on.
 _HEAD_BYTES: Final = 1024
@@ -23,6 +31,7 @@ _HEAD_BYTES: Final = 1024
 _CARRY: Final = 16
 _DECLARATION = re.compile(rb"^\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
 _FORBIDDEN_MARKUP = re.compile(rb"<!(DOCTYPE|ENTITY|ELEMENT|ATTLIST|NOTATION)", re.IGNORECASE)
+_XML_WHITESPACE: Final = b" \t\r\n"
 
 
 class GuardedReader:
@@ -41,6 +50,8 @@ class GuardedReader:
         self._pending = b""
         self._head_checked = False
         self._carry = b""
+        #: Whether everything handed on so far was XML whitespace.
+        self._blank = True
         #: Bytes handed to the parser so far.
         self.consumed = 0
 
@@ -80,7 +91,11 @@ class GuardedReader:
         else:
             chunk = self._raw_read(size)
         if not chunk:
+            if self._blank:
+                raise XmlError("the document is empty", where="/")
             return b""
+        if self._blank and chunk.strip(_XML_WHITESPACE):
+            self._blank = False
         self.consumed += len(chunk)
         if self.consumed > self._max_bytes:
             raise XmlLimitError(f"document exceeds {self._max_bytes} bytes")
@@ -96,20 +111,35 @@ class GuardedReader:
 
 def hardened_iterparse(
     reader: GuardedReader, tags: tuple[str, ...] | None = None
-) -> etree.iterparse:
+) -> Iterator[tuple[str, Any]]:
     """``iterparse`` over ``reader`` with every dangerous libxml2 feature off.
 
-    ``tags`` restricts start/end events to those elements (Clark notation).
+    ``tags`` restricts start/end events to those elements (Clark notation). A
+    processing instruction or an XInclude element anywhere in the document raises
+    :class:`XmlForbiddenError` when the parser reaches it (its events are requested
+    whatever ``tags`` says, and never yielded).
     """
-    return etree.iterparse(
-        reader, events=("start", "end"), tag=tags, recover=False, **HARDENED_OPTIONS
+    events = etree.iterparse(
+        reader,
+        events=("start", "end", "pi"),
+        tag=None if tags is None else (*tags, XINCLUDE_TAG),
+        recover=False,
+        **HARDENED_OPTIONS,
     )
+    for event, node in events:
+        if event != "end":
+            refusal = forbidden_node(node)
+            if refusal is not None:
+                raise refusal
+        yield event, node
 
 
 def syntax_error(exc: etree.XMLSyntaxError) -> CodecError:
-    """A value-free codec error for a libxml2 syntax error (its text may quote data)."""
-    last = getattr(exc.error_log, "last_error", None)
-    type_name = str(getattr(last, "type_name", "ERR"))
+    """A value-free codec error for a libxml2 syntax error (its text may quote data).
+
+    Only this exception's own fields are read (see the module docstring).
+    """
+    type_name = error_name(exc)
     where = f"line {exc.lineno}" if exc.lineno else None
     message = str(exc.msg or "")
     lowered = message.lower()

@@ -29,7 +29,10 @@ The single-item ``PUT`` of the internal API maps onto the same store: record key
 ``1`` unless ``record_key`` is given, valid from today (Japan) unless ``valid_from``
 is given. Items of the six 介護保険 codes are validated against their XSD and stored
 in canonical form (``encode_item``), like items of registration messages, so the
-content digest is the same whichever way an item came in.
+content digest is the same whichever way an item came in. Items of other businesses
+are accepted only when they have an XSD (``chukan.codecs.schema_items``), validated
+and stored as parsed; any other code is refused (422 ``item_code_unsupported``), so
+no XML that no schema checked is stored or provided.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from aiohttp import web
 
 from chukan.codecs.item_model import Item
 from chukan.codecs.items import ITEM_CODES, decode_item, encode_item
+from chukan.codecs.schema_items import canonical_item_bytes, is_accepted_item_code
 from chukan.codecs.xmlsafe import parse_xml
 
 from . import db
@@ -229,12 +233,35 @@ def provision_document(item_code: str, contents: Sequence[bytes]) -> bytes:
 # -- single items (PUT) ------------------------------------------------------------------
 
 
-def canonical_item(item_code: str, content: bytes) -> bytes:
-    """Validated canonical bytes for a modelled item; safe-parsed bytes otherwise."""
-    if item_code in ITEM_CODES:
-        return encode_item(decode_item(item_code, content))
+class ItemCodeUnsupportedError(ValidationError):
+    """No schema for this 特定個人情報名 code in this gateway: its items are refused."""
+
+    code = "item_code_unsupported"
+
+
+def require_accepted_code(item_code: str) -> None:
+    """422 ``item_code_unsupported`` unless items of ``item_code`` have a schema here."""
+    if not is_accepted_item_code(item_code):
+        raise ItemCodeUnsupportedError(
+            "no schema for this 特定個人情報名 code in this gateway: its items are not accepted"
+        )
+
+
+def accept_item(item_code: str, content: bytes) -> None:
+    """Refuse, before anything is looked up or stored, what can never be accepted.
+
+    422 ``item_code_unsupported`` for a code without a schema (no XML is stored that
+    no schema checked); 400/413 for hostile or broken XML (DTDs, processing
+    instructions, XInclude, oversize, too deep).
+    """
+    require_accepted_code(item_code)
     parse_xml(content)
-    return content
+
+
+def canonical_item(item_code: str, content: bytes) -> bytes:
+    """Validated canonical bytes: typed items re-encoded, schema-only items as parsed."""
+    require_accepted_code(item_code)
+    return canonical_item_bytes(item_code, content)
 
 
 async def store_single_item(
@@ -255,7 +282,7 @@ async def store_single_item(
     valid_from = valid_from or today_jst()
     if valid_to is not None and valid_to < valid_from:
         raise ValidationError("valid_to is before valid_from")
-    parse_xml(content)  # DTDs, entities, oversize and deep documents are refused first
+    accept_item(item_code, content)  # unsupported codes and hostile XML are refused first
     async with state.pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "SELECT pg_advisory_xact_lock_shared($1, hashtext(chukan_tenant()))", REPLICA_LOCK
