@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass
 from typing import Final
@@ -22,7 +23,7 @@ from chukan.codecs.envelope import (
     new_message_id,
 )
 from chukan.codecs.errors import CodecError
-from chukan.codecs.xmlsafe import parse_xml
+from chukan.codecs.schema_items import canonical_item_bytes
 from chukan.keys import KeysError, public_encryption_key, seal
 from chukan.permits import (
     Permit,
@@ -420,7 +421,8 @@ async def take_answer(
     """
     provider = envelope.header.sender
     row = await state.pool.fetchrow(
-        "SELECT provider, status, permit_id FROM queries WHERE query_id = $1", body.query_id
+        "SELECT provider, status, permit_id, item_code FROM queries WHERE query_id = $1",
+        body.query_id,
     )
     if row is None or row["provider"] != provider:
         raise QueryUnknownError("no query of ours matches this answer")
@@ -444,7 +446,8 @@ async def take_answer(
         try:
             # Any key of the ring still in its overlap window opens the answer.
             plaintext = state.ring.unseal(body.payload, aad, now=utcnow())
-            parse_xml(plaintext)  # what we hand to core systems must be safe XML too
+            # What we hand to core systems is safe XML that its item's schema accepts.
+            await asyncio.to_thread(canonical_item_bytes, row["item_code"], plaintext)
         except (KeysError, CodecError) as exc:
             # Provided by the provider, but not usable here: this side's record says why.
             concluded = await conclude_refused(

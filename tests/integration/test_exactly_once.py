@@ -33,7 +33,9 @@ from chukan.codecs.envelope import (
 )
 from chukan.codecs.sample_items import certification_item
 from chukan.gateway.metrics import metrics_for
+from chukan.gateway.state import answer_aad
 from chukan.gateway.web import SIGNATURE_HEADER, signature_header
+from chukan.keys import seal
 from chukan.simulators.hub import HUB_STATE
 
 pytestmark = pytest.mark.integration
@@ -56,7 +58,7 @@ async def answered_query(chiba: Any, funabashi: Any, rng: random.Random) -> str:
 
 async def submit(api: Any, atena_id: str, item: str, key: str, **extra: Any) -> tuple[int, Any]:
     """POST a query with an Idempotency-Key, as a core system retrying would."""
-    return await api.call(
+    answer: tuple[int, Any] = await api.call(
         "POST",
         "/internal/v1/queries",
         json={
@@ -68,6 +70,7 @@ async def submit(api: Any, atena_id: str, item: str, key: str, **extra: Any) -> 
         },
         headers={"Idempotency-Key": key},
     )
+    return answer
 
 
 async def _hub_outcome(network: Any, query_id: str) -> str:
@@ -294,3 +297,38 @@ async def test_a_failed_background_task_is_logged_once_and_counted(
         e for e in log_capture.named("background_task_failed") if marker in e.get("exception", "")
     ]
     assert len(events) == 1 and events[0]["task"] == "probe"
+
+
+async def test_an_answer_its_items_schema_refuses_is_not_handed_over(
+    chiba: Any, funabashi: Any, network: Any, http: Any, rng: random.Random
+) -> None:
+    """Sealed correctly by the provider, but not a valid item: concluded refused, with why."""
+    query_id, _ = await held_query(chiba, funabashi, rng)
+    permit_id = await network.hub.app[HUB_STATE].pool.fetchval(
+        "SELECT permit_id FROM hub_records WHERE query_id = $1", query_id
+    )
+    requester_key = funabashi.gateway.state.keys.encryption.public
+    aad = answer_aad(query_id, permit_id, catalog.CHIBA_CITY, catalog.FUNABASHI_CITY)
+    bogus = b'<?xml version="1.0" encoding="UTF-8"?><NotAnItem>1</NotAnItem>'
+    answer = ProvisionAnswer(query_id, permit_id, "provided", None, seal(requester_key, bogus, aad))
+    header = Header(
+        new_message_id(),
+        "ProvisionAnswer",
+        catalog.CHIBA_CITY,
+        catalog.FUNABASHI_CITY,
+        dt.datetime.now(dt.UTC),
+    )
+    message = encode_message(header, answer)
+    async with http.post(
+        funabashi.gateway.url + "/network/v1/messages",
+        data=message,
+        headers={
+            "Content-Type": "application/xml",
+            SIGNATURE_HEADER: signature_header(chiba.gateway.state.keys.signing, message),
+        },
+        ssl=network.hub_client_ssl(),
+    ) as response:
+        assert response.status == 200, await response.text()
+    result = await funabashi.result(query_id)
+    assert (result["status"], result["result"]) == ("refused", None)
+    assert result["reason_code"] == "xml_structure"  # not the root element of its item
