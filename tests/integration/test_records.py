@@ -22,6 +22,7 @@ import pytest
 from chukan.codecs import catalog
 from chukan.codecs.sample_items import certification_item
 from chukan.gateway import admin_cli, cli, db
+from chukan.gateway.keyring import enrolment_payload
 from chukan.gateway.records import (
     RecordEntry,
     chain_hash,
@@ -31,6 +32,7 @@ from chukan.gateway.records import (
     write_record,
 )
 from chukan.gateway.server import start_gateway
+from chukan.gateway.state import utcnow
 from chukan.gateway.synthetic import SyntheticPerson, synthetic_person
 from chukan.keys import b64e, generate_signing_key
 from chukan.simulators.hub import HUB_STATE
@@ -381,7 +383,7 @@ async def test_a_rewritten_chain_is_caught_by_its_signed_checkpoint(chiba: Any) 
 
 
 async def test_two_gateway_processes_of_one_tenant_keep_one_chain(
-    ops_gateway: Any, log_capture: Any
+    network: Any, http: Any, ops_gateway: Any, log_capture: Any
 ) -> None:
     first = ops_gateway.gateway
     agency = first.config.agency_code
@@ -439,6 +441,15 @@ async def test_two_gateway_processes_of_one_tenant_keep_one_chain(
         assert any(e.get("tenant") == agency for e in log_capture.named("record_checkpoint_signed"))
     finally:
         await second.stop()
+        # The second process enrolled last: the hub operator points it back at the first.
+        state = first.state
+        async with http.post(
+            network.hub.url + "/admin/v1/agencies",
+            json=enrolment_payload(state.config, state.endpoint, state.ring, utcnow()),
+            headers={"Authorization": f"Bearer {network.hub_config.admin_token}"},
+            ssl=network.hub_operator_ssl(),
+        ) as response:
+            assert response.status == 201, await response.text()
 
 
 async def test_disclosure_to_an_auditor_is_complete_and_itself_recorded(
@@ -543,8 +554,9 @@ async def test_disclosure_to_an_auditor_is_complete_and_itself_recorded(
 
 
 async def test_records_verify_cli_reads_the_agency_key_folder(
-    chiba: Any, monkeypatch: pytest.MonkeyPatch
+    chiba: Any, funabashi: Any, rng: random.Random, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    await round_trip(chiba, funabashi, rng)  # at least one record for the checkpoint to sign
     config = chiba.gateway.config
     monkeypatch.setenv("CHUKAN_KEY_PASSPHRASE", config.key_passphrase.decode())
     status, output = await run_cli(
@@ -564,7 +576,10 @@ async def test_records_verify_cli_reads_the_agency_key_folder(
     assert dataclasses.is_dataclass(config)
 
 
-async def test_core_systems_read_records_with_their_chain_fields(chiba: Any) -> None:
+async def test_core_systems_read_records_with_their_chain_fields(
+    chiba: Any, funabashi: Any, rng: random.Random
+) -> None:
+    await round_trip(chiba, funabashi, rng)
     status, body = await chiba.call("GET", "/internal/v1/records")
     assert status == 200 and body["records"]
     first = body["records"][0]
