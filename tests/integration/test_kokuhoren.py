@@ -578,6 +578,8 @@ async def test_a_queued_transmission_resumes_after_a_gateway_restart(
             ):
                 break
             await asyncio.sleep(0.05)
+        else:
+            pytest.fail("no retry was scheduled while the mailbox was down")
         await gateway.server.stop()  # the process goes away with the job queued
         conn = await asyncpg.connect(gateway.config.database_url)
         try:
