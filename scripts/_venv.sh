@@ -1,5 +1,6 @@
 # Shared by scripts/demo and scripts/test: create .venv with Python >= 3.11 and install
-# the project (editable) with its test tools, reinstalling only when pyproject.toml changes.
+# the project (editable) with its test tools at the exact versions of constraints.txt,
+# reinstalling only when pyproject.toml or constraints.txt changes.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -14,8 +15,8 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 STAMP=.venv/.chukan-installed
-WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+WANT="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-    .venv/bin/python -m pip install --quiet -e '.[test]'
+    .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
     echo "$WANT" > "$STAMP"
 fi
