@@ -35,7 +35,6 @@ from chukan.permits.errors import PermitMalformedError
 
 from . import db
 from .errors import (
-    MessageReplayError,
     MessageSignatureError,
     MisaddressedError,
     ProvisionInProgressError,
@@ -89,18 +88,10 @@ async def receive_message(request: web.Request) -> web.Response:
     if isinstance(body, ProvisionRequest) and header.sender == HUB:
         require_list(state)  # 503 before anything is claimed: the hub retries
         return await _provide_once(state, envelope, body)
-    if abs(utcnow() - header.created) > state.config.timing.message_skew:
-        raise StaleMessageError("message timestamp is outside the accepted window")
-    fresh = await state.pool.fetchval(
-        "INSERT INTO seen_messages (message_id, sender) VALUES ($1, $2) "
-        "ON CONFLICT DO NOTHING RETURNING 1",
-        header.message_id,
-        header.sender,
-    )
-    if fresh is None and not isinstance(body, ProvisionAnswer | QueryRefusal):
-        raise MessageReplayError("message id already seen")
-    # Answers and refusals are applied idempotently (by query state), so a delivery
-    # retried after a lost response is acknowledged again rather than refused.
+    # An answer or a refusal concludes one of our open queries, once: bound to that
+    # query (and its permit, in the sealed payload's associated data) and signed, a
+    # copy can only conclude it the same way.  So a delivery the hub retries, even
+    # long after (the requester was down), is acknowledged, never refused as stale.
     return await _apply_conclusion(state, envelope)
 
 

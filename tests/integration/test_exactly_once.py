@@ -332,3 +332,33 @@ async def test_an_answer_its_items_schema_refuses_is_not_handed_over(
     result = await funabashi.result(query_id)
     assert (result["status"], result["result"]) == ("refused", None)
     assert result["reason_code"] == "xml_structure"  # not the root element of its item
+
+
+async def test_a_conclusion_delivered_long_after_is_still_taken(
+    chiba: Any, funabashi: Any, network: Any, http: Any, rng: random.Random
+) -> None:
+    """The hub retries a conclusion for as long as the requester was away: never stale."""
+    query_id, _ = await held_query(chiba, funabashi, rng)
+    hub_signer = network.hub.app[HUB_STATE].keys.signing
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    refusal = QueryRefusal(query_id, "provider_unreachable", "the provider did not answer")
+    header = Header(new_message_id(), "QueryRefusal", HUB, catalog.FUNABASHI_CITY, long_ago)
+    message = encode_message(header, refusal)
+    for _ in range(2):  # and again, as a retried delivery
+        async with http.post(
+            funabashi.gateway.url + "/network/v1/messages",
+            data=message,
+            headers={
+                "Content-Type": "application/xml",
+                SIGNATURE_HEADER: signature_header(hub_signer, message),
+            },
+            ssl=network.hub_client_ssl(),
+        ) as response:
+            assert response.status == 200
+            assert (await response.json())["accepted"] is True
+    result = await funabashi.result(query_id)
+    assert (result["status"], result["reason_code"]) == ("refused", "provider_unreachable")
+    records = await funabashi.gateway.state.pool.fetchval(
+        "SELECT count(*) FROM provision_records WHERE query_id = $1", query_id
+    )
+    assert records == 1
