@@ -45,8 +45,38 @@ def scrub_personal_numbers(
     return event_dict
 
 
+class _LibraryHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Standard-library records (asyncpg, aiohttp) as the same JSON events."""
+
+
+def _route_library_logs(level: int, stream: TextIO) -> None:
+    """Libraries log through :mod:`logging`: render their warnings as JSON events too."""
+    handler = _LibraryHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                scrub_personal_numbers,
+                structlog.processors.JSONRenderer(ensure_ascii=False),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _LibraryHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(level, logging.WARNING))
+
+
 def configure_logging(level: int = logging.INFO, stream: TextIO | None = None) -> None:
-    """JSON lines on ``stream`` (stderr by default), one event per line."""
+    """JSON lines on ``stream`` (stderr by default), one event per line (libraries' too)."""
+    _route_library_logs(level, stream or sys.stderr)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

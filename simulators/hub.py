@@ -1071,7 +1071,10 @@ async def _deliver_one(state: HubState, delivery: asyncpg.Record) -> None:
         else:
             await _deliver_answer(state, delivery)
     except Exception as exc:  # a bug or an outage in one delivery must not stop the others
-        log.warning("delivery_crashed", delivery=delivery["id"], error=type(exc).__name__)
+        if db.is_database_error(exc):
+            db.note_unavailable(exc)  # logged once per outage
+        else:
+            log.exception("delivery_crashed", delivery=delivery["id"])
         with contextlib.suppress(Exception):  # if even this fails, the lease runs out
             await _retry_later(state, delivery, "internal_error")
 
