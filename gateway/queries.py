@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import random
 import re
 from enum import StrEnum
 from typing import Final
@@ -34,6 +33,7 @@ from .errors import (
 )
 from .listsync import require_list
 from .records import count_record
+from .retry import jittered_backoff
 from .state import GatewayState
 
 log = structlog.get_logger("chukan.gateway")
@@ -133,12 +133,6 @@ async def first_answer(
     return submitted(row["query_id"])
 
 
-def backoff(base: float, cap: float, attempts: int) -> dt.timedelta:
-    """Exponential backoff with jitter ("equal jitter"): between half and all of the step."""
-    step = min(cap, base * 2 ** max(attempts - 1, 0))
-    return dt.timedelta(seconds=step / 2 + random.uniform(0, step / 2))  # noqa: S311 -- jitter
-
-
 async def insert_requester_record(
     conn: db.Conn,
     state: GatewayState,
@@ -169,7 +163,7 @@ async def retry_later(state: GatewayState, query_id: str, attempts: int) -> None
     await state.pool.execute(
         "UPDATE queries SET next_attempt_at = now() + $2 WHERE query_id = $1",
         query_id,
-        backoff(timing.send_backoff, timing.max_backoff, attempts),
+        jittered_backoff(attempts, timing.send_backoff, timing.max_backoff),
     )
 
 

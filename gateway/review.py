@@ -44,9 +44,9 @@ from . import db
 from .config import OP_DECIDE_REVIEW, OP_READ_REVIEW
 from .errors import ConflictError, NotFoundError, ValidationError
 from .hubclient import HubReply
-from .queries import backoff
 from .records import RecordEntry, write_record
 from .replica import ReplicaInconsistentError, provision_document
+from .retry import jittered_backoff
 from .staff import ROLE_APPROVER, ROLE_AUDITOR, audit_staff, require_staff
 from .state import GATEWAY_STATE, QUERY_ID_PATTERN, GatewayState, answer_aad, authorize, utcnow
 from .web import SIGNATURE_HEADER, read_json, signature_header
@@ -247,7 +247,7 @@ async def deliver_decision(state: GatewayState, query_id: str) -> str:
         "UPDATE review_queue SET send_error = $2, next_attempt_at = now() + $3 WHERE query_id = $1",
         query_id,
         error,
-        backoff(timing.send_backoff, timing.max_backoff, row["send_attempts"]),
+        jittered_backoff(row["send_attempts"], timing.send_backoff, timing.max_backoff),
     )
     log.warning("review_answer_not_sent", query_id=query_id, error=error)
     return "rejected" if rejected else "retry"

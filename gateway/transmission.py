@@ -40,6 +40,7 @@ from .mailbox import (
     open_file,
     seal_file,
 )
+from .retry import backoff_delay
 from .state import GatewayState, utcnow
 from .web import SIGNATURE_HEADER, signature_header, verify_signature
 
@@ -80,11 +81,6 @@ class ReturnFileInvalidError(UpstreamError):
     """A return file that is not addressed to this 保険者 or does not match its listing."""
 
     code = "return_file_invalid"
-
-
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Delay before the attempt after ``attempt`` (1-based): base, 2·base, 4·base… ≤ cap."""
-    return min(cap, base * 2.0 ** max(attempt - 1, 0))
 
 
 def _remote_error(body: bytes, status: int) -> tuple[str, str]:

@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import json
 import os
-import random
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -68,6 +67,7 @@ from chukan.gateway.errors import (
 )
 from chukan.gateway.keystore import AgencyKeys, load_or_create_keys
 from chukan.gateway.pki import agency_host
+from chukan.gateway.retry import jittered_backoff
 from chukan.gateway.tls import TlsSettings, client_session
 from chukan.gateway.web import (
     SIGNATURE_HEADER,
@@ -905,18 +905,17 @@ async def _retry_later(state: HubState, delivery: asyncpg.Record, error: str) ->
     give_up_at = delivery["give_up_at"]
     if give_up_at is not None and utcnow() >= give_up_at:
         return True
-    step = min(
-        state.config.delivery_max_backoff,
-        state.config.delivery_backoff * (2 ** (delivery["attempts"] - 1)),
+    config = state.config
+    delay = jittered_backoff(
+        delivery["attempts"], config.delivery_backoff, config.delivery_max_backoff
     )
-    delay = step / 2 + random.uniform(0, step / 2)  # noqa: S311 -- jitter, not a secret
     await state.pool.execute(
         "UPDATE deliveries SET next_attempt_at = now() + $3, last_error = $4, "
         "leased_until = NULL, lease_token = NULL "
         "WHERE id = $1 AND lease_token = $2 AND status = 'pending'",
         delivery["id"],
         delivery["lease_token"],
-        dt.timedelta(seconds=delay),
+        delay,
         error,
     )
     log.info("delivery_retry", delivery=delivery["id"], kind=delivery["kind"], error=error)

@@ -35,7 +35,7 @@ from chukan.codecs.sample_items import certification_item
 from chukan.gateway.metrics import metrics_for
 from chukan.gateway.state import answer_aad
 from chukan.gateway.web import SIGNATURE_HEADER, signature_header
-from chukan.keys import seal
+from chukan.keys import SigningKeyPair, seal
 from chukan.simulators.hub import HUB_STATE
 
 pytestmark = pytest.mark.integration
@@ -71,6 +71,22 @@ async def submit(api: Any, atena_id: str, item: str, key: str, **extra: Any) -> 
         headers={"Idempotency-Key": key},
     )
     return answer
+
+
+async def post_signed(
+    http: Any, url: str, message: bytes, signer: SigningKeyPair, ssl: Any
+) -> tuple[int, Any]:
+    """POST one signed envelope to a network API, as the hub or an agency would."""
+    async with http.post(
+        url + "/network/v1/messages",
+        data=message,
+        headers={
+            "Content-Type": "application/xml",
+            SIGNATURE_HEADER: signature_header(signer, message),
+        },
+        ssl=ssl,
+    ) as response:
+        return response.status, await response.json()
 
 
 async def _hub_outcome(network: Any, query_id: str) -> str:
@@ -159,17 +175,14 @@ async def test_the_hub_keeps_one_conclusion_and_sets_a_contradiction_apart(
         dt.datetime.now(dt.UTC),
     )
     message = encode_message(header, answer)
-    async with http.post(
-        network.hub.url + "/network/v1/messages",
-        data=message,
-        headers={
-            "Content-Type": "application/xml",
-            SIGNATURE_HEADER: signature_header(provider.keys.signing, message),
-        },
-        ssl=network.agency_client_ssl(catalog.CHIBA_CITY),
-    ) as response:
-        assert response.status == 409
-        assert (await response.json())["error"]["code"] == "conclusion_conflict"
+    status, body = await post_signed(
+        http,
+        network.hub.url,
+        message,
+        provider.keys.signing,
+        network.agency_client_ssl(catalog.CHIBA_CITY),
+    )
+    assert (status, body["error"]["code"]) == (409, "conclusion_conflict")
     assert await _hub_outcome(network, query_id) == "provided"
     kept = await hub_state.pool.fetchrow(
         "SELECT sender, outcome FROM hub_conclusion_conflicts WHERE query_id = $1", query_id
@@ -194,21 +207,13 @@ async def test_the_requester_keeps_a_contradicting_answer_as_evidence(
     message = encode_message(header, refusal)
     counter = metrics_for(catalog.FUNABASHI_CITY).conclusion_conflicts
     before = counter.values.get(("outcome_differs",), 0.0)
-    async with http.post(
-        funabashi.gateway.url + "/network/v1/messages",
-        data=message,
-        headers={
-            "Content-Type": "application/xml",
-            SIGNATURE_HEADER: signature_header(hub_signer, message),
-        },
-        ssl=network.hub_client_ssl(),
-    ) as response:
-        assert response.status == 200
-        assert await response.json() == {
-            "query_id": query_id,
-            "accepted": False,
-            "conflict": "outcome_differs",
-        }
+    answer = await post_signed(
+        http, funabashi.gateway.url, message, hub_signer, network.hub_client_ssl()
+    )
+    assert answer == (
+        200,
+        {"query_id": query_id, "accepted": False, "conflict": "outcome_differs"},
+    )
     assert (await funabashi.result(query_id))["status"] == "answered"
     kept = await funabashi.gateway.state.pool.fetchrow(
         "SELECT stored_status, received, sender FROM conclusion_conflicts WHERE query_id = $1",
@@ -319,16 +324,14 @@ async def test_an_answer_its_items_schema_refuses_is_not_handed_over(
         dt.datetime.now(dt.UTC),
     )
     message = encode_message(header, answer)
-    async with http.post(
-        funabashi.gateway.url + "/network/v1/messages",
-        data=message,
-        headers={
-            "Content-Type": "application/xml",
-            SIGNATURE_HEADER: signature_header(chiba.gateway.state.keys.signing, message),
-        },
-        ssl=network.hub_client_ssl(),
-    ) as response:
-        assert response.status == 200, await response.text()
+    status, body = await post_signed(
+        http,
+        funabashi.gateway.url,
+        message,
+        chiba.gateway.state.keys.signing,
+        network.hub_client_ssl(),
+    )
+    assert status == 200, body
     result = await funabashi.result(query_id)
     assert (result["status"], result["result"]) == ("refused", None)
     assert result["reason_code"] == "xml_structure"  # not the root element of its item
@@ -345,17 +348,10 @@ async def test_a_conclusion_delivered_long_after_is_still_taken(
     header = Header(new_message_id(), "QueryRefusal", HUB, catalog.FUNABASHI_CITY, long_ago)
     message = encode_message(header, refusal)
     for _ in range(2):  # and again, as a retried delivery
-        async with http.post(
-            funabashi.gateway.url + "/network/v1/messages",
-            data=message,
-            headers={
-                "Content-Type": "application/xml",
-                SIGNATURE_HEADER: signature_header(hub_signer, message),
-            },
-            ssl=network.hub_client_ssl(),
-        ) as response:
-            assert response.status == 200
-            assert (await response.json())["accepted"] is True
+        status, body = await post_signed(
+            http, funabashi.gateway.url, message, hub_signer, network.hub_client_ssl()
+        )
+        assert (status, body["accepted"]) == (200, True)
     result = await funabashi.result(query_id)
     assert (result["status"], result["reason_code"]) == ("refused", "provider_unreachable")
     records = await funabashi.gateway.state.pool.fetchval(

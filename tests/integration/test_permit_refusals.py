@@ -98,7 +98,10 @@ class HubImpostor:
         header = Header(
             new_message_id(), "ProvisionRequest", HUB, receiver, dt.datetime.now(dt.UTC), token
         )
-        message = encode_message(header, body)
+        return await self.post(encode_message(header, body))
+
+    async def post(self, message: bytes) -> tuple[int, Any]:
+        """POST one envelope signed with the hub's key, over the hub's certificate."""
         async with self.http.post(
             self.provider.gateway.url + "/network/v1/messages",
             data=message,
@@ -284,22 +287,12 @@ async def test_stale_messages_are_refused_and_a_repeated_one_gets_the_same_answe
 ) -> None:
     body = impostor.request_body()
     token = encode_permit(impostor.permit(body), impostor.hub_signer)
-    url = impostor.provider.gateway.url + "/network/v1/messages"
     answers: list[bytes] = []
 
     async def post(header: Header) -> int:
-        message = encode_message(header, body)
-        async with impostor.http.post(
-            url,
-            data=message,
-            headers={
-                "Content-Type": "application/xml",
-                SIGNATURE_HEADER: signature_header(impostor.hub_signer, message),
-            },
-            ssl=impostor.network.hub_client_ssl(),
-        ) as response:
-            answers.append(await response.read())
-            return int(response.status)
+        status, answer = await impostor.post(encode_message(header, body))
+        answers.append(answer)
+        return status
 
     old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     status = await post(
@@ -437,20 +430,7 @@ async def test_copies_of_one_request_arriving_together_are_answered_once(
         token,
     )
     message = encode_message(header, body)
-
-    async def post() -> tuple[int, bytes]:
-        async with impostor.http.post(
-            impostor.provider.gateway.url + "/network/v1/messages",
-            data=message,
-            headers={
-                "Content-Type": "application/xml",
-                SIGNATURE_HEADER: signature_header(impostor.hub_signer, message),
-            },
-            ssl=impostor.network.hub_client_ssl(),
-        ) as response:
-            return response.status, await response.read()
-
-    answers = await asyncio.gather(*(post() for _ in range(6)))
+    answers = await asyncio.gather(*(impostor.post(message) for _ in range(6)))
     assert {status for status, _ in answers} == {200}
     assert len({answer for _, answer in answers}) == 1  # byte for byte
     assert b"<Outcome>provided</Outcome>" in answers[0][1]

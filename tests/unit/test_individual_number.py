@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from typing import Any
 
 import pytest
 import structlog
@@ -47,8 +48,7 @@ def test_check_digit_refuses_wrong_input() -> None:
         check_digit("123")
 
 
-def test_logs_never_show_an_individual_number() -> None:
-    previous = structlog.get_config()
+def test_logs_never_show_an_individual_number(log_capture: Any) -> None:
     stream = io.StringIO()
     configure_logging(logging.DEBUG, stream=stream)
     try:
@@ -63,5 +63,5 @@ def test_logs_never_show_an_individual_number() -> None:
         # Twelve digits that are not a valid 個人番号 (e.g. an 宛名番号 part) are left alone.
         if not is_valid_individual_number("123456789012"):
             assert event["other"] == "123456789012"
-    finally:
-        structlog.configure(**previous)
+    finally:  # back to the session's capture (structlog and the libraries' handler)
+        configure_logging(logging.DEBUG, stream=log_capture)

@@ -34,7 +34,7 @@ from chukan.gateway.mailbox import (
     open_file,
     seal_file,
 )
-from chukan.gateway.transmission import backoff_delay
+from chukan.gateway.retry import backoff_delay
 from chukan.keys import DecryptionError, UnknownKeyError, generate_encryption_key
 
 CONTENT = b'"1","1","1","1","531","","122010","","12","1","202404","0000000001"\r\n'
