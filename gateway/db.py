@@ -55,7 +55,7 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from .errors import DatabaseUnavailableError
+from .errors import is_database_error as is_database_error  # re-exported: db.is_database_error
 
 log = structlog.get_logger("chukan.db")
 
@@ -275,38 +275,6 @@ async def create_pool(
 
 
 # -- availability ----------------------------------------------------------------------------
-
-#: Ours, and asyncpg's of a server that is unreachable, going away or refusing sessions.
-_UNAVAILABLE: Final = (
-    DatabaseUnavailableError,
-    asyncpg.PostgresConnectionError,  # class 08: connection does not exist, failure, …
-    asyncpg.exceptions.AdminShutdownError,  # 57P01
-    asyncpg.exceptions.CrashShutdownError,  # 57P02
-    asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up, shutting down
-    asyncpg.exceptions.TooManyConnectionsError,  # 53300
-)
-_CLOSED: Final = ("connection is closed", "connection was closed")
-
-
-def is_database_error(exc: BaseException) -> bool:
-    """Whether ``exc`` means the database is unreachable or going away (not a bug)."""
-    if isinstance(exc, _UNAVAILABLE):
-        return True
-    if isinstance(exc, asyncpg.InterfaceError):
-        return any(text in str(exc) for text in _CLOSED)
-    # Refused, reset, unreachable, timed out (connect, pool acquire): a socket error counts
-    # only when asyncpg raised it, not one from a file or an HTTP call to a peer.
-    return isinstance(exc, OSError) and _raised_in_asyncpg(exc)
-
-
-def _raised_in_asyncpg(exc: BaseException) -> bool:
-    tb = exc.__traceback__
-    while tb is not None:
-        module = tb.tb_frame.f_globals.get("__name__", "")
-        if module == "asyncpg" or module.startswith("asyncpg."):
-            return True
-        tb = tb.tb_next
-    return False
 
 
 class Availability:

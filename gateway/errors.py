@@ -11,7 +11,9 @@ unmapped exception is a bug: 500 ``internal_error``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
+
+import asyncpg
 
 from chukan.codecs.errors import CodecError, XmlForbiddenError, XmlLimitError
 from chukan.keys.errors import KeysError, UnknownKeyError
@@ -208,8 +210,41 @@ def status_for(exc: Exception) -> tuple[int, str]:
 
     if isinstance(exc, PermitsError):
         return 403, exc.code
-    from .db import is_database_error  # asyncpg, for the servers only
-
     if is_database_error(exc):
         return DatabaseUnavailableError.status, DatabaseUnavailableError.code
     return 500, "internal_error"
+
+
+# -- the database going away ------------------------------------------------------------------
+
+#: Ours, and asyncpg's of a server that is unreachable, going away or refusing sessions.
+_UNAVAILABLE: Final = (
+    DatabaseUnavailableError,
+    asyncpg.PostgresConnectionError,  # class 08: connection does not exist, failure, …
+    asyncpg.exceptions.AdminShutdownError,  # 57P01
+    asyncpg.exceptions.CrashShutdownError,  # 57P02
+    asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up, shutting down
+    asyncpg.exceptions.TooManyConnectionsError,  # 53300
+)
+_CLOSED: Final = ("connection is closed", "connection was closed")
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database is unreachable or going away (not a bug)."""
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError):
+        return any(text in str(exc) for text in _CLOSED)
+    # Refused, reset, unreachable, timed out (connect, pool acquire): a socket error counts
+    # only when asyncpg raised it, not one from a file or an HTTP call to a peer.
+    return isinstance(exc, OSError) and _raised_in_asyncpg(exc)
+
+
+def _raised_in_asyncpg(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module == "asyncpg" or module.startswith("asyncpg."):
+            return True
+        tb = tb.tb_next
+    return False

@@ -23,6 +23,7 @@ from chukan.permits import (
     NotAuthorizedError,
 )
 
+from . import db
 from .config import (
     OP_READ_QUERY,
     OP_READ_RECORDS,
@@ -339,8 +340,6 @@ async def health(request: web.Request) -> web.Response:
     """Liveness and, for operators, whether the database answers and a valid authorization
     list is in force: ``degraded`` without either; 503 when the database does not answer
     ``SELECT 1`` within ``ops.ready_timeout`` (nothing can be served), 200 otherwise."""
-    from . import db
-
     state = request.app[GATEWAY_STATE]
     database = await db.probe(state.pool, state.config.ops.ready_timeout)
     authorization = list_status(state, request.app[LIST_SYNC])
