@@ -89,6 +89,18 @@ async def post_signed(
         return response.status, await response.json()
 
 
+def provider_answer(answer: ProvisionAnswer) -> bytes:
+    """千葉市's answer to a query of 船橋市, as the provider's envelope."""
+    header = Header(
+        new_message_id(),
+        "ProvisionAnswer",
+        catalog.CHIBA_CITY,
+        catalog.FUNABASHI_CITY,
+        dt.datetime.now(dt.UTC),
+    )
+    return encode_message(header, answer)
+
+
 async def _hub_outcome(network: Any, query_id: str) -> str:
     outcome: str = await network.hub.app[HUB_STATE].pool.fetchval(
         "SELECT outcome FROM hub_records WHERE query_id = $1", query_id
@@ -166,15 +178,9 @@ async def test_the_hub_keeps_one_conclusion_and_sets_a_contradiction_apart(
     )
     # 千葉市 (its own key, its own certificate) now claims it refused after all.
     provider = chiba.gateway.state
-    answer = ProvisionAnswer(query_id, permit_id, "refused", "manual_review_refused")
-    header = Header(
-        new_message_id(),
-        "ProvisionAnswer",
-        catalog.CHIBA_CITY,
-        catalog.FUNABASHI_CITY,
-        dt.datetime.now(dt.UTC),
+    message = provider_answer(
+        ProvisionAnswer(query_id, permit_id, "refused", "manual_review_refused")
     )
-    message = encode_message(header, answer)
     status, body = await post_signed(
         http,
         network.hub.url,
@@ -315,15 +321,9 @@ async def test_an_answer_its_items_schema_refuses_is_not_handed_over(
     requester_key = funabashi.gateway.state.keys.encryption.public
     aad = answer_aad(query_id, permit_id, catalog.CHIBA_CITY, catalog.FUNABASHI_CITY)
     bogus = b'<?xml version="1.0" encoding="UTF-8"?><NotAnItem>1</NotAnItem>'
-    answer = ProvisionAnswer(query_id, permit_id, "provided", None, seal(requester_key, bogus, aad))
-    header = Header(
-        new_message_id(),
-        "ProvisionAnswer",
-        catalog.CHIBA_CITY,
-        catalog.FUNABASHI_CITY,
-        dt.datetime.now(dt.UTC),
+    message = provider_answer(
+        ProvisionAnswer(query_id, permit_id, "provided", None, seal(requester_key, bogus, aad))
     )
-    message = encode_message(header, answer)
     status, body = await post_signed(
         http,
         funabashi.gateway.url,

@@ -100,6 +100,19 @@ class HubImpostor:
         )
         return await self.post(encode_message(header, body))
 
+    def message(self, body: ProvisionRequest, permit: Permit | None = None) -> bytes:
+        """The hub's ProvisionRequest envelope for ``body``, carrying ``permit`` (a fresh one)."""
+        token = encode_permit(permit or self.permit(body), self.hub_signer)
+        header = Header(
+            new_message_id(),
+            "ProvisionRequest",
+            HUB,
+            catalog.CHIBA_CITY,
+            dt.datetime.now(dt.UTC),
+            token,
+        )
+        return encode_message(header, body)
+
     async def post(self, message: bytes) -> tuple[int, Any]:
         """POST one envelope signed with the hub's key, over the hub's certificate."""
         async with self.http.post(
@@ -248,16 +261,7 @@ async def test_unknown_person_code_is_answered_with_a_reason(impostor: HubImpost
 
 async def test_unsigned_or_badly_signed_messages_are_refused(impostor: HubImpostor) -> None:
     body = impostor.request_body()
-    token = encode_permit(impostor.permit(body), impostor.hub_signer)
-    header = Header(
-        new_message_id(),
-        "ProvisionRequest",
-        HUB,
-        catalog.CHIBA_CITY,
-        dt.datetime.now(dt.UTC),
-        token,
-    )
-    message = encode_message(header, body)
+    message = impostor.message(body)
     url = impostor.provider.gateway.url + "/network/v1/messages"
     xml = {"Content-Type": "application/xml"}
     hub_tls = impostor.network.hub_client_ssl()
@@ -419,23 +423,15 @@ async def test_copies_of_one_request_arriving_together_are_answered_once(
     impostor: HubImpostor,
 ) -> None:
     """The hub retrying while the first copy is still being answered: one provision."""
-    body = impostor.request_body()
-    token = encode_permit(impostor.permit(body), impostor.hub_signer)
-    header = Header(
-        new_message_id(),
-        "ProvisionRequest",
-        HUB,
-        catalog.CHIBA_CITY,
-        dt.datetime.now(dt.UTC),
-        token,
-    )
-    message = encode_message(header, body)
+    message = impostor.message(impostor.request_body())
     answers = await asyncio.gather(*(impostor.post(message) for _ in range(6)))
     assert {status for status, _ in answers} == {200}
     assert len({answer for _, answer in answers}) == 1  # byte for byte
     assert b"<Outcome>provided</Outcome>" in answers[0][1]
+    sent = decode_message(message).body
+    assert isinstance(sent, ProvisionRequest)
     rows = await impostor.provider.gateway.state.pool.fetch(
         "SELECT outcome FROM provision_records WHERE role = 'provider' AND query_id = $1",
-        body.query_id,
+        sent.query_id,
     )
     assert [r["outcome"] for r in rows] == ["provided"]
