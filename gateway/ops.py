@@ -180,7 +180,7 @@ async def _purger(state: GatewayState) -> None:
         await asyncio.sleep(state.config.ops.purge_interval.total_seconds())
         try:
             await _purge(state, "gateway")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:  # a background loop never ends on an error
             if db.is_database_error(exc):
                 db.note_unavailable(exc)  # logged once per outage, not per pass
             else:

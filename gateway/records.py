@@ -545,7 +545,7 @@ async def _checkpointer(state: GatewayState) -> None:
                 )
         except ChainBrokenError:
             pass  # logged; an operator must look (chukan records verify)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:  # a background loop never ends on an error
             if db.is_database_error(exc):
                 db.note_unavailable(exc)  # logged once per outage, not per pass
             else:
@@ -571,7 +571,7 @@ async def _partition_keeper(state: GatewayState) -> None:
                 await fail_job(state.pool, job_id, type(exc).__name__)
                 continue
             await finish_job(state.pool, job_id, {"created": len(created)})
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:  # a background loop never ends on an error
             if db.is_database_error(exc):
                 db.note_unavailable(exc)  # logged once per outage, not per pass
             else:

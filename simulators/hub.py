@@ -1099,11 +1099,11 @@ async def _delivery_loop(state: HubState) -> None:
             if free > 0:
                 try:
                     due = await _claim_due(state, limit=free)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except Exception as exc:  # the worker never ends on an error
                     if db.is_database_error(exc):
                         db.note_unavailable(exc)  # logged once per outage
                     elif not failing:
-                        log.warning("delivery_pass_failed", error=type(exc).__name__)
+                        log.exception("delivery_pass_failed")
                     failing = True
                 else:
                     if failing:
@@ -1121,6 +1121,20 @@ async def _delivery_loop(state: HubState) -> None:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+
+
+def _start_worker(state: HubState) -> None:
+    """Run the delivery worker, supervised: should it ever end with an error, it restarts."""
+    worker = asyncio.create_task(_delivery_loop(state), name="hub-deliveries")
+
+    def ended(task: asyncio.Task[None]) -> None:
+        if task.cancelled() or state.worker is not task:
+            return  # stopped with the hub
+        log.error("background_task_failed", task="hub-deliveries", exc_info=task.exception())
+        _start_worker(state)
+
+    worker.add_done_callback(ended)
+    state.worker = worker
 
 
 async def retry_deliveries(request: web.Request) -> web.Response:
@@ -1165,12 +1179,14 @@ def create_hub_app(config: HubConfig) -> web.Application:
             session=client_session(config.tls),
         )
         app[HUB_STATE] = state
-        state.worker = asyncio.create_task(_delivery_loop(state), name="hub-deliveries")
+        _start_worker(state)
         log.info("hub_started", signing_key=keys.signing.key_id)
         yield
-        state.worker.cancel()
+        worker, state.worker = state.worker, None  # stopping: not to be restarted
+        assert worker is not None
+        worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await state.worker
+            await worker
         await state.session.close()
         await pool.close()
         log.info("hub_stopped")
