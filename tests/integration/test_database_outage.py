@@ -192,6 +192,8 @@ async def test_requests_fail_503_during_an_outage_and_succeed_after_it(
 
     assert len(events_since(log_capture, restarted, "database_available")) == 1
     assert len(events_since(log_capture, offset, "database_unavailable")) == 1
+    # Every background loop (the hub's delivery worker, the sweeps) lived through it.
+    assert events_since(log_capture, offset, "background_task_failed") == []
 
 
 async def test_pool_acquire_timeout_is_an_outage_and_a_bad_statement_a_bug(
