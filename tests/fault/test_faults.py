@@ -160,8 +160,9 @@ async def test_a_provider_killed_repeatedly_under_load(
         load.stop()
         return timings
 
-    # The load goes on until the fault is over (at most 30 s), however long restarts take.
-    verdict = await run_scenario(cluster, people, "a (provider kill -9 x3)", fault, seconds=30)
+    # The load goes on until the fault is over (load.stop()), however long the kills and
+    # restarts take on a busy machine; 120 s only bounds a schedule that went wrong.
+    verdict = await run_scenario(cluster, people, "a (provider kill -9 x3)", fault, seconds=120)
     assert cluster.provider.kills >= 3
     assert verdict.ok, verdict.report()
 
