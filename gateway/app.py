@@ -15,16 +15,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator
+from typing import Final
 
 import structlog
 from aiohttp import web
+
+from chukan.keys.ring import KeyRing
 
 from . import db
 from .access import network_peer_middleware
 from .config import (
     GatewayConfig,
 )
+from .errors import EnrolmentRefusedError, UpstreamError
 from .hubclient import HubClient
 from .internal import get_query, health, list_records, register_person, store_item, submit_query
 from .keyring import current_keys, enrolment_payload, load_or_create_ring, reload_keys
@@ -35,6 +40,7 @@ from .ops import metrics_middleware, setup_ops
 from .records import setup_records
 from .replica import setup_replica_routes
 from .replica_registration import setup_registration_routes
+from .retry import backoff_delay
 from .review import setup_review_routes
 from .staff import setup_staff
 from .state import GATEWAY_STATE, GatewayState, utcnow
@@ -47,7 +53,34 @@ from .web import (
 
 log = structlog.get_logger("chukan.gateway")
 
+#: How long a starting gateway keeps trying to enrol with a hub that does not answer.
+ENROLMENT_PATIENCE: Final = 60.0
+
 # -- lifecycle -----------------------------------------------------------------------------
+
+
+async def _enrol(hub: HubClient, config: GatewayConfig, endpoint: str, ring: KeyRing) -> None:
+    """Enrol with the hub, retrying a hub that is busy or away for ``ENROLMENT_PATIENCE``.
+
+    A gateway restarted while the hub is slow (or restarting too) must come up
+    when it answers; a refusal (4xx) ends the start at once.
+    """
+    deadline = time.monotonic() + ENROLMENT_PATIENCE
+    attempt = 0
+    while True:
+        try:
+            await hub.enrol(
+                config.enrolment_token, enrolment_payload(config, endpoint, ring, utcnow())
+            )
+            return
+        except EnrolmentRefusedError:
+            raise
+        except UpstreamError as exc:
+            attempt += 1
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("hub_enrolment_retry", attempt=attempt, error=exc.message)
+            await asyncio.sleep(backoff_delay(attempt, 0.5, 5.0))
 
 
 def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
@@ -90,9 +123,7 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
         )
         app[GATEWAY_STATE] = state
         try:
-            await hub.enrol(
-                config.enrolment_token, enrolment_payload(config, endpoint, ring, utcnow())
-            )
+            await _enrol(hub, config, endpoint, ring)
         except BaseException:  # a gateway the hub cannot know must not start half-way
             await session.close()
             await pool.close()

@@ -164,6 +164,12 @@ class IdempotencyKeyReusedError(ConflictError):
     code = "idempotency_key_reused"
 
 
+class EnrolmentRefusedError(UpstreamError):
+    """The hub answered our enrolment with a refusal (not an outage): no retry helps."""
+
+    code = "enrolment_refused"
+
+
 class AuthorizationListUnavailableError(GatewayError):
     """No valid authorization list: nothing is sent or answered until one is held again.
 

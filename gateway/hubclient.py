@@ -14,7 +14,12 @@ from chukan.codecs.envelope import HUB, Body, Envelope, Header, decode_message, 
 from chukan.codecs.envelope import new_message_id as _new_message_id
 from chukan.keys import PublicSigningKey, SigningKeyPair, b64d, public_signing_key
 
-from .errors import AgencyUnknownError, MessageSignatureError, UpstreamError
+from .errors import (
+    AgencyUnknownError,
+    EnrolmentRefusedError,
+    MessageSignatureError,
+    UpstreamError,
+)
 from .web import SIGNATURE_HEADER, signature_header, verify_signature
 
 PEER_KEY_TTL: Final = 60.0
@@ -125,7 +130,9 @@ class HubClient:
                 headers={"Authorization": f"Bearer {token}"},
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as response:
+                if 400 <= response.status < 500:
+                    raise EnrolmentRefusedError(f"hub refused enrolment: HTTP {response.status}")
                 if response.status not in (200, 201):
-                    raise UpstreamError(f"hub refused enrolment: HTTP {response.status}")
+                    raise UpstreamError(f"hub could not enrol us now: HTTP {response.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"the hub could not be reached ({type(exc).__name__})") from None

@@ -329,10 +329,10 @@ async def start_gateway(config: GatewayConfig) -> RunningServer:
     app = create_gateway_app(config, socket_url(sock, tls=tls))
     try:
         context = None if config.tls is None else config.tls.server_context()
-    except BaseException:
+        return await serve_on(app, sock, ssl_context=context)
+    except BaseException:  # e.g. the hub refused enrolment: nothing is left listening
         sock.close()
         raise
-    return await serve_on(app, sock, ssl_context=context)
 
 
 async def start_network(

@@ -10,12 +10,17 @@ separate processes; these tests pin each mechanism down one at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime as dt
 import json
 import random
 import secrets
+import socket
+import time
 from typing import Any
 
+import aiohttp
 import pytest
 from replica_support import moved_person
 from test_review_queue import held_query
@@ -32,7 +37,10 @@ from chukan.codecs.envelope import (
     new_message_id,
 )
 from chukan.codecs.sample_items import certification_item
+from chukan.gateway.app import ENROLMENT_PATIENCE
+from chukan.gateway.errors import EnrolmentRefusedError
 from chukan.gateway.metrics import metrics_for
+from chukan.gateway.server import start_gateway
 from chukan.gateway.state import answer_aad
 from chukan.gateway.web import SIGNATURE_HEADER, signature_header
 from chukan.keys import SigningKeyPair, seal
@@ -358,3 +366,64 @@ async def test_a_conclusion_delivered_long_after_is_still_taken(
         "SELECT count(*) FROM provision_records WHERE query_id = $1", query_id
     )
     assert records == 1
+
+
+#: An agency only the enrolment tests start (its gateway is stopped again at their end).
+URAYASU = "122271"
+
+
+async def test_a_gateway_starting_while_the_hub_is_away_enrols_when_it_answers(
+    network: Any,
+) -> None:
+    """Restarted while the hub cannot be reached (it comes up later): it waits, then starts."""
+    first = await network.add_gateway(URAYASU, "浦安市")
+    await first.server.stop()
+    network.gateways.pop(URAYASU)
+    hub_host, hub_port = network.hub.url.removeprefix("https://").rsplit(":", 1)
+    with socket.socket() as probe:  # a port where nothing listens yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    late_hub = f"https://127.0.0.1:{port}"
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(hub_host, int(hub_port))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    starting = asyncio.create_task(
+        start_gateway(dataclasses.replace(first.config, hub_url=late_hub))
+    )
+    await asyncio.sleep(1.0)  # the outage of the hub: the gateway is trying meanwhile
+    assert not starting.done()
+    proxy = await asyncio.start_server(forward, "127.0.0.1", port)
+    try:
+        server = await asyncio.wait_for(starting, timeout=30)
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(server.url + "/health", ssl=network.anonymous_ssl()) as response,
+            ):
+                assert response.status == 200
+        finally:
+            await server.stop()
+    finally:
+        proxy.close()
+        await proxy.wait_closed()
+
+
+async def test_a_gateway_the_hub_refuses_does_not_start(network: Any) -> None:
+    first = await network.add_gateway(URAYASU, "浦安市")
+    await first.server.stop()
+    network.gateways.pop(URAYASU)
+    refused = dataclasses.replace(first.config, enrolment_token="not-the-admin-token")
+    started = time.monotonic()
+    with pytest.raises(EnrolmentRefusedError):
+        await start_gateway(refused)
+    assert time.monotonic() - started < ENROLMENT_PATIENCE  # at once: no retry helps
