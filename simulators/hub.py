@@ -690,6 +690,7 @@ async def _deferred_answer(
         signature=signature,
         header=envelope.header,
         direction="in",
+        permit_id=body.permit_id,
     )
     if won is Conclusion.CONTRADICTS:
         raise ConclusionConflictError("the query was already concluded otherwise")
@@ -753,6 +754,7 @@ async def _conclude(
     signature: str,
     header: Header,
     direction: str,
+    permit_id: str | None,
     delivery: asyncpg.Record | None = None,
     finish_status: str = "done",
 ) -> Conclusion:
@@ -803,7 +805,7 @@ async def _conclude(
             direction=direction,
             body=message,
             query_id=query_id,
-            permit_id=None,
+            permit_id=permit_id,
         )
         await _enqueue_delivery(
             conn,
@@ -945,6 +947,7 @@ async def _expire(state: HubState, delivery: asyncpg.Record, error: str) -> None
         signature=signature_header(state.keys.signing, message),
         header=header,
         direction="out",
+        permit_id=record["permit_id"],
         delivery=delivery,
         finish_status="failed",
     )
@@ -1038,6 +1041,7 @@ async def _accept_answer(
         signature=response.headers[SIGNATURE_HEADER],
         header=envelope.header,
         direction="in",
+        permit_id=body.permit_id,
         delivery=delivery,
     )
     return None
