@@ -46,12 +46,13 @@ from chukan.codecs.envelope import (
     new_message_id,
 )
 from chukan.codecs.sample_items import certification_item
-from chukan.gateway import db
-from chukan.gateway.logs import configure_logging
-from chukan.gateway.server import Gateway, Network, serve, start_network
-from chukan.gateway.synthetic import SyntheticPerson, synthetic_person
-from chukan.gateway.web import SIGNATURE_HEADER, signature_header
+from chukan.gateway.core import db
+from chukan.gateway.core.logs import configure_logging
+from chukan.gateway.core.web import SIGNATURE_HEADER, signature_header
+from chukan.gateway.serve import serve
 from chukan.permits import Permit, body_digest, encode_permit, new_permit_id
+from chukan.simulators.devnet.network import Gateway, Network, start_network
+from chukan.simulators.devnet.synthetic import SyntheticPerson, synthetic_person
 from chukan.simulators.hub import HUB_STATE
 
 

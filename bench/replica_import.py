@@ -34,11 +34,11 @@ from pathlib import Path
 import asyncpg
 
 from chukan.codecs import catalog
-from chukan.gateway import db
-from chukan.gateway.logs import configure_logging
-from chukan.gateway.replica_cli import import_file, process_pool
-from chukan.gateway.replica_registration import RegistrationSource
-from chukan.gateway.replica_synthetic import synthetic_entries, write_registration
+from chukan.gateway.core import db
+from chukan.gateway.core.logs import configure_logging
+from chukan.gateway.replica.cli import import_file, process_pool
+from chukan.gateway.replica.registration import RegistrationSource
+from chukan.simulators.devnet.replica_synthetic import synthetic_entries, write_registration
 
 DATABASE = "chukan_bench_replica"
 TODAY = dt.date(2025, 4, 1)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Final
@@ -22,34 +21,51 @@ from typing import Final
 import structlog
 from aiohttp import web
 
-from chukan.keys.ring import KeyRing
-
-from . import db
-from .access import network_peer_middleware
-from .config import (
+from chukan.gateway.core import db
+from chukan.gateway.core.access import network_peer_middleware
+from chukan.gateway.core.config import (
     GatewayConfig,
 )
-from .errors import EnrolmentRefusedError, UpstreamError
-from .hubclient import HubClient
-from .internal import get_query, health, list_records, register_person, store_item, submit_query
-from .keyring import current_keys, enrolment_payload, load_or_create_ring, reload_keys
-from .kokuhoren import setup_kokuhoren_routes
-from .listsync import LIST_SYNC, ListSync, list_sync_context, receive_pushed_list, refresh_list
-from .network import receive_message
-from .ops import metrics_middleware, setup_ops
-from .records import setup_records
-from .replica import setup_replica_routes
-from .replica_registration import setup_registration_routes
-from .retry import backoff_delay
-from .review import setup_review_routes
-from .staff import setup_staff
-from .state import GATEWAY_STATE, GatewayState, utcnow
-from .status import gateway_status
-from .sweep import sweep_loop
-from .tls import client_session
-from .web import (
+from chukan.gateway.core.errors import EnrolmentRefusedError, UpstreamError
+from chukan.gateway.core.keyring import (
+    current_keys,
+    enrolment_payload,
+    load_or_create_ring,
+    reload_keys,
+)
+from chukan.gateway.core.retry import backoff_delay
+from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, utcnow
+from chukan.gateway.core.tls import client_session
+from chukan.gateway.core.web import (
     error_middleware,
 )
+from chukan.gateway.hublink.client import HubClient
+from chukan.gateway.hublink.listsync import (
+    LIST_SYNC,
+    ListSync,
+    list_sync_context,
+    receive_pushed_list,
+    refresh_list,
+)
+from chukan.gateway.kokuhoren.changes import setup_kokuhoren_routes
+from chukan.gateway.ops.operations import metrics_middleware, setup_ops
+from chukan.gateway.ops.status import gateway_status
+from chukan.gateway.provision.provide import receive_message
+from chukan.gateway.provision.review import setup_review_routes
+from chukan.gateway.query.routes import (
+    get_query,
+    health,
+    list_records,
+    register_person,
+    store_item,
+    submit_query,
+)
+from chukan.gateway.query.sweep import sweep_loop
+from chukan.gateway.records.store import setup_records
+from chukan.gateway.replica.items import setup_replica_routes
+from chukan.gateway.replica.registration import setup_registration_routes
+from chukan.gateway.staff.accounts import setup_staff
+from chukan.keys.ring import KeyRing
 
 log = structlog.get_logger("chukan.gateway")
 
@@ -161,14 +177,3 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     setup_registration_routes(app)
     setup_review_routes(app)
     return app
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before building the app so the endpoint (with an ephemeral port) is known."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock

@@ -49,8 +49,8 @@ from chukan.codecs.envelope import (
     new_message_id,
 )
 from chukan.codecs.individual_number import is_valid_individual_number
-from chukan.gateway import db
-from chukan.gateway.errors import (
+from chukan.gateway.core import db
+from chukan.gateway.core.errors import (
     AgencyUnknownError,
     ConclusionConflictError,
     ForbiddenError,
@@ -65,11 +65,11 @@ from chukan.gateway.errors import (
     UnauthenticatedError,
     ValidationError,
 )
-from chukan.gateway.keystore import AgencyKeys, load_or_create_keys
-from chukan.gateway.pki import agency_host
-from chukan.gateway.retry import jittered_backoff
-from chukan.gateway.tls import TlsSettings, client_session
-from chukan.gateway.web import (
+from chukan.gateway.core.identities import agency_host
+from chukan.gateway.core.keystore import AgencyKeys, load_or_create_keys
+from chukan.gateway.core.retry import jittered_backoff
+from chukan.gateway.core.tls import TlsSettings, client_session
+from chukan.gateway.core.web import (
     SIGNATURE_HEADER,
     error_middleware,
     error_response,
@@ -92,8 +92,7 @@ from chukan.permits import (
     encode_permit,
     new_permit_id,
 )
-
-from . import hubauth, hubkeys, hublist
+from chukan.simulators import hubauth, hubkeys, hublist
 
 log = structlog.get_logger("chukan.hub")
 

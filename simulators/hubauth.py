@@ -21,9 +21,9 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from chukan.gateway.errors import ForbiddenError, GatewayError, UnauthenticatedError
-from chukan.gateway.pki import HUB_ADMIN_ROLE
-from chukan.gateway.tls import identity_label, peer_identity
+from chukan.gateway.core.errors import ForbiddenError, GatewayError, UnauthenticatedError
+from chukan.gateway.core.identities import HUB_ADMIN_ROLE
+from chukan.gateway.core.tls import identity_label, peer_identity
 from chukan.keys.ca import CertificateError, ClientIdentity
 
 log = structlog.get_logger("chukan.hub")

@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chukan.gateway import db
-from chukan.gateway.errors import ForbiddenError, ValidationError
-from chukan.gateway.web import require_str
+from chukan.gateway.core import db
+from chukan.gateway.core.errors import ForbiddenError, ValidationError
+from chukan.gateway.core.web import require_str
 from chukan.keys import (
     PublicEncryptionKey,
     PublicSigningKey,

@@ -28,14 +28,14 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from chukan.gateway import db
-from chukan.gateway.errors import (
+from chukan.gateway.core import db
+from chukan.gateway.core.errors import (
     AuthorizationListUnavailableError,
     UnsupportedMediaError,
     ValidationError,
 )
-from chukan.gateway.pki import agency_host
-from chukan.gateway.web import read_body
+from chukan.gateway.core.identities import agency_host
+from chukan.gateway.core.web import read_body
 from chukan.keys import SigningKeyPair
 from chukan.permits import (
     AuthorizationList,
@@ -48,11 +48,10 @@ from chukan.permits import (
     verify_signed_list,
 )
 from chukan.permits.authorization import MAX_LIST_BYTES
-
-from . import hubauth
+from chukan.simulators import hubauth
 
 if TYPE_CHECKING:
-    from .hub import HubConfig, HubState
+    from chukan.simulators.hub import HubConfig, HubState
 
 log = structlog.get_logger("chukan.hub")
 
@@ -205,7 +204,7 @@ async def push_list(state: HubState, signed: bytes) -> dict[str, str]:
 
 async def publish_list(request: web.Request) -> web.Response:
     """``POST /admin/v1/authorization-list``: publish a new version and push it."""
-    from .hub import HUB_STATE, _require_admin
+    from chukan.simulators.hub import HUB_STATE, _require_admin
 
     _require_admin(request)
     hubauth.require_operator(request)
@@ -243,7 +242,7 @@ async def publish_list(request: web.Request) -> web.Response:
 
 async def list_versions(request: web.Request) -> web.Response:
     """``GET /admin/v1/authorization-list/versions``: every published version (no content)."""
-    from .hub import HUB_STATE, _require_admin
+    from chukan.simulators.hub import HUB_STATE, _require_admin
 
     _require_admin(request)
     hubauth.require_operator(request)

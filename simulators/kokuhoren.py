@@ -4,7 +4,7 @@ A real aiohttp server with its own database. A 保険者 (the gateway's
 伝送通信ソフト emulation) authenticates with its bearer token (the simulator
 keeps only SHA-256 digests) and signs every upload with its Ed25519 key; the
 file inside is sealed for the simulator's X25519 key (see
-:mod:`chukan.gateway.mailbox`). Intake decrypts the file, decodes it leniently
+:mod:`chukan.gateway.kokuhoren.mailbox`). Intake decrypts the file, decodes it leniently
 with :func:`~chukan.codecs.kokuhoren.decode_records`, applies 国保連's own
 rules (:mod:`chukan.simulators.kokuhoren_rules`), keeps the accepted records in
 its register and answers at once with a signed intake result (取込結果).
@@ -67,9 +67,9 @@ from chukan.codecs.kokuhoren_returns import (
     BenefitRecord,
     encode_benefit_file,
 )
-from chukan.gateway import db
-from chukan.gateway.config import token_digest
-from chukan.gateway.errors import (
+from chukan.gateway.core import db
+from chukan.gateway.core.config import token_digest
+from chukan.gateway.core.errors import (
     BadRequestError,
     ConflictError,
     ForbiddenError,
@@ -77,19 +77,9 @@ from chukan.gateway.errors import (
     UnauthenticatedError,
     ValidationError,
 )
-from chukan.gateway.keystore import AgencyKeys, load_or_create_keys
-from chukan.gateway.kokuhoren_json import canonical_json, record_to_json
-from chukan.gateway.mailbox import (
-    KOKUHOREN_PARTY,
-    FileEnvelope,
-    IntakeError,
-    IntakeResult,
-    file_digest,
-    open_file,
-    seal_file,
-)
-from chukan.gateway.tls import peer_identity
-from chukan.gateway.web import (
+from chukan.gateway.core.keystore import AgencyKeys, load_or_create_keys
+from chukan.gateway.core.tls import peer_identity
+from chukan.gateway.core.web import (
     SIGNATURE_HEADER,
     error_middleware,
     read_body,
@@ -97,6 +87,16 @@ from chukan.gateway.web import (
     require_str,
     signature_header,
     verify_signature,
+)
+from chukan.gateway.kokuhoren.json_codec import canonical_json, record_to_json
+from chukan.gateway.kokuhoren.mailbox import (
+    KOKUHOREN_PARTY,
+    FileEnvelope,
+    IntakeError,
+    IntakeResult,
+    file_digest,
+    open_file,
+    seal_file,
 )
 from chukan.keys import (
     KeysError,
@@ -107,8 +107,7 @@ from chukan.keys import (
     public_signing_key,
 )
 from chukan.keys.ca import CertificateError
-
-from .kokuhoren_rules import Register, Review, key_of, month_end, review_file
+from chukan.simulators.kokuhoren_rules import Register, Review, key_of, month_end, review_file
 
 log = structlog.get_logger("chukan.kokuhoren")
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from chukan.gateway import db
-from chukan.gateway.logs import configure_logging
+from chukan.gateway.core import db
+from chukan.gateway.core.logs import configure_logging
 
 
 class LogCapture(io.StringIO):
@@ -66,7 +66,7 @@ async def network(
     log_capture: LogCapture,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Any]:
-    from chukan.gateway.server import start_network
+    from chukan.simulators.devnet.network import start_network
 
     net = await start_network(
         pg_server_url,
@@ -103,7 +103,7 @@ class Api:
         system: str | None = None,
         **kwargs: Any,
     ) -> tuple[int, Any]:
-        from chukan.gateway.server import CORE_SYSTEM
+        from chukan.simulators.devnet.network import CORE_SYSTEM
 
         headers = dict(kwargs.pop("headers", {}))
         if isinstance(kwargs.get("data"), bytes) and len(kwargs["data"]) > 512 * 1024:
@@ -226,9 +226,10 @@ async def ops_gateway(network: Any, http: Any) -> Api:
     import dataclasses
     import datetime as dt
 
-    from chukan.gateway.server import Gateway, start_gateway
-    from chukan.gateway.settings import InitialAdmin, OpsConfig, RecordsConfig, StaffConfig
-    from chukan.gateway.staff import hash_password
+    from chukan.gateway.core.settings import InitialAdmin, OpsConfig, RecordsConfig, StaffConfig
+    from chukan.gateway.serve import start_gateway
+    from chukan.gateway.staff.accounts import hash_password
+    from chukan.simulators.devnet.network import Gateway
 
     first = await network.add_gateway(OPS_AGENCY, "試験市")
     await first.server.stop()

@@ -27,7 +27,7 @@ from fault_cluster import PROVIDER, REQUESTER, Cluster, until
 
 from chukan.codecs import catalog
 from chukan.codecs.sample_items import local_tax_item
-from chukan.gateway.synthetic import SyntheticPerson, synthetic_person
+from chukan.simulators.devnet.synthetic import SyntheticPerson, synthetic_person
 
 FINAL_STATES: Final = frozenset({"answered", "refused", "failed"})
 #: Requester state → the outcome every party must have recorded.

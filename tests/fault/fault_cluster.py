@@ -41,13 +41,15 @@ import aiohttp
 import asyncpg
 
 from chukan.codecs.catalog import CHIBA_CITY, FUNABASHI_CITY
-from chukan.gateway import db
-from chukan.gateway.config import GatewayConfig, Timing
-from chukan.gateway.pki import HUB_IDENTITY, HUB_OPERATOR, LOOPBACK_HOSTS, NetworkPki, agency_host
-from chukan.gateway.server import CORE_SYSTEM, GATEWAY_DATABASE, default_systems
-from chukan.gateway.tls import TlsSettings
+from chukan.gateway.cli.main import GATEWAY_DATABASE
+from chukan.gateway.core import db
+from chukan.gateway.core.config import GatewayConfig, Timing
+from chukan.gateway.core.identities import HUB_IDENTITY, HUB_OPERATOR, agency_host
+from chukan.gateway.core.tls import TlsSettings
 from chukan.keys import PublicSigningKey, b64d
 from chukan.keys.ca import ClientIdentity
+from chukan.simulators.devnet.network import CORE_SYSTEM, default_systems
+from chukan.simulators.devnet.pki import LOOPBACK_HOSTS, NetworkPki
 from chukan.simulators.hub import HUB_DATABASE, HubConfig
 
 SERVE_SCRIPT: Final = Path(__file__).resolve().parent / "fault_serve.py"
@@ -153,7 +155,7 @@ def _postgres_bin() -> Path:
 class Postgres:
     """A PostgreSQL of the suite's own on a fixed loopback port (TCP only), started at will.
 
-    The data folder is initialised once through :class:`chukan.gateway.db.EmbeddedPostgres`
+    The data folder is initialised once through :class:`chukan.gateway.core.db.EmbeddedPostgres`
     (pgserver: ``initdb``, and as root a ``pgserver`` system user owning the folder);
     afterwards the ``postgres`` binary runs as a child of the test process, so that it
     can be stopped (fast or immediate shutdown) and started again on the same port.
@@ -565,7 +567,7 @@ class Cluster:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "chukan.gateway.cli",
+            "chukan",
             "records",
             "verify",
             "--database-url",

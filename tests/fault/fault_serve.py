@@ -2,7 +2,7 @@
 
 ``python fault_serve.py ROLE CONFIG READY LOG PARENT_PID``: ``ROLE`` is ``hub`` or
 ``gateway``; ``CONFIG`` a pickled :class:`~chukan.simulators.hub.HubConfig` or
-:class:`~chukan.gateway.config.GatewayConfig` written by the test process (a
+:class:`~chukan.gateway.core.config.GatewayConfig` written by the test process (a
 test-side launcher until servers have commands of their own).  The server
 listens on the configured port (0 the first time: the test process then fixes
 the port it got, so that a restarted server comes back at the same URL), writes
@@ -38,8 +38,8 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 async def serve(role: str, config: Any, ready: Path) -> None:
-    from chukan.gateway.server import serve as serve_app
-    from chukan.gateway.server import start_gateway
+    from chukan.gateway.serve import serve as serve_app
+    from chukan.gateway.serve import start_gateway
     from chukan.keys import b64e
     from chukan.simulators.hub import HUB_STATE, create_hub_app
 
@@ -75,7 +75,7 @@ async def serve(role: str, config: Any, ready: Path) -> None:
 def main() -> None:
     role, config_file, ready_file, log_file, parent_pid = sys.argv[1:]
     die_with_parent(int(parent_pid))
-    from chukan.gateway.logs import configure_logging
+    from chukan.gateway.core.logs import configure_logging
 
     # Written by the test process that started us, in its own private folder.
     config = pickle.loads(Path(config_file).read_bytes())  # noqa: S301

@@ -9,8 +9,8 @@ from typing import Any
 
 import asyncpg
 
-from chukan.gateway.replica_synthetic import SyntheticEntry, registration_bytes
-from chukan.gateway.synthetic import SyntheticPerson, synthetic_person
+from chukan.simulators.devnet.replica_synthetic import SyntheticEntry, registration_bytes
+from chukan.simulators.devnet.synthetic import SyntheticPerson, synthetic_person
 
 REGISTRATIONS = "/internal/v1/replica/registrations"
 

@@ -21,9 +21,9 @@ import pytest
 
 from chukan.codecs import catalog
 from chukan.codecs.sample_items import certification_item
-from chukan.gateway.keyring import enrolment_payload
-from chukan.gateway.state import utcnow
-from chukan.gateway.synthetic import SyntheticPerson, synthetic_person
+from chukan.gateway.core.keyring import enrolment_payload
+from chukan.gateway.core.state import utcnow
+from chukan.simulators.devnet.synthetic import SyntheticPerson, synthetic_person
 from chukan.simulators.hub import HUB_STATE
 
 pytestmark = pytest.mark.integration

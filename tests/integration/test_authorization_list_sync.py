@@ -26,11 +26,9 @@ from chukan.codecs.envelope import (
     encode_message,
     new_message_id,
 )
-from chukan.gateway.config import Timing
-from chukan.gateway.server import OPERATOR_SYSTEM
-from chukan.gateway.state import utcnow
-from chukan.gateway.synthetic import synthetic_individual_number, synthetic_person
-from chukan.gateway.web import SIGNATURE_HEADER, signature_header
+from chukan.gateway.core.config import Timing
+from chukan.gateway.core.state import utcnow
+from chukan.gateway.core.web import SIGNATURE_HEADER, signature_header
 from chukan.keys import generate_signing_key
 from chukan.permits import (
     AuthorizationList,
@@ -38,6 +36,8 @@ from chukan.permits import (
     sign_list,
     verify_signed_list,
 )
+from chukan.simulators.devnet.network import OPERATOR_SYSTEM
+from chukan.simulators.devnet.synthetic import synthetic_individual_number, synthetic_person
 from chukan.simulators.hub import HUB_STATE
 
 pytestmark = pytest.mark.integration

@@ -29,10 +29,10 @@ from conftest import Api, LogCapture
 
 from chukan.codecs import catalog
 from chukan.codecs.sample_items import certification_item
-from chukan.gateway import db
-from chukan.gateway.errors import status_for
-from chukan.gateway.server import Network, start_network
-from chukan.gateway.synthetic import SyntheticPerson, synthetic_person
+from chukan.gateway.core import db
+from chukan.gateway.core.errors import status_for
+from chukan.simulators.devnet.network import Network, start_network
+from chukan.simulators.devnet.synthetic import SyntheticPerson, synthetic_person
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chukan.gateway.demo import run_demo
+from chukan.simulators.devnet.demo import run_demo
 
 pytestmark = pytest.mark.integration
 

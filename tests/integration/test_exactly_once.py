@@ -38,11 +38,11 @@ from chukan.codecs.envelope import (
 )
 from chukan.codecs.sample_items import certification_item
 from chukan.gateway.app import ENROLMENT_PATIENCE
-from chukan.gateway.errors import EnrolmentRefusedError
-from chukan.gateway.metrics import metrics_for
-from chukan.gateway.server import start_gateway
-from chukan.gateway.state import answer_aad
-from chukan.gateway.web import SIGNATURE_HEADER, signature_header
+from chukan.gateway.core.errors import EnrolmentRefusedError
+from chukan.gateway.core.metrics import metrics_for
+from chukan.gateway.core.state import answer_aad
+from chukan.gateway.core.web import SIGNATURE_HEADER, signature_header
+from chukan.gateway.serve import start_gateway
 from chukan.keys import SigningKeyPair, seal
 from chukan.simulators.hub import HUB_STATE
 

@@ -21,13 +21,13 @@ import pytest
 from chukan.codecs import catalog
 from chukan.codecs.items import encode_item
 from chukan.codecs.sample_items import sample_item
-from chukan.gateway.keycli import run_keys
-from chukan.gateway.keyring import read_ring, ring_path, write_ring
-from chukan.gateway.server import OPERATOR_SYSTEM
-from chukan.gateway.state import utcnow
-from chukan.gateway.synthetic import SyntheticPerson, synthetic_person
+from chukan.gateway.cli.keys import run_keys
+from chukan.gateway.core.keyring import read_ring, ring_path, write_ring
+from chukan.gateway.core.state import utcnow
 from chukan.keys import generate_encryption_key, generate_signing_key
 from chukan.keys.ring import KeyRing, RingKey
+from chukan.simulators.devnet.network import OPERATOR_SYSTEM
+from chukan.simulators.devnet.synthetic import SyntheticPerson, synthetic_person
 from chukan.simulators.hub import HUB_STATE
 
 pytestmark = pytest.mark.integration

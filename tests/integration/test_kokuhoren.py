@@ -17,10 +17,10 @@ import asyncpg
 import pytest
 
 from chukan.codecs.kokuhoren import decode_file, encode_file
-from chukan.gateway.config import OP_READ_RECORDS, SystemCredential, Timing, token_digest
-from chukan.gateway.kokuhoren import KOKUHOREN_CLIENT
-from chukan.gateway.synthetic import FAMILY_NAMES, GIVEN_NAMES
-from chukan.gateway.transmission import MailboxRefusedError
+from chukan.gateway.core.config import OP_READ_RECORDS, SystemCredential, Timing, token_digest
+from chukan.gateway.kokuhoren.changes import KOKUHOREN_CLIENT
+from chukan.gateway.kokuhoren.transmission import MailboxRefusedError
+from chukan.simulators.devnet.synthetic import FAMILY_NAMES, GIVEN_NAMES
 from chukan.simulators.kokuhoren import KOKUHOREN_STATE
 
 pytestmark = pytest.mark.integration
@@ -556,7 +556,8 @@ async def test_a_queued_transmission_resumes_after_a_gateway_restart(
     chiba: Any, network: Any, http: Any, rng: random.Random, log_capture: Any, mailbox_up: None
 ) -> None:
     """A job left queued by a stopped gateway process is picked up when it starts again."""
-    from chukan.gateway.server import Gateway, start_gateway
+    from chukan.gateway.serve import start_gateway
+    from chukan.simulators.devnet.network import Gateway
 
     code = "122131"
     gateway = await network.add_gateway(

@@ -11,12 +11,12 @@ import pytest
 
 from chukan.codecs import catalog
 from chukan.codecs.envelope import CodeRequest
-from chukan.gateway.config import OP_READ_QUERY, OP_READ_RECORDS, OP_REGISTER_PERSON
-from chukan.gateway.pki import HUB_IDENTITY, system_identity
-from chukan.gateway.server import CORE_SYSTEM, REPORTING_SYSTEM
-from chukan.gateway.web import SIGNATURE_HEADER, signature_header
+from chukan.gateway.core.config import OP_READ_QUERY, OP_READ_RECORDS, OP_REGISTER_PERSON
+from chukan.gateway.core.identities import HUB_IDENTITY, system_identity
+from chukan.gateway.core.web import SIGNATURE_HEADER, signature_header
 from chukan.keys.ca import CertificateAuthority, ClientIdentity
 from chukan.keys.tls import client_context
+from chukan.simulators.devnet.network import CORE_SYSTEM, REPORTING_SYSTEM
 
 pytestmark = pytest.mark.integration
 
@@ -233,8 +233,8 @@ async def test_the_hub_checks_the_sender_against_the_certificate(
 
 async def test_an_agency_enrols_only_itself(http: Any, network: Any, chiba: Any) -> None:
     state = chiba.gateway.state
-    from chukan.gateway.keyring import enrolment_payload
-    from chukan.gateway.state import utcnow
+    from chukan.gateway.core.keyring import enrolment_payload
+    from chukan.gateway.core.state import utcnow
 
     payload = enrolment_payload(state.config, state.endpoint, state.ring, utcnow())
     admin = {"Authorization": f"Bearer {network.hub_config.admin_token}"}
@@ -254,8 +254,8 @@ async def test_an_agency_enrols_only_itself(http: Any, network: Any, chiba: Any)
 
 async def test_key_ids_must_be_derived_from_the_key(http: Any, network: Any, chiba: Any) -> None:
     state = chiba.gateway.state
-    from chukan.gateway.keyring import enrolment_payload
-    from chukan.gateway.state import utcnow
+    from chukan.gateway.core.keyring import enrolment_payload
+    from chukan.gateway.core.state import utcnow
 
     payload = enrolment_payload(state.config, state.endpoint, state.ring, utcnow())
     payload["signing_key"] = {**payload["signing_key"], "key_id": f"{catalog.CHIBA_CITY}.sig.x"}
@@ -285,7 +285,7 @@ async def test_the_hub_calls_an_agency_only_at_a_server_holding_that_agencys_nam
 ) -> None:
     """The hub checks the server's identity, not just the CA: a registry endpoint that
     points at another agency's gateway fails in the TLS handshake, before sending."""
-    from chukan.gateway.pki import agency_host
+    from chukan.gateway.core.identities import agency_host
     from chukan.simulators.hub import HUB_STATE
 
     session = network.hub.app[HUB_STATE].session

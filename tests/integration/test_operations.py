@@ -16,14 +16,15 @@ from conftest import ROOT_PASSWORD
 
 from chukan.codecs import catalog
 from chukan.codecs.sample_items import certification_item
-from chukan.gateway import admin_cli, cli
-from chukan.gateway.config import Timing
-from chukan.gateway.keyring import read_ring, ring_path, write_ring
-from chukan.gateway.ops import _today
-from chukan.gateway.records import RecordEntry, write_record
-from chukan.gateway.state import utcnow
-from chukan.gateway.synthetic import SyntheticPerson, synthetic_person
+from chukan.gateway.cli import admin as admin_cli
+from chukan.gateway.cli.main import GATEWAY_DATABASE
+from chukan.gateway.core.config import Timing
+from chukan.gateway.core.keyring import read_ring, ring_path, write_ring
+from chukan.gateway.core.state import utcnow
+from chukan.gateway.ops.operations import _today
+from chukan.gateway.records.store import RecordEntry, write_record
 from chukan.keys.ring import KeyRing
+from chukan.simulators.devnet.synthetic import SyntheticPerson, synthetic_person
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.integration
 async def run_cli(url: str, *argv: str) -> tuple[int, str]:
     parser = argparse.ArgumentParser(prog="chukan")
     commands = parser.add_subparsers(dest="command", required=True)
-    admin_cli.add_commands(commands, database_default=cli.GATEWAY_DATABASE)
+    admin_cli.add_commands(commands, database_default=GATEWAY_DATABASE)
     out = io.StringIO()
     status = await admin_cli.run(parser.parse_args(argv), url, out, io.StringIO())
     return status, out.getvalue()

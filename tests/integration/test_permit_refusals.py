@@ -30,10 +30,10 @@ from chukan.codecs.envelope import (
     new_message_id,
 )
 from chukan.codecs.sample_items import certification_item
-from chukan.gateway.synthetic import synthetic_person
-from chukan.gateway.web import SIGNATURE_HEADER, signature_header
+from chukan.gateway.core.web import SIGNATURE_HEADER, signature_header
 from chukan.keys import SigningKeyPair, generate_signing_key
 from chukan.permits import Permit, body_digest, encode_permit, new_permit_id
+from chukan.simulators.devnet.synthetic import synthetic_person
 from chukan.simulators.hub import HUB_STATE
 
 pytestmark = pytest.mark.integration
@@ -366,7 +366,7 @@ async def test_used_permits_are_forgotten_only_after_expiry_and_skew(
     impostor: HubImpostor,
 ) -> None:
     """The deletion job keeps a used permit while it could still be accepted (expiry + skew)."""
-    from chukan.gateway.ops import purge_results
+    from chukan.gateway.ops.operations import purge_results
 
     state = impostor.provider.gateway.state
     timing = state.config.timing

@@ -12,7 +12,7 @@ import pytest
 from chukan.codecs import catalog
 from chukan.codecs.envelope import AcquisitionRequest
 from chukan.codecs.sample_items import certification_item
-from chukan.gateway.synthetic import SyntheticPerson, synthetic_person
+from chukan.simulators.devnet.synthetic import SyntheticPerson, synthetic_person
 from chukan.simulators.hub import HUB_STATE
 
 pytestmark = pytest.mark.integration

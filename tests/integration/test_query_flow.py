@@ -10,7 +10,11 @@ import pytest
 
 from chukan.codecs import catalog
 from chukan.codecs.sample_items import certification_item, local_tax_item
-from chukan.gateway.synthetic import SyntheticPerson, synthetic_individual_number, synthetic_person
+from chukan.simulators.devnet.synthetic import (
+    SyntheticPerson,
+    synthetic_individual_number,
+    synthetic_person,
+)
 from chukan.simulators.hub import HUB_STATE
 
 pytestmark = pytest.mark.integration
@@ -326,7 +330,7 @@ async def test_unknown_query_id(chiba: Any) -> None:
 
 async def test_callers_must_authenticate_and_hold_the_grant(network: Any, http: Any) -> None:
     """No token → 401, a token without the operation → 403; both recorded with the caller."""
-    from chukan.gateway.config import OP_READ_RECORDS, SystemCredential, token_digest
+    from chukan.gateway.core.config import OP_READ_RECORDS, SystemCredential, token_digest
 
     reporting_token = "reporting-system-token-for-tests"
     gateway = network.gateways.get("122033") or await network.add_gateway(
@@ -369,7 +373,7 @@ async def test_non_disclosure_travels_to_every_record(
     chiba: Any, funabashi: Any, network: Any, rng: random.Random
 ) -> None:
     """不開示 set by the requester is recorded by the requester, the hub and the provider."""
-    from chukan.gateway import records
+    from chukan.gateway.records import store as records
 
     in_chiba, in_funabashi = await moved_person(rng, chiba, funabashi)
     item = certification_item(rng, dt.date.today())

@@ -21,9 +21,12 @@ import pytest
 
 from chukan.codecs import catalog
 from chukan.codecs.sample_items import certification_item
-from chukan.gateway import admin_cli, cli, db
-from chukan.gateway.keyring import enrolment_payload
-from chukan.gateway.records import (
+from chukan.gateway.cli import admin as admin_cli
+from chukan.gateway.cli.main import GATEWAY_DATABASE
+from chukan.gateway.core import db
+from chukan.gateway.core.keyring import enrolment_payload
+from chukan.gateway.core.state import utcnow
+from chukan.gateway.records.store import (
     RecordEntry,
     chain_hash,
     genesis_hash,
@@ -31,10 +34,9 @@ from chukan.gateway.records import (
     verify_chain,
     write_record,
 )
-from chukan.gateway.server import start_gateway
-from chukan.gateway.state import utcnow
-from chukan.gateway.synthetic import SyntheticPerson, synthetic_person
+from chukan.gateway.serve import start_gateway
 from chukan.keys import b64e, generate_signing_key
+from chukan.simulators.devnet.synthetic import SyntheticPerson, synthetic_person
 from chukan.simulators.hub import HUB_STATE
 
 pytestmark = pytest.mark.integration
@@ -45,7 +47,7 @@ def parse(*argv: str) -> Any:
 
     parser = argparse.ArgumentParser(prog="chukan")
     commands = parser.add_subparsers(dest="command", required=True)
-    admin_cli.add_commands(commands, database_default=cli.GATEWAY_DATABASE)
+    admin_cli.add_commands(commands, database_default=GATEWAY_DATABASE)
     return parser.parse_args(argv)
 
 
@@ -389,7 +391,7 @@ async def test_two_gateway_processes_of_one_tenant_keep_one_chain(
     agency = first.config.agency_code
     second = await start_gateway(first.config)
     try:
-        from chukan.gateway.state import GATEWAY_STATE
+        from chukan.gateway.core.state import GATEWAY_STATE
 
         pools = [first.state.pool, second.app[GATEWAY_STATE].pool]
         before = await pools[0].fetchval("SELECT coalesce(max(seq), 0) FROM provision_records")

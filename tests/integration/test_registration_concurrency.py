@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from chukan.gateway.synthetic import SyntheticPerson, synthetic_person
+from chukan.simulators.devnet.synthetic import SyntheticPerson, synthetic_person
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,9 @@ from replica_support import new_record_id, registered, send_entries
 
 from chukan.codecs.items import encode_item
 from chukan.codecs.sample_items import burden_ratio
-from chukan.gateway.reconcile import COLUMNS
-from chukan.gateway.replica_cli import run_diff
-from chukan.gateway.replica_synthetic import SyntheticEntry
+from chukan.gateway.replica.cli import run_diff
+from chukan.gateway.replica.reconcile import COLUMNS
+from chukan.simulators.devnet.replica_synthetic import SyntheticEntry
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from replica_support import ask, history, moved_person, new_record_id, send_entr
 from chukan.codecs import catalog
 from chukan.codecs.items import decode_item, encode_item
 from chukan.codecs.sample_items import care_certification, insured_number
-from chukan.gateway.replica import provision_document
-from chukan.gateway.replica_synthetic import SyntheticEntry
+from chukan.gateway.replica.items import provision_document
+from chukan.simulators.devnet.replica_synthetic import SyntheticEntry
 
 pytestmark = pytest.mark.integration
 

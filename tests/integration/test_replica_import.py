@@ -19,9 +19,9 @@ import asyncpg
 import pytest
 from replica_support import insert_people
 
-from chukan.gateway import jobs
-from chukan.gateway.replica_cli import run_import
-from chukan.gateway.replica_synthetic import (
+from chukan.gateway.core import jobs
+from chukan.gateway.replica.cli import run_import
+from chukan.simulators.devnet.replica_synthetic import (
     SyntheticEntry,
     synthetic_entries,
     write_registration,
@@ -155,7 +155,7 @@ async def test_broken_file_is_refused_whole(
 
 def chukan(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 -- our own CLI with fixed arguments
-        [sys.executable, "-m", "chukan.gateway.cli", *args],
+        [sys.executable, "-m", "chukan", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -21,7 +21,7 @@ from replica_support import (
 
 from chukan.codecs.items import ITEM_CODES, encode_item
 from chukan.codecs.sample_items import SAMPLE_INSURER, sample_item
-from chukan.gateway.replica_synthetic import SyntheticEntry, registration_bytes
+from chukan.simulators.devnet.replica_synthetic import SyntheticEntry, registration_bytes
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from replica_support import moved_person, new_record_id, send_entries
 from chukan.codecs import catalog
 from chukan.codecs.items import encode_item
 from chukan.codecs.sample_items import care_certification
-from chukan.gateway.replica_synthetic import SyntheticEntry
+from chukan.simulators.devnet.replica_synthetic import SyntheticEntry
 from chukan.simulators.hub import HUB_STATE
 
 pytestmark = pytest.mark.integration
@@ -187,7 +187,7 @@ async def test_flag_without_data_and_flag_cleared(
 
 async def test_review_operations_need_their_grants(network: Any, http: Any) -> None:
     """Deciding needs review.decide; a reader (review.read) may list but not decide."""
-    from chukan.gateway.config import OP_READ_REVIEW, SystemCredential, token_digest
+    from chukan.gateway.core.config import OP_READ_REVIEW, SystemCredential, token_digest
 
     token = secrets.token_urlsafe(16)
     reader = SystemCredential("review-reader", token_digest(token), frozenset({OP_READ_REVIEW}))
@@ -218,7 +218,7 @@ async def test_review_operations_need_their_grants(network: Any, http: Any) -> N
 
 async def _staff_token(chiba: Any, roles: list[str]) -> str:
     """A staff account of 千葉市 with ``roles``, logged in over HTTP; returns the session token."""
-    from chukan.gateway.staff import create_account, hash_password
+    from chukan.gateway.staff.accounts import create_account, hash_password
 
     username = f"s{secrets.token_hex(4)}"
     password = f"Pw-{secrets.token_urlsafe(12)}"

@@ -14,8 +14,9 @@ import asyncpg
 import pytest
 from conftest import OPS_AGENCY, ROOT_PASSWORD
 
-from chukan.gateway import admin_cli, cli
-from chukan.gateway.staff import token_sha256
+from chukan.gateway.cli import admin as admin_cli
+from chukan.gateway.cli.main import GATEWAY_DATABASE
+from chukan.gateway.staff.accounts import token_sha256
 
 pytestmark = pytest.mark.integration
 
@@ -375,7 +376,7 @@ def _parse(*argv: str) -> Any:
 
     parser = argparse.ArgumentParser(prog="chukan")
     commands = parser.add_subparsers(dest="command", required=True)
-    admin_cli.add_commands(commands, database_default=cli.GATEWAY_DATABASE)
+    admin_cli.add_commands(commands, database_default=GATEWAY_DATABASE)
     return parser.parse_args(argv)
 
 

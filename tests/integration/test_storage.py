@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from chukan.gateway import db
+from chukan.gateway.core import db
 
 pytestmark = pytest.mark.integration
 

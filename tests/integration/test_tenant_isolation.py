@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from chukan.codecs import catalog
-from chukan.gateway.synthetic import synthetic_person
+from chukan.simulators.devnet.synthetic import synthetic_person
 
 pytestmark = pytest.mark.integration
 

@@ -33,8 +33,12 @@ from chukan.codecs import catalog
 from chukan.codecs.items import encode_item
 from chukan.codecs.sample_items import local_tax_item, sample_item
 from chukan.codecs.xmlsafe import XINCLUDE_NAMESPACE
-from chukan.gateway.replica_cli import run_import
-from chukan.gateway.replica_synthetic import SyntheticEntry, registration_bytes, write_registration
+from chukan.gateway.replica.cli import run_import
+from chukan.simulators.devnet.replica_synthetic import (
+    SyntheticEntry,
+    registration_bytes,
+    write_registration,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 from conftest import LogCapture
 
-from chukan.gateway import db
-from chukan.gateway.errors import DatabaseUnavailableError, status_for
+from chukan.gateway.core import db
+from chukan.gateway.core.errors import DatabaseUnavailableError, status_for
 
 GOING_AWAY = [
     asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),

@@ -17,7 +17,7 @@ from chukan.codecs.individual_number import (
     generate_individual_number,
     is_valid_individual_number,
 )
-from chukan.gateway.logs import REDACTED, configure_logging
+from chukan.gateway.core.logs import REDACTED, configure_logging
 
 
 def test_published_example_is_valid() -> None:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from chukan.gateway.keycli import add_keys_parser, run_keys
-from chukan.gateway.keyring import (
+from chukan.gateway.cli.keys import add_keys_parser, run_keys
+from chukan.gateway.core.identities import system_identity
+from chukan.gateway.core.keyring import (
     enrolment_payload,
     load_or_create_ring,
     published_keys,
@@ -20,11 +21,11 @@ from chukan.gateway.keyring import (
     ring_path,
     write_ring,
 )
-from chukan.gateway.pki import NetworkPki, system_identity
-from chukan.gateway.tls import TlsSettings, parse_system_subject, system_subject
+from chukan.gateway.core.tls import TlsSettings, parse_system_subject, system_subject
 from chukan.keys import KeyFormatError
 from chukan.keys.ca import ClientIdentity
 from chukan.keys.ring import KeyRing
+from chukan.simulators.devnet.pki import NetworkPki
 
 PASSPHRASE = b"a-generated-passphrase-for-tests"
 NOW = dt.datetime(2026, 4, 1, 9, 0, tzinfo=dt.UTC)
@@ -77,7 +78,7 @@ def test_what_is_published_holds_no_private_material() -> None:
     keys = published_keys(ring, later)
     assert {k["status"] for k in keys} == {"active", "retiring"}
     assert all(k["valid_until"] is None for k in keys if k["status"] == "active")
-    from chukan.gateway.config import GatewayConfig
+    from chukan.gateway.core.config import GatewayConfig
 
     config = GatewayConfig(
         agency_code=OWNER,

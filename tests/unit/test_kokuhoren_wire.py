@@ -15,16 +15,17 @@ from chukan.codecs.kokuhoren import (
     RecipientChange,
     RecipientCorrection,
 )
-from chukan.gateway.errors import ValidationError
-from chukan.gateway.kokuhoren import month_end, parse_month
-from chukan.gateway.kokuhoren_json import (
+from chukan.gateway.core.errors import ValidationError
+from chukan.gateway.core.retry import backoff_delay
+from chukan.gateway.kokuhoren.changes import month_end, parse_month
+from chukan.gateway.kokuhoren.json_codec import (
     RecordInvalidError,
     canonical_json,
     effective_date,
     record_from_json,
     record_to_json,
 )
-from chukan.gateway.mailbox import (
+from chukan.gateway.kokuhoren.mailbox import (
     KOKUHOREN_PARTY,
     EnvelopeInvalidError,
     FileDigestMismatchError,
@@ -34,7 +35,6 @@ from chukan.gateway.mailbox import (
     open_file,
     seal_file,
 )
-from chukan.gateway.retry import backoff_delay
 from chukan.keys import DecryptionError, UnknownKeyError, generate_encryption_key
 
 CONTENT = b'"1","1","1","1","531","","122010","","12","1","202404","0000000001"\r\n'

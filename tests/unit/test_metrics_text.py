@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from chukan.gateway.metrics import (
+from chukan.gateway.core.metrics import (
     Counter,
     GatewayMetrics,
     Histogram,

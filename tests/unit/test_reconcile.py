@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from chukan.gateway.reconcile import COLUMNS, Difference, ReconcileInputError, diff, read_file
-from chukan.gateway.replica_cli import run_diff
+from chukan.gateway.replica.cli import run_diff
+from chukan.gateway.replica.reconcile import (
+    COLUMNS,
+    Difference,
+    ReconcileInputError,
+    diff,
+    read_file,
+)
 
 HEADER = ",".join(COLUMNS)
 CODE = "TM00000000010201"

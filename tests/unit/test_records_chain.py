@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from chukan.gateway.records import (
+from chukan.gateway.records.store import (
     CONTENT_COLUMNS,
     canonical_record,
     canonical_timestamp,

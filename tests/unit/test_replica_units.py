@@ -12,9 +12,9 @@ from chukan.codecs import item_model as m
 from chukan.codecs.items import ITEM_CODES, decode_item, encode_item
 from chukan.codecs.registration import RegistrationEntry, decode_registration
 from chukan.codecs.sample_items import care_certification, insured_number, sample_item
-from chukan.gateway.replica import ReplicaInconsistentError, provision_document
-from chukan.gateway.replica_cli import Progress, default_workers
-from chukan.gateway.replica_synthetic import registration_bytes, synthetic_entries
+from chukan.gateway.replica.cli import Progress, default_workers
+from chukan.gateway.replica.items import ReplicaInconsistentError, provision_document
+from chukan.simulators.devnet.replica_synthetic import registration_bytes, synthetic_entries
 
 CODE = "TM00000000010201"
 TODAY = dt.date(2025, 4, 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chukan.gateway.retry import backoff_delay, jittered_backoff
+from chukan.gateway.core.retry import backoff_delay, jittered_backoff
 
 
 @given(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chukan.gateway.settings import StaffConfig
-from chukan.gateway.staff import (
+from chukan.gateway.core.settings import StaffConfig
+from chukan.gateway.staff.accounts import (
     WeakPasswordError,
     check_password_strength,
     hash_password,

@@ -1,0 +1,341 @@
+"""Administrative commands: ``chukan records|staff|ops ...``.
+
+They connect with an owner (superuser) URL of the gateway database — the one
+migrations use — and act *as the tenant*: ``SET SESSION AUTHORIZATION`` to the
+tenant's login role, so row-level security, column privileges and the
+append-only triggers apply exactly as to the gateway itself.  Every command
+that reads personal records or changes accounts is written to the audit trail
+(actor kind ``cli``, actor ``--actor`` or the OS user).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import asyncpg
+
+from chukan.gateway.core import db
+from chukan.gateway.core.errors import GatewayError
+from chukan.gateway.core.keyring import open_ring, own_verification_keys, ring_path
+from chukan.gateway.core.settings import (
+    DEFAULT_RESULT_RETENTION,
+    DEFAULT_STATISTICS_TIME_ZONE,
+    DEFAULT_UNUSED_DAYS,
+    StaffConfig,
+)
+from chukan.gateway.core.state import ATENA_PATTERN
+from chukan.gateway.ops import operations as ops
+from chukan.gateway.records import store as records
+from chukan.gateway.staff import accounts as staff
+from chukan.keys import KeysError, PublicSigningKey, b64d, public_signing_key
+from chukan.keys.ring import KeyRing
+
+COMMANDS = ("records", "staff", "ops")
+
+
+class CommandError(Exception):
+    """Bad arguments or state: printed, exit status 2."""
+
+
+def add_commands(commands: Any, *, database_default: str) -> None:
+    """Add the ``records``, ``staff`` and ``ops`` sub-commands to ``chukan``'s parser."""
+
+    def common(parser: argparse.ArgumentParser, *, tenant: bool = True) -> None:
+        parser.add_argument(
+            "--database-url",
+            help="owner URL of the gateway database (default: CHUKAN_DATABASE_URL or the "
+            "embedded server, database --database)",
+        )
+        parser.add_argument("--database", default=database_default)
+        if tenant:
+            parser.add_argument("--tenant", required=True, help="agency code (6 or 16 digits)")
+        parser.add_argument("--actor", default=None, help="who runs this (audit trail)")
+
+    def fmt(parser: argparse.ArgumentParser, default: str = "json") -> None:
+        parser.add_argument("--format", choices=("json", "csv"), default=default)
+
+    rec = commands.add_parser("records", help="provision records: verify, disclose, checkpoint")
+    rec_cmds = rec.add_subparsers(dest="action", required=True)
+    verify = rec_cmds.add_parser("verify", help="walk the hash chain and signed checkpoints")
+    common(verify)
+    verify.add_argument("--key-dir", type=Path, help="the agency's key folder (trusted keys)")
+    verify.add_argument(
+        "--public-key",
+        action="append",
+        default=[],
+        metavar="KEY_ID=BASE64",
+        help="a trusted public signing key (repeatable)",
+    )
+    disclose = rec_cmds.add_parser("disclose", help="every record about one person")
+    common(disclose)
+    disclose.add_argument("--atena-id", required=True)
+    disclose.add_argument("--audience", choices=("auditor", "person"), default="auditor")
+    fmt(disclose)
+    checkpoint = rec_cmds.add_parser("checkpoint", help="sign a checkpoint of the chain now")
+    common(checkpoint)
+    checkpoint.add_argument("--key-dir", type=Path, required=True)
+    partitions = rec_cmds.add_parser("partitions", help="create monthly partitions ahead")
+    common(partitions, tenant=False)
+    partitions.add_argument("--months", type=int, default=4)
+
+    st = commands.add_parser("staff", help="staff accounts")
+    st_cmds = st.add_subparsers(dest="action", required=True)
+    create = st_cmds.add_parser(
+        "create-admin", help="bootstrap an administrator (password from stdin or generated)"
+    )
+    common(create)
+    create.add_argument("--username", required=True)
+    create.add_argument("--password-stdin", action="store_true")
+    create.add_argument("--expires", help="ISO date of expiry (default: none)")
+    st_cmds.add_parser("hash-password", help="scrypt hash of a password read from stdin")
+    review = st_cmds.add_parser("review", help="accounts unused for N days or past expiry")
+    common(review)
+    review.add_argument("--unused-days", type=int, default=DEFAULT_UNUSED_DAYS)
+    fmt(review)
+    revoke = st_cmds.add_parser("revoke", help="revoke an account and end its sessions")
+    common(revoke)
+    revoke.add_argument("--username", required=True)
+
+    op = commands.add_parser("ops", help="system management: deletion job, statistics, jobs")
+    op_cmds = op.add_subparsers(dest="action", required=True)
+    purge = op_cmds.add_parser("purge", help="run the result-deletion job now")
+    common(purge)
+    purge.add_argument(
+        "--retention-hours",
+        type=float,
+        default=DEFAULT_RESULT_RETENTION.total_seconds() / 3600,
+    )
+    stats = op_cmds.add_parser("stats", help="records per day, procedure, item and outcome")
+    common(stats)
+    stats.add_argument("--from", dest="start")
+    stats.add_argument("--to", dest="end")
+    stats.add_argument("--time-zone", default=DEFAULT_STATISTICS_TIME_ZONE)
+    fmt(stats)
+    jobs = op_cmds.add_parser("jobs", help="recent jobs")
+    common(jobs)
+    jobs.add_argument("--kind")
+
+
+async def tenant_connection(url: str, tenant: str) -> asyncpg.Connection:
+    """An owner connection that then acts as the tenant's login role."""
+    role = db.tenant_role(tenant)  # validated: safe as an identifier
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"SET SESSION AUTHORIZATION {role}")
+        await conn.execute("SET TIME ZONE 'UTC'")
+        actual = await conn.fetchval("SELECT chukan_tenant()")
+    except asyncpg.InvalidParameterValueError:
+        await conn.close()
+        raise CommandError(f"tenant {tenant} has no login role on this server") from None
+    except BaseException:
+        await conn.close()
+        raise
+    if actual != tenant:
+        await conn.close()
+        raise CommandError(f"tenant {tenant} is not provisioned in this database")
+    return conn
+
+
+def _trusted_keys(args: argparse.Namespace) -> dict[str, PublicSigningKey] | None:
+    keys: dict[str, PublicSigningKey] = {}
+    for item in args.public_key:
+        key_id, sep, raw = item.partition("=")
+        if not sep:
+            raise CommandError("--public-key takes KEY_ID=BASE64")
+        keys[key_id] = public_signing_key(key_id, b64d(raw))
+    if args.key_dir is not None:
+        keys.update(own_verification_keys(_load_ring(args.key_dir, args.tenant)))
+    return keys or None
+
+
+def _load_ring(key_dir: Path, tenant: str) -> KeyRing:
+    """The agency's key ring (``chukan keys``); every key it holds verifies, the newest signs."""
+    import os
+
+    passphrase = os.environ.get("CHUKAN_KEY_PASSPHRASE")
+    if not passphrase:
+        raise CommandError("set CHUKAN_KEY_PASSPHRASE to open the key folder")
+    if not ring_path(key_dir, tenant).exists():
+        raise CommandError(f"no key ring of {tenant} in {key_dir}")
+    try:
+        return open_ring(key_dir, tenant, passphrase.encode())
+    except KeysError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _json(out: TextIO, value: Any) -> None:
+    out.write(json.dumps(value, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+async def run(args: argparse.Namespace, url: str, out: TextIO, stdin: TextIO) -> int:
+    """Run one parsed command against the gateway database at ``url``."""
+    try:
+        return await _dispatch(args, url, out, stdin)
+    except (CommandError, GatewayError) as exc:
+        message = exc.message if isinstance(exc, GatewayError) else str(exc)
+        print(f"chukan: {message}", file=sys.stderr)
+        return 2
+
+
+async def _dispatch(args: argparse.Namespace, url: str, out: TextIO, stdin: TextIO) -> int:
+    command, action = args.command, args.action
+    if (command, action) == ("staff", "hash-password"):
+        password = stdin.readline().rstrip("\n")
+        config = StaffConfig()
+        staff.check_password_strength(password, config, "")
+        out.write(
+            staff.hash_password(password, n=config.scrypt_n, r=config.scrypt_r, p=config.scrypt_p)
+            + "\n"
+        )
+        return 0
+    if (command, action) == ("records", "partitions"):
+        conn = await asyncpg.connect(url)
+        try:
+            created = await records.ensure_partitions(conn, dt.date.today(), args.months)
+        finally:
+            await conn.close()
+        _json(out, {"created": created})
+        return 0
+    actor = args.actor or getpass.getuser()
+    conn = await tenant_connection(url, args.tenant)
+    try:
+        return await _tenant_command(args, conn, actor, out, stdin)
+    finally:
+        await conn.close()
+
+
+async def _tenant_command(
+    args: argparse.Namespace, conn: asyncpg.Connection, actor: str, out: TextIO, stdin: TextIO
+) -> int:
+    command, action, tenant = args.command, args.action, args.tenant
+
+    async def audit(action_name: str, target: str | None, detail: Mapping[str, Any]) -> None:
+        await staff.audit(
+            conn,
+            actor_kind="cli",
+            actor=actor,
+            action=action_name,
+            target=target,
+            detail=dict(detail),
+        )
+
+    if (command, action) == ("records", "verify"):
+        report = await records.verify_chain(conn, tenant, _trusted_keys(args))
+        await audit("records.verify", None, {"ok": report.ok, "issues": len(report.issues)})
+        _json(out, report.to_json())
+        return 0 if report.ok else 1
+    if (command, action) == ("records", "disclose"):
+        if not ATENA_PATTERN.match(args.atena_id):
+            raise CommandError("--atena-id must be 1 to 15 digits")
+        async with conn.transaction():
+            rows = await records.disclose(
+                conn, tenant, args.atena_id, include_non_disclosed=args.audience == "auditor"
+            )
+            checkpoint = await records.latest_checkpoint(conn, tenant)
+            await audit(
+                "records.disclose",
+                args.atena_id,
+                {"records": len(rows), "format": args.format, "audience": args.audience},
+            )
+        if args.format == "csv":
+            out.write(records.disclosure_csv(rows))
+        else:
+            _json(
+                out,
+                {
+                    "agency": tenant,
+                    "atena_id": args.atena_id,
+                    "records": rows,
+                    "checkpoint": checkpoint.to_json() if checkpoint else None,
+                },
+            )
+        return 0
+    if (command, action) == ("records", "checkpoint"):
+        signer = _load_ring(args.key_dir, tenant).current_signing(dt.datetime.now(dt.UTC))
+        made = await records.make_checkpoint(
+            conn, tenant, signer, every=1, interval=dt.timedelta(0), force=True
+        )
+        await audit("records.checkpoint", None, {"seq": made.seq if made else None})
+        _json(out, {"checkpoint": made.to_json() if made else None})
+        return 0
+    if (command, action) == ("staff", "create-admin"):
+        username = staff._username(args.username)
+        config = StaffConfig()
+        generated = not args.password_stdin
+        if generated:
+            import secrets
+
+            password = secrets.token_urlsafe(18)
+        else:
+            password = stdin.readline().rstrip("\n")
+            staff.check_password_strength(password, config, username)
+        hashed = staff.hash_password(
+            password, n=config.scrypt_n, r=config.scrypt_r, p=config.scrypt_p
+        )
+        async with conn.transaction():
+            row = await staff.create_account(
+                conn,
+                username=username,
+                roles=[staff.ROLE_ADMIN],
+                password_hash=hashed,
+                created_by=f"cli:{actor}",
+                display_name="administrator",
+                expires_at=staff.parse_expiry(args.expires),
+            )
+            await audit("staff.account.create", username, {"roles": [staff.ROLE_ADMIN]})
+        result = staff.account_json(row)
+        if generated:
+            result["password"] = password  # shown once, never stored in clear
+        _json(out, result)
+        return 0
+    if (command, action) == ("staff", "review"):
+        review = await staff.review_accounts(conn, args.unused_days)
+        await audit("staff.account.review", None, {"unused_days": args.unused_days})
+        if args.format == "csv":
+            rows = [{"finding": "unused", **a} for a in review["unused"]] + [
+                {"finding": "expired", **a} for a in review["expired"]
+            ]
+            fields = ("finding", *staff.ACCOUNT_COLUMNS.split(", "))
+            out.write(ops.to_csv(rows, fields))
+        else:
+            _json(out, review)
+        return 0
+    if (command, action) == ("staff", "revoke"):
+        ended = await staff.revoke_account(conn, args.username, f"cli:{actor}")
+        await audit("staff.account.revoke", args.username, {"sessions_ended": ended})
+        _json(out, {"username": args.username, "revoked": True, "sessions_ended": ended})
+        return 0
+    if (command, action) == ("ops", "purge"):
+        job = await ops.run_purge_job(
+            conn,
+            tenant,
+            retention=dt.timedelta(hours=args.retention_hours),
+            message_skew=dt.timedelta(minutes=5),
+            created_by=f"cli:{actor}",
+        )
+        await audit("jobs.purge", str(job.id), job.counts)
+        _json(out, job.to_json())
+        return 0
+    if (command, action) == ("ops", "stats"):
+        first, last = ops.parse_period(args.start, args.end, today=dt.date.today())
+        rows = await ops.statistics(conn, first, last, args.time_zone)
+        await audit("statistics.read", None, {"from": str(first), "to": str(last)})
+        if args.format == "csv":
+            out.write(ops.to_csv(rows, ops.STATISTICS_FIELDS))
+        else:
+            _json(out, {"from": str(first), "to": str(last), "rows": rows})
+        return 0
+    if (command, action) == ("ops", "jobs"):
+        from chukan.gateway.core.jobs import list_jobs
+
+        jobs = await list_jobs(conn, kind=args.kind)
+        _json(out, {"jobs": [j.to_json() for j in jobs]})
+        return 0
+    raise CommandError(f"unknown command {command} {action}")

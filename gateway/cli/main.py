@@ -1,0 +1,67 @@
+"""The gateway's commands of the ``chukan`` command line: records, staff, ops, replica, keys.
+
+:mod:`chukan.cli` adds them to the one ``chukan`` parser, beside the offline
+network's ``demo`` and ``serve``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+from chukan.gateway.cli import admin as admin_cli
+from chukan.gateway.cli.keys import add_keys_parser, run_keys
+from chukan.gateway.core import db
+from chukan.gateway.replica import cli as replica_cli
+
+DEFAULT_DATA_DIR: Final = Path(".chukan")
+GATEWAY_DATABASE: Final = "chukan_gateway"
+
+
+def add_global_options(parser: argparse.ArgumentParser) -> None:
+    """Options every ``chukan`` command shares: where the embedded PostgreSQL lives, logging."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("CHUKAN_DATA_DIR", DEFAULT_DATA_DIR)),
+        help="folder for the embedded PostgreSQL (default .chukan)",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("CHUKAN_LOG_LEVEL", "WARNING"))
+
+
+def add_commands(commands: Any) -> None:
+    """Add the gateway's commands to the ``chukan`` sub-command parsers."""
+    admin_cli.add_commands(commands, database_default=GATEWAY_DATABASE)
+    replica_cli.add_parser(commands)
+    add_keys_parser(commands)
+
+
+def run(args: argparse.Namespace) -> int | None:
+    """Run ``args.command`` if it is one of the gateway's; None if it is not."""
+    if args.command == "keys":
+        return run_keys(args)
+    if args.command in admin_cli.COMMANDS:
+        return _admin(args)
+    if args.command == "replica":
+        return replica_cli.run(args)
+    return None
+
+
+def _admin(args: argparse.Namespace) -> int:
+    """``records``, ``staff`` and ``ops``: against the gateway database (see admin_cli)."""
+    if args.command == "staff" and args.action == "hash-password":
+        return asyncio.run(admin_cli.run(args, "", sys.stdout, sys.stdin))
+    embedded = None
+    url = args.database_url
+    if not url:
+        server_url, embedded = db.server_url(args.data_dir)
+        url = db.with_database(server_url, args.database)
+    try:
+        return asyncio.run(admin_cli.run(args, url, sys.stdout, sys.stdin))
+    finally:
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,91 @@
+"""Settings of records, staff accounts and system management, with defaults as constants.
+
+Kept apart from :mod:`chukan.gateway.core.config` (which holds them as fields of
+``GatewayConfig``) so that these modules import no gateway state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Final
+
+# -- provision records ----------------------------------------------------------------------
+
+#: Sign a checkpoint once this many records are unsigned ...
+DEFAULT_CHECKPOINT_EVERY: Final = 1000
+#: ... or once the oldest unsigned record is this old.
+DEFAULT_CHECKPOINT_INTERVAL: Final = dt.timedelta(seconds=60)
+#: How often the checkpointer looks (one cheap query per tenant).
+DEFAULT_CHECKPOINT_POLL: Final = 5.0
+#: Monthly partitions kept ready ahead of the current month.
+DEFAULT_PARTITIONS_AHEAD: Final = 3
+DEFAULT_PARTITION_CHECK: Final = dt.timedelta(days=1)
+
+# -- staff ----------------------------------------------------------------------------------
+
+DEFAULT_IDLE_TIMEOUT: Final = dt.timedelta(minutes=15)
+DEFAULT_SESSION_LIFETIME: Final = dt.timedelta(hours=10)
+DEFAULT_MAX_FAILED_LOGINS: Final = 5
+DEFAULT_LOCKOUT: Final = dt.timedelta(minutes=15)
+DEFAULT_MIN_PASSWORD_LENGTH: Final = 12
+DEFAULT_UNUSED_DAYS: Final = 90
+#: scrypt cost (RFC 7914): n=2**15, r=8, p=1 is about 32 MiB and 50-100 ms per hash.
+DEFAULT_SCRYPT_N: Final = 2**15
+DEFAULT_SCRYPT_R: Final = 8
+DEFAULT_SCRYPT_P: Final = 1
+
+# -- system management ----------------------------------------------------------------------
+
+#: Results collected this long ago are deleted (expired ones always are).
+DEFAULT_RESULT_RETENTION: Final = dt.timedelta(days=1)
+DEFAULT_PURGE_INTERVAL: Final = dt.timedelta(hours=1)
+DEFAULT_READY_TIMEOUT: Final = 2.0
+#: Business days of a Japanese municipality, for statistics.
+DEFAULT_STATISTICS_TIME_ZONE: Final = "Asia/Tokyo"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsConfig:
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
+    checkpoint_interval: dt.timedelta = DEFAULT_CHECKPOINT_INTERVAL
+    checkpoint_poll: float = DEFAULT_CHECKPOINT_POLL
+    partitions_ahead: int = DEFAULT_PARTITIONS_AHEAD
+    partition_check: dt.timedelta = DEFAULT_PARTITION_CHECK
+
+
+@dataclass(frozen=True, slots=True)
+class InitialAdmin:
+    """An administrator created at start-up when the tenant has none (bootstrap).
+
+    ``password_hash`` is a scrypt string from ``chukan staff hash-password``:
+    configuration never holds a password in clear.
+    """
+
+    username: str
+    password_hash: str
+
+    def __repr__(self) -> str:
+        return f"InitialAdmin({self.username!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class StaffConfig:
+    idle_timeout: dt.timedelta = DEFAULT_IDLE_TIMEOUT
+    session_lifetime: dt.timedelta = DEFAULT_SESSION_LIFETIME
+    max_failed_logins: int = DEFAULT_MAX_FAILED_LOGINS
+    lockout: dt.timedelta = DEFAULT_LOCKOUT
+    min_password_length: int = DEFAULT_MIN_PASSWORD_LENGTH
+    unused_days: int = DEFAULT_UNUSED_DAYS
+    scrypt_n: int = DEFAULT_SCRYPT_N
+    scrypt_r: int = DEFAULT_SCRYPT_R
+    scrypt_p: int = DEFAULT_SCRYPT_P
+    initial_admin: InitialAdmin | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpsConfig:
+    result_retention: dt.timedelta = DEFAULT_RESULT_RETENTION
+    purge_interval: dt.timedelta = DEFAULT_PURGE_INTERVAL
+    ready_timeout: float = DEFAULT_READY_TIMEOUT
+    statistics_time_zone: str = DEFAULT_STATISTICS_TIME_ZONE

@@ -1,0 +1,137 @@
+"""The gateway's client of the hub: signed envelopes out, signed answers checked in."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import aiohttp
+
+from chukan.codecs.envelope import HUB, Body, Envelope, Header, decode_message, encode_message
+from chukan.codecs.envelope import new_message_id as _new_message_id
+from chukan.gateway.core.errors import (
+    AgencyUnknownError,
+    EnrolmentRefusedError,
+    MessageSignatureError,
+    UpstreamError,
+)
+from chukan.gateway.core.web import SIGNATURE_HEADER, signature_header, verify_signature
+from chukan.keys import PublicSigningKey, SigningKeyPair, b64d, public_signing_key
+
+PEER_KEY_TTL: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class HubReply:
+    status: int
+    body: bytes
+    signature: str | None
+
+    def error(self) -> tuple[str, str]:
+        """The stable error code and message of a refusal (or a generic one)."""
+        try:
+            error = json.loads(self.body)["error"]
+            return str(error["code"]), str(error["message"])
+        except (ValueError, KeyError, TypeError):
+            return "hub_error", f"hub answered HTTP {self.status}"
+
+
+@dataclass
+class HubClient:
+    base_url: str
+    agency_code: str
+    signer: SigningKeyPair
+    hub_key: PublicSigningKey
+    session: aiohttp.ClientSession
+    timeout: float
+    _peer_keys: dict[str, tuple[float, dict[str, PublicSigningKey]]] = field(default_factory=dict)
+
+    @property
+    def trusted_hub(self) -> dict[str, PublicSigningKey]:
+        return {self.hub_key.key_id: self.hub_key}
+
+    def envelope(self, body: Body, receiver: str = HUB) -> bytes:
+        header = Header(
+            _new_message_id(),
+            type(body).__name__,
+            self.agency_code,
+            receiver,
+            dt.datetime.now(dt.UTC),
+        )
+        return encode_message(header, body)
+
+    async def send(self, body: Body) -> HubReply:
+        """POST one signed envelope to the hub; network failures become UpstreamError."""
+        message = self.envelope(body)
+        try:
+            async with self.session.post(
+                self.base_url.rstrip("/") + "/network/v1/messages",
+                data=message,
+                headers={
+                    "Content-Type": "application/xml",
+                    SIGNATURE_HEADER: signature_header(self.signer, message),
+                },
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as response:
+                return HubReply(
+                    response.status, await response.read(), response.headers.get(SIGNATURE_HEADER)
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(f"the hub could not be reached ({type(exc).__name__})") from None
+
+    def open_reply(self, reply: HubReply) -> Envelope:
+        """Verify a signed envelope the hub answered with, addressed to us."""
+        verify_signature(reply.signature, reply.body, self.trusted_hub)
+        envelope = decode_message(reply.body)
+        if envelope.header.sender != HUB or envelope.header.receiver != self.agency_code:
+            raise MessageSignatureError("hub reply is not addressed to this agency")
+        return envelope
+
+    async def get(self, path: str) -> bytes:
+        try:
+            async with self.session.get(
+                self.base_url.rstrip("/") + path,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as response:
+                body = await response.read()
+                if response.status == 404:
+                    raise AgencyUnknownError(f"hub has no {path}")
+                if response.status != 200:
+                    raise UpstreamError(f"hub answered HTTP {response.status} for {path}")
+                return body
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(f"the hub could not be reached ({type(exc).__name__})") from None
+
+    async def peer_signing_keys(
+        self, agency: str, *, refresh: bool = False
+    ) -> dict[str, PublicSigningKey]:
+        """A peer agency's verification keys from the hub registry, cached briefly."""
+        cached = self._peer_keys.get(agency)
+        if cached is not None and not refresh and time.monotonic() - cached[0] < PEER_KEY_TTL:
+            return cached[1]
+        data: Any = json.loads(await self.get(f"/network/v1/agencies/{agency}"))
+        keys = {
+            k["key_id"]: public_signing_key(k["key_id"], b64d(k["public"]))
+            for k in data.get("keys", [])
+            if k.get("purpose") == "sig"
+        }
+        self._peer_keys[agency] = (time.monotonic(), keys)
+        return keys
+
+    async def enrol(self, token: str, payload: dict[str, Any]) -> None:
+        try:
+            async with self.session.post(
+                self.base_url.rstrip("/") + "/admin/v1/agencies",
+                json=payload,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as response:
+                if 400 <= response.status < 500:
+                    raise EnrolmentRefusedError(f"hub refused enrolment: HTTP {response.status}")
+                if response.status not in (200, 201):
+                    raise UpstreamError(f"hub could not enrol us now: HTTP {response.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamError(f"the hub could not be reached ({type(exc).__name__})") from None

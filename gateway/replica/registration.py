@@ -1,0 +1,696 @@
+"""Registration messages (IF_DBM_20113_R01) applied to the replica, whole or not at all.
+
+One pipeline serves the internal API (``POST /internal/v1/replica/registrations``)
+and the bulk import CLI (``chukan replica import``):
+
+1. **decode** off the event loop: one worker thread streams the message
+   (``iter_registration``: hardened, constant memory) and cuts it into batches; with
+   a process pool the thread only splits (``iter_registration_records``) and the
+   entries are validated in the pool's processes (``decode_record``), which is what
+   scales: threads do not, the item mapping holds the GIL (see
+   ``bench/replica_import.py``);
+2. **stage**: every batch is ``COPY``-ed into a temporary table as it arrives;
+3. **check** set-based in SQL what the codec cannot know: the person is registered
+   (``person_unknown``), the RecordIdentificationNumber was never accepted before
+   (``record_id_reused``) nor appears earlier in the message
+   (``record_id_duplicate``), a deletion names a record that exists
+   (``record_unknown``);
+4. **apply** in the same transaction with one ``INSERT … SELECT``, numbering versions
+   per record key — only when no entry at all was rejected. Otherwise nothing is
+   stored and the answer lists every rejected entry (record id, code, message).
+
+Idempotency: the MSGID and the first result are stored (``replica_messages``); a
+message re-sent with the same MSGID gets that result again and changes nothing (a
+different body under a used MSGID is refused with ``message_id_reused``). A message
+whose XML or envelope is broken is refused as a whole (4xx) and leaves no trace, so
+it can be sent again corrected under the same MSGID. A message in test mode
+(``MSGMode`` 1) is checked and answered but never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Any, BinaryIO, Final, TypeAlias, cast
+
+import structlog
+from aiohttp import web
+
+from chukan.codecs.registration import (
+    DEFAULT_STREAM_LIMITS,
+    REGISTRATION_LIMITS,
+    EntryRejection,
+    MessageHeader,
+    MessageMode,
+    RawRecord,
+    RegistrationEntry,
+    Segment,
+    StreamLimits,
+    decode_record,
+    iter_registration,
+    iter_registration_records,
+)
+from chukan.gateway.core import db
+from chukan.gateway.core.config import OP_READ_REPLICA, OP_WRITE_REPLICA
+from chukan.gateway.core.errors import ConflictError, NotFoundError, ValidationError
+from chukan.gateway.core.state import GATEWAY_STATE, authorize
+from chukan.gateway.core.web import read_xml
+from chukan.gateway.replica.items import REPLICA_LOCK
+
+log = structlog.get_logger("chukan.gateway")
+
+DEFAULT_BATCH: Final = 1000
+MESSAGE_ID_HEADER: Final = "Chukan-Replayed"
+STAGING_COLUMNS: Final = (
+    "position",
+    "record_id",
+    "deleted",
+    "atena_id",
+    "item_code",
+    "record_key",
+    "valid_from",
+    "valid_to",
+    "content",
+)
+#: One staged entry, in STAGING_COLUMNS order.
+StagedRow: TypeAlias = tuple[int, str, bool, str, str, str, dt.date, dt.date | None, bytes | None]
+
+
+class MessageIdReusedError(ConflictError):
+    """A MSGID that was used before, with a different message body."""
+
+    code = "message_id_reused"
+
+
+class MessageUnknownError(NotFoundError):
+    code = "message_unknown"
+
+
+# -- decoding ----------------------------------------------------------------------------
+
+
+def entry_row(entry: RegistrationEntry, position: int) -> StagedRow:
+    """The staged form of an accepted entry; the item in canonical bytes."""
+    return (
+        position,
+        entry.record_id,
+        entry.segment is Segment.DELETION,
+        entry.integrated_address_number,
+        entry.item_code,
+        entry.data_set_record_key,
+        entry.publication_date,
+        entry.published_end_date,
+        entry.item_xml,
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    """Consecutive entries of a message: staged rows and rejections."""
+
+    rows: list[StagedRow]
+    rejections: list[EntryRejection]
+    #: Input bytes read when the batch was cut (for progress reports).
+    consumed: int = 0
+
+    @property
+    def entries(self) -> int:
+        return len(self.rows) + len(self.rejections)
+
+
+def _collect(results: list[tuple[int, RegistrationEntry | EntryRejection]]) -> DecodedBatch:
+    rows: list[StagedRow] = []
+    rejections: list[EntryRejection] = []
+    for position, result in results:
+        if isinstance(result, RegistrationEntry):
+            rows.append(entry_row(result, position))
+        else:
+            rejections.append(result)
+    return DecodedBatch(rows, rejections)
+
+
+def decode_batch(records: list[tuple[int, bytes]]) -> DecodedBatch:
+    """Validate raw entries (runs in a worker process of the bulk import)."""
+    return _collect([(position, decode_record(data, position)) for position, data in records])
+
+
+def warm_worker() -> None:
+    """Process-pool initializer: compile every schema once, before the first batch."""
+    from chukan.codecs.item_schema import lxml_schema
+    from chukan.codecs.items import ITEM_CODES
+    from chukan.codecs.registration import REGISTRATION_XSD
+
+    lxml_schema(REGISTRATION_XSD)
+    for spec in ITEM_CODES.values():
+        lxml_schema(spec.xsd_file)
+
+
+class _FeedClosedError(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Failure:
+    error: BaseException
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Pending:
+    future: concurrent.futures.Future[DecodedBatch]
+    consumed: int
+
+
+class _End:
+    pass
+
+
+_FeedItem: TypeAlias = MessageHeader | DecodedBatch | _Pending | _Failure | _End
+
+
+class _Feed:
+    """Items made by one worker thread, taken on the event loop, at most ``depth`` ahead."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, depth: int) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[_FeedItem] = asyncio.Queue()
+        self._slots = threading.Semaphore(depth)
+        self._closed = threading.Event()
+
+    def put(self, item: _FeedItem) -> None:  # worker thread
+        while not self._slots.acquire(timeout=0.05):
+            if self._closed.is_set():
+                raise _FeedClosedError
+        if self._closed.is_set():
+            raise _FeedClosedError
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def get(self) -> _FeedItem:  # event loop
+        item = await self._queue.get()
+        self._slots.release()
+        return item
+
+    def close(self) -> list[_FeedItem]:
+        self._closed.set()
+        left: list[_FeedItem] = []
+        while not self._queue.empty():
+            left.append(self._queue.get_nowait())
+        return left
+
+
+class _CountingReader:
+    """Counts the bytes the parser has read, for progress reports."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._raw.read(size)
+        self.count += len(chunk)
+        return chunk
+
+
+class RegistrationSource:
+    """A message decoded by one worker thread, optionally validating in a process pool.
+
+    Use as ``async with RegistrationSource(stream) as source``: ``await
+    source.header()`` first, then ``async for batch in source.batches()``. Errors of
+    the stream (hostile or broken XML, limits) are raised from those calls.
+    """
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        *,
+        pool: concurrent.futures.Executor | None = None,
+        batch_size: int = DEFAULT_BATCH,
+        limits: StreamLimits = DEFAULT_STREAM_LIMITS,
+        depth: int = 4,
+    ) -> None:
+        self._reader = _CountingReader(stream)
+        self._pool = pool
+        self._batch_size = batch_size
+        self._limits = limits
+        #: Batches decoded (or being decoded) ahead of the consumer: bounds memory.
+        self._depth = depth
+        self._feed: _Feed | None = None
+        self._task: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> RegistrationSource:
+        self._feed = _Feed(asyncio.get_running_loop(), self._depth)
+        self._task = asyncio.ensure_future(asyncio.to_thread(self._produce, self._feed))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._feed is not None:
+            for item in self._feed.close():
+                if isinstance(item, _Pending):
+                    item.future.cancel()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # worker thread ------------------------------------------------------------------
+
+    def _produce(self, feed: _Feed) -> None:
+        try:
+            self._run(feed)
+        except _FeedClosedError:
+            return
+        except BaseException as exc:
+            try:
+                feed.put(_Failure(exc))
+            except _FeedClosedError:
+                return
+
+    def _run(self, feed: _Feed) -> None:
+        stream = cast(BinaryIO, self._reader)
+        if self._pool is not None:
+            self._split(feed, iter_registration_records(stream, self._limits), self._pool)
+            return
+        items = iter_registration(stream, self._limits)
+        feed.put(cast(MessageHeader, next(items)))
+        results: list[tuple[int, RegistrationEntry | EntryRejection]] = []
+        position = 0
+        for item in items:
+            if isinstance(item, MessageHeader):  # the codec yields one header, first
+                continue
+            position += 1  # one result per entry, in document order
+            results.append((position, item))
+            if len(results) >= self._batch_size:
+                feed.put(dataclasses.replace(_collect(results), consumed=self._reader.count))
+                results = []
+        if results:
+            feed.put(dataclasses.replace(_collect(results), consumed=self._reader.count))
+        feed.put(_End())
+
+    def _split(
+        self,
+        feed: _Feed,
+        items: Any,
+        pool: concurrent.futures.Executor,
+    ) -> None:
+        feed.put(cast(MessageHeader, next(items)))
+        pending: list[tuple[int, bytes]] = []
+        for item in items:
+            assert isinstance(item, RawRecord)
+            pending.append((item.position, item.data))
+            if len(pending) >= self._batch_size:
+                feed.put(_Pending(pool.submit(decode_batch, pending), self._reader.count))
+                pending = []
+        if pending:
+            feed.put(_Pending(pool.submit(decode_batch, pending), self._reader.count))
+        feed.put(_End())
+
+    # event loop ---------------------------------------------------------------------
+
+    async def _next(self) -> _FeedItem:
+        assert self._feed is not None, "use RegistrationSource as an async context manager"
+        item = await self._feed.get()
+        if isinstance(item, _Failure):
+            raise item.error
+        return item
+
+    async def header(self) -> MessageHeader:
+        item = await self._next()
+        assert isinstance(item, MessageHeader)
+        return item
+
+    async def batches(self) -> AsyncIterator[DecodedBatch]:
+        while True:
+            item = await self._next()
+            if isinstance(item, _End):
+                return
+            if isinstance(item, _Pending):
+                batch = await asyncio.wrap_future(item.future)
+                yield dataclasses.replace(batch, consumed=item.consumed)
+            elif isinstance(item, DecodedBatch):
+                yield item
+
+
+# -- applying ----------------------------------------------------------------------------
+
+_STAGING_DDL: Final = """
+    CREATE TEMP TABLE replica_staging (
+        position   integer NOT NULL,
+        record_id  text NOT NULL,
+        deleted    boolean NOT NULL,
+        atena_id   text NOT NULL,
+        item_code  text NOT NULL,
+        record_key text NOT NULL,
+        valid_from date NOT NULL,
+        valid_to   date,
+        content    bytea
+    ) ON COMMIT DROP"""
+
+#: What the codec cannot check, for every staged entry at once; one reason per entry.
+_CHECKS: Final = """
+    SELECT DISTINCT ON (position) position, record_id, code, message, place
+    FROM (
+        SELECT s.position, s.record_id, 1 AS priority, 'person_unknown' AS code,
+               'IntegratedAddressNumber is not a registered person' AS message,
+               '/Record/IntegratedAddressNumber' AS place
+        FROM replica_staging s
+        WHERE NOT EXISTS (SELECT 1 FROM persons p WHERE p.atena_id = s.atena_id)
+        UNION ALL
+        SELECT s.position, s.record_id, 2, 'record_id_reused',
+               'RecordIdentificationNumber was accepted before',
+               '/Record/RecordIdentificationNumber'
+        FROM replica_staging s
+        WHERE EXISTS (SELECT 1 FROM replica_items r WHERE r.record_id = s.record_id)
+        UNION ALL
+        SELECT d.position, d.record_id, 3, 'record_id_duplicate',
+               'RecordIdentificationNumber appears earlier in this message',
+               '/Record/RecordIdentificationNumber'
+        FROM (SELECT position, record_id,
+                     row_number() OVER (PARTITION BY record_id ORDER BY position) AS n
+              FROM replica_staging) d
+        WHERE d.n > 1
+        UNION ALL
+        SELECT s.position, s.record_id, 4, 'record_unknown',
+               'the deletion names a record that was never registered',
+               '/Record/DataSetRecordKey'
+        FROM replica_staging s
+        WHERE s.deleted
+          AND NOT EXISTS (SELECT 1 FROM replica_items r
+                          WHERE r.atena_id = s.atena_id AND r.item_code = s.item_code
+                            AND r.record_key = s.record_key)
+          AND NOT EXISTS (SELECT 1 FROM replica_staging e
+                          WHERE e.atena_id = s.atena_id AND e.item_code = s.item_code
+                            AND e.record_key = s.record_key AND NOT e.deleted
+                            AND e.position < s.position)
+    ) found
+    ORDER BY position, priority"""
+
+#: Versions continue per record key, in message order; digests of the canonical bytes.
+#: The tenant is computed once (an InitPlan), not as a column default per row.
+_APPLY: Final = """
+    WITH inserted AS (
+        INSERT INTO replica_items (tenant, atena_id, item_code, record_key, version,
+                                   valid_from, valid_to, deleted, content, digest, record_id,
+                                   message_id, stored_by)
+        SELECT (SELECT chukan_tenant()), s.atena_id, s.item_code, s.record_key,
+               COALESCE((SELECT max(r.version) FROM replica_items r
+                         WHERE r.atena_id = s.atena_id AND r.item_code = s.item_code
+                           AND r.record_key = s.record_key), 0)
+                 + row_number() OVER (PARTITION BY s.atena_id, s.item_code, s.record_key
+                                      ORDER BY s.position),
+               s.valid_from, s.valid_to, s.deleted, s.content,
+               CASE WHEN s.deleted THEN NULL ELSE encode(sha256(s.content), 'hex') END,
+               s.record_id, $1, $2
+        FROM replica_staging s
+        RETURNING deleted)
+    SELECT count(*) FILTER (WHERE NOT deleted) AS registered,
+           count(*) FILTER (WHERE deleted) AS deleted
+    FROM inserted"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RegistrationOutcome:
+    """The answer to a message: HTTP status and JSON body, as stored for replays."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+    @property
+    def outcome(self) -> str:
+        return str(self.body["outcome"])
+
+    @property
+    def rejected(self) -> list[dict[str, Any]]:
+        return list(self.body.get("rejected", []))
+
+
+class _RacedError(Exception):
+    """Another transaction stored the same MSGID first."""
+
+
+def rejection_json(rejection: EntryRejection) -> dict[str, Any]:
+    return {
+        "position": rejection.position,
+        "record_id": rejection.record_id,
+        "code": rejection.code,
+        "message": rejection.message,
+        "where": rejection.where,
+    }
+
+
+async def stored_outcome(
+    conn: db.Executor, message_id: str, body_sha256: str
+) -> RegistrationOutcome | None:
+    row = await conn.fetchrow(
+        "SELECT body_sha256, http_status, result FROM replica_messages WHERE message_id = $1",
+        message_id,
+    )
+    if row is None:
+        return None
+    if row["body_sha256"] != body_sha256:
+        raise MessageIdReusedError("this MSGID was used before for another message")
+    return RegistrationOutcome(row["http_status"], json.loads(row["result"]), replayed=True)
+
+
+async def apply_registration(
+    conn: db.Conn,
+    source: RegistrationSource,
+    *,
+    body_sha256: str,
+    stored_by: str,
+    job_id: int | None = None,
+    on_batch: Callable[[DecodedBatch, int], None] | None = None,
+) -> RegistrationOutcome:
+    """Apply one message whole or not at all (see the module docstring).
+
+    ``conn`` must be a tenant session; ``on_batch(batch, entries_so_far)`` is called
+    as batches are staged (progress).
+    """
+    header = await source.header()
+    replay = await stored_outcome(conn, header.message_id, body_sha256)
+    if replay is not None:
+        return replay
+    try:
+        return await _apply(conn, header, source, body_sha256, stored_by, job_id, on_batch)
+    except _RacedError:
+        replay = await stored_outcome(conn, header.message_id, body_sha256)
+        assert replay is not None
+        return replay
+
+
+async def _apply(
+    conn: db.Conn,
+    header: MessageHeader,
+    source: RegistrationSource,
+    body_sha256: str,
+    stored_by: str,
+    job_id: int | None,
+    on_batch: Callable[[DecodedBatch, int], None] | None,
+) -> RegistrationOutcome:
+    test_mode = header.mode is MessageMode.TEST
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext(chukan_tenant()))", REPLICA_LOCK
+        )
+        reception: int | None = None
+        if not test_mode:
+            reception = await conn.fetchval(
+                """INSERT INTO replica_messages (message_id, body_sha256, source_system, outcome,
+                       http_status, result, entries, received_by, job_id)
+                   VALUES ($1, $2, $3, 'rejected', 0, '{}'::jsonb, 0, $4, $5)
+                   ON CONFLICT DO NOTHING RETURNING id""",
+                header.message_id,
+                body_sha256,
+                header.source_system_id,
+                stored_by,
+                job_id,
+            )
+            if reception is None:
+                raise _RacedError
+        await conn.execute(_STAGING_DDL)
+        entries = 0
+        rejections: list[EntryRejection] = []
+        async for batch in source.batches():
+            entries += batch.entries
+            rejections.extend(batch.rejections)
+            if batch.rows:
+                await conn.copy_records_to_table(
+                    "replica_staging", records=batch.rows, columns=STAGING_COLUMNS
+                )
+            if on_batch is not None:
+                on_batch(batch, entries)
+        timings["stage_ms"] = time.perf_counter() - started
+        await conn.execute("ANALYZE replica_staging")
+        # Sorting staged rows (with their content) for version numbering stays in memory.
+        await conn.execute("SET LOCAL work_mem = '64MB'")
+        for row in await conn.fetch(_CHECKS):
+            rejections.append(
+                EntryRejection(
+                    row["record_id"], row["code"], row["message"], row["position"], row["place"]
+                )
+            )
+        timings["check_ms"] = time.perf_counter() - started - timings["stage_ms"]
+        body: dict[str, Any] = {
+            "message_id": header.message_id,
+            "reception_number": f"R{reception:012d}" if reception is not None else None,
+            "mode": header.mode.value,
+            "entries": entries,
+        }
+        if rejections:
+            rejections.sort(key=lambda r: r.position)
+            status = 422
+            body = {
+                "error": {
+                    "code": "registration_rejected",
+                    "message": f"{len(rejections)} of {entries} entries were rejected; "
+                    "nothing was stored",
+                },
+                **body,
+                "outcome": "rejected",
+                "msg_result": "1",
+                "rejected": [rejection_json(r) for r in rejections],
+            }
+        elif test_mode:
+            counts = await conn.fetchrow(
+                "SELECT count(*) FILTER (WHERE NOT deleted) AS registered, "
+                "count(*) FILTER (WHERE deleted) AS deleted FROM replica_staging"
+            )
+            assert counts is not None
+            status = 200
+            body |= {
+                "outcome": "validated",
+                "msg_result": "0",
+                "registered": counts["registered"],
+                "deleted": counts["deleted"],
+            }
+        else:
+            counts = await conn.fetchrow(_APPLY, header.message_id, stored_by)
+            assert counts is not None
+            status = 201
+            body |= {
+                "outcome": "accepted",
+                "msg_result": "0",
+                "registered": counts["registered"],
+                "deleted": counts["deleted"],
+            }
+        if not test_mode:
+            await conn.execute(
+                """UPDATE replica_messages SET outcome = $2, http_status = $3,
+                       result = $4::jsonb, entries = $5
+                   WHERE message_id = $1""",
+                header.message_id,
+                "accepted" if status == 201 else "rejected",
+                status,
+                json.dumps(body, ensure_ascii=False),
+                entries,
+            )
+        timings["apply_ms"] = (
+            time.perf_counter() - started - timings["stage_ms"] - timings["check_ms"]
+        )
+    timings["commit_ms"] = (
+        time.perf_counter()
+        - started
+        - timings["stage_ms"]
+        - timings["check_ms"]
+        - timings["apply_ms"]
+    )
+    log.info(
+        "registration_applied" if status == 201 else "registration_not_applied",
+        message_id=header.message_id,
+        outcome=body["outcome"],
+        entries=entries,
+        rejected=len(rejections),
+        caller=stored_by,
+        **{name: round(seconds * 1000, 1) for name, seconds in timings.items()},
+    )
+    return RegistrationOutcome(status, body)
+
+
+# -- HTTP --------------------------------------------------------------------------------
+
+
+async def _sha256(data: bytes) -> str:
+    if len(data) > 1024 * 1024:
+        return (await asyncio.to_thread(hashlib.sha256, data)).hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
+async def post_registration(request: web.Request) -> web.Response:
+    """``POST /internal/v1/replica/registrations``: one IF_DBM_20113_R01 message (XML).
+
+    201 accepted, 200 checked only (test mode), 422 ``registration_rejected`` with
+    every rejected entry; a re-sent MSGID gets its first answer again (header
+    ``Chukan-Replayed: true``); 409 ``message_id_reused``; 4xx codec errors for
+    broken or hostile XML (nothing stored).
+    """
+    system = await authorize(request, OP_WRITE_REPLICA)
+    state = request.app[GATEWAY_STATE]
+    body = await read_xml(request, limit=REGISTRATION_LIMITS.max_bytes)
+    digest = await _sha256(body)
+    async with (
+        state.pool.acquire() as conn,
+        RegistrationSource(io.BytesIO(body)) as source,
+    ):
+        outcome = await apply_registration(
+            conn, source, body_sha256=digest, stored_by=system.system_id
+        )
+    headers = {MESSAGE_ID_HEADER: "true"} if outcome.replayed else None
+    return web.json_response(outcome.body, status=outcome.status, headers=headers)
+
+
+async def get_registration(request: web.Request) -> web.Response:
+    """``GET /internal/v1/replica/registrations/{message_id}``: the stored answer."""
+    await authorize(request, OP_READ_REPLICA)
+    state = request.app[GATEWAY_STATE]
+    message_id = request.match_info["message_id"]
+    if not 1 <= len(message_id) <= 64:
+        raise ValidationError("malformed MSGID")
+    row = await state.pool.fetchrow(
+        "SELECT http_status, result, received_at, received_by FROM replica_messages "
+        "WHERE message_id = $1",
+        message_id,
+    )
+    if row is None:
+        raise MessageUnknownError("no message with this MSGID was received")
+    return web.json_response(
+        {
+            "message_id": message_id,
+            "http_status": row["http_status"],
+            "received_at": row["received_at"].isoformat(),
+            "received_by": row["received_by"],
+            "result": json.loads(row["result"]),
+        }
+    )
+
+
+def setup_registration_routes(app: web.Application) -> None:
+    app.router.add_post("/internal/v1/replica/registrations", post_registration)
+    app.router.add_get("/internal/v1/replica/registrations/{message_id}", get_registration)
+
+
+__all__ = [
+    "DecodedBatch",
+    "MessageIdReusedError",
+    "RegistrationOutcome",
+    "RegistrationSource",
+    "apply_registration",
+    "decode_batch",
+    "setup_registration_routes",
+    "warm_worker",
+]
