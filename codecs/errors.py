@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from chukan.errorcodes import CodedError
 
-class CodecError(Exception):
+
+class CodecError(CodedError):
     """Root of every wire-format failure (XML, XSD, 国保連 CSV)."""
 
     code: ClassVar[str] = "codec_error"
@@ -64,3 +66,9 @@ class CsvError(CodecError):
     """国保連 CSV files and records that break the layout rules."""
 
     code: ClassVar[str] = "csv_invalid"
+
+
+class ItemCodeUnsupportedError(CodecError):
+    """No schema for this 特定個人情報名 code: its items are not accepted."""
+
+    code: ClassVar[str] = "item_code_unsupported"

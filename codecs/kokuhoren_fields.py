@@ -44,8 +44,6 @@ class KokuhorenCsvError(CsvError):
     layout (e.g. ``被保険者番号``) or ``column N`` when the layout is unknown.
     """
 
-    code: ClassVar[str] = "csv_invalid"
-
     def __init__(
         self, message: str, *, record_number: int | None = None, field: str | None = None
     ) -> None:

@@ -19,22 +19,16 @@ from __future__ import annotations
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 from lxml import etree
 
-from .errors import CodecError, XmlStructureError
+from .errors import ItemCodeUnsupportedError, XmlStructureError
 from .item_schema import lxml_schema, schema_error, xmlschema_schema
 from .items import ITEM_CODES, ITEM_LIMITS, decode_item, encode_item
 from .xmlsafe import XmlLimits, parse_xml
 
 LOCAL_TAX_NAMESPACE: Final = "urn:chukan:item:local-tax:1"
-
-
-class ItemCodeUnsupportedError(CodecError):
-    """No schema for this 特定個人情報名 code: its items are not accepted."""
-
-    code: ClassVar[str] = "item_code_unsupported"
 
 
 @dataclass(frozen=True, slots=True)

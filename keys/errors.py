@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from chukan.errorcodes import CodedError
 
-class KeysError(Exception):
+
+class KeysError(CodedError):
     """Root of every key, encryption and signature failure."""
 
     code: ClassVar[str] = "keys_error"

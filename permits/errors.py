@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from chukan.errorcodes import CodedError
 
-class PermitsError(Exception):
+
+class PermitsError(CodedError):
     """Root of every failure of the authorization list (照会許可照合リスト) and permits."""
 
     code: ClassVar[str] = "permits_error"

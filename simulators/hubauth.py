@@ -25,18 +25,13 @@ from chukan.gateway.core.errors import ForbiddenError, GatewayError, Unauthentic
 from chukan.gateway.core.identities import HUB_ADMIN_ROLE
 from chukan.gateway.core.tls import identity_label, peer_identity
 from chukan.keys.ca import CertificateError, ClientIdentity
+from chukan.simulators.errors import PeerMismatchError
 
 log = structlog.get_logger("chukan.hub")
 
 HUB_PEER: Final = web.RequestKey("hub_peer", ClientIdentity)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class PeerMismatchError(ForbiddenError):
-    """The client certificate speaks for another party than the message or request names."""
-
-    code = "peer_mismatch"
 
 
 def is_operator(identity: ClientIdentity) -> bool:

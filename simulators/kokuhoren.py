@@ -107,6 +107,7 @@ from chukan.keys import (
     public_signing_key,
 )
 from chukan.keys.ca import CertificateError
+from chukan.simulators.errors import PeerMismatchError
 from chukan.simulators.kokuhoren_rules import Register, Review, key_of, month_end, review_file
 
 log = structlog.get_logger("chukan.kokuhoren")
@@ -219,12 +220,6 @@ def _require_admin(request: web.Request) -> None:
     expected = f"Bearer {state.config.admin_token}"
     if not hmac.compare_digest(supplied.encode(), expected.encode()):
         raise ForbiddenError("the administrator token is not valid")
-
-
-class PeerMismatchError(ForbiddenError):
-    """The client certificate belongs to another agency than the 保険者's."""
-
-    code = "peer_mismatch"
 
 
 class ClientCertificateRequiredError(UnauthenticatedError):

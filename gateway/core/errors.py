@@ -1,9 +1,13 @@
 """Exceptions of ``chukan.gateway`` and how every package's errors map to HTTP.
 
-Each error class carries a stable ``code`` (machine-readable, part of the API)
-and an HTTP ``status``.  :func:`status_for` maps the other packages' root
-exceptions at the boundary, as httpx's ``map_exceptions`` does, so handlers
-raise domain errors and never build responses for failures themselves.  A
+Each error class carries a stable ``code`` (machine-readable, part of the API),
+registered once for the whole project (:mod:`chukan.errorcodes`).  One table,
+:data:`HTTP_STATUS`, maps codes to HTTP statuses; an exception takes the status
+of the nearest class in its MRO that the table names, so the flows' errors
+(in each flow package's ``errors`` module) need only pick the right kind here.
+:func:`status_for` maps every package's exceptions at the boundary, as httpx's
+``map_exceptions`` does, so handlers raise domain errors and never build
+responses for failures themselves.  A
 database that is unreachable or going away is 503 ``database_unavailable``
 whatever asyncpg or the socket raised (``db.is_database_error``); any other
 unmapped exception is a bug: 500 ``internal_error``.
@@ -11,35 +15,44 @@ unmapped exception is a bug: 500 ``internal_error``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar, Final
 
 import asyncpg
 
-from chukan.codecs.errors import CodecError, XmlForbiddenError, XmlLimitError
-from chukan.keys.errors import KeysError, UnknownKeyError
+from chukan.codecs.errors import CodecError
+from chukan.errorcodes import CodedError
+from chukan.keys.errors import KeysError
+from chukan.permits.errors import PermitsError
 
 
-class GatewayError(Exception):
+class GatewayError(CodedError):
     """Root of failures raised by the gateway and the simulators' servers."""
 
     code: ClassVar[str] = "gateway_error"
-    status: ClassVar[int] = 500
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
+    @property
+    def status(self) -> int:
+        """The HTTP status of this failure (from :data:`HTTP_STATUS`)."""
+        return http_status(type(self))
+
+    def wire(self) -> tuple[int, str]:
+        """The HTTP status and the code the caller sees."""
+        return self.status, self.code
+
 
 class BadRequestError(GatewayError):
     code = "bad_request"
-    status = 400
 
 
 class ValidationError(BadRequestError):
     """A field of a request is missing or malformed."""
 
     code = "validation_failed"
-    status = 422
 
 
 class IndividualNumberInvalidError(ValidationError):
@@ -50,12 +63,10 @@ class IndividualNumberInvalidError(ValidationError):
 
 class UnauthenticatedError(GatewayError):
     code = "unauthenticated"
-    status = 401
 
 
 class ForbiddenError(GatewayError):
     code = "forbidden"
-    status = 403
 
 
 class MessageSignatureError(UnauthenticatedError):
@@ -66,7 +77,6 @@ class MessageSignatureError(UnauthenticatedError):
 
 class MessageReplayError(ForbiddenError):
     code = "message_replayed"
-    status = 409
 
 
 class MisaddressedError(ForbiddenError):
@@ -79,7 +89,6 @@ class StaleMessageError(ForbiddenError):
 
 class NotFoundError(GatewayError):
     code = "not_found"
-    status = 404
 
 
 class PersonUnknownError(NotFoundError):
@@ -108,7 +117,6 @@ class AgencyUnknownError(NotFoundError):
 
 class ConflictError(GatewayError):
     code = "conflict"
-    status = 409
 
 
 class PersonConflictError(ConflictError):
@@ -119,22 +127,43 @@ class PersonConflictError(ConflictError):
 
 class PayloadTooLargeError(GatewayError):
     code = "payload_too_large"
-    status = 413
 
 
 class UnsupportedMediaError(GatewayError):
     code = "unsupported_media_type"
-    status = 415
 
 
 class UpstreamError(GatewayError):
     """The hub or a peer did not answer usefully."""
 
     code = "upstream_unavailable"
-    status = 502
 
 
-class DatabaseUnavailableError(GatewayError):
+class UnavailableError(GatewayError):
+    """Not now: the request may succeed when it is sent again later."""
+
+    code = "unavailable"
+
+
+class RelayedRefusalError(GatewayError):
+    """A peer (the hub) refused a request we relay: the caller sees the peer's own code.
+
+    A 4xx answer keeps its status; anything else is 502, since it is the peer that failed.
+    """
+
+    code = "upstream_refused"
+
+    def __init__(self, remote_code: str, message: str, remote_status: int) -> None:
+        super().__init__(message)
+        self.remote_code = remote_code
+        self.remote_status = remote_status
+
+    def wire(self) -> tuple[int, str]:
+        status = self.remote_status if 400 <= self.remote_status < 500 else 502
+        return status, self.remote_code
+
+
+class DatabaseUnavailableError(UnavailableError):
     """PostgreSQL is unreachable, shutting down or refusing sessions: try again later.
 
     Raised explicitly or mapped from asyncpg's and the socket's errors by
@@ -142,14 +171,12 @@ class DatabaseUnavailableError(GatewayError):
     """
 
     code = "database_unavailable"
-    status = 503
 
 
-class ProvisionInProgressError(GatewayError):
+class ProvisionInProgressError(UnavailableError):
     """A copy of a provision request arrived while the first is still being answered."""
 
     code = "provision_in_progress"
-    status = 503
 
 
 class ConclusionConflictError(ConflictError):
@@ -170,7 +197,7 @@ class EnrolmentRefusedError(UpstreamError):
     code = "enrolment_refused"
 
 
-class AuthorizationListUnavailableError(GatewayError):
+class AuthorizationListUnavailableError(UnavailableError):
     """No valid authorization list: nothing is sent or answered until one is held again.
 
     ``reason`` is the underlying code (``authorization_list_missing``,
@@ -179,7 +206,6 @@ class AuthorizationListUnavailableError(GatewayError):
     """
 
     code = "authorization_list_unavailable"
-    status = 503
 
     def __init__(self, reason: str, message: str | None = None) -> None:
         super().__init__(message or f"no valid authorization list ({reason})")
@@ -199,25 +225,53 @@ class AuthorizationListConflictError(ConflictError):
     code = "authorization_list_conflict"
 
 
+#: The one table of HTTP statuses: by the code of a class, found along the MRO.
+HTTP_STATUS: Final[Mapping[str, int]] = {
+    # chukan.codecs
+    "codec_error": 400,
+    "item_code_unsupported": 422,
+    "xml_too_large": 413,
+    # chukan.keys
+    "keys_error": 400,
+    "key_unknown": 401,
+    # chukan.permits
+    "permits_error": 403,
+    # chukan.gateway and the simulators, by kind
+    "gateway_error": 500,
+    "bad_request": 400,
+    "validation_failed": 422,
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "message_replayed": 409,
+    "account_locked": 423,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "upstream_unavailable": 502,
+    "upstream_refused": 502,
+    "kokuhoren_refused": 502,
+    "unavailable": 503,
+}
+
+
+def http_status(kind: type[BaseException]) -> int:
+    """The status of the nearest class of ``kind``'s MRO named in :data:`HTTP_STATUS`."""
+    for cls in kind.__mro__:
+        code = cls.__dict__.get("code")
+        if isinstance(code, str) and code in HTTP_STATUS:
+            return HTTP_STATUS[code]
+    return 500
+
+
 def status_for(exc: Exception) -> tuple[int, str]:
     """HTTP status and stable code for any exception the packages define."""
     if isinstance(exc, GatewayError):
-        return exc.status, exc.code
-    if isinstance(exc, XmlLimitError):
-        return 413, exc.code
-    if isinstance(exc, XmlForbiddenError | CodecError):
-        return 400, exc.code
-    if isinstance(exc, UnknownKeyError):
-        return 401, exc.code
-    if isinstance(exc, KeysError):
-        return 400, exc.code
-    # chukan.permits is imported lazily: it is optional for the codecs-only tools.
-    from chukan.permits.errors import PermitsError
-
-    if isinstance(exc, PermitsError):
-        return 403, exc.code
+        return exc.wire()
+    if isinstance(exc, CodecError | KeysError | PermitsError):
+        return http_status(type(exc)), exc.code
     if is_database_error(exc):
-        return DatabaseUnavailableError.status, DatabaseUnavailableError.code
+        return http_status(DatabaseUnavailableError), DatabaseUnavailableError.code
     return 500, "internal_error"
 
 

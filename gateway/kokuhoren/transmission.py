@@ -62,7 +62,6 @@ class MailboxRefusedError(GatewayError):
     """The mailbox refused the request (4xx); ``remote_code`` is its stable code."""
 
     code = "kokuhoren_refused"
-    status = 502
 
     def __init__(self, remote_status: int, remote_code: str, message: str) -> None:
         super().__init__(message)

@@ -443,7 +443,6 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     started = time.perf_counter()
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    status = 500
     try:
         response = await handler(request)
         status = response.status

@@ -27,11 +27,11 @@ from chukan.gateway.core.config import (
     OP_SUBMIT_QUERY,
 )
 from chukan.gateway.core.errors import (
-    GatewayError,
     IndividualNumberInvalidError,
     PersonConflictError,
     PersonUnknownError,
     QueryUnknownError,
+    RelayedRefusalError,
     UpstreamError,
     ValidationError,
 )
@@ -137,12 +137,9 @@ async def register_person(request: web.Request) -> web.Response:
     return web.json_response({"atena_id": atena_id, "status": "registered"}, status=201)
 
 
-def _hub_refusal(error: tuple[str, str], status: int) -> GatewayError:
+def _hub_refusal(error: tuple[str, str], status: int) -> RelayedRefusalError:
     code, message = error
-    exc = GatewayError(f"hub refused: {message}")
-    exc.code = code  # type: ignore[misc]  # carry the hub's stable code through
-    exc.status = status if 400 <= status < 500 else 502  # type: ignore[misc]
-    return exc
+    return RelayedRefusalError(code, f"hub refused: {message}", status)
 
 
 async def store_item(request: web.Request) -> web.Response:

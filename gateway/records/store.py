@@ -45,7 +45,7 @@ import structlog
 from aiohttp import web
 
 from chukan.gateway.core import db
-from chukan.gateway.core.errors import GatewayError, ValidationError
+from chukan.gateway.core.errors import ConflictError, ValidationError
 from chukan.gateway.core.keyring import own_verification_keys
 from chukan.gateway.core.metrics import metrics_for
 from chukan.gateway.core.state import ATENA_PATTERN, GATEWAY_STATE, GatewayState, utcnow
@@ -701,9 +701,8 @@ async def post_checkpoint(request: web.Request) -> web.Response:
     return web.json_response({"checkpoint": checkpoint.to_json() if checkpoint else None})
 
 
-class ChainBrokenApiError(GatewayError):
+class ChainBrokenApiError(ConflictError):
     code = "record_chain_broken"
-    status = 409
 
 
 def setup_records(app: web.Application) -> None:

@@ -51,13 +51,18 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from chukan.codecs.errors import ItemCodeUnsupportedError
 from chukan.codecs.item_model import Item
 from chukan.codecs.items import ITEM_CODES, decode_item, encode_item
 from chukan.codecs.schema_items import canonical_item_bytes, is_accepted_item_code
 from chukan.codecs.xmlsafe import parse_xml
 from chukan.gateway.core import db
 from chukan.gateway.core.config import OP_READ_REPLICA, OP_WRITE_REPLICA
-from chukan.gateway.core.errors import GatewayError, PersonUnknownError, ValidationError
+from chukan.gateway.core.errors import (
+    ConflictError,
+    PersonUnknownError,
+    ValidationError,
+)
 from chukan.gateway.core.state import (
     ATENA_PATTERN,
     GATEWAY_STATE,
@@ -84,11 +89,10 @@ EXPORT_COLUMNS: Final = COLUMNS
 EXPORT_BATCH: Final = 2000
 
 
-class ReplicaInconsistentError(GatewayError):
+class ReplicaInconsistentError(ConflictError):
     """Records of one person and item cannot be combined into one document."""
 
     code = "replica_inconsistent"
-    status = 409
 
 
 def today_jst() -> dt.date:
@@ -236,12 +240,6 @@ def provision_document(item_code: str, contents: Sequence[bytes]) -> bytes:
 
 
 # -- single items (PUT) ------------------------------------------------------------------
-
-
-class ItemCodeUnsupportedError(ValidationError):
-    """No schema for this 特定個人情報名 code in this gateway: its items are refused."""
-
-    code = "item_code_unsupported"
 
 
 def require_accepted_code(item_code: str) -> None:

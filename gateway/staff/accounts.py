@@ -73,7 +73,6 @@ class LoginFailedError(UnauthenticatedError):
 
 class AccountLockedError(ForbiddenError):
     code = "account_locked"
-    status = 423
 
 
 class SessionInvalidError(UnauthenticatedError):

@@ -26,6 +26,7 @@ from chukan.codecs import catalog
 from chukan.codecs.envelope import HUB, CodeRequest, Header, decode_message, encode_message
 from chukan.codecs.errors import (
     CodecError,
+    ItemCodeUnsupportedError,
     SchemaError,
     XmlEncodingError,
     XmlError,
@@ -51,7 +52,6 @@ from chukan.codecs.registration import (
 from chukan.codecs.sample_items import local_tax_item, sample_item
 from chukan.codecs.schema_items import (
     SCHEMA_ITEMS,
-    ItemCodeUnsupportedError,
     accepted_item_codes,
     canonical_item_bytes,
     is_accepted_item_code,
