@@ -245,7 +245,7 @@ async def _route_log(
 
 
 def _require_admin(request: web.Request) -> None:
-    state = request.app[HUB_STATE]
+    state = request.config_dict[HUB_STATE]
     supplied = request.headers.get("Authorization", "")
     expected = f"Bearer {state.config.admin_token}"
     if not supplied:
@@ -257,7 +257,7 @@ def _require_admin(request: web.Request) -> None:
 async def register_agency(request: web.Request) -> web.Response:
     """Enrol an agency (or update its endpoint and keys): operator onboarding."""
     _require_admin(request)
-    state = request.app[HUB_STATE]
+    state = request.config_dict[HUB_STATE]
     data = await read_json(request)
     code = require_str(data, "code", max_length=16)
     if not code.isdigit() or len(code) not in (6, 16):
@@ -310,13 +310,13 @@ def _agency_json(row: asyncpg.Record) -> dict[str, Any]:
 
 
 async def list_agencies(request: web.Request) -> web.Response:
-    state = request.app[HUB_STATE]
+    state = request.config_dict[HUB_STATE]
     rows = await state.pool.fetch("SELECT * FROM agencies ORDER BY code")
     return web.json_response({"agencies": [_agency_json(r) for r in rows]})
 
 
 async def get_agency(request: web.Request) -> web.Response:
-    state = request.app[HUB_STATE]
+    state = request.config_dict[HUB_STATE]
     row = await state.pool.fetchrow(
         "SELECT * FROM agencies WHERE code = $1", request.match_info["code"]
     )
@@ -343,20 +343,20 @@ async def get_agency(request: web.Request) -> web.Response:
 
 
 async def hub_key(request: web.Request) -> web.Response:
-    state = request.app[HUB_STATE]
+    state = request.config_dict[HUB_STATE]
     public = state.keys.signing.public
     return web.json_response({"key_id": public.key_id, "public": b64e(public.raw)})
 
 
 async def authorization_list(request: web.Request) -> web.Response:
-    state = request.app[HUB_STATE]
+    state = request.config_dict[HUB_STATE]
     return web.Response(body=state.signed_list, content_type="application/xml")
 
 
 async def list_records(request: web.Request) -> web.Response:
     _require_admin(request)
     hubauth.require_operator(request)
-    state = request.app[HUB_STATE]
+    state = request.config_dict[HUB_STATE]
     rows = await state.pool.fetch("SELECT * FROM hub_records ORDER BY requested_at")
     return web.json_response({"records": [_jsonable(dict(r)) for r in rows]})
 
@@ -372,7 +372,7 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 async def receive_message(request: web.Request) -> web.Response:
     """Every signed envelope from agencies arrives here and is dispatched by type."""
-    state = request.app[HUB_STATE]
+    state = request.config_dict[HUB_STATE]
     raw = await read_xml(request)
     envelope = decode_message(raw)
     header = envelope.header
@@ -1144,7 +1144,7 @@ async def retry_deliveries(request: web.Request) -> web.Response:
     """Operator lever: every pending delivery is due now (after an outage was fixed)."""
     _require_admin(request)
     hubauth.require_operator(request)
-    state = request.app[HUB_STATE]
+    state = request.config_dict[HUB_STATE]
     count = await state.pool.fetchval(
         "WITH due AS (UPDATE deliveries SET next_attempt_at = now() "
         "WHERE status = 'pending' AND (leased_until IS NULL OR leased_until <= now()) "

@@ -208,7 +208,7 @@ async def publish_list(request: web.Request) -> web.Response:
 
     _require_admin(request)
     hubauth.require_operator(request)
-    state = request.app[HUB_STATE]
+    state = request.config_dict[HUB_STATE]
     lifetime = _lifetime(request, state.config.list_lifetime)
     data = await read_body(request, limit=MAX_LIST_BYTES)
     try:
@@ -246,7 +246,7 @@ async def list_versions(request: web.Request) -> web.Response:
 
     _require_admin(request)
     hubauth.require_operator(request)
-    state = request.app[HUB_STATE]
+    state = request.config_dict[HUB_STATE]
     rows = await state.pool.fetch(
         "SELECT version, issued_at, expires_at, row_count, digest, published_by, published_at "
         "FROM authorization_lists ORDER BY version DESC"

@@ -213,7 +213,7 @@ def _signed_json(state: KokuhorenState, payload: dict[str, Any], status: int = 2
 
 
 def _require_admin(request: web.Request) -> None:
-    state = request.app[KOKUHOREN_STATE]
+    state = request.config_dict[KOKUHOREN_STATE]
     supplied = request.headers.get("Authorization", "")
     if not supplied:
         raise UnauthenticatedError("an administrator token is required")
@@ -247,7 +247,7 @@ def _check_peer(
 
 async def _insurer(request: web.Request) -> Insurer:
     """The 保険者 whose bearer token this is (compared as a SHA-256 digest)."""
-    state = request.app[KOKUHOREN_STATE]
+    state = request.config_dict[KOKUHOREN_STATE]
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme != "Bearer" or not token:
         raise UnauthenticatedError("a 保険者 token is required")
@@ -283,7 +283,7 @@ def _insurer_number(value: str) -> str:
 async def register_insurer(request: web.Request) -> web.Response:
     """Onboard a 保険者 (or rotate its token and keys; old keys stay valid)."""
     _require_admin(request)
-    state = request.app[KOKUHOREN_STATE]
+    state = request.config_dict[KOKUHOREN_STATE]
     number = _insurer_number(request.match_info["insurer_number"])
     data = await read_json(request)
     name = require_str(data, "name", max_length=200)
@@ -347,7 +347,7 @@ async def register_insurer(request: web.Request) -> web.Response:
 
 
 async def public_keys(request: web.Request) -> web.Response:
-    state = request.app[KOKUHOREN_STATE]
+    state = request.config_dict[KOKUHOREN_STATE]
     return web.json_response(
         {
             "signing_key": {
@@ -363,7 +363,7 @@ async def public_keys(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    await request.app[KOKUHOREN_STATE].pool.fetchval("SELECT 1")
+    await request.config_dict[KOKUHOREN_STATE].pool.fetchval("SELECT 1")
     return web.json_response({"status": "ok", "service": "kokuhoren"})
 
 
@@ -372,7 +372,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def receive_file(request: web.Request) -> web.Response:
     """A file put in the mailbox: authenticate, verify, decrypt, review, answer."""
-    state = request.app[KOKUHOREN_STATE]
+    state = request.config_dict[KOKUHOREN_STATE]
     insurer = await _insurer(request)
     raw = await read_body(request, limit=state.config.max_file_bytes * 2)
     verify_signature(request.headers.get(SIGNATURE_HEADER), raw, insurer.signing_keys)
@@ -578,7 +578,7 @@ def _file_number(request: web.Request) -> str:
 
 async def get_intake(request: web.Request) -> web.Response:
     """The intake result of a file already delivered (for a sender that lost the answer)."""
-    state = request.app[KOKUHOREN_STATE]
+    state = request.config_dict[KOKUHOREN_STATE]
     insurer = await _insurer(request)
     fmn = _file_number(request)
     row = await state.pool.fetchrow(
@@ -636,7 +636,7 @@ def benefit_records(rows: list[asyncpg.Record], month: YearMonth) -> list[Benefi
 async def produce_returns(request: web.Request) -> web.Response:
     """Produce (once) the 給付実績 file of a month for one 保険者, after 審査."""
     _require_admin(request)
-    state = request.app[KOKUHOREN_STATE]
+    state = request.config_dict[KOKUHOREN_STATE]
     data = await read_json(request)
     insurer = _insurer_number(require_str(data, "insurer_number", max_length=6))
     month = _month(require_str(data, "month", max_length=6))
@@ -711,7 +711,7 @@ def _return_json(row: asyncpg.Record) -> dict[str, Any]:
 
 
 async def list_outbox(request: web.Request) -> web.Response:
-    state = request.app[KOKUHOREN_STATE]
+    state = request.config_dict[KOKUHOREN_STATE]
     insurer = await _insurer(request)
     month = _month(request.query.get("month"))
     rows = await state.pool.fetch(
@@ -725,7 +725,7 @@ async def list_outbox(request: web.Request) -> web.Response:
 
 async def fetch_return(request: web.Request) -> web.Response:
     """One return file, sealed for the insurer's key, in a signed envelope."""
-    state = request.app[KOKUHOREN_STATE]
+    state = request.config_dict[KOKUHOREN_STATE]
     insurer = await _insurer(request)
     fmn = _file_number(request)
     row = await state.pool.fetchrow(

@@ -25,7 +25,7 @@ NETWORK_OPERATION: Final = "network"
 
 async def require_hub(request: web.Request) -> None:
     """Refuse anyone but the hub's client certificate (when the gateway speaks TLS)."""
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     if state.config.tls is None:
         return
     try:

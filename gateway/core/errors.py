@@ -145,6 +145,15 @@ class UnavailableError(GatewayError):
     code = "unavailable"
 
 
+class CommandError(GatewayError):
+    """A command-line invocation that cannot be carried out: bad arguments, files, keys.
+
+    The kind of every ``chukan …`` command's own failures (never an HTTP answer).
+    """
+
+    code = "command_failed"
+
+
 class RelayedRefusalError(GatewayError):
     """A peer (the hub) refused a request we relay: the caller sees the peer's own code.
 

@@ -206,7 +206,7 @@ async def install_ring(state: GatewayState, ring: KeyRing, *, publish: bool = Tr
 async def reload_keys(request: web.Request) -> web.Response:
     """``POST /internal/v1/keys/reload``: read the ring file again, re-publish, switch keys."""
     await authorize(request, OP_MANAGE_KEYS)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     config = state.config
     ring = await asyncio.to_thread(
         read_ring,

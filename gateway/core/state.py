@@ -126,7 +126,7 @@ async def authorize(request: web.Request, operation: str) -> SystemCredential:
     A client certificate, when presented, decides alone (a bearer token beside it
     is ignored); without one, a configured bearer token is accepted.
     """
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     try:
         peer = peer_identity(request)
     except CertificateError:

@@ -322,17 +322,17 @@ async def list_history(state: GatewayState, limit: int = HISTORY_LIMIT) -> list[
 
 async def receive_pushed_list(request: web.Request) -> web.Response:
     """``POST /network/v1/authorization-list``: the hub pushes a newly published version."""
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     signed = await read_xml(request, limit=MAX_SIGNED_LIST_BYTES)
-    lst, outcome = await accept(state, request.app[LIST_SYNC], signed, source="push")
+    lst, outcome = await accept(state, request.config_dict[LIST_SYNC], signed, source="push")
     return web.json_response({"version": lst.version, "outcome": outcome})
 
 
 async def refresh_list(request: web.Request) -> web.Response:
     """``POST /internal/v1/authorization-list/refresh``: fetch from the hub now (operators)."""
     await authorize(request, OP_MANAGE_LIST)
-    state = request.app[GATEWAY_STATE]
-    sync = request.app[LIST_SYNC]
+    state = request.config_dict[GATEWAY_STATE]
+    sync = request.config_dict[LIST_SYNC]
     lst, outcome = await refresh(state, sync)
     return web.json_response(
         {"version": lst.version, "outcome": outcome, "status": list_status(state, sync)}

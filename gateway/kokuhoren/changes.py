@@ -146,7 +146,7 @@ def _insurer(state: GatewayState) -> str:
 
 
 def _client(request: web.Request) -> MailboxClient:
-    client = request.app.get(KOKUHOREN_CLIENT)
+    client = request.config_dict.get(KOKUHOREN_CLIENT)
     if client is None:
         raise KokuhorenNotConfiguredError("this gateway has no 国保連 mailbox configured")
     return client
@@ -254,7 +254,7 @@ def _validate_changes(items: list[Any], insurer: str) -> list[tuple[str, DataRec
 async def post_recipient_changes(request: web.Request) -> web.Response:
     """Store changes of recipients for the next file; all of the batch or none."""
     system = await authorize(request, OP_KOKUHOREN_TRANSMIT)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     insurer = _insurer(state)
     data = await read_json(request, limit=MAX_CHANGES_BODY)
     items = data.get("changes")
@@ -348,7 +348,7 @@ def _parse_stored(
 async def post_transmission(request: web.Request) -> web.Response:
     """Build the month's file from the pending changes and start its delivery job."""
     system = await authorize(request, OP_KOKUHOREN_TRANSMIT)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     insurer = _insurer(state)
     client = _client(request)
     data = await read_json(request)
@@ -493,7 +493,7 @@ async def _transmission_json(state: GatewayState, transmission_id: int) -> dict[
 async def get_transmission(request: web.Request) -> web.Response:
     """Status and intake result of one transmission; ``?wait=N`` waits for a final state."""
     await authorize(request, OP_KOKUHOREN_TRANSMIT)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     transmission_id = _id(request, "transmission_id")
     deadline = time.monotonic() + _wait_seconds(request, state)
     while True:
@@ -513,7 +513,7 @@ async def post_resend(request: web.Request) -> web.Response:
     fresh retry budget; 409 ``transmission_in_progress`` while it is still queued.
     """
     system = await authorize(request, OP_KOKUHOREN_TRANSMIT)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     client = _client(request)
     transmission_id = _id(request, "transmission_id")
     async with state.pool.acquire() as conn, conn.transaction():
@@ -546,7 +546,7 @@ async def post_resend(request: web.Request) -> web.Response:
 async def post_returns(request: web.Request) -> web.Response:
     """Fetch and ingest the return files (給付実績) of a month, as a job."""
     system = await authorize(request, OP_KOKUHOREN_TRANSMIT)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     _insurer(state)
     client = _client(request)
     data = await read_json(request)
@@ -606,7 +606,7 @@ async def _returns_json(state: GatewayState, job_id: int) -> dict[str, Any]:
 async def get_returns(request: web.Request) -> web.Response:
     """An ingest job and the return files of its month; ``?wait=N`` waits for it to end."""
     await authorize(request, OP_KOKUHOREN_TRANSMIT)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     job_id = _id(request, "job_id")
     deadline = time.monotonic() + _wait_seconds(request, state)
     while True:

@@ -270,7 +270,7 @@ def csv_response(text: str, filename: str) -> web.Response:
 
 async def get_statistics(request: web.Request) -> web.Response:
     await require_staff(request, ROLE_OPERATOR, ROLE_AUDITOR, ROLE_ADMIN)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     tz = state.config.ops.statistics_time_zone
     first, last = parse_period(request.query.get("from"), request.query.get("to"), today=_today(tz))
     fmt = _format(request)
@@ -298,7 +298,7 @@ def _today(time_zone: str) -> dt.date:
 
 async def get_jobs(request: web.Request) -> web.Response:
     await require_staff(request, ROLE_OPERATOR, ROLE_ADMIN, ROLE_AUDITOR)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     try:
         limit = min(int(request.query.get("limit", "100")), 1000)
     except ValueError:
@@ -311,7 +311,7 @@ async def get_jobs(request: web.Request) -> web.Response:
 
 async def get_one_job(request: web.Request) -> web.Response:
     await require_staff(request, ROLE_OPERATOR, ROLE_ADMIN, ROLE_AUDITOR)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     try:
         job_id = int(request.match_info["job_id"])
     except ValueError:
@@ -324,7 +324,7 @@ async def get_one_job(request: web.Request) -> web.Response:
 
 async def post_purge(request: web.Request) -> web.Response:
     session = await require_staff(request, ROLE_OPERATOR, ROLE_ADMIN)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     job = await _purge(state, f"staff:{session.username}")
     await audit_staff(request, "jobs.purge", target=str(job.id), detail=job.counts)
     return web.json_response(job.to_json())
@@ -406,7 +406,7 @@ async def ready(request: web.Request) -> web.Response:
     """200 when the database and hub answer, the authorization list is valid, the hub
     holds this agency's current keys and the key ring at rest holds them too (see
     :func:`_check_key_ring`); 503 with the failing checks otherwise."""
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     timeout = state.config.ops.ready_timeout
     # The database probe never raises: an outage is a failing check (503), not a 500.
     database, hub = await asyncio.gather(
@@ -428,12 +428,12 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     jobs: dict[tuple[str, ...], float] = {}
     with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         rows = await state.pool.fetch("SELECT kind, status, count(*) AS n FROM jobs GROUP BY 1, 2")
         jobs = {(r["kind"], r["status"]): float(r["n"]) for r in rows}
-    text = request.app[METRICS].render(jobs)
+    text = request.config_dict[METRICS].render(jobs)
     return web.Response(body=text.encode("utf-8"), headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -451,7 +451,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         raise
     finally:
-        registry = request.app.get(METRICS)
+        registry = request.config_dict.get(METRICS)
         if registry is not None:
             registry.requests.inc(route, request.method, str(status))
             registry.latency.observe(time.perf_counter() - started, route)

@@ -12,8 +12,8 @@ from chukan.gateway.hublink.listsync import LIST_SYNC, list_history, list_status
 
 async def gateway_status(request: web.Request) -> web.Response:
     await authorize(request, OP_READ_STATUS)
-    state = request.app[GATEWAY_STATE]
-    status = list_status(state, request.app[LIST_SYNC])
+    state = request.config_dict[GATEWAY_STATE]
+    status = list_status(state, request.config_dict[LIST_SYNC])
     return web.json_response(
         {
             "agency": state.config.agency_code,

@@ -88,7 +88,7 @@ async def _verify_sender(
 
 
 async def receive_message(request: web.Request) -> web.Response:
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     raw = await read_xml(request)
     envelope = decode_message(raw)
     header = envelope.header

@@ -349,7 +349,7 @@ async def list_reviews(request: web.Request) -> web.Response:
 
 
 async def _list_reviews(request: web.Request) -> web.Response:
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     wanted = request.query.get("status", "pending")
     if wanted not in (*REVIEW_STATUSES, "all"):
         raise ValidationError("status must be pending, approved, refused or all")
@@ -370,7 +370,7 @@ async def get_review(request: web.Request) -> web.Response:
 
 
 async def _get_review(request: web.Request) -> web.Response:
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     query_id = _query_id(request)
     async with state.pool.acquire() as conn:
         answer = await review_json(conn, query_id)
@@ -393,7 +393,7 @@ async def _decide_request(request: web.Request, approve: bool) -> web.Response:
 
 
 async def _decide(request: web.Request, approve: bool, decider: Decider) -> dict[str, Any]:
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     query_id = _query_id(request)
     reason: str | None = None
     if request.can_read_body:

@@ -79,7 +79,7 @@ def _atena(value: str) -> str:
 async def register_person(request: web.Request) -> web.Response:
     """符号取得: 宛名番号 + 個人番号 → 符号 from the hub; only 符号 ↔ 宛名番号 is kept."""
     system = await authorize(request, OP_REGISTER_PERSON)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     data = await read_json(request)
     atena_id = _atena(require_str(data, "atena_id", max_length=15))
     number = data.get("individual_number")
@@ -150,7 +150,7 @@ async def store_item(request: web.Request) -> web.Response:
 async def submit_query(request: web.Request) -> web.Response:
     """情報照会: accepted at once with a query id; sent to the hub in the background."""
     system = await authorize(request, OP_SUBMIT_QUERY)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     data = await read_json(request)
     atena_id = _atena(require_str(data, "atena_id", max_length=15))
     procedure = require_str(data, "procedure_code", max_length=16)
@@ -257,7 +257,7 @@ def _query_json(row: asyncpg.Record) -> dict[str, Any]:
 async def get_query(request: web.Request) -> web.Response:
     """Result of a query; ``?wait=N`` long-polls up to N seconds for a final state."""
     system = await authorize(request, OP_READ_QUERY)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     query_id = request.match_info["query_id"]
     if not QUERY_ID_PATTERN.match(query_id):
         raise ValidationError("malformed query id")
@@ -297,7 +297,7 @@ async def get_query(request: web.Request) -> web.Response:
 async def list_records(request: web.Request) -> web.Response:
     """情報提供等記録 of this agency, optionally for one person or one query."""
     await authorize(request, OP_READ_RECORDS)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     atena_id = request.query.get("atena_id")
     query_id = request.query.get("query_id")
     conditions: list[str] = []
@@ -336,9 +336,9 @@ async def health(request: web.Request) -> web.Response:
     """Liveness and, for operators, whether the database answers and a valid authorization
     list is in force: ``degraded`` without either; 503 when the database does not answer
     ``SELECT 1`` within ``ops.ready_timeout`` (nothing can be served), 200 otherwise."""
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     database = await db.probe(state.pool, state.config.ops.ready_timeout)
-    authorization = list_status(state, request.app[LIST_SYNC])
+    authorization = list_status(state, request.config_dict[LIST_SYNC])
     return web.json_response(
         {
             "status": "ok" if database["ok"] and authorization["available"] else "degraded",

@@ -621,7 +621,7 @@ async def get_disclosure(request: web.Request) -> web.Response:
     from chukan.gateway.staff.accounts import ROLE_AUDITOR, audit_staff, require_staff
 
     await require_staff(request, ROLE_AUDITOR)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     atena_id = request.match_info["atena_id"]
     if not ATENA_PATTERN.match(atena_id):
         raise ValidationError("団体内統合宛名番号 must be 1 to 15 digits")
@@ -665,7 +665,7 @@ async def get_verify(request: web.Request) -> web.Response:
     from chukan.gateway.staff.accounts import ROLE_AUDITOR, audit_staff, require_staff
 
     await require_staff(request, ROLE_AUDITOR)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     trusted = own_verification_keys(state.ring)  # checkpoints signed before a rotation too
     async with state.pool.acquire() as conn:
         report = await verify_chain(conn, state.config.agency_code, trusted)
@@ -680,7 +680,7 @@ async def post_checkpoint(request: web.Request) -> web.Response:
     from chukan.gateway.staff.accounts import ROLE_ADMIN, ROLE_AUDITOR, audit_staff, require_staff
 
     await require_staff(request, ROLE_AUDITOR, ROLE_ADMIN)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     async with state.pool.acquire() as conn:
         try:
             checkpoint = await make_checkpoint(

@@ -345,7 +345,7 @@ async def store_item_request(request: web.Request) -> web.Response:
     record_key = request.query.get("record_key", DEFAULT_RECORD_KEY)
     content = await read_xml(request, limit=MAX_ITEM_BYTES)
     answer = await store_single_item(
-        request.app[GATEWAY_STATE],
+        request.config_dict[GATEWAY_STATE],
         system.system_id,
         atena_id,
         item_code,
@@ -383,7 +383,7 @@ async def set_flag(
 async def set_flag_request(request: web.Request) -> web.Response:
     """``PUT …/items/{item_code}/manual-review`` with ``{"manual_review": true|false}``."""
     system = await authorize(request, OP_WRITE_REPLICA)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     atena_id = check_atena(request.match_info["atena_id"])
     item_code = check_item_code(request.match_info["item_code"])
     data = await read_json(request)
@@ -409,7 +409,7 @@ async def item_history_request(request: web.Request) -> web.Response:
     with reference date ``on`` (default today in Japan) would combine and answer with.
     """
     await authorize(request, OP_READ_REPLICA)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     atena_id = check_atena(request.match_info["atena_id"])
     item_code = check_item_code(request.match_info["item_code"])
     on = _date_param(request.query, "on") or today_jst()
@@ -530,7 +530,7 @@ async def export_request(request: web.Request) -> web.StreamResponse:
     ``history=true`` every version; deletions have an empty digest.
     """
     system = await authorize(request, OP_READ_REPLICA)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     item_code = check_item_code(request.query.get("item_code", ""))
     history = bool(_bool_param(request.query, "history"))
     response = web.StreamResponse(

@@ -640,7 +640,7 @@ async def post_registration(request: web.Request) -> web.Response:
     broken or hostile XML (nothing stored).
     """
     system = await authorize(request, OP_WRITE_REPLICA)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     body = await read_xml(request, limit=REGISTRATION_LIMITS.max_bytes)
     digest = await _sha256(body)
     async with (
@@ -657,7 +657,7 @@ async def post_registration(request: web.Request) -> web.Response:
 async def get_registration(request: web.Request) -> web.Response:
     """``GET /internal/v1/replica/registrations/{message_id}``: the stored answer."""
     await authorize(request, OP_READ_REPLICA)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     message_id = request.match_info["message_id"]
     if not 1 <= len(message_id) <= 64:
         raise ValidationError("malformed MSGID")

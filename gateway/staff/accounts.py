@@ -204,7 +204,7 @@ async def audit_staff(
     """Record an operation by the logged-in staff member of ``request``."""
     session = request[STAFF_SESSION]
     await audit(
-        conn if conn is not None else request.app[GATEWAY_STATE].pool,
+        conn if conn is not None else request.config_dict[GATEWAY_STATE].pool,
         actor_kind="staff",
         actor=session.username,
         action=action,
@@ -226,7 +226,7 @@ async def require_staff(request: web.Request, *roles: str) -> StaffSession:
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}")
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     config = state.config.staff
     token = _bearer(request)
     operation = (
@@ -281,7 +281,7 @@ async def _refuse(
     request: web.Request, actor: str | None, operation: str, reason: str, **detail: Any
 ) -> None:
     await audit(
-        request.app[GATEWAY_STATE].pool,
+        request.config_dict[GATEWAY_STATE].pool,
         actor_kind="staff",
         actor=actor,
         action="staff.refused",
@@ -424,7 +424,7 @@ async def _hash(config: StaffConfig, password: str) -> str:
 
 
 async def login(request: web.Request) -> web.Response:
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     config = state.config.staff
     data = await read_json(request)
     username = require_str(data, "username", max_length=64)
@@ -518,7 +518,7 @@ def _dummy_hash(config: StaffConfig) -> str:
 
 async def logout(request: web.Request) -> web.Response:
     session = await require_staff(request)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     async with state.pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "UPDATE staff_sessions SET ended_at = now(), end_reason = 'logout' "
@@ -532,7 +532,7 @@ async def logout(request: web.Request) -> web.Response:
 
 async def me(request: web.Request) -> web.Response:
     session = await require_staff(request)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     row = await state.pool.fetchrow(
         f"SELECT {ACCOUNT_COLUMNS} FROM staff_accounts WHERE username = $1",  # noqa: S608
         session.username,
@@ -543,7 +543,7 @@ async def me(request: web.Request) -> web.Response:
 
 async def change_own_password(request: web.Request) -> web.Response:
     session = await require_staff(request)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     data = await read_json(request)
     current = require_str(data, "current_password", max_length=MAX_PASSWORD_LENGTH)
     new = require_str(data, "new_password", max_length=MAX_PASSWORD_LENGTH)
@@ -575,7 +575,7 @@ async def change_own_password(request: web.Request) -> web.Response:
 
 async def list_accounts(request: web.Request) -> web.Response:
     await require_staff(request, ROLE_ADMIN)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     rows = await state.pool.fetch(
         f"SELECT {ACCOUNT_COLUMNS} FROM staff_accounts ORDER BY username"  # noqa: S608
     )
@@ -585,7 +585,7 @@ async def list_accounts(request: web.Request) -> web.Response:
 
 async def post_account(request: web.Request) -> web.Response:
     session = await require_staff(request, ROLE_ADMIN)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     data = await read_json(request)
     username = _username(require_str(data, "username", max_length=64))
     roles = _roles(data.get("roles"))
@@ -614,7 +614,7 @@ async def post_account(request: web.Request) -> web.Response:
 
 async def get_account(request: web.Request) -> web.Response:
     await require_staff(request, ROLE_ADMIN)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     username = request.match_info["username"]
     row = await state.pool.fetchrow(
         f"SELECT {ACCOUNT_COLUMNS} FROM staff_accounts WHERE username = $1",  # noqa: S608
@@ -628,7 +628,7 @@ async def get_account(request: web.Request) -> web.Response:
 async def patch_account(request: web.Request) -> web.Response:
     """Change roles, display name, expiry, password (reset) or clear a lockout."""
     session = await require_staff(request, ROLE_ADMIN)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     username = request.match_info["username"]
     data = await read_json(request)
     allowed = {"roles", "display_name", "expires_at", "password", "unlock"}
@@ -682,7 +682,7 @@ async def patch_account(request: web.Request) -> web.Response:
 
 async def revoke(request: web.Request) -> web.Response:
     session = await require_staff(request, ROLE_ADMIN)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     username = request.match_info["username"]
     async with state.pool.acquire() as conn:
         ended = await revoke_account(conn, username, session.username)
@@ -699,7 +699,7 @@ async def revoke(request: web.Request) -> web.Response:
 
 async def account_review(request: web.Request) -> web.Response:
     await require_staff(request, ROLE_ADMIN, ROLE_AUDITOR)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     try:
         days = int(request.query.get("unused_days", state.config.staff.unused_days))
     except ValueError:
@@ -714,7 +714,7 @@ async def account_review(request: web.Request) -> web.Response:
 async def audit_events(request: web.Request) -> web.Response:
     """The audit trail, newest first; ``?actor=``, ``?action=``, ``?limit=``."""
     await require_staff(request, ROLE_AUDITOR, ROLE_ADMIN)
-    state = request.app[GATEWAY_STATE]
+    state = request.config_dict[GATEWAY_STATE]
     try:
         limit = min(int(request.query.get("limit", "100")), 1000)
     except ValueError:
