@@ -124,8 +124,12 @@ class AddressExceptionFacility(enum.Enum):
     OTHER = "9"  # その他
 
 
-class CareLevel(enum.Enum):
-    """要介護状態区分コード."""
+class CareLevel(enum.StrEnum):
+    """要介護状態区分コード, one code list for the items and the 国保連 CSV files.
+
+    A string enum, as the CSV codec writes members as their codes; in a 国保連
+    record an empty value (``None``) means 非認定.
+    """
 
     NOT_APPLICABLE = "01"  # 非該当
     SUPPORT_1 = "12"  # 要支援1
@@ -135,6 +139,11 @@ class CareLevel(enum.Enum):
     CARE_3 = "23"  # 要介護3
     CARE_4 = "24"  # 要介護4
     CARE_5 = "25"  # 要介護5
+
+    @property
+    def is_certified(self) -> bool:
+        """要支援 or 要介護: the levels that come with a 認定有効期間."""
+        return self is not CareLevel.NOT_APPLICABLE
 
 
 class ApplicationReason(enum.Enum):

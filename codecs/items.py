@@ -26,12 +26,12 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from datetime import date
-from typing import Any, ClassVar, Final, cast
+from typing import Any, Final, cast
 
 from lxml import etree
 
 from . import item_model as m
-from .errors import CodecError, SchemaError, XmlStructureError
+from .errors import ItemUnknownError, SchemaError, XmlStructureError
 from .item_model import Item, Nil, ReasonOfNull, YearMonth
 from .item_schema import element_path, lxml_schema, schema_error, xmlschema_schema
 from .xmlsafe import XmlLimits, parse_xml
@@ -46,12 +46,6 @@ ITEM_LIMITS: Final = XmlLimits(max_bytes=4 * 1024 * 1024, max_depth=8)
 _XSI_NIL: Final = f"{{{XSI_NAMESPACE}}}nil"
 _NSMAP: Final = {"k": ITEM_NAMESPACE, "xsi": XSI_NAMESPACE}
 _XML_WHITESPACE: Final = " \t\r\n"
-
-
-class ItemUnknownError(CodecError):
-    """The 特定個人情報名 code (or value type) is not an item this codec knows."""
-
-    code: ClassVar[str] = "item_unknown"
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,16 +92,8 @@ from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any, Final, Generic, TypeAlias, TypeVar
 
-from .kokuhoren_fields import (
-    BurdenRatio,
-    CareLevel,
-    ChangeKind,
-    ChangeReason,
-    Code,
-    Column,
-    CorrectionKind,
+from .errors import (
     CsvCharsetError,
-    CsvCheckDigitError,
     CsvCountMismatchError,
     CsvDataTypeError,
     CsvFieldCountError,
@@ -112,8 +104,18 @@ from .kokuhoren_fields import (
     CsvPeriodError,
     CsvRecordNumberError,
     CsvStructureError,
-    CsvSyntaxError,
     CsvUnknownCodeError,
+    KokuhorenCsvError,
+    StopDecodingError,
+)
+from .item_model import CareLevel
+from .kokuhoren_fields import (
+    BurdenRatio,
+    ChangeKind,
+    ChangeReason,
+    Code,
+    Column,
+    CorrectionKind,
     DataType,
     Date,
     Digits,
@@ -123,7 +125,6 @@ from .kokuhoren_fields import (
     Flag,
     InsurerNumber,
     Kana,
-    KokuhorenCsvError,
     Maybe,
     Medium,
     Month,
@@ -151,28 +152,13 @@ __all__ = [
     "ChangeReason",
     "ControlRecord",
     "CorrectionKind",
-    "CsvCharsetError",
-    "CsvCheckDigitError",
-    "CsvCountMismatchError",
-    "CsvDataTypeError",
-    "CsvFieldCountError",
-    "CsvFieldError",
-    "CsvFileNameError",
-    "CsvLimitError",
     "CsvLimits",
-    "CsvLineEndError",
-    "CsvPeriodError",
-    "CsvRecordNumberError",
-    "CsvStructureError",
-    "CsvSyntaxError",
-    "CsvUnknownCodeError",
     "DataRecord",
     "DataType",
     "DecodeResult",
     "EndRecord",
     "ExchangeId",
     "FileName",
-    "KokuhorenCsvError",
     "Medium",
     "NumberedRecord",
     "RecipientChange",
@@ -681,10 +667,6 @@ def decode_record(line: bytes, limits: CsvLimits = DEFAULT_LIMITS) -> NumberedRe
     return NumberedRecord(label, record)
 
 
-class _StopDecodingError(Exception):
-    """Internal: the lenient decoder has seen enough errors."""
-
-
 class _Collector:
     """Raises the first error (strict) or collects up to ``max_errors`` (lenient)."""
 
@@ -701,7 +683,7 @@ class _Collector:
             self.errors.append(
                 CsvLimitError(f"more than {self.max_errors} errors; decoding stopped")
             )
-            raise _StopDecodingError
+            raise StopDecodingError("the lenient decoder has seen enough errors")
 
 
 @dataclass(slots=True)
@@ -826,7 +808,7 @@ def _decode(data: bytes, limits: CsvLimits, *, strict: bool) -> DecodeResult:
     try:
         lines, terminated = _split_lines(data, limits)
         _decode_lines(lines, terminated, limits, sink, progress)
-    except _StopDecodingError:
+    except StopDecodingError:
         pass
     except KokuhorenCsvError as exc:
         if strict:

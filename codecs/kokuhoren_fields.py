@@ -1,9 +1,9 @@
-"""Field-level pieces of the 国保連 CSV codec: errors, code lists, value codecs.
+"""Field-level pieces of the 国保連 CSV codec: code lists and value codecs.
 
 Split out of :mod:`chukan.codecs.kokuhoren` so that the record layouts there
 read as tables. Everything here works on one value at a time and knows no
 record numbers; the record codec adds them to errors with
-:meth:`KokuhorenCsvError.located`.
+:meth:`~chukan.codecs.errors.KokuhorenCsvError.located`.
 
 Error messages never quote the offending value: names and numbers in these
 files are personal data, so only the record number, the field name and the
@@ -18,127 +18,18 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import date
 from enum import Enum, StrEnum
-from typing import Any, ClassVar, Final, Generic, Self, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
-from .errors import CsvError
+from .errors import (
+    CsvCharsetError,
+    CsvCheckDigitError,
+    CsvFieldError,
+    CsvSyntaxError,
+    CsvUnknownCodeError,
+)
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Enum)
-
-# --------------------------------------------------------------------------- errors
-
-
-def _where(record_number: int | None, field: str | None) -> str | None:
-    if record_number is None:
-        return field
-    if field is None:
-        return f"record {record_number}"
-    return f"record {record_number}, {field}"
-
-
-class KokuhorenCsvError(CsvError):
-    """Base of the 国保連 CSV failures; knows its record number and field name.
-
-    ``record_number`` is the 1-based position of the line in the file (the
-    レコード番号 the record should carry); ``field`` is the item name of the
-    layout (e.g. ``被保険者番号``) or ``column N`` when the layout is unknown.
-    """
-
-    def __init__(
-        self, message: str, *, record_number: int | None = None, field: str | None = None
-    ) -> None:
-        super().__init__(message, where=_where(record_number, field))
-        self.record_number = record_number
-        self.field = field
-
-    def located(self, record_number: int | None) -> Self:
-        """The same error, placed at ``record_number`` (the field is kept)."""
-        return type(self)(self.message, record_number=record_number, field=self.field)
-
-
-class CsvSyntaxError(KokuhorenCsvError):
-    """A value is not enclosed in double quotes, or a quote stands astray."""
-
-    code: ClassVar[str] = "csv_syntax"
-
-
-class CsvLineEndError(KokuhorenCsvError):
-    """Lines do not end with CRLF (bare LF or CR, or a missing final CRLF)."""
-
-    code: ClassVar[str] = "csv_line_end"
-
-
-class CsvCharsetError(KokuhorenCsvError):
-    """Bytes that are not CP932, or a character that CP932 cannot carry."""
-
-    code: ClassVar[str] = "csv_charset"
-
-
-class CsvStructureError(KokuhorenCsvError):
-    """Control, data and end records are not in the order 1, 2…, 3."""
-
-    code: ClassVar[str] = "csv_structure"
-
-
-class CsvFieldCountError(KokuhorenCsvError):
-    """A record has more or fewer values than its layout."""
-
-    code: ClassVar[str] = "csv_field_count"
-
-
-class CsvFieldError(KokuhorenCsvError):
-    """A value breaks its field's format: length, digits, date, character set."""
-
-    code: ClassVar[str] = "csv_field_invalid"
-
-
-class CsvUnknownCodeError(CsvFieldError):
-    """A code field holds a value outside its code list."""
-
-    code: ClassVar[str] = "csv_code_unknown"
-
-
-class CsvCheckDigitError(CsvFieldError):
-    """A 保険者番号 whose 検証番号 (check digit) does not match."""
-
-    code: ClassVar[str] = "csv_check_digit"
-
-
-class CsvPeriodError(CsvFieldError):
-    """A period whose start date lies after its end date."""
-
-    code: ClassVar[str] = "csv_period_invalid"
-
-
-class CsvRecordNumberError(KokuhorenCsvError):
-    """レコード番号 values are not consecutive from 1."""
-
-    code: ClassVar[str] = "csv_record_number"
-
-
-class CsvCountMismatchError(KokuhorenCsvError):
-    """The control record's レコード件数 differs from the data records present."""
-
-    code: ClassVar[str] = "csv_count_mismatch"
-
-
-class CsvDataTypeError(KokuhorenCsvError):
-    """A data record's 交換情報識別番号 does not belong to the file's データ種別."""
-
-    code: ClassVar[str] = "csv_data_type_mismatch"
-
-
-class CsvLimitError(KokuhorenCsvError):
-    """The file, a line or the error list is larger than the decoder accepts."""
-
-    code: ClassVar[str] = "csv_too_large"
-
-
-class CsvFileNameError(KokuhorenCsvError):
-    """A file name that is not ``10_{データ種別}{保険者番号}{YYYYMM}.csv``."""
-
-    code: ClassVar[str] = "csv_file_name"
-
 
 # --------------------------------------------------------------------------- code lists
 
@@ -201,24 +92,6 @@ class Sex(StrEnum):
 
     MALE = "1"  # 男
     FEMALE = "2"  # 女
-
-
-class CareLevel(StrEnum):
-    """要介護状態区分コード; an empty value (``None``) means 非認定."""
-
-    NOT_APPLICABLE = "01"  # 非該当
-    SUPPORT_1 = "12"  # 要支援1
-    SUPPORT_2 = "13"  # 要支援2
-    CARE_1 = "21"  # 要介護1
-    CARE_2 = "22"  # 要介護2
-    CARE_3 = "23"  # 要介護3
-    CARE_4 = "24"  # 要介護4
-    CARE_5 = "25"  # 要介護5
-
-    @property
-    def is_certified(self) -> bool:
-        """要支援 or 要介護: the levels that come with a 認定有効期間."""
-        return self is not CareLevel.NOT_APPLICABLE
 
 
 class BurdenRatio(StrEnum):
@@ -308,7 +181,7 @@ class FieldCodec(ABC, Generic[T]):
 
     @abstractmethod
     def parse(self, text: str, field: str) -> T:
-        """The typed value of ``text``, or a :class:`KokuhorenCsvError`."""
+        """The typed value of ``text``, or a :class:`~chukan.codecs.errors.KokuhorenCsvError`."""
 
     @abstractmethod
     def format(self, value: object, field: str) -> str:

@@ -42,7 +42,7 @@ Data record (レコード種別 2, 10 values), all required
 End record (レコード種別 3): "3", レコード番号.
 
 :func:`decode_benefit_file` is strict: it raises the first defect as a
-:class:`~chukan.codecs.kokuhoren_fields.KokuhorenCsvError` (record number and
+:class:`~chukan.codecs.errors.KokuhorenCsvError` (record number and
 field, never the value).
 """
 
@@ -53,8 +53,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from .kokuhoren_fields import (
-    Column,
+from .errors import (
     CsvCharsetError,
     CsvCountMismatchError,
     CsvFieldCountError,
@@ -64,10 +63,13 @@ from .kokuhoren_fields import (
     CsvLineEndError,
     CsvRecordNumberError,
     CsvStructureError,
+    KokuhorenCsvError,
+)
+from .kokuhoren_fields import (
+    Column,
     Digits,
     Fixed,
     InsurerNumber,
-    KokuhorenCsvError,
     Month,
     Number,
     YearMonth,

@@ -47,7 +47,7 @@ from chukan.gateway.hublink.listsync import (
     receive_pushed_list,
     refresh_list,
 )
-from chukan.gateway.kokuhoren.changes import setup_kokuhoren_routes
+from chukan.gateway.kokuhoren.routes import setup_kokuhoren_routes
 from chukan.gateway.ops.operations import metrics_middleware, setup_ops
 from chukan.gateway.ops.status import gateway_status
 from chukan.gateway.provision.provide import receive_message
@@ -62,8 +62,7 @@ from chukan.gateway.query.routes import (
 )
 from chukan.gateway.query.sweep import sweep_loop
 from chukan.gateway.records.store import setup_records
-from chukan.gateway.replica.items import setup_replica_routes
-from chukan.gateway.replica.registration import setup_registration_routes
+from chukan.gateway.replica.routes import setup_registration_routes, setup_replica_routes
 from chukan.gateway.staff.accounts import setup_staff
 from chukan.keys.ring import KeyRing
 

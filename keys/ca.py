@@ -25,7 +25,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import ClassVar, Final, Literal, cast, get_args
+from typing import Final, Literal, cast, get_args
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import KeyFormatError, KeysError
+from .errors import CertificateError, KeyFormatError
 
 ClientKind = Literal["agency", "system", "hub"]
 CLIENT_KINDS: Final[frozenset[str]] = frozenset(get_args(ClientKind))
@@ -46,12 +46,6 @@ _SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ROLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MAX_CN: Final = 64  # ub-common-name in RFC 5280
-
-
-class CertificateError(KeysError):
-    """A certificate that is malformed, not ours, or not shaped as this CA issues them."""
-
-    code: ClassVar[str] = "certificate_invalid"
 
 
 @dataclass(frozen=True, slots=True)

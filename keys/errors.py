@@ -41,3 +41,21 @@ class AlgorithmError(KeysError):
     """A message names an algorithm this implementation does not accept."""
 
     code: ClassVar[str] = "algorithm_unsupported"
+
+
+class CertificateError(KeysError):
+    """A certificate that is malformed, not ours, or not shaped as this CA issues them."""
+
+    code: ClassVar[str] = "certificate_invalid"
+
+
+class KeyRetiredError(KeysError):
+    """The named key was ours but its overlap window has ended."""
+
+    code: ClassVar[str] = "key_retired"
+
+
+class NoActiveKeyError(KeysError):
+    """The ring holds no key that is active at the requested time."""
+
+    code: ClassVar[str] = "key_none_active"

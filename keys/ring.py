@@ -32,7 +32,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -53,7 +53,7 @@ from .crypto import (
     open_sealed,
     private_key_to_pem,
 )
-from .errors import KeyFormatError, KeysError, UnknownKeyError
+from .errors import KeyFormatError, KeyRetiredError, NoActiveKeyError, UnknownKeyError
 
 DEFAULT_OVERLAP: Final = timedelta(days=7)
 RING_FORMAT: Final = "chukan.keyring.v1"
@@ -63,18 +63,6 @@ _SCRYPT_R: Final = 8
 _SCRYPT_P: Final = 1
 _SCRYPT_N_MAX: Final = 2**17  # refuse documents that would make loading cost > 128 MiB
 _SALT_BYTES: Final = 16
-
-
-class KeyRetiredError(KeysError):
-    """The named key was ours but its overlap window has ended."""
-
-    code: ClassVar[str] = "key_retired"
-
-
-class NoActiveKeyError(KeysError):
-    """The ring holds no key that is active at the requested time."""
-
-    code: ClassVar[str] = "key_none_active"
 
 
 P = TypeVar("P", EncryptionKeyPair, SigningKeyPair)

@@ -31,8 +31,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from .ca import CertificateError
-from .errors import KeyFormatError
+from .errors import CertificateError, KeyFormatError
 
 __all__ = ["client_context", "server_context"]
 

@@ -123,3 +123,12 @@ class PermitReplayedError(PermitError):
     """The permit was used before (raised by the gateway's stateful replay store)."""
 
     code: ClassVar[str] = "permit_replayed"
+
+
+class DuplicateJsonKeyError(PermitsError):
+    """A JSON object that repeats a key (control flow: the permit decoder refuses it as malformed).
+
+    ``json.loads`` keeps the last of repeated keys; a signed payload must mean one thing.
+    """
+
+    code: ClassVar[str] = "json_key_repeated"

@@ -28,6 +28,7 @@ from chukan.keys import SIGNATURE_ALGORITHM, PublicSigningKey, SignatureError, S
 
 from .authorization import AuthorizationRow, code_problem, decode_b64url_strict, require_aware
 from .errors import (
+    DuplicateJsonKeyError,
     PermitAudienceError,
     PermitBodyMismatchError,
     PermitExpiredError,
@@ -205,15 +206,11 @@ def encode_permit(permit: Permit, signer: SigningKeyPair) -> str:
 # -- verification ----------------------------------------------------------------------
 
 
-class _DuplicateKeyError(ValueError):
-    pass
-
-
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise _DuplicateKeyError(key)
+            raise DuplicateJsonKeyError("a JSON object repeats a key", where=key)
         result[key] = value
     return result
 
@@ -250,7 +247,7 @@ def _decode_token(token: object) -> tuple[bytes, dict[str, Any], bytes]:
             object_pairs_hook=_unique_object,
             parse_constant=_reject_constant,
         )
-    except _DuplicateKeyError:
+    except DuplicateJsonKeyError:
         raise PermitMalformedError("the payload repeats a key") from None
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
         raise PermitMalformedError("the payload is not ASCII JSON") from None

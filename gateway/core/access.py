@@ -17,7 +17,7 @@ from chukan.gateway.core.errors import ForbiddenError, GatewayError, Unauthentic
 from chukan.gateway.core.state import GATEWAY_STATE, _record_refusal
 from chukan.gateway.core.tls import identity_label, peer_identity
 from chukan.gateway.core.web import CALLER, Handler
-from chukan.keys.ca import CertificateError
+from chukan.keys.errors import CertificateError
 
 NETWORK_PREFIX: Final = "/network/"
 NETWORK_OPERATION: Final = "network"

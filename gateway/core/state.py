@@ -26,7 +26,8 @@ from chukan.gateway.core.metrics import metrics_for
 from chukan.gateway.core.tls import identity_label, parse_system_subject, peer_identity
 from chukan.gateway.core.web import CALLER
 from chukan.gateway.hublink.client import HubClient
-from chukan.keys.ca import CertificateError, ClientIdentity
+from chukan.keys.ca import ClientIdentity
+from chukan.keys.errors import CertificateError
 from chukan.keys.ring import KeyRing
 from chukan.permits import (
     AuthorizationList,

@@ -1,4 +1,4 @@
-"""国保連 伝送 on the internal API: recipient changes → 連絡票 files → the 国保連 mailbox.
+"""国保連 伝送: recipient changes → 連絡票 files → the 国保連 mailbox, and return files back.
 
 The core system (介護保険システム) posts changes of recipients (受給者: 認定結果,
 有効期間, 負担割合, 住所地特例…) as they happen. At month end it asks for the
@@ -9,31 +9,23 @@ a job (:mod:`chukan.gateway.kokuhoren.transmission`) and the intake result is ke
 the transmission and on each change. Return files (給付実績) are fetched and
 ingested the same way.
 
-Endpoints (grant ``kokuhoren.transmit``):
-
-* ``POST /internal/v1/kokuhoren/recipient-changes`` ``{"changes": [...]}``
-* ``POST /internal/v1/kokuhoren/transmissions`` ``{"month": "YYYYMM", "kind": ...}``
-* ``GET  /internal/v1/kokuhoren/transmissions/{id}[?wait=s]``
-* ``POST /internal/v1/kokuhoren/transmissions/{id}/resend`` (the same file, same number)
-* ``POST /internal/v1/kokuhoren/returns`` ``{"month": "YYYYMM"}``
-* ``GET  /internal/v1/kokuhoren/returns/{job_id}[?wait=s]``
+This module holds the flow's SQL and its states (change: pending → included |
+refused; transmission: queued → delivered | failed); the HTTP endpoints are in
+:mod:`chukan.gateway.kokuhoren.routes`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import json
 import re
-import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from typing import Any, Final
 
 import asyncpg
 import structlog
-from aiohttp import web
 
 from chukan.codecs.kokuhoren import (
     ControlRecord,
@@ -45,15 +37,22 @@ from chukan.codecs.kokuhoren import (
     YearMonth,
     encode_file,
 )
-from chukan.gateway.core.config import OP_KOKUHOREN_TRANSMIT
-from chukan.gateway.core.errors import ConflictError, NotFoundError, ValidationError
+from chukan.gateway.core.errors import ValidationError
 from chukan.gateway.core.jobs import create_job, get_job, requeue_job
-from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, authorize
-from chukan.gateway.core.tls import client_session
-from chukan.gateway.core.web import read_json
-from chukan.gateway.kokuhoren.json_codec import (
+from chukan.gateway.core.state import GatewayState
+from chukan.gateway.kokuhoren.errors import (
+    ChangeIdConflictError,
     FieldProblem,
+    KokuhorenNotConfiguredError,
+    NothingToTransmitError,
+    NoValidRecordsError,
+    RecipientChangesInvalidError,
     RecordInvalidError,
+    ReturnIngestUnknownError,
+    TransmissionInProgressError,
+    TransmissionUnknownError,
+)
+from chukan.gateway.kokuhoren.json_codec import (
     canonical_json,
     effective_date,
     record_from_json,
@@ -69,87 +68,22 @@ from chukan.gateway.kokuhoren.transmission import (
 
 log = structlog.get_logger("chukan.kokuhoren")
 
-MAX_CHANGES_PER_REQUEST: Final = 1000
-MAX_CHANGES_BODY: Final = 4 * 1024 * 1024
 CHANGE_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 MONTH_PATTERN: Final = re.compile(r"^[0-9]{6}$")
 KIND_DATA_TYPES: Final = {"change": DataType.CHANGE, "correction": DataType.CORRECTION}
 #: Above this many records, parsing and encoding run off the event loop.
 THREAD_RECORDS: Final = 500
-POLL_INTERVAL: Final = 0.1
 TASK_PREFIX: Final = "kokuhoren-job-"
-
-KOKUHOREN_CLIENT: Final = web.AppKey("kokuhoren_client", MailboxClient)
-
-
-class KokuhorenNotConfiguredError(ConflictError):
-    """This gateway has no 保険者番号 or no 国保連 mailbox configured."""
-
-    code = "kokuhoren_not_configured"
-
-
-class RecipientChangesInvalidError(ValidationError):
-    """Some posted changes are malformed; ``details.errors`` names each (none is stored)."""
-
-    code = "recipient_changes_invalid"
-
-    def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
-        super().__init__(message)
-        self.details = {"errors": errors}
-
-
-class ChangeIdConflictError(ConflictError):
-    """A ``change_id`` already stored with other content (none of the batch is stored)."""
-
-    code = "change_id_conflict"
-
-    def __init__(self, message: str, change_ids: list[str]) -> None:
-        super().__init__(message)
-        self.details = {"change_ids": change_ids}
-
-
-class NothingToTransmitError(ConflictError):
-    code = "nothing_to_transmit"
-
-
-class NoValidRecordsError(ValidationError):
-    """Every pending change of the month was refused at generation time."""
-
-    code = "no_valid_records"
-
-    def __init__(self, message: str, refused: list[dict[str, Any]]) -> None:
-        super().__init__(message)
-        self.details = {"refused": refused}
-
-
-class TransmissionUnknownError(NotFoundError):
-    code = "transmission_unknown"
-
-
-class TransmissionInProgressError(ConflictError):
-    """The transmission is still being delivered: there is nothing to send again yet."""
-
-    code = "transmission_in_progress"
-
-
-class ReturnIngestUnknownError(NotFoundError):
-    code = "return_ingest_unknown"
 
 
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _insurer(state: GatewayState) -> str:
+def insurer_number(state: GatewayState) -> str:
+    """This gateway's 保険者番号, or 409 ``kokuhoren_not_configured``."""
     if state.config.insurer_number is None:
         raise KokuhorenNotConfiguredError("this gateway has no 介護保険 保険者番号 configured")
     return state.config.insurer_number
-
-
-def _client(request: web.Request) -> MailboxClient:
-    client = request.config_dict.get(KOKUHOREN_CLIENT)
-    if client is None:
-        raise KokuhorenNotConfiguredError("this gateway has no 国保連 mailbox configured")
-    return client
 
 
 def parse_month(value: Any) -> YearMonth:
@@ -164,21 +98,6 @@ def parse_month(value: Any) -> YearMonth:
 def month_end(month: YearMonth) -> dt.date:
     following = YearMonth(month.year + month.month // 12, month.month % 12 + 1)
     return dt.date(following.year, following.month, 1) - dt.timedelta(days=1)
-
-
-def _wait_seconds(request: web.Request, state: GatewayState) -> float:
-    try:
-        wait = float(request.query.get("wait", "0"))
-    except ValueError:
-        raise ValidationError("wait must be a number of seconds") from None
-    return max(0.0, min(wait, state.config.timing.max_wait))
-
-
-def _id(request: web.Request, name: str) -> int:
-    value = request.match_info[name]
-    if not value.isascii() or not value.isdigit() or len(value) > 18:
-        raise ValidationError(f"{name} must be a positive integer")
-    return int(value)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -202,7 +121,8 @@ def spawn_job(state: GatewayState, coro: Coroutine[Any, Any, None], job_id: int)
 # -- recipient changes ----------------------------------------------------------------------
 
 
-def _validate_changes(items: list[Any], insurer: str) -> list[tuple[str, DataRecord]]:
+def validate_changes(items: list[Any], insurer: str) -> list[tuple[str, DataRecord]]:
+    """Each change with its record, or 422 ``recipient_changes_invalid`` naming every problem."""
     records: list[tuple[str, DataRecord]] = []
     errors: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -251,21 +171,18 @@ def _validate_changes(items: list[Any], insurer: str) -> list[tuple[str, DataRec
     return records
 
 
-async def post_recipient_changes(request: web.Request) -> web.Response:
-    """Store changes of recipients for the next file; all of the batch or none."""
-    system = await authorize(request, OP_KOKUHOREN_TRANSMIT)
-    state = request.config_dict[GATEWAY_STATE]
-    insurer = _insurer(state)
-    data = await read_json(request, limit=MAX_CHANGES_BODY)
-    items = data.get("changes")
-    if not isinstance(items, list) or not items:
-        raise ValidationError("changes must be a non-empty list")
-    if len(items) > MAX_CHANGES_PER_REQUEST:
-        raise ValidationError(f"at most {MAX_CHANGES_PER_REQUEST} changes per request")
+async def store_changes(
+    state: GatewayState, items: list[Any], insurer: str, caller: str
+) -> dict[str, Any]:
+    """Store changes of recipients for the next file, all of the batch or none.
+
+    The answer of the POST: counts of new and already stored changes, and each
+    change's status and month.
+    """
     if len(items) > THREAD_RECORDS:
-        records = await asyncio.to_thread(_validate_changes, items, insurer)
+        records = await asyncio.to_thread(validate_changes, items, insurer)
     else:
-        records = _validate_changes(items, insurer)
+        records = validate_changes(items, insurer)
     rows: list[tuple[str, str, str, str, dt.date]] = []
     for change_id, record in records:
         kind = "correction" if isinstance(record, RecipientCorrection) else "change"
@@ -287,7 +204,7 @@ async def post_recipient_changes(request: web.Request) -> web.Response:
                 text,
                 digest,
                 effective,
-                system.system_id,
+                caller,
             )
             status = inserted
             if inserted is None:
@@ -317,19 +234,14 @@ async def post_recipient_changes(request: web.Request) -> web.Response:
                 "none of the batch was stored",
                 conflicts,
             )
-    log.info(
-        "kokuhoren_changes_stored", stored=stored, unchanged=unchanged, caller=system.system_id
-    )
-    return web.json_response(
-        {"stored": stored, "unchanged": unchanged, "changes": answer},
-        status=201 if stored else 200,
-    )
+    log.info("kokuhoren_changes_stored", stored=stored, unchanged=unchanged, caller=caller)
+    return {"stored": stored, "unchanged": unchanged, "changes": answer}
 
 
 # -- transmissions --------------------------------------------------------------------------
 
 
-def _parse_stored(
+def parse_stored(
     rows: list[asyncpg.Record], insurer: str
 ) -> tuple[list[tuple[int, DataRecord]], list[tuple[int, str, FieldProblem]]]:
     """Re-check stored changes with the codec: the generation-time guard."""
@@ -345,17 +257,19 @@ def _parse_stored(
     return good, refused
 
 
-async def post_transmission(request: web.Request) -> web.Response:
-    """Build the month's file from the pending changes and start its delivery job."""
-    system = await authorize(request, OP_KOKUHOREN_TRANSMIT)
-    state = request.config_dict[GATEWAY_STATE]
-    insurer = _insurer(state)
-    client = _client(request)
-    data = await read_json(request)
-    month = parse_month(data.get("month"))
-    kind = data.get("kind", "change")
-    if kind not in KIND_DATA_TYPES:
-        raise ValidationError("kind must be 'change' or 'correction'")
+async def build_transmission(
+    state: GatewayState,
+    client: MailboxClient,
+    insurer: str,
+    month: YearMonth,
+    kind: str,
+    caller: str,
+) -> dict[str, Any]:
+    """Build the month's file from the pending changes and start its delivery job.
+
+    ``kind`` is a key of :data:`KIND_DATA_TYPES`. The answer of the POST: the
+    transmission and the changes refused at generation time.
+    """
     data_type = KIND_DATA_TYPES[kind]
     refused_json: list[dict[str, Any]] = []
     transmission_id = job_id = 0
@@ -375,9 +289,9 @@ async def post_transmission(request: web.Request) -> web.Response:
         if not rows:
             raise NothingToTransmitError(f"no pending {kind} records up to the end of {month}")
         if len(rows) > THREAD_RECORDS:
-            good, refused = await asyncio.to_thread(_parse_stored, rows, insurer)
+            good, refused = await asyncio.to_thread(parse_stored, rows, insurer)
         else:
-            good, refused = _parse_stored(rows, insurer)
+            good, refused = parse_stored(rows, insurer)
         for change_pk, change_id, problem in refused:
             await conn.execute(
                 "UPDATE kokuhoren_recipient_changes SET status = 'refused', error_code = $2 "
@@ -407,9 +321,7 @@ async def post_transmission(request: web.Request) -> web.Response:
                 content = await asyncio.to_thread(encode_file, file)
             else:
                 content = encode_file(file)
-            job_id = await create_job(
-                conn, JOB_TRANSMIT, subject=file.file_name, created_by=system.system_id
-            )
+            job_id = await create_job(conn, JOB_TRANSMIT, subject=file.file_name, created_by=caller)
             transmission_id = await conn.fetchval(
                 """INSERT INTO kokuhoren_transmissions (job_id, kind, data_type,
                        processing_month, file_name, file_management_number, record_count,
@@ -424,7 +336,7 @@ async def post_transmission(request: web.Request) -> web.Response:
                 len(good),
                 content,
                 hashlib.sha256(content).hexdigest(),
-                system.system_id,
+                caller,
             )
             await conn.executemany(
                 "UPDATE kokuhoren_recipient_changes SET status = 'included', "
@@ -445,14 +357,15 @@ async def post_transmission(request: web.Request) -> web.Response:
         kind=kind,
         records=len(good),
         refused=len(refused_json),
-        caller=system.system_id,
+        caller=caller,
     )
-    body = await _transmission_json(state, transmission_id)
+    body = await transmission_json(state, transmission_id)
     body["refused"] = refused_json
-    return web.json_response(body, status=202)
+    return body
 
 
-async def _transmission_json(state: GatewayState, transmission_id: int) -> dict[str, Any]:
+async def transmission_json(state: GatewayState, transmission_id: int) -> dict[str, Any]:
+    """One transmission, its job and intake result (each error with its ``change_id``)."""
     row = await state.pool.fetchrow(
         "SELECT * FROM kokuhoren_transmissions WHERE id = $1", transmission_id
     )
@@ -490,32 +403,14 @@ async def _transmission_json(state: GatewayState, transmission_id: int) -> dict[
     }
 
 
-async def get_transmission(request: web.Request) -> web.Response:
-    """Status and intake result of one transmission; ``?wait=N`` waits for a final state."""
-    await authorize(request, OP_KOKUHOREN_TRANSMIT)
-    state = request.config_dict[GATEWAY_STATE]
-    transmission_id = _id(request, "transmission_id")
-    deadline = time.monotonic() + _wait_seconds(request, state)
-    while True:
-        body = await _transmission_json(state, transmission_id)
-        if body["status"] != "queued" or time.monotonic() >= deadline:
-            return web.json_response(body)
-        await asyncio.sleep(POLL_INTERVAL)
+async def resend_transmission(
+    state: GatewayState, client: MailboxClient, transmission_id: int, caller: str
+) -> dict[str, Any]:
+    """Queue a transmission's file to be delivered again, under the same ファイル管理番号.
 
-
-async def post_resend(request: web.Request) -> web.Response:
-    """Deliver a transmission's file again, under the same ファイル管理番号 (operator lever).
-
-    For a ``failed`` transmission once its cause is fixed (a mailbox outage longer than
-    the retry budget), or a ``delivered`` one whose intake result is in doubt: the mailbox
-    is idempotent per ファイル管理番号, so a file it already holds is not registered twice
-    and the answer is its stored intake result (``duplicate``).  The job runs again with a
-    fresh retry budget; 409 ``transmission_in_progress`` while it is still queued.
+    409 ``transmission_in_progress`` while it is still queued; the job runs again with
+    a fresh retry budget.
     """
-    system = await authorize(request, OP_KOKUHOREN_TRANSMIT)
-    state = request.config_dict[GATEWAY_STATE]
-    client = _client(request)
-    transmission_id = _id(request, "transmission_id")
     async with state.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "SELECT job_id, status FROM kokuhoren_transmissions WHERE id = $1 FOR UPDATE",
@@ -535,28 +430,25 @@ async def post_resend(request: web.Request) -> web.Response:
         transmission_id=transmission_id,
         job_id=row["job_id"],
         previous=row["status"],
-        caller=system.system_id,
+        caller=caller,
     )
-    return web.json_response(await _transmission_json(state, transmission_id), status=202)
+    return await transmission_json(state, transmission_id)
 
 
 # -- return files ---------------------------------------------------------------------------
 
 
-async def post_returns(request: web.Request) -> web.Response:
-    """Fetch and ingest the return files (給付実績) of a month, as a job."""
-    system = await authorize(request, OP_KOKUHOREN_TRANSMIT)
-    state = request.config_dict[GATEWAY_STATE]
-    _insurer(state)
-    client = _client(request)
-    data = await read_json(request)
-    month = str(parse_month(data.get("month")))
-    job_id = await create_job(state.pool, JOB_INGEST, subject=month, created_by=system.system_id)
+async def start_return_ingest(
+    state: GatewayState, client: MailboxClient, month: str, caller: str
+) -> int:
+    """Start the job that fetches and ingests the return files (給付実績) of ``month``."""
+    job_id = await create_job(state.pool, JOB_INGEST, subject=month, created_by=caller)
     spawn_job(state, ingest_returns(state, client, job_id), job_id)
-    return web.json_response({"job_id": job_id, "month": month, "status": "queued"}, status=202)
+    return job_id
 
 
-async def _returns_json(state: GatewayState, job_id: int) -> dict[str, Any]:
+async def returns_json(state: GatewayState, job_id: int) -> dict[str, Any]:
+    """An ingest job and the return files (with their records) of its month."""
     job = await get_job(state.pool, job_id)
     if job is None or job.kind != JOB_INGEST or job.subject is None:
         raise ReturnIngestUnknownError("no return-file ingest job with this id")
@@ -603,23 +495,10 @@ async def _returns_json(state: GatewayState, job_id: int) -> dict[str, Any]:
     }
 
 
-async def get_returns(request: web.Request) -> web.Response:
-    """An ingest job and the return files of its month; ``?wait=N`` waits for it to end."""
-    await authorize(request, OP_KOKUHOREN_TRANSMIT)
-    state = request.config_dict[GATEWAY_STATE]
-    job_id = _id(request, "job_id")
-    deadline = time.monotonic() + _wait_seconds(request, state)
-    while True:
-        body = await _returns_json(state, job_id)
-        if body["status"] in ("done", "failed") or time.monotonic() >= deadline:
-            return web.json_response(body)
-        await asyncio.sleep(POLL_INTERVAL)
-
-
 # -- lifecycle ------------------------------------------------------------------------------
 
 
-async def _resume(state: GatewayState, client: MailboxClient) -> None:
+async def resume_jobs(state: GatewayState, client: MailboxClient) -> None:
     """Jobs a stopped process left queued or running are picked up again."""
     rows = await state.pool.fetch(
         "SELECT j.id, j.kind, t.id AS transmission_id FROM jobs j "
@@ -634,40 +513,3 @@ async def _resume(state: GatewayState, client: MailboxClient) -> None:
             spawn_job(state, ingest_returns(state, client, row["id"]), row["id"])
     if rows:
         log.info("kokuhoren_jobs_resumed", count=len(rows))
-
-
-def setup_kokuhoren_routes(app: web.Application) -> None:
-    """Routes of the 国保連 internal API and the mailbox client's lifecycle.
-
-    Call after the gateway's own lifecycle is registered: the client needs its state.
-    """
-
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        state = app[GATEWAY_STATE]
-        link = state.config.kokuhoren
-        if link is None or state.config.insurer_number is None:
-            yield
-            return
-        session = client_session(state.config.tls)  # TLS to the mailbox when the network has it
-        client = MailboxClient(
-            link, state.config.insurer_number, state.keys, session, state.config.timing.http_timeout
-        )
-        app[KOKUHOREN_CLIENT] = client
-        await _resume(state, client)
-        yield
-        ours = [t for t in state.tasks if t.get_name().startswith(TASK_PREFIX)]
-        for task in ours:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*ours, return_exceptions=True)
-        await session.close()
-
-    app.cleanup_ctx.append(lifecycle)
-    app.router.add_post("/internal/v1/kokuhoren/recipient-changes", post_recipient_changes)
-    app.router.add_post("/internal/v1/kokuhoren/transmissions", post_transmission)
-    app.router.add_get("/internal/v1/kokuhoren/transmissions/{transmission_id}", get_transmission)
-    app.router.add_post(
-        "/internal/v1/kokuhoren/transmissions/{transmission_id}/resend", post_resend
-    )
-    app.router.add_post("/internal/v1/kokuhoren/returns", post_returns)
-    app.router.add_get("/internal/v1/kokuhoren/returns/{job_id}", get_returns)

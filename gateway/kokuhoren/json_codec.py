@@ -17,10 +17,10 @@ import datetime as dt
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
+from chukan.codecs.errors import KokuhorenCsvError
 from chukan.codecs.kokuhoren import (
     CHANGE_COLUMNS,
     CORRECTION_COLUMNS,
@@ -30,38 +30,17 @@ from chukan.codecs.kokuhoren import (
     ChangeReason,
     CorrectionKind,
     DataRecord,
-    KokuhorenCsvError,
     RecipientChange,
     RecipientCorrection,
     Sex,
     encode_record,
 )
+from chukan.gateway.kokuhoren.errors import FieldProblem, RecordInvalidError
 
 KINDS: Final = ("change", "correction")
 _ISO_DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 #: Keys of the API that are not record fields.
 ENVELOPE_KEYS: Final = frozenset({"change_id", "kind"})
-
-
-@dataclass(frozen=True, slots=True)
-class FieldProblem:
-    """Why one field (or the record) cannot be used; safe to show and to log."""
-
-    field: str | None
-    code: str
-    message: str
-    item: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"field": self.field, "item": self.item, "code": self.code, "message": self.message}
-
-
-class RecordInvalidError(Exception):
-    """A JSON record with one or more problems."""
-
-    def __init__(self, problems: list[FieldProblem]) -> None:
-        super().__init__(f"{len(problems)} problem(s)")
-        self.problems = problems
 
 
 Parser = Callable[[Any], Any]

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from chukan.gateway.core.errors import BadRequestError, ValidationError
+from chukan.gateway.kokuhoren.errors import EnvelopeInvalidError, FileDigestMismatchError
 from chukan.keys import PublicEncryptionKey, Sealed, b64d, b64e, open_sealed, seal
 from chukan.keys.crypto import KeyLookup
 from chukan.keys.errors import KeyFormatError
@@ -30,18 +30,6 @@ PARTY: Final = re.compile(rf"^(?:[0-9]{{6}}|{KOKUHOREN_PARTY})$")
 FILE_NAME: Final = re.compile(r"^10_[0-9]{3}[0-9]{6}[0-9]{6}\.csv$")
 DIGEST: Final = re.compile(r"^[0-9a-f]{64}$")
 INTAKE_STATUSES: Final = ("accepted", "partially_accepted", "rejected")
-
-
-class EnvelopeInvalidError(ValidationError):
-    """A file envelope or intake result that does not have the documented shape."""
-
-    code = "envelope_invalid"
-
-
-class FileDigestMismatchError(BadRequestError):
-    """The opened file does not have the digest its envelope announced."""
-
-    code = "file_digest_mismatch"
 
 
 def file_aad(sender: str, receiver: str, file_management_number: str, file_name: str) -> bytes:

@@ -27,15 +27,21 @@ from chukan.codecs.errors import CodecError
 from chukan.codecs.kokuhoren_returns import decode_benefit_file, parse_benefit_file_name
 from chukan.gateway.core import db
 from chukan.gateway.core.config import KokuhorenLink
-from chukan.gateway.core.errors import GatewayError, UpstreamError
+from chukan.gateway.core.errors import GatewayError
 from chukan.gateway.core.jobs import fail_job, finish_job, start_job
 from chukan.gateway.core.keystore import AgencyKeys
 from chukan.gateway.core.retry import backoff_delay
 from chukan.gateway.core.state import GatewayState, utcnow
 from chukan.gateway.core.web import SIGNATURE_HEADER, signature_header, verify_signature
+from chukan.gateway.kokuhoren.errors import (
+    EnvelopeInvalidError,
+    MailboxAnswerInvalidError,
+    MailboxRefusedError,
+    MailboxUnavailableError,
+    ReturnFileInvalidError,
+)
 from chukan.gateway.kokuhoren.mailbox import (
     KOKUHOREN_PARTY,
-    EnvelopeInvalidError,
     FileEnvelope,
     IntakeResult,
     open_file,
@@ -50,35 +56,6 @@ JOB_INGEST: Final = "kokuhoren.ingest"
 #: Files larger than this are sealed and decoded off the event loop.
 THREAD_THRESHOLD: Final = 256 * 1024
 RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
-
-
-class MailboxUnavailableError(UpstreamError):
-    """The 国保連 mailbox could not be reached or answered 5xx: try again later."""
-
-    code = "kokuhoren_unavailable"
-
-
-class MailboxRefusedError(GatewayError):
-    """The mailbox refused the request (4xx); ``remote_code`` is its stable code."""
-
-    code = "kokuhoren_refused"
-
-    def __init__(self, remote_status: int, remote_code: str, message: str) -> None:
-        super().__init__(message)
-        self.remote_status = remote_status
-        self.remote_code = remote_code
-
-
-class MailboxAnswerInvalidError(UpstreamError):
-    """An answer of the mailbox whose signature or shape does not check out."""
-
-    code = "kokuhoren_answer_invalid"
-
-
-class ReturnFileInvalidError(UpstreamError):
-    """A return file that is not addressed to this 保険者 or does not match its listing."""
-
-    code = "return_file_invalid"
 
 
 def _remote_error(body: bytes, status: int) -> tuple[str, str]:

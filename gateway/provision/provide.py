@@ -49,12 +49,8 @@ from chukan.gateway.query.lifecycle import (
     conclude_refused,
 )
 from chukan.gateway.records.store import RecordEntry, count_record, insert_record
-from chukan.gateway.replica.items import (
-    PROVISION_SQL,
-    ReplicaInconsistentError,
-    provision_document,
-    today_jst,
-)
+from chukan.gateway.replica.errors import ReplicaInconsistentError
+from chukan.gateway.replica.items import PROVISION_SQL, provision_document, today_jst
 from chukan.keys import KeysError, public_encryption_key, seal
 from chukan.permits import (
     Permit,

@@ -53,7 +53,8 @@ from chukan.gateway.core.state import (
 from chukan.gateway.core.web import SIGNATURE_HEADER, read_json, signature_header
 from chukan.gateway.hublink.client import HubReply
 from chukan.gateway.records.store import RecordEntry, write_record
-from chukan.gateway.replica.items import ReplicaInconsistentError, provision_document
+from chukan.gateway.replica.errors import ReplicaInconsistentError
+from chukan.gateway.replica.items import provision_document
 from chukan.gateway.staff.accounts import ROLE_APPROVER, ROLE_AUDITOR, audit_staff, require_staff
 from chukan.keys import public_encryption_key, seal
 

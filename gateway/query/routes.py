@@ -60,7 +60,7 @@ from chukan.gateway.query.lifecycle import (
     send_query,
     submitted,
 )
-from chukan.gateway.replica.items import store_item_request
+from chukan.gateway.replica.routes import store_item_request
 from chukan.permits import (
     NotAuthorizedError,
 )

@@ -51,19 +51,22 @@ from typing import Any, Final, TextIO
 
 import asyncpg
 
+from chukan.codecs.catalog import ITEM_CODE_PATTERN
 from chukan.codecs.errors import CodecError
 from chukan.gateway.core import db, jobs
-from chukan.gateway.core.state import ITEM_CODE_PATTERN
+from chukan.gateway.replica.decoding import DecodedBatch, warm_worker
+from chukan.gateway.replica.errors import (
+    MessageIdReusedError,
+    ReconcileInputError,
+    ReplicaCommandError,
+)
 from chukan.gateway.replica.items import EXPORT_COLUMNS, csv_text, export_batches
-from chukan.gateway.replica.reconcile import ReconcileInputError, diff, read_file
+from chukan.gateway.replica.reconcile import diff, read_file
 from chukan.gateway.replica.registration import (
     DEFAULT_BATCH,
-    DecodedBatch,
-    MessageIdReusedError,
     RegistrationOutcome,
     RegistrationSource,
     apply_registration,
-    warm_worker,
 )
 
 GATEWAY_DATABASE: Final = "chukan_gateway"
@@ -71,10 +74,6 @@ JOB_KIND: Final = "replica.import"
 EXIT_OK: Final = 0
 EXIT_REJECTED: Final = 1
 EXIT_USAGE: Final = 2
-
-
-class CliError(Exception):
-    """A problem of the invocation or environment (exit code 2)."""
 
 
 # -- progress ------------------------------------------------------------------------------
@@ -138,7 +137,7 @@ async def connect_tenant(
     try:
         role = db.tenant_role(tenant)
     except ValueError:
-        raise CliError(
+        raise ReplicaCommandError(
             f"--tenant must be an agency code of 6 or 16 digits, not {tenant!r}"
         ) from None
     try:
@@ -149,27 +148,31 @@ async def connect_tenant(
             conn = await asyncpg.connect(db.with_database(server_url, database))
             if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
                 await conn.close()
-                raise CliError(f"tenant {tenant} is not provisioned in database {database}")
+                raise ReplicaCommandError(
+                    f"tenant {tenant} is not provisioned in database {database}"
+                )
             try:
                 # `role` matched a strict pattern (tenant_role); names cannot be parameters.
                 await conn.execute(f"SET SESSION AUTHORIZATION {role}")
             except asyncpg.InsufficientPrivilegeError:
                 await conn.close()
-                raise CliError(
+                raise ReplicaCommandError(
                     "switching to the tenant role needs a superuser login; "
                     "give the tenant's own URL with --database-url"
                 ) from None
     except (OSError, asyncpg.PostgresError) as exc:
-        raise CliError(f"cannot connect to the gateway database: {exc}") from None
+        raise ReplicaCommandError(f"cannot connect to the gateway database: {exc}") from None
     await conn.execute("SET TIME ZONE 'UTC'")
     try:
         session_tenant = await conn.fetchval("SELECT chukan_tenant()")
     except asyncpg.UndefinedFunctionError:
         await conn.close()
-        raise CliError("the database is not a migrated gateway database") from None
+        raise ReplicaCommandError("the database is not a migrated gateway database") from None
     if session_tenant != tenant:
         await conn.close()
-        raise CliError(f"the database session belongs to tenant {session_tenant!r}, not {tenant}")
+        raise ReplicaCommandError(
+            f"the database session belongs to tenant {session_tenant!r}, not {tenant}"
+        )
     return conn
 
 
@@ -439,9 +442,9 @@ async def _with_connection(args: argparse.Namespace, server_url: str | None) -> 
         if args.replica_command == "import":
             missing = [str(p) for p in args.files if not p.is_file()]
             if missing:
-                raise CliError(f"no such file: {', '.join(missing)}")
+                raise ReplicaCommandError(f"no such file: {', '.join(missing)}")
             if args.workers < 0 or args.batch < 1:
-                raise CliError("--workers must be >= 0 and --batch >= 1")
+                raise ReplicaCommandError("--workers must be >= 0 and --batch >= 1")
             return await run_import(
                 args.files,
                 conn,
@@ -451,7 +454,7 @@ async def _with_connection(args: argparse.Namespace, server_url: str | None) -> 
                 progress=None if args.no_progress else sys.stderr,
             )
         if not ITEM_CODE_PATTERN.match(args.item_code):
-            raise CliError("--item-code must be TM followed by 14 digits")
+            raise ReplicaCommandError("--item-code must be TM followed by 14 digits")
         if args.output is not None:
             with args.output.open("w", encoding="utf-8", newline="") as out:
                 return await run_export(conn, args.item_code, args.history, out)
@@ -470,7 +473,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.database_url:
             server_url, embedded = db.server_url(args.data_dir)
         return asyncio.run(_with_connection(args, server_url))
-    except CliError as exc:
+    except ReplicaCommandError as exc:
         print(f"chukan replica {args.replica_command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:

@@ -33,6 +33,9 @@ content digest is the same whichever way an item came in. Items of other busines
 are accepted only when they have an XSD (``chukan.codecs.schema_items``), validated
 and stored as parsed; any other code is refused (422 ``item_code_unsupported``), so
 no XML that no schema checked is stored or provided.
+
+This module holds the store's SQL and rules; its HTTP endpoints (and those of
+registration messages) are in :mod:`~chukan.gateway.replica.routes`.
 """
 
 from __future__ import annotations
@@ -43,13 +46,11 @@ import dataclasses
 import datetime as dt
 import hashlib
 import io
-import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
 import asyncpg
 import structlog
-from aiohttp import web
 
 from chukan.codecs.errors import ItemCodeUnsupportedError
 from chukan.codecs.item_model import Item
@@ -57,28 +58,15 @@ from chukan.codecs.items import ITEM_CODES, decode_item, encode_item
 from chukan.codecs.schema_items import canonical_item_bytes, is_accepted_item_code
 from chukan.codecs.xmlsafe import parse_xml
 from chukan.gateway.core import db
-from chukan.gateway.core.config import OP_READ_REPLICA, OP_WRITE_REPLICA
-from chukan.gateway.core.errors import (
-    ConflictError,
-    PersonUnknownError,
-    ValidationError,
-)
-from chukan.gateway.core.state import (
-    ATENA_PATTERN,
-    GATEWAY_STATE,
-    ITEM_CODE_PATTERN,
-    MAX_ITEM_BYTES,
-    authorize,
-)
-from chukan.gateway.core.web import read_json, read_xml
-from chukan.gateway.replica.reconcile import COLUMNS
+from chukan.gateway.core.errors import PersonUnknownError, ValidationError
+from chukan.gateway.replica.errors import ReplicaInconsistentError
+from chukan.gateway.replica.reconcile import COLUMNS, RECORD_KEY_PATTERN
 
 log = structlog.get_logger("chukan.gateway")
 
 #: Japan Standard Time (no daylight saving): validity dates are dates in Japan.
 JST: Final = dt.timezone(dt.timedelta(hours=9), "JST")
 DEFAULT_RECORD_KEY: Final = "1"
-RECORD_KEY_PATTERN: Final = re.compile(r"^[0-9A-Za-z_\-]{1,64}$")
 #: Advisory lock class of replica writes (with the tenant as the object): messages
 #: take it exclusively, single PUTs shared, so versions are numbered without races.
 REPLICA_LOCK: Final = 0x7265706C  # "repl"
@@ -89,45 +77,8 @@ EXPORT_COLUMNS: Final = COLUMNS
 EXPORT_BATCH: Final = 2000
 
 
-class ReplicaInconsistentError(ConflictError):
-    """Records of one person and item cannot be combined into one document."""
-
-    code = "replica_inconsistent"
-
-
 def today_jst() -> dt.date:
     return dt.datetime.now(JST).date()
-
-
-def check_atena(value: str) -> str:
-    if not ATENA_PATTERN.match(value):
-        raise ValidationError("団体内統合宛名番号 must be 1 to 15 digits")
-    return value
-
-
-def check_item_code(value: str) -> str:
-    if not ITEM_CODE_PATTERN.match(value):
-        raise ValidationError("特定個人情報名コード must be TM followed by 14 digits")
-    return value
-
-
-def _date_param(query: Any, name: str) -> dt.date | None:
-    text = query.get(name)
-    if text is None or text == "":
-        return None
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise ValidationError(f"{name} must be YYYY-MM-DD") from None
-
-
-def _bool_param(query: Any, name: str) -> bool | None:
-    text: str | None = query.get(name)
-    if text is None:
-        return None
-    if text not in ("true", "false"):
-        raise ValidationError(f"{name} must be true or false")
-    return text == "true"
 
 
 # -- selection ---------------------------------------------------------------------------
@@ -329,35 +280,6 @@ async def store_single_item(
     }
 
 
-async def store_item_request(request: web.Request) -> web.Response:
-    """``PUT /internal/v1/persons/{atena_id}/items/{item_code}``: one new version.
-
-    Query parameters (all optional): ``record_key`` (default ``1``), ``valid_from``
-    and ``valid_to`` (YYYY-MM-DD; default today, open ended), ``manual_review``
-    (``true``/``false``: sets the person's flag for this item; absent: unchanged).
-    """
-    system = await authorize(request, OP_WRITE_REPLICA)
-    atena_id = check_atena(request.match_info["atena_id"])
-    item_code = check_item_code(request.match_info["item_code"])
-    manual_review = _bool_param(request.query, "manual_review")
-    valid_from = _date_param(request.query, "valid_from")
-    valid_to = _date_param(request.query, "valid_to")
-    record_key = request.query.get("record_key", DEFAULT_RECORD_KEY)
-    content = await read_xml(request, limit=MAX_ITEM_BYTES)
-    answer = await store_single_item(
-        request.config_dict[GATEWAY_STATE],
-        system.system_id,
-        atena_id,
-        item_code,
-        content,
-        record_key=record_key,
-        valid_from=valid_from,
-        valid_to=valid_to,
-        manual_review=manual_review,
-    )
-    return web.json_response(answer, status=201)
-
-
 # -- manual-review flag ------------------------------------------------------------------
 
 
@@ -380,21 +302,6 @@ async def set_flag(
         raise PersonUnknownError("no person with this 宛名番号 is registered") from None
 
 
-async def set_flag_request(request: web.Request) -> web.Response:
-    """``PUT …/items/{item_code}/manual-review`` with ``{"manual_review": true|false}``."""
-    system = await authorize(request, OP_WRITE_REPLICA)
-    state = request.config_dict[GATEWAY_STATE]
-    atena_id = check_atena(request.match_info["atena_id"])
-    item_code = check_item_code(request.match_info["item_code"])
-    data = await read_json(request)
-    flag = data.get("manual_review")
-    if not isinstance(flag, bool):
-        raise ValidationError("field 'manual_review' is required and must be true or false")
-    await set_flag(state.pool, atena_id, item_code, flag, system.system_id)
-    log.info("manual_review_flag_set", item_code=item_code, flag=flag, caller=system.system_id)
-    return web.json_response({"atena_id": atena_id, "item_code": item_code, "manual_review": flag})
-
-
 # -- reading -----------------------------------------------------------------------------
 
 
@@ -402,69 +309,61 @@ def _iso(value: dt.date | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-async def item_history_request(request: web.Request) -> web.Response:
-    """``GET /internal/v1/persons/{atena_id}/items/{item_code}[?on=YYYY-MM-DD]``.
+async def item_history(
+    conn: db.Executor, atena_id: str, item_code: str, on: dt.date
+) -> dict[str, Any]:
+    """Every version of a person's item and the flag, as the JSON answer of the GET.
 
-    Every version (history) and the flag; ``in_force`` lists the versions a provision
-    with reference date ``on`` (default today in Japan) would combine and answer with.
+    ``in_force`` lists the versions a provision with reference date ``on`` would
+    combine and answer with.
     """
-    await authorize(request, OP_READ_REPLICA)
-    state = request.config_dict[GATEWAY_STATE]
-    atena_id = check_atena(request.match_info["atena_id"])
-    item_code = check_item_code(request.match_info["item_code"])
-    on = _date_param(request.query, "on") or today_jst()
-    async with state.pool.acquire() as conn:
-        person = await conn.fetchval("SELECT 1 FROM persons WHERE atena_id = $1", atena_id)
-        if person is None:
-            raise PersonUnknownError("no person with this 宛名番号 is registered")
-        versions = await conn.fetch(
-            """SELECT record_key, version, valid_from, valid_to, deleted, digest, record_id,
-                      message_id, stored_at, stored_by
-               FROM replica_items WHERE atena_id = $1 AND item_code = $2
-               ORDER BY record_key, version""",
-            atena_id,
-            item_code,
-        )
-        in_force = await conn.fetch(
-            f"SELECT record_key, version FROM ({in_force_sql('$1', '$2', '$3::date')}) s "  # noqa: S608 -- fixed fragments
-            "ORDER BY record_key",
-            atena_id,
-            item_code,
-            on,
-        )
-        flag = await conn.fetchval(
-            "SELECT manual_review FROM replica_review_flags WHERE atena_id = $1 AND item_code = $2",
-            atena_id,
-            item_code,
-        )
-    return web.json_response(
-        {
-            "atena_id": atena_id,
-            "item_code": item_code,
-            "manual_review": bool(flag),
-            "versions": [
-                {
-                    "record_key": v["record_key"],
-                    "version": v["version"],
-                    "valid_from": _iso(v["valid_from"]),
-                    "valid_to": _iso(v["valid_to"]),
-                    "deleted": v["deleted"],
-                    "digest": v["digest"],
-                    "record_id": v["record_id"],
-                    "message_id": v["message_id"],
-                    "stored_at": v["stored_at"].isoformat(),
-                    "stored_by": v["stored_by"],
-                }
-                for v in versions
-            ],
-            "in_force": {
-                "on": on.isoformat(),
-                "records": [
-                    {"record_key": r["record_key"], "version": r["version"]} for r in in_force
-                ],
-            },
-        }
+    person = await conn.fetchval("SELECT 1 FROM persons WHERE atena_id = $1", atena_id)
+    if person is None:
+        raise PersonUnknownError("no person with this 宛名番号 is registered")
+    versions = await conn.fetch(
+        """SELECT record_key, version, valid_from, valid_to, deleted, digest, record_id,
+                  message_id, stored_at, stored_by
+           FROM replica_items WHERE atena_id = $1 AND item_code = $2
+           ORDER BY record_key, version""",
+        atena_id,
+        item_code,
     )
+    in_force = await conn.fetch(
+        f"SELECT record_key, version FROM ({in_force_sql('$1', '$2', '$3::date')}) s "  # noqa: S608 -- fixed fragments
+        "ORDER BY record_key",
+        atena_id,
+        item_code,
+        on,
+    )
+    flag = await conn.fetchval(
+        "SELECT manual_review FROM replica_review_flags WHERE atena_id = $1 AND item_code = $2",
+        atena_id,
+        item_code,
+    )
+    return {
+        "atena_id": atena_id,
+        "item_code": item_code,
+        "manual_review": bool(flag),
+        "versions": [
+            {
+                "record_key": v["record_key"],
+                "version": v["version"],
+                "valid_from": _iso(v["valid_from"]),
+                "valid_to": _iso(v["valid_to"]),
+                "deleted": v["deleted"],
+                "digest": v["digest"],
+                "record_id": v["record_id"],
+                "message_id": v["message_id"],
+                "stored_at": v["stored_at"].isoformat(),
+                "stored_by": v["stored_by"],
+            }
+            for v in versions
+        ],
+        "in_force": {
+            "on": on.isoformat(),
+            "records": [{"record_key": r["record_key"], "version": r["version"]} for r in in_force],
+        },
+    }
 
 
 # -- export (reconciliation) -------------------------------------------------------------
@@ -519,41 +418,3 @@ async def export_batches(
             batch = []
     if batch:
         yield batch
-
-
-async def export_request(request: web.Request) -> web.StreamResponse:
-    """``GET /internal/v1/replica/export?item_code=TM…[&history=true]`` → CSV.
-
-    Columns: item_code, atena_id, record_key, version, valid_from, valid_to, digest
-    (header row; UTF-8; CRLF). Without ``history`` one row per (宛名番号, record key):
-    its latest version, records whose latest version is a deletion left out. With
-    ``history=true`` every version; deletions have an empty digest.
-    """
-    system = await authorize(request, OP_READ_REPLICA)
-    state = request.config_dict[GATEWAY_STATE]
-    item_code = check_item_code(request.query.get("item_code", ""))
-    history = bool(_bool_param(request.query, "history"))
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/csv; charset=utf-8",
-            "Content-Disposition": f'attachment; filename="replica-{item_code}.csv"',
-        }
-    )
-    rows = 0
-    async with state.pool.acquire() as conn, conn.transaction(readonly=True):
-        await response.prepare(request)
-        await response.write(csv_text([list(EXPORT_COLUMNS)]).encode("utf-8"))
-        async for batch in export_batches(conn, item_code, history=history):
-            rows += len(batch)
-            await response.write(csv_text(batch).encode("utf-8"))
-    await response.write_eof()
-    log.info("replica_exported", item_code=item_code, rows=rows, caller=system.system_id)
-    return response
-
-
-def setup_replica_routes(app: web.Application) -> None:
-    """Routes of the replica store (the PUT of single items stays in ``internal``)."""
-    base = "/internal/v1/persons/{atena_id}/items/{item_code}"
-    app.router.add_get(base, item_history_request)
-    app.router.add_put(base + "/manual-review", set_flag_request)
-    app.router.add_get("/internal/v1/replica/export", export_request)

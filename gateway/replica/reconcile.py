@@ -33,6 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
+from chukan.codecs.catalog import ITEM_CODE_PATTERN
+from chukan.gateway.replica.errors import ReconcileInputError
+
 COLUMNS: Final = (
     "item_code",
     "atena_id",
@@ -44,17 +47,13 @@ COLUMNS: Final = (
 )
 COMPARED: Final = ("version", "valid_from", "valid_to", "digest")
 
-_ITEM_CODE = re.compile(r"^TM[0-9]{14}$")
+#: A DataSetRecordKey, as registration messages and the single-item PUT take it.
+RECORD_KEY_PATTERN: Final = re.compile(r"^[0-9A-Za-z_\-]{1,64}$")
 _ATENA = re.compile(r"^[0-9]{1,15}$")
-_RECORD_KEY = re.compile(r"^[0-9A-Za-z_\-]{1,64}$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _VERSION = re.compile(r"^[1-9][0-9]{0,9}$")
 
 Key = tuple[str, str, str]
-
-
-class ReconcileInputError(ValueError):
-    """A file that is not in the reconciliation format (message names file and line)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +98,11 @@ def _row(values: list[str], where: str, *, version_required: bool) -> ReplicaRow
     if len(values) != len(COLUMNS):
         raise ReconcileInputError(f"{where}: expected {len(COLUMNS)} columns, not {len(values)}")
     item_code, atena_id, record_key, version, valid_from, valid_to, digest = values
-    if not _ITEM_CODE.match(item_code):
+    if not ITEM_CODE_PATTERN.match(item_code):
         raise ReconcileInputError(f"{where}: item_code must be TM followed by 14 digits")
     if not _ATENA.match(atena_id):
         raise ReconcileInputError(f"{where}: atena_id must be 1 to 15 digits")
-    if not _RECORD_KEY.match(record_key):
+    if not RECORD_KEY_PATTERN.match(record_key):
         raise ReconcileInputError(f"{where}: record_key is not a DataSetRecordKey")
     if version == "" and version_required:
         raise ReconcileInputError(f"{where}: version is required in an export")

@@ -25,6 +25,9 @@ different body under a used MSGID is refused with ``message_id_reused``). A mess
 whose XML or envelope is broken is refused as a whole (4xx) and leaves no trace, so
 it can be sent again corrected under the same MSGID. A message in test mode
 (``MSGMode`` 1) is checked and answered but never stored.
+
+The validation a worker process runs is in :mod:`~chukan.gateway.replica.decoding`,
+the HTTP endpoints in :mod:`~chukan.gateway.replica.routes`.
 """
 
 from __future__ import annotations
@@ -32,9 +35,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import datetime as dt
-import hashlib
-import io
 import json
 import threading
 import time
@@ -43,119 +43,39 @@ from types import TracebackType
 from typing import Any, BinaryIO, Final, TypeAlias, cast
 
 import structlog
-from aiohttp import web
 
 from chukan.codecs.registration import (
     DEFAULT_STREAM_LIMITS,
-    REGISTRATION_LIMITS,
     EntryRejection,
     MessageHeader,
     MessageMode,
     RawRecord,
     RegistrationEntry,
-    Segment,
     StreamLimits,
-    decode_record,
     iter_registration,
     iter_registration_records,
 )
 from chukan.gateway.core import db
-from chukan.gateway.core.config import OP_READ_REPLICA, OP_WRITE_REPLICA
-from chukan.gateway.core.errors import ConflictError, NotFoundError, ValidationError
-from chukan.gateway.core.state import GATEWAY_STATE, authorize
-from chukan.gateway.core.web import read_xml
+from chukan.gateway.replica.decoding import (
+    STAGING_COLUMNS,
+    DecodedBatch,
+    collect,
+    decode_batch,
+)
+from chukan.gateway.replica.errors import (
+    FeedClosedError,
+    MessageIdReusedError,
+    MessageUnknownError,
+    RegistrationRacedError,
+)
 from chukan.gateway.replica.items import REPLICA_LOCK
 
 log = structlog.get_logger("chukan.gateway")
 
 DEFAULT_BATCH: Final = 1000
-MESSAGE_ID_HEADER: Final = "Chukan-Replayed"
-STAGING_COLUMNS: Final = (
-    "position",
-    "record_id",
-    "deleted",
-    "atena_id",
-    "item_code",
-    "record_key",
-    "valid_from",
-    "valid_to",
-    "content",
-)
-#: One staged entry, in STAGING_COLUMNS order.
-StagedRow: TypeAlias = tuple[int, str, bool, str, str, str, dt.date, dt.date | None, bytes | None]
-
-
-class MessageIdReusedError(ConflictError):
-    """A MSGID that was used before, with a different message body."""
-
-    code = "message_id_reused"
-
-
-class MessageUnknownError(NotFoundError):
-    code = "message_unknown"
 
 
 # -- decoding ----------------------------------------------------------------------------
-
-
-def entry_row(entry: RegistrationEntry, position: int) -> StagedRow:
-    """The staged form of an accepted entry; the item in canonical bytes."""
-    return (
-        position,
-        entry.record_id,
-        entry.segment is Segment.DELETION,
-        entry.integrated_address_number,
-        entry.item_code,
-        entry.data_set_record_key,
-        entry.publication_date,
-        entry.published_end_date,
-        entry.item_xml,
-    )
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class DecodedBatch:
-    """Consecutive entries of a message: staged rows and rejections."""
-
-    rows: list[StagedRow]
-    rejections: list[EntryRejection]
-    #: Input bytes read when the batch was cut (for progress reports).
-    consumed: int = 0
-
-    @property
-    def entries(self) -> int:
-        return len(self.rows) + len(self.rejections)
-
-
-def _collect(results: list[tuple[int, RegistrationEntry | EntryRejection]]) -> DecodedBatch:
-    rows: list[StagedRow] = []
-    rejections: list[EntryRejection] = []
-    for position, result in results:
-        if isinstance(result, RegistrationEntry):
-            rows.append(entry_row(result, position))
-        else:
-            rejections.append(result)
-    return DecodedBatch(rows, rejections)
-
-
-def decode_batch(records: list[tuple[int, bytes]]) -> DecodedBatch:
-    """Validate raw entries (runs in a worker process of the bulk import)."""
-    return _collect([(position, decode_record(data, position)) for position, data in records])
-
-
-def warm_worker() -> None:
-    """Process-pool initializer: compile every schema once, before the first batch."""
-    from chukan.codecs.item_schema import lxml_schema
-    from chukan.codecs.items import ITEM_CODES
-    from chukan.codecs.registration import REGISTRATION_XSD
-
-    lxml_schema(REGISTRATION_XSD)
-    for spec in ITEM_CODES.values():
-        lxml_schema(spec.xsd_file)
-
-
-class _FeedClosedError(Exception):
-    pass
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -188,9 +108,9 @@ class _Feed:
     def put(self, item: _FeedItem) -> None:  # worker thread
         while not self._slots.acquire(timeout=0.05):
             if self._closed.is_set():
-                raise _FeedClosedError
+                raise FeedClosedError("the registration feed is closed")
         if self._closed.is_set():
-            raise _FeedClosedError
+            raise FeedClosedError("the registration feed is closed")
         self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
     async def get(self) -> _FeedItem:  # event loop
@@ -271,12 +191,12 @@ class RegistrationSource:
     def _produce(self, feed: _Feed) -> None:
         try:
             self._run(feed)
-        except _FeedClosedError:
+        except FeedClosedError:
             return
         except BaseException as exc:
             try:
                 feed.put(_Failure(exc))
-            except _FeedClosedError:
+            except FeedClosedError:
                 return
 
     def _run(self, feed: _Feed) -> None:
@@ -294,10 +214,10 @@ class RegistrationSource:
             position += 1  # one result per entry, in document order
             results.append((position, item))
             if len(results) >= self._batch_size:
-                feed.put(dataclasses.replace(_collect(results), consumed=self._reader.count))
+                feed.put(dataclasses.replace(collect(results), consumed=self._reader.count))
                 results = []
         if results:
-            feed.put(dataclasses.replace(_collect(results), consumed=self._reader.count))
+            feed.put(dataclasses.replace(collect(results), consumed=self._reader.count))
         feed.put(_End())
 
     def _split(
@@ -438,10 +358,6 @@ class RegistrationOutcome:
         return list(self.body.get("rejected", []))
 
 
-class _RacedError(Exception):
-    """Another transaction stored the same MSGID first."""
-
-
 def rejection_json(rejection: EntryRejection) -> dict[str, Any]:
     return {
         "position": rejection.position,
@@ -486,7 +402,7 @@ async def apply_registration(
         return replay
     try:
         return await _apply(conn, header, source, body_sha256, stored_by, job_id, on_batch)
-    except _RacedError:
+    except RegistrationRacedError:
         replay = await stored_outcome(conn, header.message_id, body_sha256)
         assert replay is not None
         return replay
@@ -522,7 +438,7 @@ async def _apply(
                 job_id,
             )
             if reception is None:
-                raise _RacedError
+                raise RegistrationRacedError("another transaction stored this MSGID first")
         await conn.execute(_STAGING_DDL)
         entries = 0
         rejections: list[EntryRejection] = []
@@ -622,75 +538,19 @@ async def _apply(
     return RegistrationOutcome(status, body)
 
 
-# -- HTTP --------------------------------------------------------------------------------
-
-
-async def _sha256(data: bytes) -> str:
-    if len(data) > 1024 * 1024:
-        return (await asyncio.to_thread(hashlib.sha256, data)).hexdigest()
-    return hashlib.sha256(data).hexdigest()
-
-
-async def post_registration(request: web.Request) -> web.Response:
-    """``POST /internal/v1/replica/registrations``: one IF_DBM_20113_R01 message (XML).
-
-    201 accepted, 200 checked only (test mode), 422 ``registration_rejected`` with
-    every rejected entry; a re-sent MSGID gets its first answer again (header
-    ``Chukan-Replayed: true``); 409 ``message_id_reused``; 4xx codec errors for
-    broken or hostile XML (nothing stored).
-    """
-    system = await authorize(request, OP_WRITE_REPLICA)
-    state = request.config_dict[GATEWAY_STATE]
-    body = await read_xml(request, limit=REGISTRATION_LIMITS.max_bytes)
-    digest = await _sha256(body)
-    async with (
-        state.pool.acquire() as conn,
-        RegistrationSource(io.BytesIO(body)) as source,
-    ):
-        outcome = await apply_registration(
-            conn, source, body_sha256=digest, stored_by=system.system_id
-        )
-    headers = {MESSAGE_ID_HEADER: "true"} if outcome.replayed else None
-    return web.json_response(outcome.body, status=outcome.status, headers=headers)
-
-
-async def get_registration(request: web.Request) -> web.Response:
-    """``GET /internal/v1/replica/registrations/{message_id}``: the stored answer."""
-    await authorize(request, OP_READ_REPLICA)
-    state = request.config_dict[GATEWAY_STATE]
-    message_id = request.match_info["message_id"]
-    if not 1 <= len(message_id) <= 64:
-        raise ValidationError("malformed MSGID")
-    row = await state.pool.fetchrow(
+async def received_message(conn: db.Executor, message_id: str) -> dict[str, Any]:
+    """The stored answer to a received (not test-mode) message, as the GET returns it."""
+    row = await conn.fetchrow(
         "SELECT http_status, result, received_at, received_by FROM replica_messages "
         "WHERE message_id = $1",
         message_id,
     )
     if row is None:
         raise MessageUnknownError("no message with this MSGID was received")
-    return web.json_response(
-        {
-            "message_id": message_id,
-            "http_status": row["http_status"],
-            "received_at": row["received_at"].isoformat(),
-            "received_by": row["received_by"],
-            "result": json.loads(row["result"]),
-        }
-    )
-
-
-def setup_registration_routes(app: web.Application) -> None:
-    app.router.add_post("/internal/v1/replica/registrations", post_registration)
-    app.router.add_get("/internal/v1/replica/registrations/{message_id}", get_registration)
-
-
-__all__ = [
-    "DecodedBatch",
-    "MessageIdReusedError",
-    "RegistrationOutcome",
-    "RegistrationSource",
-    "apply_registration",
-    "decode_batch",
-    "setup_registration_routes",
-    "warm_worker",
-]
+    return {
+        "message_id": message_id,
+        "http_status": row["http_status"],
+        "received_at": row["received_at"].isoformat(),
+        "received_by": row["received_by"],
+        "result": json.loads(row["result"]),
+    }

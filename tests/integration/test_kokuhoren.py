@@ -18,8 +18,8 @@ import pytest
 
 from chukan.codecs.kokuhoren import decode_file, encode_file
 from chukan.gateway.core.config import OP_READ_RECORDS, SystemCredential, Timing, token_digest
-from chukan.gateway.kokuhoren.changes import KOKUHOREN_CLIENT
-from chukan.gateway.kokuhoren.transmission import MailboxRefusedError
+from chukan.gateway.kokuhoren.errors import MailboxRefusedError
+from chukan.gateway.kokuhoren.routes import KOKUHOREN_CLIENT
 from chukan.simulators.devnet.synthetic import FAMILY_NAMES, GIVEN_NAMES
 from chukan.simulators.kokuhoren import KOKUHOREN_STATE
 

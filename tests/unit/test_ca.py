@@ -24,12 +24,12 @@ from chukan.keys import KeyFormatError, KeysError
 from chukan.keys import tls as tls_module
 from chukan.keys.ca import (
     CertificateAuthority,
-    CertificateError,
     ClientIdentity,
     IssuedCertificate,
     identity_from_certificate,
     identity_from_peercert,
 )
+from chukan.keys.errors import CertificateError
 from chukan.keys.tls import client_context, server_context
 
 T0 = datetime(2025, 4, 1, 9, 0, tzinfo=UTC)

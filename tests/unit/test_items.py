@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from chukan.codecs import item_model as m
 from chukan.codecs.errors import (
     CodecError,
+    ItemUnknownError,
     SchemaError,
     XmlEncodingError,
     XmlError,
@@ -32,7 +33,6 @@ from chukan.codecs.items import (
     ITEM_CODES,
     ITEM_LIMITS,
     ITEM_NAMESPACE,
-    ItemUnknownError,
     decode_item,
     encode_item,
     item_code_of,

@@ -19,11 +19,10 @@ from chukan.keys import (
     seal,
     verify_with,
 )
+from chukan.keys.errors import KeyRetiredError, NoActiveKeyError
 from chukan.keys.ring import (
     DEFAULT_OVERLAP,
-    KeyRetiredError,
     KeyRing,
-    NoActiveKeyError,
     RingKey,
     ring_from_bytes,
     ring_to_bytes,

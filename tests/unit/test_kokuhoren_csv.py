@@ -19,7 +19,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chukan.codecs.errors import CsvError
+from chukan.codecs.errors import (
+    CsvCharsetError,
+    CsvCountMismatchError,
+    CsvDataTypeError,
+    CsvError,
+    CsvFieldError,
+    CsvFileNameError,
+    CsvStructureError,
+    KokuhorenCsvError,
+)
 from chukan.codecs.kokuhoren import (
     CHANGE_COLUMNS,
     CONTROL_COLUMNS,
@@ -30,19 +39,12 @@ from chukan.codecs.kokuhoren import (
     ChangeReason,
     ControlRecord,
     CorrectionKind,
-    CsvCharsetError,
-    CsvCountMismatchError,
-    CsvDataTypeError,
-    CsvFieldError,
-    CsvFileNameError,
     CsvLimits,
-    CsvStructureError,
     DataRecord,
     DataType,
     DecodeResult,
     EndRecord,
     FileName,
-    KokuhorenCsvError,
     Medium,
     NumberedRecord,
     RecipientChange,
@@ -1117,7 +1119,7 @@ def test_code_lists() -> None:
 
 
 def test_every_error_code_is_a_csv_error() -> None:
-    import chukan.codecs.kokuhoren_fields as fields
+    import chukan.codecs.errors as fields
 
     codes = {
         cls.code

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chukan.codecs.kokuhoren_fields import (
+from chukan.codecs.errors import (
     CsvCharsetError,
     CsvCountMismatchError,
     CsvFieldCountError,
@@ -15,8 +15,8 @@ from chukan.codecs.kokuhoren_fields import (
     CsvStructureError,
     CsvUnknownCodeError,
     KokuhorenCsvError,
-    YearMonth,
 )
+from chukan.codecs.kokuhoren_fields import YearMonth
 from chukan.codecs.kokuhoren_returns import (
     BenefitControl,
     BenefitFile,

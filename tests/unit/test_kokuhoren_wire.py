@@ -18,8 +18,12 @@ from chukan.codecs.kokuhoren import (
 from chukan.gateway.core.errors import ValidationError
 from chukan.gateway.core.retry import backoff_delay
 from chukan.gateway.kokuhoren.changes import month_end, parse_month
-from chukan.gateway.kokuhoren.json_codec import (
+from chukan.gateway.kokuhoren.errors import (
+    EnvelopeInvalidError,
+    FileDigestMismatchError,
     RecordInvalidError,
+)
+from chukan.gateway.kokuhoren.json_codec import (
     canonical_json,
     effective_date,
     record_from_json,
@@ -27,8 +31,6 @@ from chukan.gateway.kokuhoren.json_codec import (
 )
 from chukan.gateway.kokuhoren.mailbox import (
     KOKUHOREN_PARTY,
-    EnvelopeInvalidError,
-    FileDigestMismatchError,
     FileEnvelope,
     IntakeError,
     IntakeResult,

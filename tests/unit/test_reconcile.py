@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from chukan.gateway.replica.cli import run_diff
+from chukan.gateway.replica.errors import ReconcileInputError
 from chukan.gateway.replica.reconcile import (
     COLUMNS,
     Difference,
-    ReconcileInputError,
     diff,
     read_file,
 )

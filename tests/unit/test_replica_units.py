@@ -13,7 +13,8 @@ from chukan.codecs.items import ITEM_CODES, decode_item, encode_item
 from chukan.codecs.registration import RegistrationEntry, decode_registration
 from chukan.codecs.sample_items import care_certification, insured_number, sample_item
 from chukan.gateway.replica.cli import Progress, default_workers
-from chukan.gateway.replica.items import ReplicaInconsistentError, provision_document
+from chukan.gateway.replica.errors import ReplicaInconsistentError
+from chukan.gateway.replica.items import provision_document
 from chukan.simulators.devnet.replica_synthetic import registration_bytes, synthetic_entries
 
 CODE = "TM00000000010201"

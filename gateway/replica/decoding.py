@@ -1,0 +1,90 @@
+"""Entries of a registration message as staged rows: the part a validation worker runs.
+
+Kept apart from :mod:`chukan.gateway.replica.registration` and importing only the
+codecs, so that a process-pool worker of ``chukan replica import`` (spawned, it
+imports the module of the function it runs) starts without aiohttp, asyncpg and
+the gateway's state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Final, TypeAlias
+
+from chukan.codecs.item_schema import lxml_schema
+from chukan.codecs.items import ITEM_CODES
+from chukan.codecs.registration import (
+    REGISTRATION_XSD,
+    EntryRejection,
+    RegistrationEntry,
+    Segment,
+    decode_record,
+)
+
+STAGING_COLUMNS: Final = (
+    "position",
+    "record_id",
+    "deleted",
+    "atena_id",
+    "item_code",
+    "record_key",
+    "valid_from",
+    "valid_to",
+    "content",
+)
+#: One staged entry, in STAGING_COLUMNS order.
+StagedRow: TypeAlias = tuple[int, str, bool, str, str, str, dt.date, dt.date | None, bytes | None]
+
+
+def entry_row(entry: RegistrationEntry, position: int) -> StagedRow:
+    """The staged form of an accepted entry; the item in canonical bytes."""
+    return (
+        position,
+        entry.record_id,
+        entry.segment is Segment.DELETION,
+        entry.integrated_address_number,
+        entry.item_code,
+        entry.data_set_record_key,
+        entry.publication_date,
+        entry.published_end_date,
+        entry.item_xml,
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    """Consecutive entries of a message: staged rows and rejections."""
+
+    rows: list[StagedRow]
+    rejections: list[EntryRejection]
+    #: Input bytes read when the batch was cut (for progress reports).
+    consumed: int = 0
+
+    @property
+    def entries(self) -> int:
+        return len(self.rows) + len(self.rejections)
+
+
+def collect(results: list[tuple[int, RegistrationEntry | EntryRejection]]) -> DecodedBatch:
+    """A batch of decoded entries (with their positions in the message)."""
+    rows: list[StagedRow] = []
+    rejections: list[EntryRejection] = []
+    for position, result in results:
+        if isinstance(result, RegistrationEntry):
+            rows.append(entry_row(result, position))
+        else:
+            rejections.append(result)
+    return DecodedBatch(rows, rejections)
+
+
+def decode_batch(records: list[tuple[int, bytes]]) -> DecodedBatch:
+    """Validate raw entries (runs in a worker process of the bulk import)."""
+    return collect([(position, decode_record(data, position)) for position, data in records])
+
+
+def warm_worker() -> None:
+    """Process-pool initializer: compile every schema once, before the first batch."""
+    lxml_schema(REGISTRATION_XSD)
+    for spec in ITEM_CODES.values():
+        lxml_schema(spec.xsd_file)
