@@ -48,7 +48,8 @@ from chukan.gateway.hublink.listsync import (
     refresh_list,
 )
 from chukan.gateway.kokuhoren.routes import setup_kokuhoren_routes
-from chukan.gateway.ops.operations import metrics_middleware, setup_ops
+from chukan.gateway.ops.metrics_http import metrics_middleware
+from chukan.gateway.ops.routes import setup_ops
 from chukan.gateway.ops.status import gateway_status
 from chukan.gateway.provision.provide import receive_message
 from chukan.gateway.provision.review import setup_review_routes
@@ -61,9 +62,9 @@ from chukan.gateway.query.routes import (
     submit_query,
 )
 from chukan.gateway.query.sweep import sweep_loop
-from chukan.gateway.records.store import setup_records
+from chukan.gateway.records.routes import setup_records
 from chukan.gateway.replica.routes import setup_registration_routes, setup_replica_routes
-from chukan.gateway.staff.accounts import setup_staff
+from chukan.gateway.staff.routes import setup_staff
 from chukan.keys.ring import KeyRing
 
 log = structlog.get_logger("chukan.gateway")

@@ -228,7 +228,7 @@ async def ops_gateway(network: Any, http: Any) -> Api:
 
     from chukan.gateway.core.settings import InitialAdmin, OpsConfig, RecordsConfig, StaffConfig
     from chukan.gateway.serve import start_gateway
-    from chukan.gateway.staff.accounts import hash_password
+    from chukan.gateway.staff.passwords import hash_password
     from chukan.simulators.devnet.network import Gateway
 
     first = await network.add_gateway(OPS_AGENCY, "試験市")

@@ -14,6 +14,8 @@ import argparse
 import datetime as dt
 import getpass
 import json
+import os
+import secrets
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,8 +23,10 @@ from typing import Any, TextIO
 
 import asyncpg
 
+from chukan.gateway.cli.errors import AdminCommandError
 from chukan.gateway.core import db
 from chukan.gateway.core.errors import GatewayError
+from chukan.gateway.core.jobs import list_jobs
 from chukan.gateway.core.keyring import open_ring, own_verification_keys, ring_path
 from chukan.gateway.core.settings import (
     DEFAULT_RESULT_RETENTION,
@@ -31,17 +35,29 @@ from chukan.gateway.core.settings import (
     StaffConfig,
 )
 from chukan.gateway.core.state import ATENA_PATTERN
-from chukan.gateway.ops import operations as ops
-from chukan.gateway.records import store as records
-from chukan.gateway.staff import accounts as staff
+from chukan.gateway.ops.purge import run_purge_job
+from chukan.gateway.ops.statistics import STATISTICS_FIELDS, parse_period, statistics
+from chukan.gateway.records.checkpoints import checkpoint_now, latest_checkpoint
+from chukan.gateway.records.disclosure import disclose, disclosure_csv
+from chukan.gateway.records.store import ensure_partitions
+from chukan.gateway.records.verify import verify_chain
+from chukan.gateway.staff.accounts import (
+    ACCOUNT_COLUMNS,
+    account_json,
+    check_username,
+    create_account,
+    parse_expiry,
+    review_accounts,
+    revoke_account,
+)
+from chukan.gateway.staff.api import to_csv
+from chukan.gateway.staff.audit import audit as audit_event
+from chukan.gateway.staff.passwords import check_password_strength, hash_with
+from chukan.gateway.staff.roles import ROLE_ADMIN
 from chukan.keys import KeysError, PublicSigningKey, b64d, public_signing_key
 from chukan.keys.ring import KeyRing
 
 COMMANDS = ("records", "staff", "ops")
-
-
-class CommandError(Exception):
-    """Bad arguments or state: printed, exit status 2."""
 
 
 def add_commands(commands: Any, *, database_default: str) -> None:
@@ -73,11 +89,11 @@ def add_commands(commands: Any, *, database_default: str) -> None:
         metavar="KEY_ID=BASE64",
         help="a trusted public signing key (repeatable)",
     )
-    disclose = rec_cmds.add_parser("disclose", help="every record about one person")
-    common(disclose)
-    disclose.add_argument("--atena-id", required=True)
-    disclose.add_argument("--audience", choices=("auditor", "person"), default="auditor")
-    fmt(disclose)
+    disclosure = rec_cmds.add_parser("disclose", help="every record about one person")
+    common(disclosure)
+    disclosure.add_argument("--atena-id", required=True)
+    disclosure.add_argument("--audience", choices=("auditor", "person"), default="auditor")
+    fmt(disclosure)
     checkpoint = rec_cmds.add_parser("checkpoint", help="sign a checkpoint of the chain now")
     common(checkpoint)
     checkpoint.add_argument("--key-dir", type=Path, required=True)
@@ -133,13 +149,13 @@ async def tenant_connection(url: str, tenant: str) -> asyncpg.Connection:
         actual = await conn.fetchval("SELECT chukan_tenant()")
     except asyncpg.InvalidParameterValueError:
         await conn.close()
-        raise CommandError(f"tenant {tenant} has no login role on this server") from None
+        raise AdminCommandError(f"tenant {tenant} has no login role on this server") from None
     except BaseException:
         await conn.close()
         raise
     if actual != tenant:
         await conn.close()
-        raise CommandError(f"tenant {tenant} is not provisioned in this database")
+        raise AdminCommandError(f"tenant {tenant} is not provisioned in this database")
     return conn
 
 
@@ -148,7 +164,7 @@ def _trusted_keys(args: argparse.Namespace) -> dict[str, PublicSigningKey] | Non
     for item in args.public_key:
         key_id, sep, raw = item.partition("=")
         if not sep:
-            raise CommandError("--public-key takes KEY_ID=BASE64")
+            raise AdminCommandError("--public-key takes KEY_ID=BASE64")
         keys[key_id] = public_signing_key(key_id, b64d(raw))
     if args.key_dir is not None:
         keys.update(own_verification_keys(_load_ring(args.key_dir, args.tenant)))
@@ -157,17 +173,15 @@ def _trusted_keys(args: argparse.Namespace) -> dict[str, PublicSigningKey] | Non
 
 def _load_ring(key_dir: Path, tenant: str) -> KeyRing:
     """The agency's key ring (``chukan keys``); every key it holds verifies, the newest signs."""
-    import os
-
     passphrase = os.environ.get("CHUKAN_KEY_PASSPHRASE")
     if not passphrase:
-        raise CommandError("set CHUKAN_KEY_PASSPHRASE to open the key folder")
+        raise AdminCommandError("set CHUKAN_KEY_PASSPHRASE to open the key folder")
     if not ring_path(key_dir, tenant).exists():
-        raise CommandError(f"no key ring of {tenant} in {key_dir}")
+        raise AdminCommandError(f"no key ring of {tenant} in {key_dir}")
     try:
         return open_ring(key_dir, tenant, passphrase.encode())
     except KeysError as exc:
-        raise CommandError(str(exc)) from None
+        raise AdminCommandError(str(exc)) from None
 
 
 def _json(out: TextIO, value: Any) -> None:
@@ -178,9 +192,8 @@ async def run(args: argparse.Namespace, url: str, out: TextIO, stdin: TextIO) ->
     """Run one parsed command against the gateway database at ``url``."""
     try:
         return await _dispatch(args, url, out, stdin)
-    except (CommandError, GatewayError) as exc:
-        message = exc.message if isinstance(exc, GatewayError) else str(exc)
-        print(f"chukan: {message}", file=sys.stderr)
+    except GatewayError as exc:  # AdminCommandError, or a flow's refusal (weak password, …)
+        print(f"chukan: {exc.message}", file=sys.stderr)
         return 2
 
 
@@ -189,16 +202,13 @@ async def _dispatch(args: argparse.Namespace, url: str, out: TextIO, stdin: Text
     if (command, action) == ("staff", "hash-password"):
         password = stdin.readline().rstrip("\n")
         config = StaffConfig()
-        staff.check_password_strength(password, config, "")
-        out.write(
-            staff.hash_password(password, n=config.scrypt_n, r=config.scrypt_r, p=config.scrypt_p)
-            + "\n"
-        )
+        check_password_strength(password, config, "")
+        out.write(hash_with(config, password) + "\n")
         return 0
     if (command, action) == ("records", "partitions"):
         conn = await asyncpg.connect(url)
         try:
-            created = await records.ensure_partitions(conn, dt.date.today(), args.months)
+            created = await ensure_partitions(conn, dt.date.today(), args.months)
         finally:
             await conn.close()
         _json(out, {"created": created})
@@ -217,7 +227,7 @@ async def _tenant_command(
     command, action, tenant = args.command, args.action, args.tenant
 
     async def audit(action_name: str, target: str | None, detail: Mapping[str, Any]) -> None:
-        await staff.audit(
+        await audit_event(
             conn,
             actor_kind="cli",
             actor=actor,
@@ -227,25 +237,25 @@ async def _tenant_command(
         )
 
     if (command, action) == ("records", "verify"):
-        report = await records.verify_chain(conn, tenant, _trusted_keys(args))
+        report = await verify_chain(conn, tenant, _trusted_keys(args))
         await audit("records.verify", None, {"ok": report.ok, "issues": len(report.issues)})
         _json(out, report.to_json())
         return 0 if report.ok else 1
     if (command, action) == ("records", "disclose"):
         if not ATENA_PATTERN.match(args.atena_id):
-            raise CommandError("--atena-id must be 1 to 15 digits")
+            raise AdminCommandError("--atena-id must be 1 to 15 digits")
         async with conn.transaction():
-            rows = await records.disclose(
+            rows = await disclose(
                 conn, tenant, args.atena_id, include_non_disclosed=args.audience == "auditor"
             )
-            checkpoint = await records.latest_checkpoint(conn, tenant)
+            checkpoint = await latest_checkpoint(conn, tenant)
             await audit(
                 "records.disclose",
                 args.atena_id,
                 {"records": len(rows), "format": args.format, "audience": args.audience},
             )
         if args.format == "csv":
-            out.write(records.disclosure_csv(rows))
+            out.write(disclosure_csv(rows))
         else:
             _json(
                 out,
@@ -259,61 +269,55 @@ async def _tenant_command(
         return 0
     if (command, action) == ("records", "checkpoint"):
         signer = _load_ring(args.key_dir, tenant).current_signing(dt.datetime.now(dt.UTC))
-        made = await records.make_checkpoint(
-            conn, tenant, signer, every=1, interval=dt.timedelta(0), force=True
-        )
+        made = await checkpoint_now(conn, tenant, signer)
         await audit("records.checkpoint", None, {"seq": made.seq if made else None})
         _json(out, {"checkpoint": made.to_json() if made else None})
         return 0
     if (command, action) == ("staff", "create-admin"):
-        username = staff._username(args.username)
+        username = check_username(args.username)
         config = StaffConfig()
         generated = not args.password_stdin
         if generated:
-            import secrets
-
             password = secrets.token_urlsafe(18)
         else:
             password = stdin.readline().rstrip("\n")
-            staff.check_password_strength(password, config, username)
-        hashed = staff.hash_password(
-            password, n=config.scrypt_n, r=config.scrypt_r, p=config.scrypt_p
-        )
+            check_password_strength(password, config, username)
+        hashed = hash_with(config, password)
         async with conn.transaction():
-            row = await staff.create_account(
+            row = await create_account(
                 conn,
                 username=username,
-                roles=[staff.ROLE_ADMIN],
+                roles=[ROLE_ADMIN],
                 password_hash=hashed,
                 created_by=f"cli:{actor}",
                 display_name="administrator",
-                expires_at=staff.parse_expiry(args.expires),
+                expires_at=parse_expiry(args.expires),
             )
-            await audit("staff.account.create", username, {"roles": [staff.ROLE_ADMIN]})
-        result = staff.account_json(row)
+            await audit("staff.account.create", username, {"roles": [ROLE_ADMIN]})
+        result = account_json(row)
         if generated:
             result["password"] = password  # shown once, never stored in clear
         _json(out, result)
         return 0
     if (command, action) == ("staff", "review"):
-        review = await staff.review_accounts(conn, args.unused_days)
+        review = await review_accounts(conn, args.unused_days)
         await audit("staff.account.review", None, {"unused_days": args.unused_days})
         if args.format == "csv":
             rows = [{"finding": "unused", **a} for a in review["unused"]] + [
                 {"finding": "expired", **a} for a in review["expired"]
             ]
-            fields = ("finding", *staff.ACCOUNT_COLUMNS.split(", "))
-            out.write(ops.to_csv(rows, fields))
+            fields = ("finding", *ACCOUNT_COLUMNS.split(", "))
+            out.write(to_csv(rows, fields))
         else:
             _json(out, review)
         return 0
     if (command, action) == ("staff", "revoke"):
-        ended = await staff.revoke_account(conn, args.username, f"cli:{actor}")
+        ended = await revoke_account(conn, args.username, f"cli:{actor}")
         await audit("staff.account.revoke", args.username, {"sessions_ended": ended})
         _json(out, {"username": args.username, "revoked": True, "sessions_ended": ended})
         return 0
     if (command, action) == ("ops", "purge"):
-        job = await ops.run_purge_job(
+        job = await run_purge_job(
             conn,
             tenant,
             retention=dt.timedelta(hours=args.retention_hours),
@@ -324,18 +328,16 @@ async def _tenant_command(
         _json(out, job.to_json())
         return 0
     if (command, action) == ("ops", "stats"):
-        first, last = ops.parse_period(args.start, args.end, today=dt.date.today())
-        rows = await ops.statistics(conn, first, last, args.time_zone)
+        first, last = parse_period(args.start, args.end, today=dt.date.today())
+        rows = await statistics(conn, first, last, args.time_zone)
         await audit("statistics.read", None, {"from": str(first), "to": str(last)})
         if args.format == "csv":
-            out.write(ops.to_csv(rows, ops.STATISTICS_FIELDS))
+            out.write(to_csv(rows, STATISTICS_FIELDS))
         else:
             _json(out, {"from": str(first), "to": str(last), "rows": rows})
         return 0
     if (command, action) == ("ops", "jobs"):
-        from chukan.gateway.core.jobs import list_jobs
-
         jobs = await list_jobs(conn, kind=args.kind)
         _json(out, {"jobs": [j.to_json() for j in jobs]})
         return 0
-    raise CommandError(f"unknown command {command} {action}")
+    raise AdminCommandError(f"unknown command {command} {action}")

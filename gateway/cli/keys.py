@@ -21,16 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from chukan.gateway.cli.errors import KeyCommandError
 from chukan.gateway.core.keyring import RING_SUFFIX, key_status, read_ring, ring_path, write_ring
 from chukan.keys import KeysError
 from chukan.keys.ring import DEFAULT_OVERLAP, KeyRing
 
 PASSPHRASE_ENV: Final = "CHUKAN_KEY_PASSPHRASE"  # noqa: S105 -- a variable name, not a secret
 KEY_DIR_ENV: Final = "CHUKAN_KEY_DIR"
-
-
-class KeyCommandError(Exception):
-    """A usage problem reported as one line on stderr, exit status 1."""
 
 
 def add_keys_parser(commands: Any) -> None:

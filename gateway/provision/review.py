@@ -55,7 +55,8 @@ from chukan.gateway.hublink.client import HubReply
 from chukan.gateway.records.store import RecordEntry, write_record
 from chukan.gateway.replica.errors import ReplicaInconsistentError
 from chukan.gateway.replica.items import provision_document
-from chukan.gateway.staff.accounts import ROLE_APPROVER, ROLE_AUDITOR, audit_staff, require_staff
+from chukan.gateway.staff.roles import ROLE_APPROVER, ROLE_AUDITOR
+from chukan.gateway.staff.sessions import audit_staff, require_staff
 from chukan.keys import public_encryption_key, seal
 
 log = structlog.get_logger("chukan.gateway")

@@ -21,7 +21,7 @@ from chukan.gateway.cli.main import GATEWAY_DATABASE
 from chukan.gateway.core.config import Timing
 from chukan.gateway.core.keyring import read_ring, ring_path, write_ring
 from chukan.gateway.core.state import utcnow
-from chukan.gateway.ops.operations import _today
+from chukan.gateway.ops.statistics import today_in
 from chukan.gateway.records.store import RecordEntry, write_record
 from chukan.keys.ring import KeyRing
 from chukan.simulators.devnet.synthetic import SyntheticPerson, synthetic_person
@@ -200,7 +200,7 @@ async def test_statistics_per_day_procedure_item_and_outcome(ops_gateway: Any) -
                         reason_code=None if outcome == "provided" else "item_not_found",
                     ),
                 )
-    today = _today("Asia/Tokyo")
+    today = today_in("Asia/Tokyo")
     token = await staff_token(ops_gateway, ["operator"])
     status, body = await ops_gateway.call(
         "GET", f"/staff/v1/statistics?from={today}&to={today}", token=token

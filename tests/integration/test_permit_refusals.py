@@ -366,7 +366,7 @@ async def test_used_permits_are_forgotten_only_after_expiry_and_skew(
     impostor: HubImpostor,
 ) -> None:
     """The deletion job keeps a used permit while it could still be accepted (expiry + skew)."""
-    from chukan.gateway.ops.operations import purge_results
+    from chukan.gateway.ops.purge import purge_results
 
     state = impostor.provider.gateway.state
     timing = state.config.timing

@@ -373,7 +373,7 @@ async def test_non_disclosure_travels_to_every_record(
     chiba: Any, funabashi: Any, network: Any, rng: random.Random
 ) -> None:
     """不開示 set by the requester is recorded by the requester, the hub and the provider."""
-    from chukan.gateway.records import store as records
+    from chukan.gateway.records import disclosure as records
 
     in_chiba, in_funabashi = await moved_person(rng, chiba, funabashi)
     item = certification_item(rng, dt.date.today())

@@ -26,14 +26,10 @@ from chukan.gateway.cli.main import GATEWAY_DATABASE
 from chukan.gateway.core import db
 from chukan.gateway.core.keyring import enrolment_payload
 from chukan.gateway.core.state import utcnow
-from chukan.gateway.records.store import (
-    RecordEntry,
-    chain_hash,
-    genesis_hash,
-    make_checkpoint,
-    verify_chain,
-    write_record,
-)
+from chukan.gateway.records.chain import chain_hash, genesis_hash
+from chukan.gateway.records.checkpoints import make_checkpoint
+from chukan.gateway.records.store import RecordEntry, write_record
+from chukan.gateway.records.verify import verify_chain
 from chukan.gateway.serve import start_gateway
 from chukan.keys import b64e, generate_signing_key
 from chukan.simulators.devnet.synthetic import SyntheticPerson, synthetic_person

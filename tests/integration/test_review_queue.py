@@ -218,7 +218,8 @@ async def test_review_operations_need_their_grants(network: Any, http: Any) -> N
 
 async def _staff_token(chiba: Any, roles: list[str]) -> str:
     """A staff account of 千葉市 with ``roles``, logged in over HTTP; returns the session token."""
-    from chukan.gateway.staff.accounts import create_account, hash_password
+    from chukan.gateway.staff.accounts import create_account
+    from chukan.gateway.staff.passwords import hash_password
 
     username = f"s{secrets.token_hex(4)}"
     password = f"Pw-{secrets.token_urlsafe(12)}"

@@ -16,7 +16,7 @@ from conftest import OPS_AGENCY, ROOT_PASSWORD
 
 from chukan.gateway.cli import admin as admin_cli
 from chukan.gateway.cli.main import GATEWAY_DATABASE
-from chukan.gateway.staff.accounts import token_sha256
+from chukan.gateway.staff.sessions import token_sha256
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from chukan.gateway.records.store import (
+from chukan.gateway.records.chain import (
     CONTENT_COLUMNS,
     canonical_record,
     canonical_timestamp,

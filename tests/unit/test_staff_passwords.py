@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from chukan.gateway.core.settings import StaffConfig
-from chukan.gateway.staff.accounts import (
-    WeakPasswordError,
+from chukan.gateway.staff.errors import WeakPasswordError
+from chukan.gateway.staff.passwords import (
     check_password_strength,
     hash_password,
-    token_sha256,
     verify_password,
 )
+from chukan.gateway.staff.sessions import token_sha256
 
 FAST = {"n": 2**10, "r": 8, "p": 1}
 

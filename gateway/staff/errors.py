@@ -1,0 +1,43 @@
+"""Failures of staff authentication and account administration (職員認証・権限管理)."""
+
+from __future__ import annotations
+
+from chukan.gateway.core.errors import (
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    UnauthenticatedError,
+    ValidationError,
+)
+
+
+class LoginFailedError(UnauthenticatedError):
+    """Unknown user, wrong password, expired or revoked account: one answer for all."""
+
+    code = "login_failed"
+
+
+class AccountLockedError(ForbiddenError):
+    code = "account_locked"
+
+
+class SessionInvalidError(UnauthenticatedError):
+    """No session, an unknown token, or one that ended (idle, lifetime, revoked, logout)."""
+
+    code = "session_invalid"
+
+
+class RoleRequiredError(ForbiddenError):
+    code = "role_required"
+
+
+class AccountExistsError(ConflictError):
+    code = "account_exists"
+
+
+class AccountUnknownError(NotFoundError):
+    code = "account_unknown"
+
+
+class WeakPasswordError(ValidationError):
+    code = "password_too_weak"
