@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -63,6 +63,21 @@ def _wait_seconds(request: web.Request, state: GatewayState) -> float:
     return max(0.0, min(wait, state.config.timing.max_wait))
 
 
+async def _answer_when(
+    request: web.Request,
+    state: GatewayState,
+    read: Callable[[], Awaitable[dict[str, Any]]],
+    final: Callable[[dict[str, Any]], bool],
+) -> web.Response:
+    """``read()``'s answer once ``final`` holds for it, or as it is when ``?wait=N`` is over."""
+    deadline = time.monotonic() + _wait_seconds(request, state)
+    while True:
+        body = await read()
+        if final(body) or time.monotonic() >= deadline:
+            return web.json_response(body)
+        await asyncio.sleep(POLL_INTERVAL)
+
+
 def _id(request: web.Request, name: str) -> int:
     value = request.match_info[name]
     if not value.isascii() or not value.isdigit() or len(value) > 18:
@@ -105,12 +120,12 @@ async def get_transmission(request: web.Request) -> web.Response:
     await authorize(request, OP_KOKUHOREN_TRANSMIT)
     state = request.config_dict[GATEWAY_STATE]
     transmission_id = _id(request, "transmission_id")
-    deadline = time.monotonic() + _wait_seconds(request, state)
-    while True:
-        body = await transmission_json(state, transmission_id)
-        if body["status"] != "queued" or time.monotonic() >= deadline:
-            return web.json_response(body)
-        await asyncio.sleep(POLL_INTERVAL)
+    return await _answer_when(
+        request,
+        state,
+        lambda: transmission_json(state, transmission_id),
+        lambda body: body["status"] != "queued",
+    )
 
 
 async def post_resend(request: web.Request) -> web.Response:
@@ -147,12 +162,12 @@ async def get_returns(request: web.Request) -> web.Response:
     await authorize(request, OP_KOKUHOREN_TRANSMIT)
     state = request.config_dict[GATEWAY_STATE]
     job_id = _id(request, "job_id")
-    deadline = time.monotonic() + _wait_seconds(request, state)
-    while True:
-        body = await returns_json(state, job_id)
-        if body["status"] in ("done", "failed") or time.monotonic() >= deadline:
-            return web.json_response(body)
-        await asyncio.sleep(POLL_INTERVAL)
+    return await _answer_when(
+        request,
+        state,
+        lambda: returns_json(state, job_id),
+        lambda body: body["status"] in ("done", "failed"),
+    )
 
 
 def setup_kokuhoren_routes(app: web.Application) -> None:

@@ -482,25 +482,19 @@ async def _apply(
                 "msg_result": "1",
                 "rejected": [rejection_json(r) for r in rejections],
             }
-        elif test_mode:
-            counts = await conn.fetchrow(
-                "SELECT count(*) FILTER (WHERE NOT deleted) AS registered, "
-                "count(*) FILTER (WHERE deleted) AS deleted FROM replica_staging"
-            )
-            assert counts is not None
-            status = 200
-            body |= {
-                "outcome": "validated",
-                "msg_result": "0",
-                "registered": counts["registered"],
-                "deleted": counts["deleted"],
-            }
         else:
-            counts = await conn.fetchrow(_APPLY, header.message_id, stored_by)
+            if test_mode:
+                counts = await conn.fetchrow(
+                    "SELECT count(*) FILTER (WHERE NOT deleted) AS registered, "
+                    "count(*) FILTER (WHERE deleted) AS deleted FROM replica_staging"
+                )
+                status, outcome = 200, "validated"
+            else:
+                counts = await conn.fetchrow(_APPLY, header.message_id, stored_by)
+                status, outcome = 201, "accepted"
             assert counts is not None
-            status = 201
             body |= {
-                "outcome": "accepted",
+                "outcome": outcome,
                 "msg_result": "0",
                 "registered": counts["registered"],
                 "deleted": counts["deleted"],
