@@ -50,7 +50,7 @@ from chukan.gateway.core import db
 from chukan.gateway.core.logs import configure_logging
 from chukan.gateway.core.web import SIGNATURE_HEADER, signature_header
 from chukan.gateway.serve import serve
-from chukan.permits import Permit, body_digest, encode_permit, new_permit_id
+from chukan.permits import encode_permit, issue_permit
 from chukan.simulators.devnet.network import Gateway, Network, start_network
 from chukan.simulators.devnet.synthetic import SyntheticPerson, synthetic_person
 from chukan.simulators.hub import HUB_STATE
@@ -146,31 +146,32 @@ async def provider_messages(network: Network, codes: list[str], count: int) -> l
     requester = network.gateways[catalog.FUNABASHI_CITY].state.keys.encryption.public
     messages: list[bytes] = []
     now = dt.datetime.now(dt.UTC)
+    row = hub.authorization_list.check(
+        catalog.FUNABASHI_CITY,
+        catalog.CHIBA_CITY,
+        catalog.LTC_CERTIFICATION_PROCEDURE,
+        catalog.CERTIFICATION.code,
+        on=now.date(),
+    )
     for index in range(count):
         body = ProvisionRequest(
             query_id=new_message_id(),
             requester=catalog.FUNABASHI_CITY,
             provider_person_code=codes[index % len(codes)],
-            business_code=catalog.LTC_BUSINESS,
+            business_code=row.business_code,
             procedure_code=catalog.LTC_CERTIFICATION_PROCEDURE,
             item_code=catalog.CERTIFICATION.code,
-            legal_basis=132,
+            legal_basis=row.legal_basis,
             requester_key_id=requester.key_id,
             requester_key=requester.raw,
         )
-        permit = Permit(
-            permit_id=new_permit_id(),
+        permit = issue_permit(
+            row,
             query_id=body.query_id,
-            requester=body.requester,
-            provider=catalog.CHIBA_CITY,
-            business_code=body.business_code,
-            procedure_code=body.procedure_code,
-            item_code=body.item_code,
-            legal_basis=132,
             provider_person_code=body.provider_person_code,
-            issued_at=now,
-            expires_at=now + dt.timedelta(minutes=30),
-            body_digest=body_digest(encode_body_c14n(body)),
+            body=encode_body_c14n(body),
+            now=now,
+            lifetime=dt.timedelta(minutes=30),
         )
         header = Header(
             new_message_id(),

@@ -435,7 +435,7 @@ async def test_the_refresh_loop_picks_up_a_new_version(network: Any, http: Any, 
     try:
         version = current(gateway).version
         hub = network.hub.app[HUB_STATE]
-        from chukan.simulators.hublist import publish as hub_publish
+        from chukan.simulators.hub.lists import publish as hub_publish
 
         lst, signed = await hub_publish(
             hub.pool,

@@ -23,7 +23,7 @@ from chukan.codecs.kokuhoren import (
     decode_records,
     encode_file,
 )
-from chukan.simulators.kokuhoren_rules import Register, Review, month_end, review_file
+from chukan.simulators.kokuhoren.rules import Register, Review, month_end, review_file
 
 INSURER = "122010"
 MONTH = YearMonth(2024, 4)

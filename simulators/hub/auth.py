@@ -5,7 +5,7 @@
   (:func:`require_sender`), and that agency must be registered.
 * ``/admin/...``: the hub operator (kind ``system`` with role ``hub.admin``),
   or an agency gateway enrolling *itself* (:func:`require_enrolling`); every
-  admin call also needs the admin bearer token.
+  admin call also needs the admin bearer token (:func:`require_admin`).
 
 Without a certificate → 401; with the wrong one → 403; both logged with the
 caller's identity.  Without TLS configured (plain-HTTP benchmark baseline) no
@@ -14,6 +14,7 @@ certificate checks are made.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -24,14 +25,27 @@ from aiohttp.typedefs import Middleware
 from chukan.gateway.core.errors import ForbiddenError, GatewayError, UnauthenticatedError
 from chukan.gateway.core.identities import HUB_ADMIN_ROLE
 from chukan.gateway.core.tls import identity_label, peer_identity
-from chukan.keys.ca import CertificateError, ClientIdentity
+from chukan.keys.ca import ClientIdentity
+from chukan.keys.errors import CertificateError
 from chukan.simulators.errors import PeerMismatchError
+from chukan.simulators.hub.state import HUB_STATE
 
 log = structlog.get_logger("chukan.hub")
 
 HUB_PEER: Final = web.RequestKey("hub_peer", ClientIdentity)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def require_admin(request: web.Request) -> None:
+    """Every ``/admin`` call carries the hub's admin bearer token (compared in constant time)."""
+    state = request.config_dict[HUB_STATE]
+    supplied = request.headers.get("Authorization", "")
+    expected = f"Bearer {state.config.admin_token}"
+    if not supplied:
+        raise UnauthenticatedError("an administrator token is required")
+    if not hmac.compare_digest(supplied.encode(), expected.encode()):
+        raise ForbiddenError("the administrator token is not valid")
 
 
 def is_operator(identity: ClientIdentity) -> bool:

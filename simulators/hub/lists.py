@@ -22,7 +22,7 @@ import asyncio
 import datetime as dt
 import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import aiohttp
 import structlog
@@ -34,10 +34,10 @@ from chukan.gateway.core.errors import (
     UnsupportedMediaError,
     ValidationError,
 )
-from chukan.gateway.core.identities import agency_host
 from chukan.gateway.core.web import read_body
 from chukan.keys import SigningKeyPair
 from chukan.permits import (
+    MAX_LIST_BYTES,
     AuthorizationList,
     AuthorizationRow,
     PermitsError,
@@ -47,11 +47,10 @@ from chukan.permits import (
     sign_list,
     verify_signed_list,
 )
-from chukan.permits.authorization import MAX_LIST_BYTES
-from chukan.simulators import hubauth
-
-if TYPE_CHECKING:
-    from chukan.simulators.hub import HubConfig, HubState
+from chukan.simulators.hub import auth
+from chukan.simulators.hub.config import HubConfig
+from chukan.simulators.hub.registry import tls_server_name
+from chukan.simulators.hub.state import HUB_STATE, HubState, utcnow
 
 log = structlog.get_logger("chukan.hub")
 
@@ -61,10 +60,6 @@ MAX_LIFETIME: Final = dt.timedelta(days=366)
 PUSH_TIMEOUT: Final = 5.0
 #: Version, issued and expiry are the hub's to set: placeholders when parsing a CSV.
 _PLACEHOLDER_VERSION: Final = 1
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def require_current(lst: AuthorizationList, now: dt.datetime) -> None:
@@ -89,7 +84,7 @@ async def publish(
         # One publisher at a time, so two publications never claim one version.
         await conn.execute("LOCK TABLE authorization_lists IN SHARE ROW EXCLUSIVE MODE")
         newest = await conn.fetchval("SELECT max(version) FROM authorization_lists")
-        now = _utcnow()
+        now = utcnow()
         lst = AuthorizationList(
             rows=tuple(rows),
             version=(newest or 0) + 1,
@@ -131,10 +126,10 @@ async def initial_list(
             signed: bytes = row["signed_document"]
             try:
                 trusted = {signer.key_id: signer.public}
-                return verify_signed_list(signed, trusted, now=_utcnow()), signed
+                return verify_signed_list(signed, trusted, now=utcnow()), signed
             except PermitsError as exc:  # expired, or signed under an earlier hub key
                 log.info("authorization_list_republished", code=exc.code)
-        now = _utcnow()
+        now = utcnow()
         rows = load_sample_list(issued_at=now, expires_at=now + config.list_lifetime).rows
     else:
         rows = config.authorization_list.rows
@@ -160,7 +155,7 @@ def _lifetime(request: web.Request, default: dt.timedelta) -> dt.timedelta:
 
 
 def _rows_of(content_type: str, data: bytes) -> tuple[AuthorizationRow, ...]:
-    now = _utcnow()
+    now = utcnow()
     if content_type in ("text/csv", "application/csv"):
         return parse_list_csv(
             data,
@@ -176,7 +171,6 @@ def _rows_of(content_type: str, data: bytes) -> tuple[AuthorizationRow, ...]:
 async def push_list(state: HubState, signed: bytes) -> dict[str, str]:
     """Push a signed version to every registered agency; returns each one's outcome or code."""
     agencies = await state.pool.fetch("SELECT code, endpoint FROM agencies ORDER BY code")
-    tls = state.config.tls is not None
 
     async def push(code: str, endpoint: str) -> tuple[str, str]:
         try:
@@ -185,7 +179,7 @@ async def push_list(state: HubState, signed: bytes) -> dict[str, str]:
                 data=signed,
                 headers={"Content-Type": "application/xml"},
                 timeout=aiohttp.ClientTimeout(total=PUSH_TIMEOUT),
-                server_hostname=agency_host(code) if tls and endpoint.startswith("https") else None,
+                server_hostname=tls_server_name(state, code, endpoint),
             ) as response:
                 answer: Any = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -204,10 +198,8 @@ async def push_list(state: HubState, signed: bytes) -> dict[str, str]:
 
 async def publish_list(request: web.Request) -> web.Response:
     """``POST /admin/v1/authorization-list``: publish a new version and push it."""
-    from chukan.simulators.hub import HUB_STATE, _require_admin
-
-    _require_admin(request)
-    hubauth.require_operator(request)
+    auth.require_admin(request)
+    auth.require_operator(request)
     state = request.config_dict[HUB_STATE]
     lifetime = _lifetime(request, state.config.list_lifetime)
     data = await read_body(request, limit=MAX_LIST_BYTES)
@@ -216,7 +208,7 @@ async def publish_list(request: web.Request) -> web.Response:
     except PermitsError as exc:
         # Bad input is the operator's: 422 with the row and field, nothing published.
         raise ValidationError(f"{exc.code}: {exc}") from None
-    peer = request.get(hubauth.HUB_PEER)
+    peer = request.get(auth.HUB_PEER)
     lst, signed = await publish(
         state.pool,
         state.keys.signing,
@@ -242,10 +234,8 @@ async def publish_list(request: web.Request) -> web.Response:
 
 async def list_versions(request: web.Request) -> web.Response:
     """``GET /admin/v1/authorization-list/versions``: every published version (no content)."""
-    from chukan.simulators.hub import HUB_STATE, _require_admin
-
-    _require_admin(request)
-    hubauth.require_operator(request)
+    auth.require_admin(request)
+    auth.require_operator(request)
     state = request.config_dict[HUB_STATE]
     rows = await state.pool.fetch(
         "SELECT version, issued_at, expires_at, row_count, digest, published_by, published_at "
@@ -262,3 +252,9 @@ async def list_versions(request: web.Request) -> web.Response:
             ]
         }
     )
+
+
+async def authorization_list(request: web.Request) -> web.Response:
+    """``GET /network/v1/authorization-list``: the current signed version, for gateways."""
+    state = request.config_dict[HUB_STATE]
+    return web.Response(body=state.signed_list, content_type="application/xml")

@@ -36,12 +36,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Final
 
+from chukan.codecs.errors import CsvFileNameError
 from chukan.codecs.kokuhoren import (
     ChangeKind,
     ChangeReason,
     ControlRecord,
     CorrectionKind,
-    CsvFileNameError,
     DataRecord,
     DecodeResult,
     NumberedRecord,

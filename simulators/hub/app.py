@@ -1,0 +1,72 @@
+"""The hub's application: routes, middlewares and a start-up that releases what it opened.
+
+Start-up acquires each resource on one :class:`contextlib.AsyncExitStack`, so a
+failure at any step (migration, keys, list, session) closes what was already
+opened, and stopping releases everything in reverse order: the delivery worker
+first, then the client session, then the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from chukan.gateway.core import db
+from chukan.gateway.core.keystore import load_or_create_keys
+from chukan.gateway.core.tls import client_session
+from chukan.gateway.core.web import error_middleware
+from chukan.simulators.hub import auth, lists, messages, records, registry, worker
+from chukan.simulators.hub.config import HUB_OWNER, HubConfig
+from chukan.simulators.hub.state import HUB_STATE, HubState, load_secret
+
+log = structlog.get_logger("chukan.hub")
+
+
+def create_hub_app(config: HubConfig) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware, auth.peer_middleware(config.tls is not None)],
+        client_max_size=8 * 1024 * 1024,
+    )
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            pool = await db.create_pool(config.database_url)
+            stack.push_async_callback(pool.close)
+            async with pool.acquire() as conn:
+                await db.migrate(conn, db.load_migrations("chukan.simulators", "migrations/hub"))
+            keys = await asyncio.to_thread(
+                load_or_create_keys, config.key_dir, HUB_OWNER, config.key_passphrase
+            )
+            authorization, signed = await lists.initial_list(pool, config, keys.signing)
+            state = HubState(
+                config=config,
+                pool=pool,
+                keys=keys,
+                secret=load_secret(config.key_dir),
+                authorization_list=authorization,
+                signed_list=signed,
+                session=await stack.enter_async_context(client_session(config.tls)),
+            )
+            app[HUB_STATE] = state
+            worker.start_worker(state)
+            stack.push_async_callback(worker.stop_worker, state)
+            log.info("hub_started", signing_key=keys.signing.key_id)
+            yield
+        log.info("hub_stopped")
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/admin/v1/agencies", registry.register_agency)
+    app.router.add_get("/admin/v1/records", records.list_records)
+    app.router.add_post("/admin/v1/deliveries/retry", worker.retry_deliveries)
+    app.router.add_post("/admin/v1/authorization-list", lists.publish_list)
+    app.router.add_get("/admin/v1/authorization-list/versions", lists.list_versions)
+    app.router.add_get("/network/v1/agencies", registry.list_agencies)
+    app.router.add_get("/network/v1/agencies/{code}", registry.get_agency)
+    app.router.add_get("/network/v1/hub-key", registry.hub_key)
+    app.router.add_get("/network/v1/authorization-list", lists.authorization_list)
+    app.router.add_post("/network/v1/messages", messages.receive_message)
+    return app

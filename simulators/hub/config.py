@@ -1,0 +1,54 @@
+"""The hub's configuration: every tunable with its default, and its database's name."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from chukan.gateway.core.tls import TlsSettings
+from chukan.permits import AuthorizationList
+
+DEFAULT_PERMIT_LIFETIME: Final = dt.timedelta(minutes=5)
+DEFAULT_ACQUISITION_LIFETIME: Final = dt.timedelta(minutes=5)
+DEFAULT_MESSAGE_SKEW: Final = dt.timedelta(minutes=5)
+DEFAULT_LIST_LIFETIME: Final = dt.timedelta(days=1)
+DEFAULT_DELIVERY_BACKOFF: Final = 0.5
+DEFAULT_DELIVERY_MAX_BACKOFF: Final = 30.0
+#: After a permit expires, its provision request is still retried this long, so that a
+#: provider that answered just before (and was then cut off) is heard; the providers'
+#: answer retention (``Timing.answer_retention``) must be longer.
+DEFAULT_DELIVERY_GRACE: Final = dt.timedelta(hours=1)
+#: How long a conclusion is offered to its requester (pushed, and kept to be asked for).
+DEFAULT_ANSWER_RETENTION: Final = dt.timedelta(days=7)
+DEFAULT_DELIVERY_TIMEOUT: Final = 10.0
+HUB_OWNER: Final = "hub"
+HUB_DATABASE: Final = "chukan_hub"
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    """Everything the hub needs; defaults are the constants above."""
+
+    database_url: str
+    key_dir: Path
+    key_passphrase: bytes
+    admin_token: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    permit_lifetime: dt.timedelta = DEFAULT_PERMIT_LIFETIME
+    acquisition_lifetime: dt.timedelta = DEFAULT_ACQUISITION_LIFETIME
+    message_skew: dt.timedelta = DEFAULT_MESSAGE_SKEW
+    list_lifetime: dt.timedelta = DEFAULT_LIST_LIFETIME
+    delivery_backoff: float = DEFAULT_DELIVERY_BACKOFF
+    delivery_max_backoff: float = DEFAULT_DELIVERY_MAX_BACKOFF
+    delivery_grace: dt.timedelta = DEFAULT_DELIVERY_GRACE
+    answer_retention: dt.timedelta = DEFAULT_ANSWER_RETENTION
+    delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT
+    authorization_list: AuthorizationList | None = None
+    #: Mutual TLS (server certificate, the hub's client certificate, CA); None = plain HTTP.
+    tls: TlsSettings | None = None
+
+    def __repr__(self) -> str:  # never print the passphrase or the admin token
+        return f"HubConfig(database={self.database_url.rsplit('/', 1)[-1]!r}, port={self.port})"

@@ -1,0 +1,69 @@
+"""``POST /network/v1/messages``: the one door for agencies' signed envelopes.
+
+Each envelope is checked in the same order — certificate of the sender, a
+signature under the sender's registered keys, a fresh timestamp, the hub as
+receiver (answers pass through to their requester), a message id never seen —
+and then dispatched by type to 符号 issuance or routing.
+"""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from chukan.codecs.envelope import (
+    HUB,
+    AcquisitionRequest,
+    CodeRequest,
+    ConclusionRequest,
+    ProvisionAnswer,
+    QueryRequest,
+    decode_message,
+)
+from chukan.gateway.core.errors import MessageReplayError, MisaddressedError, StaleMessageError
+from chukan.gateway.core.web import SIGNATURE_HEADER, read_xml, verify_signature
+from chukan.simulators.hub import auth, codes, routing
+from chukan.simulators.hub.registry import load_agency
+from chukan.simulators.hub.state import HUB_STATE, utcnow
+
+
+async def receive_message(request: web.Request) -> web.Response:
+    """Every signed envelope from agencies arrives here and is dispatched by type."""
+    state = request.config_dict[HUB_STATE]
+    raw = await read_xml(request)
+    envelope = decode_message(raw)
+    header = envelope.header
+    auth.require_sender(request, header.sender)
+    sender = await load_agency(state.pool, header.sender)
+    verify_signature(request.headers.get(SIGNATURE_HEADER), raw, sender.signing_keys)
+    if abs(utcnow() - header.created) > state.config.message_skew:
+        raise StaleMessageError("message timestamp is outside the accepted window")
+    body = envelope.body
+    if not isinstance(body, ProvisionAnswer) and header.receiver != HUB:
+        raise MisaddressedError("message is not addressed to the hub")
+    inserted = await state.pool.fetchval(
+        "INSERT INTO seen_messages (message_id, sender) VALUES ($1, $2) "
+        "ON CONFLICT DO NOTHING RETURNING 1",
+        header.message_id,
+        header.sender,
+    )
+    if inserted is None:
+        raise MessageReplayError("message id already seen")
+    structlog.contextvars.bind_contextvars(message_type=header.message_type)
+    try:
+        match body:
+            case AcquisitionRequest():
+                return await codes.issue_acquisition_number(state, envelope, body)
+            case CodeRequest():
+                return await codes.issue_person_code(state, envelope, body)
+            case QueryRequest():
+                return await routing.route_query(state, envelope, body, raw)
+            case ProvisionAnswer():
+                signature = request.headers[SIGNATURE_HEADER]
+                return await routing.route_deferred_answer(state, envelope, body, raw, signature)
+            case ConclusionRequest():
+                return await routing.recover_conclusion(state, envelope, body)
+            case _:
+                raise MisaddressedError(f"the hub does not accept {header.message_type}")
+    finally:
+        structlog.contextvars.unbind_contextvars("message_type")

@@ -1,0 +1,348 @@
+"""Queries, answers and conclusions: the hub's routing of 情報照会 (DESIGN §3 flow 4).
+
+A query is checked against the authorization list, the requester's 符号 is
+converted to the provider's, a permit is issued for exactly the provision
+request that carries it, and that request is queued in the outbox — all
+recorded in one transaction.  A query id seen before gets its first answer
+again; the permit is never issued twice.  Answers the provider sends later
+(after manual review) and requesters asking for a conclusion are handled here
+too; the delivery worker (:mod:`chukan.simulators.hub.worker`) does the sending.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from chukan.codecs.envelope import (
+    HUB,
+    ConclusionRequest,
+    Envelope,
+    Header,
+    ProvisionAnswer,
+    ProvisionRequest,
+    QueryRequest,
+    encode_body_c14n,
+    encode_message,
+    new_message_id,
+)
+from chukan.gateway.core import db
+from chukan.gateway.core.errors import (
+    ConclusionConflictError,
+    ForbiddenError,
+    GatewayError,
+    MisaddressedError,
+    PersonNotAtProviderError,
+    PersonUnknownError,
+    QueryUnknownError,
+)
+from chukan.gateway.core.web import SIGNATURE_HEADER, error_response, signature_header
+from chukan.permits import (
+    AuthorizationRow,
+    NotAuthorizedError,
+    Permit,
+    encode_permit,
+    issue_permit,
+)
+from chukan.simulators.hub import lists, outbox
+from chukan.simulators.hub.conclusions import Conclusion, conclude
+from chukan.simulators.hub.records import log_routed
+from chukan.simulators.hub.registry import Agency, load_agency
+from chukan.simulators.hub.state import HubState, utcnow
+
+log = structlog.get_logger("chukan.hub")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What the checks of a query established: the list row, both agencies, the 符号."""
+
+    row: AuthorizationRow
+    requester: Agency
+    provider: Agency
+    provider_person_code: str
+
+
+# -- a new query ----------------------------------------------------------------------
+
+
+async def route_query(
+    state: HubState, envelope: Envelope, body: QueryRequest, raw: bytes
+) -> web.Response:
+    """情報照会: check the list, convert 符号, issue the permit, queue the provision request."""
+    requester = envelope.header.sender
+    now = utcnow()
+    existing = await state.pool.fetchrow(
+        "SELECT requester, permit_id, permit_expires_at, outcome, reason_code "
+        "FROM hub_records WHERE query_id = $1",
+        body.query_id,
+    )
+    if existing is not None:
+        return _query_again(existing, requester, body.query_id)
+    lists.require_current(state.authorization_list, now)
+    try:
+        route = await _check_query(state, requester, body, now)
+    except (GatewayError, NotAuthorizedError) as exc:
+        await _record_refusal(state, requester, body, exc)
+        raise
+    request_body = _provision_request(body, route)
+    permit = issue_permit(
+        route.row,
+        query_id=body.query_id,
+        provider_person_code=route.provider_person_code,
+        body=encode_body_c14n(request_body),
+        now=now,
+        lifetime=state.config.permit_lifetime,
+    )
+    out_header = Header(
+        new_message_id(),
+        "ProvisionRequest",
+        HUB,
+        route.provider.code,
+        now,
+        encode_permit(permit, state.keys.signing),
+    )
+    message = encode_message(out_header, request_body)
+    async with state.pool.acquire() as conn, conn.transaction():
+        if not await _open_record(conn, body, route, permit, now):
+            # The same query, sent twice at once: the first one stands.
+            existing = await conn.fetchrow(
+                "SELECT requester, permit_id, reason_code FROM hub_records WHERE query_id = $1",
+                body.query_id,
+            )
+            assert existing is not None
+            return _query_again(existing, requester, body.query_id)
+        await log_routed(
+            conn,
+            header=envelope.header,
+            direction="in",
+            body=raw,
+            query_id=body.query_id,
+            permit_id=None,
+        )
+        await log_routed(
+            conn,
+            header=out_header,
+            direction="out",
+            body=message,
+            query_id=body.query_id,
+            permit_id=permit.permit_id,
+        )
+        await outbox.enqueue(
+            conn,
+            "provision_request",
+            route.provider.code,
+            body.query_id,
+            message,
+            signature_header(state.keys.signing, message),
+            give_up_at=permit.expires_at + state.config.delivery_grace,
+        )
+    state.wake.set()
+    log.info(
+        "permit_issued",
+        requester=requester,
+        provider=route.provider.code,
+        permit_id=permit.permit_id,
+        legal_basis=permit.legal_basis,
+    )
+    return web.json_response(
+        {
+            "query_id": body.query_id,
+            "permit_id": permit.permit_id,
+            "expires_at": permit.expires_at.isoformat(),
+        },
+        status=202,
+    )
+
+
+async def _check_query(
+    state: HubState, requester: str, body: QueryRequest, now: dt.datetime
+) -> Route:
+    """The list allows the query, both agencies are registered, the provider knows the person."""
+    row = state.authorization_list.check(
+        requester, body.provider, body.procedure_code, body.item_code, on=now.date()
+    )
+    if row.business_code != body.business_code:
+        raise NotAuthorizedError("事務コード does not match the authorization list")
+    provider = await load_agency(state.pool, body.provider)
+    requester_agency = await load_agency(state.pool, requester)
+    person_id = await state.pool.fetchval(
+        "SELECT person_id FROM person_codes WHERE agency_code = $1 AND person_code = $2",
+        requester,
+        body.requester_person_code,
+    )
+    if person_id is None:
+        raise PersonUnknownError("the requester's 符号 is not known to the hub")
+    provider_code = await state.pool.fetchval(
+        "SELECT person_code FROM person_codes WHERE agency_code = $1 AND person_id = $2",
+        provider.code,
+        person_id,
+    )
+    if provider_code is None:
+        raise PersonNotAtProviderError("the person is not registered with the provider")
+    return Route(row, requester_agency, provider, provider_code)
+
+
+def _provision_request(body: QueryRequest, route: Route) -> ProvisionRequest:
+    """The request the provider receives: its own 符号, and the key to seal the answer for."""
+    return ProvisionRequest(
+        query_id=body.query_id,
+        requester=route.requester.code,
+        provider_person_code=route.provider_person_code,
+        business_code=body.business_code,
+        procedure_code=body.procedure_code,
+        item_code=body.item_code,
+        legal_basis=route.row.legal_basis,
+        requester_key_id=route.requester.encryption_key_id,
+        requester_key=route.requester.encryption_key,
+        reference_date=body.reference_date,
+        non_disclosure=body.non_disclosure,
+    )
+
+
+async def _open_record(
+    conn: db.Conn, body: QueryRequest, route: Route, permit: Permit, now: dt.datetime
+) -> bool:
+    """Open the query's record with its permit; False if another request opened it first."""
+    opened = await conn.fetchval(
+        """INSERT INTO hub_record_events (query_id, kind, permit_id, requester, provider,
+               business_code, procedure_code, item_code, legal_basis, requester_person_code,
+               provider_person_code, requested_at, permit_expires_at, outcome,
+               non_disclosure)
+           VALUES ($1, 'opened', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                   'permitted', $13)
+           ON CONFLICT (query_id) WHERE kind = 'opened' DO NOTHING RETURNING 1""",
+        body.query_id,
+        permit.permit_id,
+        route.requester.code,
+        route.provider.code,
+        body.business_code,
+        body.procedure_code,
+        body.item_code,
+        route.row.legal_basis,
+        body.requester_person_code,
+        route.provider_person_code,
+        now,
+        permit.expires_at,
+        body.non_disclosure,
+    )
+    return opened is not None
+
+
+async def _record_refusal(
+    state: HubState,
+    requester: str,
+    body: QueryRequest,
+    error: GatewayError | NotAuthorizedError,
+) -> None:
+    """A query refused at the hub is recorded once, with its code, and never gets a permit."""
+    code = error.code
+    await state.pool.execute(
+        """INSERT INTO hub_record_events (query_id, kind, requester, provider, business_code,
+                                          procedure_code, item_code, requester_person_code,
+                                          requested_at, answered_at, outcome, reason_code,
+                                          non_disclosure)
+           VALUES ($1, 'opened', $2, $3, $4, $5, $6, $7, now(), now(), 'refused', $8, $9)
+           ON CONFLICT (query_id) WHERE kind = 'opened' DO NOTHING""",
+        body.query_id,
+        requester,
+        body.provider,
+        body.business_code,
+        body.procedure_code,
+        body.item_code,
+        body.requester_person_code,
+        code,
+        body.non_disclosure,
+    )
+    log.info("query_refused", requester=requester, provider=body.provider, code=code)
+
+
+def _query_again(existing: asyncpg.Record, requester: str, query_id: str) -> web.Response:
+    """A query id seen before: its first answer again (the permit is never issued twice)."""
+    if existing["requester"] != requester:
+        raise ForbiddenError("query id belongs to another agency")
+    if existing["permit_id"] is None:
+        return _refused_again(query_id, existing["reason_code"])
+    return web.json_response(
+        {"query_id": query_id, "permit_id": existing["permit_id"], "duplicate": True},
+        status=202,
+    )
+
+
+def _refused_again(query_id: str, reason_code: str | None) -> web.Response:
+    """The hub's first refusal of a query, repeated with its stable code."""
+    code = reason_code or "refused"
+    return error_response(403, code, f"query {query_id} was refused by the hub: {code}")
+
+
+# -- answers and conclusions ------------------------------------------------------------
+
+
+async def route_deferred_answer(
+    state: HubState,
+    envelope: Envelope,
+    body: ProvisionAnswer,
+    raw: bytes,
+    signature: str,
+) -> web.Response:
+    """An answer a provider sends later (after manual review): route it to the requester."""
+    provider = envelope.header.sender
+    record = await state.pool.fetchrow(
+        "SELECT requester, provider, permit_id, outcome FROM hub_records WHERE query_id = $1",
+        body.query_id,
+    )
+    if record is None or record["provider"] != provider or record["permit_id"] != body.permit_id:
+        raise ForbiddenError("no query with this permit is awaiting this provider's answer")
+    if envelope.header.receiver != record["requester"]:
+        raise MisaddressedError("answer is not addressed to the requester of the query")
+    won = await conclude(
+        state,
+        body.query_id,
+        body.outcome,
+        body.reason_code,
+        requester=record["requester"],
+        sender=provider,
+        message=raw,
+        signature=signature,
+        header=envelope.header,
+        direction="in",
+        permit_id=body.permit_id,
+    )
+    if won is Conclusion.CONTRADICTS:
+        raise ConclusionConflictError("the query was already concluded otherwise")
+    return web.json_response(
+        {"query_id": body.query_id, "routed": True, "duplicate": won is Conclusion.REPEATED},
+        status=202,
+    )
+
+
+async def recover_conclusion(
+    state: HubState, envelope: Envelope, body: ConclusionRequest
+) -> web.Response:
+    """A requester recovers its query's conclusion: the message the hub holds for it.
+
+    200 with the conclusion (the provider's signed answer or the hub's signed refusal,
+    byte for byte, as delivered); 202 while the query is open; 404 if the hub never
+    accepted the query; a query refused at the hub is refused again with its code.
+    """
+    record = await state.pool.fetchrow(
+        "SELECT r.requester, r.permit_id, r.outcome, r.reason_code, d.body, d.signature "
+        "FROM hub_records r LEFT JOIN deliveries d "
+        "ON d.query_id = r.query_id AND d.kind = 'answer' WHERE r.query_id = $1",
+        body.query_id,
+    )
+    if record is None or record["requester"] != envelope.header.sender:
+        raise QueryUnknownError("the hub holds no query with this id for this agency")
+    if record["body"] is not None:
+        return web.Response(
+            body=record["body"],
+            content_type="application/xml",
+            headers={SIGNATURE_HEADER: record["signature"]},
+        )
+    if record["permit_id"] is None:  # refused when it arrived
+        return _refused_again(body.query_id, record["reason_code"])
+    return web.json_response({"query_id": body.query_id, "status": "open"}, status=202)

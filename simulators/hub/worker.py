@@ -1,0 +1,302 @@
+"""The delivery worker: sends what the outbox holds, hears answers, concludes expired queries.
+
+A provision request ends only with the provider's signed answer (or "held" for
+manual review); anything else is retried until its permit and grace have
+passed, then the query concludes ``expired`` with the hub's own signed refusal.
+A conclusion is pushed to its requester until acknowledged (the requester can
+also ask for it).  The worker is supervised: should it end with an error, it
+restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Final
+
+import aiohttp
+import asyncpg
+import structlog
+from aiohttp import web
+
+from chukan.codecs.envelope import (
+    HUB,
+    Header,
+    ProvisionAnswer,
+    QueryRefusal,
+    decode_message,
+    encode_message,
+    new_message_id,
+)
+from chukan.gateway.core import db
+from chukan.gateway.core.web import SIGNATURE_HEADER, signature_header, verify_signature
+from chukan.simulators.hub import auth, outbox
+from chukan.simulators.hub.conclusions import conclude
+from chukan.simulators.hub.registry import Agency, load_agency, tls_server_name
+from chukan.simulators.hub.state import HUB_STATE, HubState, utcnow
+
+log = structlog.get_logger("chukan.hub")
+
+DELIVERY_BATCH: Final = 64
+
+
+async def _post(
+    state: HubState, agency: Agency, body: bytes, signature: str
+) -> aiohttp.ClientResponse:
+    return await state.session.post(
+        agency.endpoint.rstrip("/") + "/network/v1/messages",
+        data=body,
+        headers={"Content-Type": "application/xml", SIGNATURE_HEADER: signature},
+        timeout=aiohttp.ClientTimeout(total=state.config.delivery_timeout),
+        server_hostname=tls_server_name(state, agency.code, agency.endpoint),
+    )
+
+
+def _error_of(payload: bytes) -> tuple[str, str]:
+    """An agency's error answer as (code, message); anything odd is ``provider_error``."""
+    try:
+        error = json.loads(payload)["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        return "provider_error", "the provider refused the request"
+    if not code.replace("_", "").isalnum() or not code.islower():
+        return "provider_error", "the provider refused the request"
+    return code, message[:500]
+
+
+# -- provision requests -----------------------------------------------------------------
+
+
+async def _deliver_provision_request(state: HubState, delivery: asyncpg.Record) -> None:
+    """Only a signed answer (or "held") ends a provision request; everything else is retried."""
+    provider = await load_agency(state.pool, delivery["target"])
+    error: str | None
+    try:
+        response = await _post(state, provider, delivery["body"], delivery["signature"])
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        error = type(exc).__name__
+    else:
+        async with response:
+            payload = await response.read()
+            if response.status == 200:
+                error = await _accept_answer(state, delivery, provider, payload, response)
+                if error is None:
+                    return
+            elif response.status == 202:
+                await _held(state, delivery, provider)
+                return
+            else:
+                error = f"HTTP {response.status} {_error_of(payload)[0]}"
+    assert error is not None
+    if await outbox.retry_later(state, delivery, error):
+        await _expire(state, delivery, error)
+
+
+async def _held(state: HubState, delivery: asyncpg.Record, provider: Agency) -> None:
+    """The provider holds the request for manual review: its answer comes later, on its own."""
+    async with state.pool.acquire() as conn, conn.transaction():
+        if await outbox.finish(conn, delivery, "done"):
+            await conn.execute(
+                "INSERT INTO hub_record_events (query_id, kind, outcome) "
+                "SELECT $1, 'held', 'held' WHERE NOT EXISTS (SELECT 1 FROM hub_record_events "
+                "WHERE query_id = $1 AND kind = 'concluded') ON CONFLICT DO NOTHING",
+                delivery["query_id"],
+            )
+    log.info("provision_held", query_id=delivery["query_id"], provider=provider.code)
+
+
+async def _accept_answer(
+    state: HubState,
+    delivery: asyncpg.Record,
+    provider: Agency,
+    payload: bytes,
+    response: aiohttp.ClientResponse,
+) -> str | None:
+    """Check the provider's signed answer and conclude with it; an error text to retry."""
+    try:
+        verify_signature(response.headers.get(SIGNATURE_HEADER), payload, provider.signing_keys)
+        envelope = decode_message(payload)
+    except Exception as exc:  # e.g. a key the registry does not list yet: ask again later
+        log.warning("provider_answer_unverified", query_id=delivery["query_id"], error=str(exc))
+        return getattr(exc, "code", "provider_answer_invalid")
+    body = envelope.body
+    record = await state.pool.fetchrow(
+        "SELECT requester, permit_id FROM hub_records WHERE query_id = $1", delivery["query_id"]
+    )
+    assert record is not None
+    if (
+        not isinstance(body, ProvisionAnswer)
+        or body.query_id != delivery["query_id"]
+        or envelope.header.sender != provider.code
+        or body.permit_id != record["permit_id"]
+        or envelope.header.receiver != record["requester"]
+    ):
+        log.warning("provider_answer_mismatch", query_id=delivery["query_id"])
+        return "provider_answer_mismatch"
+    await conclude(
+        state,
+        body.query_id,
+        body.outcome,
+        body.reason_code,
+        requester=record["requester"],
+        sender=provider.code,
+        message=payload,
+        signature=response.headers[SIGNATURE_HEADER],
+        header=envelope.header,
+        direction="in",
+        permit_id=body.permit_id,
+        delivery=delivery,
+    )
+    return None
+
+
+async def _expire(state: HubState, delivery: asyncpg.Record, error: str) -> None:
+    """The provider never answered while the permit and its grace lived: conclude expired."""
+    record = await state.pool.fetchrow(
+        "SELECT requester, permit_id FROM hub_records WHERE query_id = $1", delivery["query_id"]
+    )
+    assert record is not None
+    query_id = delivery["query_id"]
+    refusal = QueryRefusal(
+        query_id, "provider_unreachable", "the provider did not answer in time", record["permit_id"]
+    )
+    header = Header(new_message_id(), "QueryRefusal", HUB, record["requester"], utcnow())
+    message = encode_message(header, refusal)
+    await conclude(
+        state,
+        query_id,
+        "expired",
+        "provider_unreachable",
+        requester=record["requester"],
+        sender=HUB,
+        message=message,
+        signature=signature_header(state.keys.signing, message),
+        header=header,
+        direction="out",
+        permit_id=record["permit_id"],
+        delivery=delivery,
+        finish_status="failed",
+    )
+    log.warning("delivery_expired", delivery=delivery["id"], query_id=query_id, error=error)
+
+
+# -- conclusions to requesters ----------------------------------------------------------
+
+
+async def _deliver_answer(state: HubState, delivery: asyncpg.Record) -> None:
+    """A conclusion to its requester, until acknowledged (the requester can also ask)."""
+    requester = await load_agency(state.pool, delivery["target"])
+    try:
+        response = await _post(state, requester, delivery["body"], delivery["signature"])
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        error = type(exc).__name__
+    else:
+        async with response:
+            payload = await response.read()
+            if response.status < 300:
+                await outbox.finish(state.pool, delivery, "done")
+                log.info("answer_delivered", query_id=delivery["query_id"])
+                return
+            error = f"HTTP {response.status} {_error_of(payload)[0]}"
+    if await outbox.retry_later(state, delivery, error):
+        await outbox.finish(state.pool, delivery, "failed", error)
+        log.warning("answer_undelivered", query_id=delivery["query_id"], error=error)
+
+
+# -- the loop and its supervision -------------------------------------------------------
+
+
+async def _deliver_one(state: HubState, delivery: asyncpg.Record) -> None:
+    try:
+        if delivery["kind"] == "provision_request":
+            await _deliver_provision_request(state, delivery)
+        else:
+            await _deliver_answer(state, delivery)
+    except Exception as exc:  # a bug or an outage in one delivery must not stop the others
+        if db.is_database_error(exc):
+            db.note_unavailable(exc)  # logged once per outage
+        else:
+            log.exception("delivery_crashed", delivery=delivery["id"])
+        with contextlib.suppress(Exception):  # if even this fails, the lease runs out
+            await outbox.retry_later(state, delivery, "internal_error")
+
+
+async def _delivery_loop(state: HubState) -> None:
+    """Keep up to ``DELIVERY_BATCH`` deliveries in flight, claiming more as each ends.
+
+    Waiting for a whole batch before claiming again would hold every new query
+    behind the slowest delivery of the previous batch.
+    """
+    running: set[asyncio.Task[None]] = set()
+    failing = False
+
+    def finished(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        state.wake.set()
+
+    try:
+        while True:
+            state.wake.clear()
+            free = DELIVERY_BATCH - len(running)
+            due: list[asyncpg.Record] = []
+            if free > 0:
+                try:
+                    due = await outbox.claim_due(state, limit=free)
+                except Exception as exc:  # the worker never ends on an error
+                    if db.is_database_error(exc):
+                        db.note_unavailable(exc)  # logged once per outage
+                    elif not failing:
+                        log.exception("delivery_pass_failed")
+                    failing = True
+                else:
+                    if failing:
+                        log.info("delivery_pass_recovered")
+                    failing = False
+            for delivery in due:
+                task = asyncio.create_task(_deliver_one(state, delivery))
+                running.add(task)
+                task.add_done_callback(finished)
+            if due and len(due) == free:
+                continue  # more may be due at once
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.wake.wait(), timeout=0.5)
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
+def start_worker(state: HubState) -> None:
+    """Run the delivery worker, supervised: should it ever end with an error, it restarts."""
+    worker = asyncio.create_task(_delivery_loop(state), name="hub-deliveries")
+
+    def ended(task: asyncio.Task[None]) -> None:
+        if task.cancelled() or state.worker is not task:
+            return  # stopped with the hub
+        log.error("background_task_failed", task="hub-deliveries", exc_info=task.exception())
+        start_worker(state)
+
+    worker.add_done_callback(ended)
+    state.worker = worker
+
+
+async def stop_worker(state: HubState) -> None:
+    """Stop the worker for good (it is not restarted) and wait for its deliveries to end."""
+    worker, state.worker = state.worker, None
+    if worker is None:
+        return
+    worker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker
+
+
+async def retry_deliveries(request: web.Request) -> web.Response:
+    """Operator lever: every pending delivery is due now (after an outage was fixed)."""
+    auth.require_admin(request)
+    auth.require_operator(request)
+    state = request.config_dict[HUB_STATE]
+    count = await outbox.make_all_due(state.pool)
+    state.wake.set()
+    log.info("deliveries_rescheduled", count=count)
+    return web.json_response({"rescheduled": count})
