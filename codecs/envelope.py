@@ -433,3 +433,8 @@ __all__ = [
     "encode_message",
     "new_message_id",
 ]
+
+
+def answer_aad(query_id: str, permit_id: str, provider: str, requester: str) -> bytes:
+    """Associated data binding a sealed answer to its query, permit and parties."""
+    return f"chukan-answer|{query_id}|{permit_id}|{provider}|{requester}".encode()

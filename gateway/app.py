@@ -1,13 +1,18 @@
-"""The gateway server: one agency's 中間サーバー.
+"""The gateway server: one agency's 中間サーバー, composed from its flows.
 
-Two faces on one aiohttp application:
+Three faces, each an aiohttp sub-application with its own middlewares:
 
 * ``/internal/v1/...`` for the agency's core systems (client certificate or
-  bearer token, per-operation grants): register people, store the replica,
-  submit queries, collect results, read provision records; for operators:
-  status, authorization-list refresh, key-ring reload;
-* ``/network/v1/...`` for the hub only (its client certificate): provision
-  requests with permits, answers to our own queries, refusals, pushed lists.
+  bearer token, per-operation grants, checked by each handler): register people,
+  store the replica, submit queries, collect results, read provision records,
+  国保連 伝送; for operators: status, authorization-list refresh, key-ring reload;
+* ``/network/v1/...`` for the hub only (its client certificate, checked by the
+  sub-application's middleware): provision requests with permits, answers to our
+  own queries, refusals, pushed lists;
+* ``/staff/v1/...`` for the agency's staff (session and role, per handler).
+
+``/health``, ``/ready`` and ``/metrics`` stay on the root.  The root's
+middlewares (metrics, then errors → HTTP answers) wrap every face.
 """
 
 from __future__ import annotations
@@ -21,51 +26,33 @@ from typing import Final
 import structlog
 from aiohttp import web
 
+from chukan.gateway import network_face
+from chukan.gateway.authlist import sync as authlist
+from chukan.gateway.authlist.sync import LIST_SYNC, ListSync, list_sync_context
 from chukan.gateway.core import db
-from chukan.gateway.core.access import network_peer_middleware
-from chukan.gateway.core.config import (
-    GatewayConfig,
-)
+from chukan.gateway.core.access import hub_only_middleware
+from chukan.gateway.core.config import GatewayConfig
 from chukan.gateway.core.errors import EnrolmentRefusedError, UpstreamError
-from chukan.gateway.core.keyring import (
-    current_keys,
-    enrolment_payload,
-    load_or_create_ring,
-    reload_keys,
-)
+from chukan.gateway.core.hubclient import HubClient
+from chukan.gateway.core.keyring import current_keys, enrolment_payload, load_or_create_ring
 from chukan.gateway.core.retry import backoff_delay
 from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, utcnow
 from chukan.gateway.core.tls import client_session
-from chukan.gateway.core.web import (
-    error_middleware,
-)
-from chukan.gateway.hublink.client import HubClient
-from chukan.gateway.hublink.listsync import (
-    LIST_SYNC,
-    ListSync,
-    list_sync_context,
-    receive_pushed_list,
-    refresh_list,
-)
-from chukan.gateway.kokuhoren.routes import setup_kokuhoren_routes
+from chukan.gateway.core.web import error_middleware, private_middleware
+from chukan.gateway.kokuhoren import routes as kokuhoren
+from chukan.gateway.ops import routes as ops
 from chukan.gateway.ops.metrics_http import metrics_middleware
-from chukan.gateway.ops.routes import setup_ops
-from chukan.gateway.ops.status import gateway_status
-from chukan.gateway.provision.provide import receive_message
-from chukan.gateway.provision.review import setup_review_routes
-from chukan.gateway.query.routes import (
-    get_query,
-    health,
-    list_records,
-    register_person,
-    store_item,
-    submit_query,
-)
+from chukan.gateway.persons import routes as persons
+from chukan.gateway.provision import review
+from chukan.gateway.query import routes as query
 from chukan.gateway.query.sweep import sweep_loop
-from chukan.gateway.records.routes import setup_records
-from chukan.gateway.replica.routes import setup_registration_routes, setup_replica_routes
-from chukan.gateway.staff.routes import setup_staff
+from chukan.gateway.records import routes as records
+from chukan.gateway.replica import routes as replica
+from chukan.gateway.staff import routes as staff
 from chukan.keys.ring import KeyRing
+
+#: The largest request body any face accepts (registration messages are the largest).
+MAX_REQUEST_BYTES: Final = 8 * 1024 * 1024
 
 log = structlog.get_logger("chukan.gateway")
 
@@ -99,81 +86,104 @@ async def _enrol(hub: HubClient, config: GatewayConfig, endpoint: str, ring: Key
             await asyncio.sleep(backoff_delay(attempt, 0.5, 5.0))
 
 
+async def _open_state(
+    stack: contextlib.AsyncExitStack, config: GatewayConfig, endpoint: str
+) -> GatewayState:
+    """Open what a running gateway holds, each release registered on ``stack`` as it opens.
+
+    A failure at any step (tenant check, key ring, enrolment) unwinds the stack, so
+    nothing opened before it is left behind; at shutdown the same stack closes all.
+    """
+    if config.migration_database_url is not None:
+        await db.migrate_url(config.migration_database_url, "chukan.gateway")
+    pool = await db.create_pool(config.database_url)
+    stack.push_async_callback(pool.close)
+    tenant = await pool.fetchval("SELECT chukan_tenant()")
+    if tenant != config.agency_code:
+        raise RuntimeError(
+            f"the database login is bound to tenant {tenant!r}, not {config.agency_code!r}"
+        )
+    ring = await asyncio.to_thread(
+        load_or_create_ring,
+        config.key_dir,
+        config.agency_code,
+        config.key_passphrase,
+        now=utcnow(),
+    )
+    keys = current_keys(ring, utcnow())
+    session = client_session(config.tls)
+    stack.push_async_callback(session.close)
+    hub = HubClient(
+        config.hub_url,
+        config.agency_code,
+        keys.signing,
+        config.hub_key,
+        session,
+        config.timing.http_timeout,
+    )
+    state = GatewayState(config=config, endpoint=endpoint, pool=pool, keys=keys, hub=hub, ring=ring)
+    # A gateway the hub cannot know must not start half-way.
+    await _enrol(hub, config, endpoint, ring)
+    stack.push_async_callback(_stop_tasks, state)
+    # What a crash or an outage left open is taken up by the durable sweep.
+    state.spawn(sweep_loop(state), name="sweep")
+    log.info("gateway_started", agency=config.agency_code, endpoint=endpoint)
+    return state
+
+
+async def _stop_tasks(state: GatewayState) -> None:
+    """Cancel the gateway's background tasks and wait until each has ended."""
+    for task in list(state.tasks):
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.gather(*state.tasks, return_exceptions=True)
+
+
 def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     """The application; ``endpoint`` is the URL the hub uses to reach this gateway."""
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware, network_peer_middleware],
-        client_max_size=8 * 1024 * 1024,
+        middlewares=[metrics_middleware, error_middleware], client_max_size=MAX_REQUEST_BYTES
     )
     app[LIST_SYNC] = ListSync()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        if config.migration_database_url is not None:
-            await db.migrate_url(config.migration_database_url, "chukan.gateway")
-        pool = await db.create_pool(config.database_url)
-        tenant = await pool.fetchval("SELECT chukan_tenant()")
-        if tenant != config.agency_code:
-            await pool.close()
-            raise RuntimeError(
-                f"the database login is bound to tenant {tenant!r}, not {config.agency_code!r}"
-            )
-        ring = await asyncio.to_thread(
-            load_or_create_ring,
-            config.key_dir,
-            config.agency_code,
-            config.key_passphrase,
-            now=utcnow(),
-        )
-        keys = current_keys(ring, utcnow())
-        session = client_session(config.tls)
-        hub = HubClient(
-            config.hub_url,
-            config.agency_code,
-            keys.signing,
-            config.hub_key,
-            session,
-            config.timing.http_timeout,
-        )
-        state = GatewayState(
-            config=config, endpoint=endpoint, pool=pool, keys=keys, hub=hub, ring=ring
-        )
-        app[GATEWAY_STATE] = state
-        try:
-            await _enrol(hub, config, endpoint, ring)
-        except BaseException:  # a gateway the hub cannot know must not start half-way
-            await session.close()
-            await pool.close()
-            raise
-        # What a crash or an outage left open is taken up by the durable sweep.
-        state.spawn(sweep_loop(state), name="sweep")
-        log.info("gateway_started", agency=config.agency_code, endpoint=endpoint)
-        yield
-        for task in list(state.tasks):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*state.tasks, return_exceptions=True)
-        await session.close()
-        await pool.close()
+        async with contextlib.AsyncExitStack() as stack:
+            app[GATEWAY_STATE] = await _open_state(stack, config, endpoint)
+            yield
         log.info("gateway_stopped", agency=config.agency_code)
 
+    # Background work, in start order (each needs the state the first one opens).
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(list_sync_context)
-    setup_records(app)
-    setup_staff(app)
-    setup_ops(app, config)
-    app.router.add_get("/health", health)
-    app.router.add_get("/internal/v1/status", gateway_status)
-    app.router.add_post("/internal/v1/authorization-list/refresh", refresh_list)
-    app.router.add_post("/internal/v1/keys/reload", reload_keys)
-    app.router.add_post("/internal/v1/persons", register_person)
-    app.router.add_put("/internal/v1/persons/{atena_id}/items/{item_code}", store_item)
-    app.router.add_post("/internal/v1/queries", submit_query)
-    app.router.add_get("/internal/v1/queries/{query_id}", get_query)
-    app.router.add_get("/internal/v1/records", list_records)
-    app.router.add_post("/network/v1/messages", receive_message)
-    app.router.add_post("/network/v1/authorization-list", receive_pushed_list)
-    setup_kokuhoren_routes(app)
-    setup_replica_routes(app)
-    setup_registration_routes(app)
-    setup_review_routes(app)
+    records.setup_records(app)
+    staff.setup_staff(app)
+    ops.setup_ops(app, config)
+    kokuhoren.setup_kokuhoren(app)
+    app.add_subapp("/internal", _internal_face())
+    app.add_subapp("/network", _network_face())
+    app.add_subapp("/staff", _staff_face())
     return app
+
+
+def _internal_face() -> web.Application:
+    """Core systems: each handler authorizes its operation (certificate or token)."""
+    internal = web.Application(middlewares=[private_middleware])
+    for flow in (persons, replica, query, review, records, kokuhoren, ops, authlist):
+        flow.add_internal_routes(internal)
+    return internal
+
+
+def _network_face() -> web.Application:
+    """The hub only: its client certificate is checked before any handler runs."""
+    network = web.Application(middlewares=[hub_only_middleware])
+    network_face.add_network_routes(network)
+    authlist.add_network_routes(network)
+    return network
+
+
+def _staff_face() -> web.Application:
+    """Staff: each handler checks the session and the role it needs."""
+    staff_app = web.Application(middlewares=[private_middleware])
+    for flow in (staff, review, records, ops):
+        flow.add_staff_routes(staff_app)
+    return staff_app

@@ -34,7 +34,7 @@ from chukan.gateway.core.settings import (
     DEFAULT_UNUSED_DAYS,
     StaffConfig,
 )
-from chukan.gateway.core.state import ATENA_PATTERN
+from chukan.gateway.core.validation import ATENA_PATTERN
 from chukan.gateway.ops.purge import run_purge_job
 from chukan.gateway.ops.statistics import STATISTICS_FIELDS, parse_period, statistics
 from chukan.gateway.records.checkpoints import checkpoint_now, latest_checkpoint

@@ -26,9 +26,10 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
+from chukan.gateway.core.access import authorize
 from chukan.gateway.core.config import OP_MANAGE_KEYS, GatewayConfig
 from chukan.gateway.core.keystore import AgencyKeys
-from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, authorize, utcnow
+from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, utcnow
 from chukan.keys import KeyFormatError, PublicSigningKey, b64e
 from chukan.keys.crypto import MIN_PASSPHRASE_BYTES
 from chukan.keys.ring import DEFAULT_OVERLAP, KeyRing, ring_from_bytes, ring_to_bytes

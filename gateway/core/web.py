@@ -54,6 +54,14 @@ def error_response(status: int, code: str, message: str, details: Any = None) ->
 
 
 @web.middleware
+async def private_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answers that may carry personal data are never stored by a cache on the way."""
+    response = await handler(request)
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+@web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One place where exceptions become HTTP answers, and where they are logged."""
     started = time.perf_counter()

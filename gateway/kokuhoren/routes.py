@@ -20,9 +20,10 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from chukan.gateway.core.access import authorize
 from chukan.gateway.core.config import OP_KOKUHOREN_TRANSMIT
 from chukan.gateway.core.errors import ValidationError
-from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, authorize
+from chukan.gateway.core.state import GATEWAY_STATE, GatewayState
 from chukan.gateway.core.tls import client_session
 from chukan.gateway.core.web import read_json
 from chukan.gateway.kokuhoren.changes import (
@@ -170,8 +171,8 @@ async def get_returns(request: web.Request) -> web.Response:
     )
 
 
-def setup_kokuhoren_routes(app: web.Application) -> None:
-    """Routes of the 国保連 internal API and the mailbox client's lifecycle.
+def setup_kokuhoren(app: web.Application) -> None:
+    """The mailbox client's lifecycle (on the root application).
 
     Call after the gateway's own lifecycle is registered: the client needs its state.
     """
@@ -197,11 +198,13 @@ def setup_kokuhoren_routes(app: web.Application) -> None:
         await session.close()
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_post("/internal/v1/kokuhoren/recipient-changes", post_recipient_changes)
-    app.router.add_post("/internal/v1/kokuhoren/transmissions", post_transmission)
-    app.router.add_get("/internal/v1/kokuhoren/transmissions/{transmission_id}", get_transmission)
-    app.router.add_post(
-        "/internal/v1/kokuhoren/transmissions/{transmission_id}/resend", post_resend
-    )
-    app.router.add_post("/internal/v1/kokuhoren/returns", post_returns)
-    app.router.add_get("/internal/v1/kokuhoren/returns/{job_id}", get_returns)
+
+
+def add_internal_routes(internal: web.Application) -> None:
+    """Routes on the core systems' ``/internal`` face (paths relative to its prefix)."""
+    internal.router.add_post("/v1/kokuhoren/recipient-changes", post_recipient_changes)
+    internal.router.add_post("/v1/kokuhoren/transmissions", post_transmission)
+    internal.router.add_get("/v1/kokuhoren/transmissions/{transmission_id}", get_transmission)
+    internal.router.add_post("/v1/kokuhoren/transmissions/{transmission_id}/resend", post_resend)
+    internal.router.add_post("/v1/kokuhoren/returns", post_returns)
+    internal.router.add_get("/v1/kokuhoren/returns/{job_id}", get_returns)

@@ -18,13 +18,13 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from chukan.gateway.authlist.sync import require_list
 from chukan.gateway.core import db
 from chukan.gateway.core.config import GatewayConfig
 from chukan.gateway.core.errors import AuthorizationListUnavailableError, GatewayError
 from chukan.gateway.core.keyring import ring_path
 from chukan.gateway.core.keystore import AgencyKeys
 from chukan.gateway.core.state import GATEWAY_STATE, GatewayState
-from chukan.gateway.hublink.listsync import require_list
 from chukan.keys import KeysError
 from chukan.keys.ring import ring_from_bytes
 

@@ -16,13 +16,16 @@ from aiohttp import web
 from chukan.gateway.core.config import GatewayConfig
 from chukan.gateway.core.errors import ValidationError
 from chukan.gateway.core.jobs import get_job, list_jobs
+from chukan.gateway.core.keyring import reload_keys
 from chukan.gateway.core.metrics import metrics_for
 from chukan.gateway.core.state import GATEWAY_STATE
 from chukan.gateway.ops.errors import JobUnknownError
+from chukan.gateway.ops.health import health
 from chukan.gateway.ops.metrics_http import METRICS, metrics
 from chukan.gateway.ops.purge import purge_now, purger
 from chukan.gateway.ops.readiness import ready
 from chukan.gateway.ops.statistics import STATISTICS_FIELDS, parse_period, statistics, today_in
+from chukan.gateway.ops.status import gateway_status
 from chukan.gateway.staff.api import csv_response, query_limit, to_csv
 from chukan.gateway.staff.roles import ROLE_ADMIN, ROLE_AUDITOR, ROLE_OPERATOR
 from chukan.gateway.staff.sessions import audit_staff, require_staff
@@ -99,9 +102,20 @@ async def ops_context(app: web.Application) -> AsyncIterator[None]:
 def setup_ops(app: web.Application, config: GatewayConfig) -> None:
     app[METRICS] = metrics_for(config.agency_code)
     app.cleanup_ctx.append(ops_context)
+    app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/staff/v1/statistics", get_statistics)
-    app.router.add_get("/staff/v1/jobs", get_jobs)
-    app.router.add_get("/staff/v1/jobs/{job_id}", get_one_job)
-    app.router.add_post("/staff/v1/jobs/purge", post_purge)
+
+
+def add_staff_routes(staff: web.Application) -> None:
+    """Routes on the staff's ``/staff`` face (paths relative to its prefix)."""
+    staff.router.add_get("/v1/statistics", get_statistics)
+    staff.router.add_get("/v1/jobs", get_jobs)
+    staff.router.add_get("/v1/jobs/{job_id}", get_one_job)
+    staff.router.add_post("/v1/jobs/purge", post_purge)
+
+
+def add_internal_routes(internal: web.Application) -> None:
+    """Routes on the core systems' ``/internal`` face: operators' status and key reload."""
+    internal.router.add_get("/v1/status", gateway_status)
+    internal.router.add_post("/v1/keys/reload", reload_keys)

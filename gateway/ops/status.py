@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from chukan.gateway.authlist.sync import LIST_SYNC, list_history, list_status
+from chukan.gateway.core.access import authorize
 from chukan.gateway.core.config import OP_READ_STATUS
 from chukan.gateway.core.keyring import key_status
-from chukan.gateway.core.state import GATEWAY_STATE, authorize, utcnow
-from chukan.gateway.hublink.listsync import LIST_SYNC, list_history, list_status
+from chukan.gateway.core.state import GATEWAY_STATE, utcnow
 
 
 async def gateway_status(request: web.Request) -> web.Response:

@@ -1,8 +1,11 @@
-"""Network API for the hub: provision requests with permits, answers, refusals."""
+"""情報提供: a provision request the hub delivers with its permit, answered exactly once.
+
+The claim on the message id, the use of the permit, the lookup, the record and
+the signed answer commit together; a copy of the request gets the stored answer.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from dataclasses import dataclass
 from typing import Final
@@ -12,41 +15,25 @@ import structlog
 from aiohttp import web
 
 from chukan.codecs.envelope import (
-    HUB,
     Envelope,
     Header,
     ProvisionAnswer,
     ProvisionRequest,
-    QueryRefusal,
-    decode_message,
+    answer_aad,
     encode_message,
     new_message_id,
 )
-from chukan.codecs.errors import CodecError
-from chukan.codecs.schema_items import canonical_item_bytes
+from chukan.gateway.authlist.sync import check_provision
 from chukan.gateway.core import db
 from chukan.gateway.core.errors import (
-    MessageSignatureError,
-    MisaddressedError,
     ProvisionInProgressError,
-    QueryUnknownError,
     StaleMessageError,
 )
-from chukan.gateway.core.metrics import metrics_for
-from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, answer_aad, utcnow
+from chukan.gateway.core.state import GatewayState, utcnow
 from chukan.gateway.core.web import (
     SIGNATURE_HEADER,
     XML_CONTENT_TYPE,
-    read_xml,
     signature_header,
-    verify_signature,
-)
-from chukan.gateway.hublink.listsync import check_provision, require_list
-from chukan.gateway.query.lifecycle import (
-    CONCLUDE_ANSWERED_SQL,
-    OPEN_STATUSES,
-    QueryStatus,
-    conclude_refused,
 )
 from chukan.gateway.records.store import RecordEntry, count_record, insert_record
 from chukan.gateway.replica.errors import ReplicaInconsistentError
@@ -62,69 +49,6 @@ from chukan.permits.errors import PermitMalformedError
 
 log = structlog.get_logger("chukan.gateway")
 
-# -- network API ---------------------------------------------------------------------------
-
-
-async def _verify_sender(
-    state: GatewayState, envelope: Envelope, raw: bytes, signature: str | None
-) -> None:
-    """Addressed to us and signed by its sender: the hub, or a peer agency's current key."""
-    header = envelope.header
-    if header.receiver != state.config.agency_code:
-        raise MisaddressedError("message is not addressed to this agency")
-    if header.sender == HUB:
-        verify_signature(signature, raw, state.hub.trusted_hub)
-        return
-    keys = await state.hub.peer_signing_keys(header.sender)
-    try:
-        verify_signature(signature, raw, keys)
-    except MessageSignatureError:
-        keys = await state.hub.peer_signing_keys(header.sender, refresh=True)
-        verify_signature(signature, raw, keys)
-
-
-async def receive_message(request: web.Request) -> web.Response:
-    state = request.config_dict[GATEWAY_STATE]
-    raw = await read_xml(request)
-    envelope = decode_message(raw)
-    header = envelope.header
-    await _verify_sender(state, envelope, raw, request.headers.get(SIGNATURE_HEADER))
-    body = envelope.body
-    if isinstance(body, ProvisionRequest) and header.sender == HUB:
-        require_list(state)  # 503 before anything is claimed: the hub retries
-        return await _provide_once(state, envelope, body)
-    # An answer or a refusal concludes one of our open queries, once: bound to that
-    # query (and its permit, in the sealed payload's associated data) and signed, a
-    # copy can only conclude it the same way.  So a delivery the hub retries, even
-    # long after (the requester was down), is acknowledged, never refused as stale.
-    return await _apply_conclusion(state, envelope)
-
-
-async def _apply_conclusion(state: GatewayState, envelope: Envelope) -> web.Response:
-    body, sender = envelope.body, envelope.header.sender
-    if isinstance(body, ProvisionAnswer) and sender != HUB:
-        return await take_answer(state, envelope, body)
-    if isinstance(body, QueryRefusal) and sender == HUB:
-        return await take_refusal(state, body)
-    raise MisaddressedError(f"{envelope.header.message_type} from {sender} is not accepted here")
-
-
-async def apply_pulled_conclusion(state: GatewayState, raw: bytes, signature: str | None) -> None:
-    """A conclusion the hub kept for us, fetched by the sweep: checked like a delivery.
-
-    Its timestamp is not checked against the message window: it is the message the
-    hub tried to deliver earlier, byte for byte, and is applied idempotently.
-    """
-    envelope = decode_message(raw)
-    await _verify_sender(state, envelope, raw, signature)
-    await _apply_conclusion(state, envelope)
-
-
-# -- 情報提供: exactly once per provision request ---------------------------------------------
-
-#: Claims a provision request's message id in the caller's transaction.  A copy that
-#: arrives while the first is in progress waits here (on the uncommitted row) and
-#: then finds the stored answer; a rollback releases the claim for a retry.
 _CLAIM_SQL: Final = """
     INSERT INTO provision_answers (message_id, permit_id, status, body, expires_at)
     VALUES ($1, $2, 0, ''::bytea, now() + $3::interval)
@@ -164,7 +88,7 @@ class _Provision:
     recorded: bool = True
 
 
-async def _provide_once(
+async def provide_once(
     state: GatewayState, envelope: Envelope, body: ProvisionRequest
 ) -> web.Response:
     """情報提供: the claim, the work, its record and the stored answer commit together.
@@ -402,123 +326,3 @@ async def _repeat_answer(state: GatewayState, message_id: str) -> web.Response:
         raise ProvisionInProgressError("this provision request is being answered")
     log.info("provision_answer_repeated", status=row["status"])
     return StoredAnswer(row["status"], row["body"], row["signature"]).response()
-
-
-# -- answers to our own queries ---------------------------------------------------------------
-
-
-async def take_answer(
-    state: GatewayState, envelope: Envelope, body: ProvisionAnswer
-) -> web.Response:
-    """An answer to one of our queries: decrypt, keep until collected, record.
-
-    Applied once: a repeat of the conclusion already held is acknowledged; an answer
-    that contradicts it is kept as evidence, counted and logged, never dropped silently.
-    """
-    provider = envelope.header.sender
-    row = await state.pool.fetchrow(
-        "SELECT provider, status, permit_id, item_code FROM queries WHERE query_id = $1",
-        body.query_id,
-    )
-    if row is None or row["provider"] != provider:
-        raise QueryUnknownError("no query of ours matches this answer")
-    if row["permit_id"] is not None and row["permit_id"] != body.permit_id:
-        return await _contradiction(
-            state, body.query_id, row["status"], provider, body.outcome, "permit_mismatch"
-        )
-    received = QueryStatus.ANSWERED if body.outcome == "provided" else QueryStatus.REFUSED
-    if row["status"] not in OPEN_STATUSES:
-        return await _already_concluded(state, body.query_id, row["status"], received, provider)
-    if body.outcome == "refused" or body.payload is None:
-        concluded = await conclude_refused(
-            state,
-            body.query_id,
-            body.reason_code or "refused",
-            "the provider refused",
-            permit_id=body.permit_id,
-        )
-    else:
-        aad = answer_aad(body.query_id, body.permit_id, provider, state.config.agency_code)
-        try:
-            # Any key of the ring still in its overlap window opens the answer.
-            plaintext = state.ring.unseal(body.payload, aad, now=utcnow())
-            # What we hand to core systems is safe XML that its item's schema accepts.
-            await asyncio.to_thread(canonical_item_bytes, row["item_code"], plaintext)
-        except (KeysError, CodecError) as exc:
-            # Provided by the provider, but not usable here: this side's record says why.
-            concluded = await conclude_refused(
-                state,
-                body.query_id,
-                exc.code,
-                "the answer could not be opened",
-                permit_id=body.permit_id,
-            )
-            received = QueryStatus.REFUSED
-            log.warning("answer_unusable", query_id=body.query_id, code=exc.code)
-        else:
-            concluded = bool(
-                await state.pool.fetchval(
-                    CONCLUDE_ANSWERED_SQL, body.query_id, plaintext, body.permit_id
-                )
-            )
-            if concluded:
-                count_record(state.config.agency_code, "requester", "provided")
-                state.notify(body.query_id)
-                log.info("query_answered", query_id=body.query_id)
-    if not concluded:  # another delivery (or a pull) concluded it meanwhile
-        status = await state.pool.fetchval(
-            "SELECT status FROM queries WHERE query_id = $1", body.query_id
-        )
-        return await _already_concluded(state, body.query_id, status, received, provider)
-    return web.json_response({"query_id": body.query_id, "accepted": True})
-
-
-async def take_refusal(state: GatewayState, body: QueryRefusal) -> web.Response:
-    """The hub's signed refusal of one of our queries (after a permit, or a give-up)."""
-    concluded = await conclude_refused(
-        state, body.query_id, body.reason_code, body.message, permit_id=body.permit_id
-    )
-    if not concluded:
-        status = await state.pool.fetchval(
-            "SELECT status FROM queries WHERE query_id = $1", body.query_id
-        )
-        if status is None:
-            raise QueryUnknownError("no query of ours matches this refusal")
-        return await _already_concluded(state, body.query_id, status, QueryStatus.REFUSED, HUB)
-    return web.json_response({"query_id": body.query_id, "accepted": True})
-
-
-async def _already_concluded(
-    state: GatewayState, query_id: str, stored: str, received: QueryStatus, sender: str
-) -> web.Response:
-    """A second conclusion: the same one is a retried delivery, another is a contradiction."""
-    if stored == received:
-        return web.json_response({"query_id": query_id, "accepted": True, "duplicate": True})
-    return await _contradiction(state, query_id, stored, sender, received, "outcome_differs")
-
-
-async def _contradiction(
-    state: GatewayState, query_id: str, stored: str, sender: str, received: str, kind: str
-) -> web.Response:
-    """Keep what contradicts our conclusion (it should never happen): evidence for audit."""
-    await state.pool.execute(
-        "INSERT INTO conclusion_conflicts (query_id, stored_status, received, sender, kind) "
-        "VALUES ($1, $2, $3, $4, $5)",
-        query_id,
-        stored,
-        received,
-        sender,
-        kind,
-    )
-    metrics_for(state.config.agency_code).conclusion_conflicts.inc(kind)
-    log.error(
-        "answer_contradicts_conclusion",
-        query_id=query_id,
-        stored=stored,
-        received=received,
-        sender=sender,
-        kind=kind,
-    )
-    return web.json_response(
-        {"query_id": query_id, "accepted": False, "conflict": kind}, status=200
-    )

@@ -37,21 +37,16 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from chukan.codecs.envelope import ProvisionAnswer
+from chukan.codecs.envelope import ProvisionAnswer, answer_aad
 from chukan.gateway.core import db
+from chukan.gateway.core.access import authorize
 from chukan.gateway.core.config import OP_DECIDE_REVIEW, OP_READ_REVIEW
 from chukan.gateway.core.errors import ConflictError, NotFoundError, ValidationError
+from chukan.gateway.core.hubclient import HubReply
 from chukan.gateway.core.retry import jittered_backoff
-from chukan.gateway.core.state import (
-    GATEWAY_STATE,
-    QUERY_ID_PATTERN,
-    GatewayState,
-    answer_aad,
-    authorize,
-    utcnow,
-)
+from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, utcnow
+from chukan.gateway.core.validation import QUERY_ID_PATTERN
 from chukan.gateway.core.web import SIGNATURE_HEADER, read_json, signature_header
-from chukan.gateway.hublink.client import HubReply
 from chukan.gateway.records.store import RecordEntry, write_record
 from chukan.gateway.replica.errors import ReplicaInconsistentError
 from chukan.gateway.replica.items import provision_document
@@ -459,12 +454,17 @@ async def staff_refuse_review(request: web.Request) -> web.Response:
     return await _staff_decide(request, approve=False)
 
 
-def setup_review_routes(app: web.Application) -> None:
-    app.router.add_get("/internal/v1/review", list_reviews)
-    app.router.add_get("/internal/v1/review/{query_id}", get_review)
-    app.router.add_post("/internal/v1/review/{query_id}/approve", approve_review)
-    app.router.add_post("/internal/v1/review/{query_id}/refuse", refuse_review)
-    app.router.add_get("/staff/v1/review", staff_list_reviews)
-    app.router.add_get("/staff/v1/review/{query_id}", staff_get_review)
-    app.router.add_post("/staff/v1/review/{query_id}/approve", staff_approve_review)
-    app.router.add_post("/staff/v1/review/{query_id}/refuse", staff_refuse_review)
+def add_internal_routes(internal: web.Application) -> None:
+    """Routes on the core systems' ``/internal`` face (paths relative to its prefix)."""
+    internal.router.add_get("/v1/review", list_reviews)
+    internal.router.add_get("/v1/review/{query_id}", get_review)
+    internal.router.add_post("/v1/review/{query_id}/approve", approve_review)
+    internal.router.add_post("/v1/review/{query_id}/refuse", refuse_review)
+
+
+def add_staff_routes(staff: web.Application) -> None:
+    """Routes on the staff's ``/staff`` face (paths relative to its prefix)."""
+    staff.router.add_get("/v1/review", staff_list_reviews)
+    staff.router.add_get("/v1/review/{query_id}", staff_get_review)
+    staff.router.add_post("/v1/review/{query_id}/approve", staff_approve_review)
+    staff.router.add_post("/v1/review/{query_id}/refuse", staff_refuse_review)

@@ -20,6 +20,7 @@ from aiohttp import web
 from chukan.codecs.envelope import (
     QueryRequest,
 )
+from chukan.gateway.authlist.sync import require_list
 from chukan.gateway.core import db
 from chukan.gateway.core.errors import (
     IdempotencyKeyReusedError,
@@ -28,7 +29,6 @@ from chukan.gateway.core.errors import (
 )
 from chukan.gateway.core.retry import jittered_backoff
 from chukan.gateway.core.state import GatewayState
-from chukan.gateway.hublink.listsync import require_list
 from chukan.gateway.records.store import count_record
 from chukan.permits import (
     AuthorizationList,
@@ -103,7 +103,7 @@ def request_digest(
 
 def submitted(query_id: str) -> web.Response:
     """The answer to an accepted submission (and to every retry of it)."""
-    return web.json_response({"query_id": query_id, "status": "queued"}, status=202)
+    return web.json_response({"query_id": query_id, "status": QueryStatus.QUEUED}, status=202)
 
 
 async def first_answer(
@@ -132,27 +132,9 @@ async def first_answer(
     return submitted(row["query_id"])
 
 
-async def insert_requester_record(
-    conn: db.Conn,
-    state: GatewayState,
-    query_id: str,
-    outcome: str,
-    reason: str | None,
-) -> None:
-    """The requester's record of a concluded query (chained by the database; see records)."""
-    await conn.execute(
-        """INSERT INTO provision_records (role, query_id, permit_id, requester, provider,
-               business_code, procedure_code, item_code, legal_basis, atena_id, requested_at,
-               provided_at, outcome, reason_code, non_disclosure)
-           SELECT 'requester', q.query_id, q.permit_id, $2, q.provider, q.business_code,
-                  q.procedure_code, q.item_code, q.legal_basis, q.atena_id, q.created_at,
-                  CASE WHEN $3 = 'provided' THEN q.answered_at END, $3, $4, q.non_disclosure
-           FROM queries q WHERE q.query_id = $1""",
-        query_id,
-        state.config.agency_code,
-        outcome,
-        reason,
-    )
+async def insert_requester_record(conn: db.Conn, state: GatewayState, query_id: str) -> None:
+    """The requester's record of a query concluded at submission (refused by our list)."""
+    outcome = await conn.fetchval(_RECORD_SUBMITTED, query_id)
     count_record(state.config.agency_code, "requester", outcome)
 
 
@@ -219,8 +201,9 @@ async def send_query(state: GatewayState, query_id: str) -> None:
     await retry_later(state, query_id, row["attempts"])
 
 
-#: The requester's record, appended from the row a conclusion just updated: one
-#: statement, so the record chain's lock is not held across a client round trip.
+#: The requester's record of a concluded query row (its status says the outcome), as a
+#: ``recorded`` CTE over ``source`` (the table, or the rows a conclusion just updated):
+#: one statement, so the record chain's lock is not held across a client round trip.
 #: The requester is this agency: the row's tenant.
 _RECORD_CONCLUDED = """
     recorded AS (
@@ -232,13 +215,22 @@ _RECORD_CONCLUDED = """
                CASE WHEN q.status = 'answered' THEN q.answered_at END,
                CASE WHEN q.status = 'answered' THEN 'provided' ELSE 'refused' END,
                q.reason_code, q.non_disclosure
-        FROM concluded q RETURNING 1)
-    SELECT count(*) FROM recorded"""
+        FROM {source} q"""
+
+
+_RECORD_SUBMITTED: Final = (
+    f"WITH {_RECORD_CONCLUDED.format(source='queries')} WHERE q.query_id = $1 "  # noqa: S608 -- constant fragments, values are parameters
+    "RETURNING outcome) SELECT outcome FROM recorded"
+)
 
 
 def _conclude(update: str) -> str:
     """A conclusion (an UPDATE of one query; constant SQL) and its record, as one statement."""
-    return f"WITH concluded AS ({update} RETURNING *),{_RECORD_CONCLUDED}"
+    recorded = _RECORD_CONCLUDED.format(source="concluded")
+    return (
+        f"WITH concluded AS ({update} RETURNING *),{recorded} RETURNING 1) "  # noqa: S608 -- constant fragments, values are parameters
+        "SELECT count(*) FROM recorded"
+    )
 
 
 CONCLUDE_REFUSED_SQL: Final = _conclude(

@@ -26,8 +26,8 @@ from chukan.codecs.envelope import ConclusionRequest
 from chukan.gateway.core import db
 from chukan.gateway.core.errors import UpstreamError
 from chukan.gateway.core.state import GatewayState, task_failed
-from chukan.gateway.provision.provide import apply_pulled_conclusion
 from chukan.gateway.provision.review import deliver_decision, due_decisions
+from chukan.gateway.query.answers import apply_pulled_conclusion
 from chukan.gateway.query.lifecycle import QueryStatus, retry_later, send_query
 
 log = structlog.get_logger("chukan.gateway")

@@ -12,10 +12,12 @@ from aiohttp import web
 
 from chukan.gateway.core.errors import ValidationError
 from chukan.gateway.core.keyring import own_verification_keys
-from chukan.gateway.core.state import ATENA_PATTERN, GATEWAY_STATE, utcnow
+from chukan.gateway.core.state import GATEWAY_STATE, utcnow
+from chukan.gateway.core.validation import ATENA_PATTERN
 from chukan.gateway.records.checkpoints import checkpoint_now, checkpointer, latest_checkpoint
 from chukan.gateway.records.disclosure import disclose, disclosure_csv
 from chukan.gateway.records.errors import ChainBrokenError
+from chukan.gateway.records.internal_api import list_records
 from chukan.gateway.records.store import ensure_partitions, partition_keeper
 from chukan.gateway.records.verify import verify_chain
 from chukan.gateway.staff.api import csv_response
@@ -113,6 +115,15 @@ async def post_checkpoint(request: web.Request) -> web.Response:
 def setup_records(app: web.Application) -> None:
     """Background work of the records, and their staff API."""
     app.cleanup_ctx.append(records_context)
-    app.router.add_get("/staff/v1/disclosures/{atena_id}", get_disclosure)
-    app.router.add_get("/staff/v1/records/verify", get_verify)
-    app.router.add_post("/staff/v1/records/checkpoints", post_checkpoint)
+
+
+def add_staff_routes(staff: web.Application) -> None:
+    """Routes on the staff's ``/staff`` face (paths relative to its prefix)."""
+    staff.router.add_get("/v1/disclosures/{atena_id}", get_disclosure)
+    staff.router.add_get("/v1/records/verify", get_verify)
+    staff.router.add_post("/v1/records/checkpoints", post_checkpoint)
+
+
+def add_internal_routes(internal: web.Application) -> None:
+    """Routes on the core systems' ``/internal`` face (paths relative to its prefix)."""
+    internal.router.add_get("/v1/records", list_records)

@@ -18,9 +18,11 @@ from aiohttp import web
 
 from chukan.codecs.catalog import ITEM_CODE_PATTERN
 from chukan.codecs.registration import REGISTRATION_LIMITS
+from chukan.gateway.core.access import authorize
 from chukan.gateway.core.config import OP_READ_REPLICA, OP_WRITE_REPLICA
 from chukan.gateway.core.errors import ValidationError
-from chukan.gateway.core.state import ATENA_PATTERN, GATEWAY_STATE, MAX_ITEM_BYTES, authorize
+from chukan.gateway.core.state import GATEWAY_STATE
+from chukan.gateway.core.validation import ATENA_PATTERN, MAX_ITEM_BYTES
 from chukan.gateway.core.web import read_json, read_xml
 from chukan.gateway.replica.items import (
     DEFAULT_RECORD_KEY,
@@ -218,15 +220,12 @@ async def get_registration(request: web.Request) -> web.Response:
 # -- registration with the application -----------------------------------------------------
 
 
-def setup_replica_routes(app: web.Application) -> None:
-    """Routes of the replica store (the PUT of single items stays in ``internal``)."""
-    base = "/internal/v1/persons/{atena_id}/items/{item_code}"
-    app.router.add_get(base, item_history_request)
-    app.router.add_put(base + "/manual-review", set_flag_request)
-    app.router.add_get("/internal/v1/replica/export", export_request)
-
-
-def setup_registration_routes(app: web.Application) -> None:
-    """Routes of registration messages (IF_DBM_20113_R01)."""
-    app.router.add_post("/internal/v1/replica/registrations", post_registration)
-    app.router.add_get("/internal/v1/replica/registrations/{message_id}", get_registration)
+def add_internal_routes(internal: web.Application) -> None:
+    """Routes on the core systems' ``/internal`` face: items, export, registration messages."""
+    base = "/v1/persons/{atena_id}/items/{item_code}"
+    internal.router.add_put(base, store_item_request)
+    internal.router.add_get(base, item_history_request)
+    internal.router.add_put(base + "/manual-review", set_flag_request)
+    internal.router.add_get("/v1/replica/export", export_request)
+    internal.router.add_post("/v1/replica/registrations", post_registration)
+    internal.router.add_get("/v1/replica/registrations/{message_id}", get_registration)

@@ -209,15 +209,19 @@ async def staff_context(app: web.Application) -> AsyncIterator[None]:
 
 def setup_staff(app: web.Application) -> None:
     app.cleanup_ctx.append(staff_context)
-    app.router.add_post("/staff/v1/login", login)
-    app.router.add_post("/staff/v1/logout", logout)
-    app.router.add_get("/staff/v1/me", me)
-    app.router.add_post("/staff/v1/me/password", change_own_password)
-    app.router.add_get("/staff/v1/accounts", list_accounts)
-    app.router.add_post("/staff/v1/accounts", post_account)
-    app.router.add_get("/staff/v1/accounts/{username}", get_account)
-    app.router.add_patch("/staff/v1/accounts/{username}", patch_account)
-    app.router.add_delete("/staff/v1/accounts/{username}", revoke)
-    app.router.add_post("/staff/v1/accounts/{username}/revoke", revoke)
-    app.router.add_get("/staff/v1/reviews/accounts", account_review)
-    app.router.add_get("/staff/v1/audit", audit_events)
+
+
+def add_staff_routes(staff: web.Application) -> None:
+    """Routes on the staff's ``/staff`` face (paths relative to its prefix)."""
+    staff.router.add_post("/v1/login", login)
+    staff.router.add_post("/v1/logout", logout)
+    staff.router.add_get("/v1/me", me)
+    staff.router.add_post("/v1/me/password", change_own_password)
+    staff.router.add_get("/v1/accounts", list_accounts)
+    staff.router.add_post("/v1/accounts", post_account)
+    staff.router.add_get("/v1/accounts/{username}", get_account)
+    staff.router.add_patch("/v1/accounts/{username}", patch_account)
+    staff.router.add_delete("/v1/accounts/{username}", revoke)
+    staff.router.add_post("/v1/accounts/{username}/revoke", revoke)
+    staff.router.add_get("/v1/reviews/accounts", account_review)
+    staff.router.add_get("/v1/audit", audit_events)

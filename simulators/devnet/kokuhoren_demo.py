@@ -9,13 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chukan.codecs import catalog
+from chukan.simulators.devnet.demo_client import Demo
+from chukan.simulators.devnet.errors import DemoFailedError
 from chukan.simulators.devnet.synthetic import SyntheticPerson
-
-if TYPE_CHECKING:
-    from chukan.simulators.devnet.demo import Demo
 
 
 def _insured_number(rng: random.Random) -> str:
@@ -59,7 +58,6 @@ async def month_end_transmission(
     demo: Demo, rng: random.Random, people: Sequence[SyntheticPerson]
 ) -> None:
     """千葉市 posts recipient changes, sends the month's file, then ingests 給付実績."""
-    from chukan.simulators.devnet.demo import DemoFailedError
 
     network = demo.network
     chiba = network.gateways[catalog.CHIBA_CITY]

@@ -33,6 +33,7 @@ from chukan.codecs.envelope import (
     ProvisionAnswer,
     QueryRefusal,
     QueryRequest,
+    answer_aad,
     encode_message,
     new_message_id,
 )
@@ -40,7 +41,6 @@ from chukan.codecs.sample_items import certification_item
 from chukan.gateway.app import ENROLMENT_PATIENCE
 from chukan.gateway.core.errors import EnrolmentRefusedError
 from chukan.gateway.core.metrics import metrics_for
-from chukan.gateway.core.state import answer_aad
 from chukan.gateway.core.web import SIGNATURE_HEADER, signature_header
 from chukan.gateway.serve import start_gateway
 from chukan.keys import SigningKeyPair, seal

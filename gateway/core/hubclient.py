@@ -16,6 +16,7 @@ from chukan.gateway.core.errors import (
     AgencyUnknownError,
     EnrolmentRefusedError,
     MessageSignatureError,
+    MisaddressedError,
     UpstreamError,
 )
 from chukan.gateway.core.web import SIGNATURE_HEADER, signature_header, verify_signature
@@ -89,6 +90,24 @@ class HubClient:
         if envelope.header.sender != HUB or envelope.header.receiver != self.agency_code:
             raise MessageSignatureError("hub reply is not addressed to this agency")
         return envelope
+
+    async def verify_sender(self, envelope: Envelope, raw: bytes, signature: str | None) -> None:
+        """Addressed to us and signed by its sender: the hub, or a peer agency's current key.
+
+        A peer's key unknown here may be a rotation: the registry is asked once more.
+        """
+        header = envelope.header
+        if header.receiver != self.agency_code:
+            raise MisaddressedError("message is not addressed to this agency")
+        if header.sender == HUB:
+            verify_signature(signature, raw, self.trusted_hub)
+            return
+        keys = await self.peer_signing_keys(header.sender)
+        try:
+            verify_signature(signature, raw, keys)
+        except MessageSignatureError:
+            keys = await self.peer_signing_keys(header.sender, refresh=True)
+            verify_signature(signature, raw, keys)
 
     async def get(self, path: str) -> bytes:
         try:

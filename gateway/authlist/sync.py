@@ -35,6 +35,7 @@ import structlog
 from aiohttp import web
 
 from chukan.gateway.core import db
+from chukan.gateway.core.access import authorize
 from chukan.gateway.core.config import OP_MANAGE_LIST
 from chukan.gateway.core.errors import (
     AuthorizationListConflictError,
@@ -42,7 +43,7 @@ from chukan.gateway.core.errors import (
     AuthorizationListUnavailableError,
     GatewayError,
 )
-from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, authorize, utcnow
+from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, utcnow
 from chukan.gateway.core.web import read_xml
 from chukan.permits import (
     AuthorizationList,
@@ -337,3 +338,13 @@ async def refresh_list(request: web.Request) -> web.Response:
     return web.json_response(
         {"version": lst.version, "outcome": outcome, "status": list_status(state, sync)}
     )
+
+
+def add_internal_routes(internal: web.Application) -> None:
+    """Routes on the core systems' ``/internal`` face: an operator's refresh now."""
+    internal.router.add_post("/v1/authorization-list/refresh", refresh_list)
+
+
+def add_network_routes(network: web.Application) -> None:
+    """Routes on the hub's ``/network`` face: a list the hub pushes."""
+    network.router.add_post("/v1/authorization-list", receive_pushed_list)

@@ -1,0 +1,1 @@
+"""符号取得 (符号管理): registering people."""
