@@ -39,6 +39,21 @@ class CodedError(Exception):
         _REGISTRY[code] = cls
 
 
+class LocatedError(CodedError):
+    """A failure in input that names where it is (a path, record, row or field).
+
+    ``where`` never holds personal data: positions and names of fields only.
+    """
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.where = where
+
+    def __str__(self) -> str:
+        return self.message if self.where is None else f"{self.message} (at {self.where})"
+
+
 def _name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 

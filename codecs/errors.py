@@ -8,22 +8,13 @@ from __future__ import annotations
 
 from typing import ClassVar, Self
 
-from chukan.errorcodes import CodedError
+from chukan.errorcodes import LocatedError
 
 
-class CodecError(CodedError):
+class CodecError(LocatedError):
     """Root of every wire-format failure (XML, XSD, 国保連 CSV)."""
 
     code: ClassVar[str] = "codec_error"
-
-    def __init__(self, message: str, *, where: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        #: A location hint (XPath, record number, field name) without personal data.
-        self.where = where
-
-    def __str__(self) -> str:
-        return self.message if self.where is None else f"{self.message} (at {self.where})"
 
 
 class XmlError(CodecError):

@@ -1,1 +1,4 @@
-"""chukan.gateway."""
+"""One agency's 中間サーバー: a sub-package per flow, shared plumbing in ``core``.
+
+See ``docs/architecture.md`` for the map of flows to packages.
+"""

@@ -10,22 +10,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from chukan.errorcodes import CodedError
+from chukan.errorcodes import LocatedError
 
 
-class PermitsError(CodedError):
+class PermitsError(LocatedError):
     """Root of every failure of the authorization list (照会許可照合リスト) and permits."""
 
     code: ClassVar[str] = "permits_error"
-
-    def __init__(self, message: str, *, where: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        #: A location hint (row number and field, token part) without personal data.
-        self.where = where
-
-    def __str__(self) -> str:
-        return self.message if self.where is None else f"{self.message} (at {self.where})"
 
 
 # -- the authorization list -----------------------------------------------------------

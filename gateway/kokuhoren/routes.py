@@ -171,6 +171,15 @@ async def get_returns(request: web.Request) -> web.Response:
     )
 
 
+async def _stop_jobs(state: GatewayState) -> None:
+    """Cancel this flow's background jobs and wait until each has ended."""
+    ours = [t for t in state.tasks if t.get_name().startswith(TASK_PREFIX)]
+    for task in ours:
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.gather(*ours, return_exceptions=True)
+
+
 def setup_kokuhoren(app: web.Application) -> None:
     """The mailbox client's lifecycle (on the root application).
 
@@ -183,19 +192,20 @@ def setup_kokuhoren(app: web.Application) -> None:
         if link is None or state.config.insurer_number is None:
             yield
             return
-        session = client_session(state.config.tls)  # TLS to the mailbox when the network has it
-        client = MailboxClient(
-            link, state.config.insurer_number, state.keys, session, state.config.timing.http_timeout
-        )
-        app[KOKUHOREN_CLIENT] = client
-        await resume_jobs(state, client)
-        yield
-        ours = [t for t in state.tasks if t.get_name().startswith(TASK_PREFIX)]
-        for task in ours:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*ours, return_exceptions=True)
-        await session.close()
+        async with contextlib.AsyncExitStack() as stack:
+            session = client_session(state.config.tls)  # TLS when the network has it
+            stack.push_async_callback(session.close)
+            client = MailboxClient(
+                link,
+                state.config.insurer_number,
+                state.keys,
+                session,
+                state.config.timing.http_timeout,
+            )
+            app[KOKUHOREN_CLIENT] = client
+            stack.push_async_callback(_stop_jobs, state)
+            await resume_jobs(state, client)
+            yield
 
     app.cleanup_ctx.append(lifecycle)
 

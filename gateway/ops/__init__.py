@@ -1,0 +1,1 @@
+"""Operations: health, readiness, metrics, status, statistics and the results purge."""

@@ -41,12 +41,13 @@ from chukan.codecs.envelope import ProvisionAnswer, answer_aad
 from chukan.gateway.core import db
 from chukan.gateway.core.access import authorize
 from chukan.gateway.core.config import OP_DECIDE_REVIEW, OP_READ_REVIEW
-from chukan.gateway.core.errors import ConflictError, NotFoundError, ValidationError
+from chukan.gateway.core.errors import ValidationError
 from chukan.gateway.core.hubclient import HubReply
 from chukan.gateway.core.retry import jittered_backoff
 from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, utcnow
 from chukan.gateway.core.validation import QUERY_ID_PATTERN
 from chukan.gateway.core.web import SIGNATURE_HEADER, read_json, signature_header
+from chukan.gateway.provision.errors import ReviewDecidedError, ReviewUnknownError
 from chukan.gateway.records.store import RecordEntry, write_record
 from chukan.gateway.replica.errors import ReplicaInconsistentError
 from chukan.gateway.replica.items import provision_document
@@ -62,14 +63,6 @@ REVIEW_REFUSED: Final = "manual_review_refused"
 REASON_CODE_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
 REVIEW_STATUSES: Final = ("pending", "approved", "refused")
 REJECTED_PREFIX: Final = "rejected:"
-
-
-class ReviewUnknownError(NotFoundError):
-    code = "review_unknown"
-
-
-class ReviewDecidedError(ConflictError):
-    code = "review_already_decided"
 
 
 @dataclass(frozen=True, slots=True)

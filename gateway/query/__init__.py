@@ -1,0 +1,1 @@
+"""情報照会: a core system's query, sent to the hub and concluded exactly once."""

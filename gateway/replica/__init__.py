@@ -1,0 +1,1 @@
+"""副本: the replica items, registration messages, export, reconciliation, bulk import."""

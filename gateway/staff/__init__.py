@@ -1,0 +1,1 @@
+"""Staff (職員): accounts, passwords, roles, sessions and the audit trail."""

@@ -60,6 +60,26 @@ def test_every_registered_code_has_a_status_and_the_table_names_only_real_codes(
         assert 400 <= status <= 599, (code, status)
 
 
+def _subclasses(cls: type) -> set[type]:
+    found: set[type] = set(cls.__subclasses__())
+    for sub in list(found):
+        found |= _subclasses(sub)
+    return found
+
+
+def test_every_exception_lives_in_its_package_errors_module() -> None:
+    _import_everything()
+    outside = sorted(
+        f"{cls.__module__}.{cls.__qualname__}"
+        for cls in _subclasses(BaseException)
+        if cls.__module__.startswith("chukan.")
+        and not cls.__module__.endswith(".errors")
+        and cls.__module__ != "chukan.errorcodes"
+        and "<locals>" not in cls.__qualname__  # defined by a test to provoke the registry
+    )
+    assert outside == []
+
+
 @pytest.mark.parametrize(
     ("exc", "expected"),
     [
