@@ -15,6 +15,12 @@ Client identity encoding (one choice, used in both directions):
 Roles live in the SAN rather than in ``O`` attributes because ``O`` means
 "organisation" to every other tool that displays certificates, while a URI
 namespace cannot be confused with anything else.
+
+The same functions serve the offline network's CA (in memory, one run) and
+``chukan pki`` (a CA on disk): :meth:`CertificateAuthority.issue_party` issues
+what one server or caller needs, :func:`describe_certificate` reads any of them
+back for listings, and :func:`check_key_pair` checks a key file against its
+certificate before a server starts with it.
 """
 
 from __future__ import annotations
@@ -83,6 +89,14 @@ class IssuedCertificate:
         """The key as encrypted PKCS#8, for writing to disk."""
         key = serialization.load_pem_private_key(self.private_key_pem, password=None)
         return _encrypt_key(key, passphrase)
+
+
+@dataclass(frozen=True, slots=True)
+class PartyCertificates:
+    """The certificates of one party (see :meth:`CertificateAuthority.issue_party`)."""
+
+    server: IssuedCertificate | None
+    client: IssuedCertificate | None
 
 
 def _encrypt_key(key: object, passphrase: bytes) -> bytes:
@@ -268,6 +282,31 @@ class CertificateAuthority:
             lifetime=lifetime,
         )
 
+    def issue_party(
+        self,
+        common_name: str,
+        *,
+        hosts: Sequence[str] = (),
+        client: ClientIdentity | None = None,
+        now: datetime,
+        lifetime: timedelta,
+    ) -> PartyCertificates:
+        """What one party needs: a server certificate for ``hosts`` (when it listens) and
+        a client certificate for ``client`` (when it calls others), issued together.
+
+        A hub or an agency gateway gets both; a 国保連 mailbox only the server one; a
+        core system or the hub operator only the client one.
+        """
+        if not hosts and client is None:
+            raise ValueError("a party needs hosts to serve, a client identity, or both")
+        server = (
+            self.issue_server(common_name, hosts=hosts, now=now, lifetime=lifetime)
+            if hosts
+            else None
+        )
+        issued = None if client is None else self.issue_client(client, now=now, lifetime=lifetime)
+        return PartyCertificates(server=server, client=issued)
+
     def _issue(
         self,
         subject: x509.Name,
@@ -428,3 +467,114 @@ def identity_from_peercert(
     if der is None:
         raise CertificateError("the peer presented no certificate")
     return identity_from_certificate(der)
+
+
+CertificateUsage = Literal["ca", "server", "client"]
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateSummary:
+    """What a certificate says about itself, for listings and checks (no key material)."""
+
+    usage: CertificateUsage
+    common_name: str
+    #: The identity a client certificate carries; None for CA and server certificates.
+    identity: ClientIdentity | None
+    #: DNS names and IP addresses a server certificate names (subjectAltName).
+    hosts: tuple[str, ...]
+    serial: int
+    not_before: datetime
+    not_after: datetime
+    #: SHA-256 of the DER encoding, lower-case hex: what ``openssl x509 -fingerprint
+    #: -sha256`` prints, without the colons.
+    sha256: str
+
+
+def certificate_fingerprint(der_or_pem: bytes) -> str:
+    """SHA-256 of the certificate's DER, lower-case hex (a stable name for "the same cert")."""
+    return _load_certificate(der_or_pem).fingerprint(hashes.SHA256()).hex()
+
+
+def describe_certificate(der_or_pem: bytes) -> CertificateSummary:
+    """Read a CA, server or client certificate back as :class:`CertificateSummary`.
+
+    A client certificate must be shaped as :meth:`CertificateAuthority.issue_client`
+    makes them (see :func:`identity_from_certificate`); anything else that is
+    neither a CA nor a serverAuth certificate is a :class:`CertificateError`.
+    """
+    cert = _load_certificate(der_or_pem)
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound as exc:
+        raise CertificateError("certificate has no basic constraints") from exc
+    try:
+        usages: x509.ExtendedKeyUsage | None = cert.extensions.get_extension_for_class(
+            x509.ExtendedKeyUsage
+        ).value
+    except x509.ExtensionNotFound:
+        usages = None
+    identity: ClientIdentity | None = None
+    hosts: tuple[str, ...] = ()
+    usage: CertificateUsage
+    if constraints.ca:
+        usage = "ca"
+    elif usages is not None and ExtendedKeyUsageOID.SERVER_AUTH in usages:
+        usage = "server"
+        hosts = _san_hosts(cert)
+    elif usages is not None and ExtendedKeyUsageOID.CLIENT_AUTH in usages:
+        usage = "client"
+        identity = identity_from_certificate(der_or_pem)
+    else:
+        raise CertificateError("certificate is neither a CA, a server nor a client certificate")
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    common_name = str(names[0].value) if names else ""
+    return CertificateSummary(
+        usage=usage,
+        common_name=common_name,
+        identity=identity,
+        hosts=hosts,
+        serial=cert.serial_number,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        sha256=cert.fingerprint(hashes.SHA256()).hex(),
+    )
+
+
+def _san_hosts(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    dns = [str(v) for v in san.get_values_for_type(x509.DNSName)]
+    ips = [str(v) for v in san.get_values_for_type(x509.IPAddress)]
+    return (*dns, *ips)
+
+
+def is_issued_by(ca_pem: bytes, der_or_pem: bytes) -> bool:
+    """Whether the CA certificate ``ca_pem`` signed ``der_or_pem`` (signature and issuer only)."""
+    ca = _load_certificate(ca_pem)
+    cert = _load_certificate(der_or_pem)
+    if cert.issuer != ca.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def check_key_pair(cert_pem: bytes, key_pem: bytes, passphrase: bytes | None) -> None:
+    """Refuse a private key that cannot be opened with ``passphrase`` or is not the cert's.
+
+    Raises :class:`KeyFormatError` (unreadable, wrong or missing passphrase, not
+    ECDSA/Ed25519/RSA) or :class:`CertificateError` (another certificate's key).
+    """
+    cert = _load_certificate(cert_pem)
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=passphrase)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyFormatError(
+            "private key cannot be loaded (wrong or missing passphrase, or not PEM)"
+        ) from exc
+    if cert.public_key() != key.public_key():
+        raise CertificateError("private key does not match the certificate")

@@ -19,3 +19,10 @@ class KeyCommandError(CommandError):
     """A usage problem of ``chukan keys``, reported as one line on stderr, exit status 1."""
 
     code = "keys_command_failed"
+
+
+class PkiCommandError(CommandError):
+    """A usage problem of ``chukan pki`` (files that exist, a missing passphrase, a bad
+    option for the kind): one line on stderr, exit status 1."""
+
+    code = "pki_command_failed"

@@ -1,4 +1,4 @@
-"""The gateway's commands of the ``chukan`` command line: records, staff, ops, replica, keys.
+"""The gateway's commands of the ``chukan`` command line: records, staff, ops, replica, keys, pki.
 
 :mod:`chukan.cli` adds them to the one ``chukan`` parser, beside the offline
 network's ``demo`` and ``serve``.
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from chukan.gateway.cli import admin as admin_cli
+from chukan.gateway.cli import pki as pki_cli
 from chukan.gateway.cli.keys import add_keys_parser, run_keys
 from chukan.gateway.core import db
 from chukan.gateway.replica import cli as replica_cli
@@ -38,12 +39,15 @@ def add_commands(commands: Any) -> None:
     admin_cli.add_commands(commands, database_default=GATEWAY_DATABASE)
     replica_cli.add_parser(commands)
     add_keys_parser(commands)
+    pki_cli.add_commands(commands)
 
 
 def run(args: argparse.Namespace) -> int | None:
     """Run ``args.command`` if it is one of the gateway's; None if it is not."""
     if args.command == "keys":
         return run_keys(args)
+    if args.command == "pki":
+        return pki_cli.run(args)
     if args.command in admin_cli.COMMANDS:
         return _admin(args)
     if args.command == "replica":

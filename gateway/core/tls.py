@@ -14,26 +14,36 @@ instead hold a configured bearer credential).
 
 :func:`peer_identity` reads the verified client certificate of a request back
 as a :class:`~chukan.keys.ca.ClientIdentity` (kind, subject id, roles).
+
+:meth:`TlsSettings.from_files`, :func:`server_context_from_files` and
+:func:`client_context_from_files` read the PEM files that ``chukan pki issue``
+writes (or an operator's own), so a restarted server presents the same
+certificate: nothing is issued at start-up.
 """
 
 from __future__ import annotations
 
 import functools
 import ssl
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from chukan.keys.ca import ClientIdentity, identity_from_certificate
+from chukan.keys.ca import ClientIdentity, check_key_pair, identity_from_certificate
+from chukan.keys.errors import CertificateError, KeyFormatError
 from chukan.keys.tls import client_context, server_context
 
 __all__ = [
     "TlsSettings",
+    "client_context_from_files",
     "client_session",
     "identity_label",
     "peer_certificate",
     "peer_identity",
+    "server_context_from_files",
 ]
 
 
@@ -48,6 +58,35 @@ class TlsSettings:
     client_key_pem: bytes = field(repr=False)
     #: Passphrase of both private keys when they are encrypted PKCS#8 (None: plain PEM in memory).
     key_passphrase: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: Path,
+        server_cert: Path,
+        server_key: Path,
+        client_cert: Path,
+        client_key: Path,
+        *,
+        key_passphrase: bytes | None = None,
+    ) -> TlsSettings:
+        """Settings from PEM files, as ``chukan pki issue`` writes them (or the operator's own).
+
+        Both private keys are opened with ``key_passphrase`` (None: unencrypted
+        keys) and checked against their certificates now, so that a wrong file or
+        passphrase stops the server at start-up with the file's name rather than
+        at the first handshake.  A key file others may read is refused.
+        """
+        server_cert_pem, server_key_pem = _key_pair(server_cert, server_key, key_passphrase)
+        client_cert_pem, client_key_pem = _key_pair(client_cert, client_key, key_passphrase)
+        return cls(
+            ca_pem=_read_certificates(ca),
+            server_cert_pem=server_cert_pem,
+            server_key_pem=server_key_pem,
+            client_cert_pem=client_cert_pem,
+            client_key_pem=client_key_pem,
+            key_passphrase=key_passphrase,
+        )
 
     def server_context(self) -> ssl.SSLContext:
         """Listener context: verifies client certificates against the CA when one is presented."""
@@ -67,6 +106,73 @@ class TlsSettings:
             self.client_key_pem,
             key_passphrase=self.key_passphrase,
         )
+
+
+def server_context_from_files(
+    ca: Path, cert: Path, key: Path, *, key_passphrase: bytes | None = None
+) -> ssl.SSLContext:
+    """A listener context from PEM files, for a server that presents no client certificate
+    (the 国保連 mailbox); client certificates are verified when presented, as with
+    :meth:`TlsSettings.server_context`."""
+    cert_pem, key_pem = _key_pair(cert, key, key_passphrase)
+    return server_context(
+        _read_certificates(ca),
+        cert_pem,
+        key_pem,
+        require_client_cert=False,
+        key_passphrase=key_passphrase,
+    )
+
+
+def client_context_from_files(
+    ca: Path,
+    cert: Path | None = None,
+    key: Path | None = None,
+    *,
+    key_passphrase: bytes | None = None,
+) -> ssl.SSLContext:
+    """A client context from PEM files: a core system or the hub operator calling a server
+    (``cert`` and ``key`` both, or neither to trust the CA without presenting one)."""
+    if (cert is None) != (key is None):
+        raise ValueError("give both a client certificate and its key, or neither")
+    if cert is None or key is None:
+        return client_context(_read_certificates(ca))
+    cert_pem, key_pem = _key_pair(cert, key, key_passphrase)
+    return client_context(_read_certificates(ca), cert_pem, key_pem, key_passphrase=key_passphrase)
+
+
+def _read_certificates(path: Path) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CertificateError(f"certificate file {path} cannot be read: {exc.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise CertificateError(f"{path} holds no PEM certificate")
+    return data
+
+
+def _read_private(path: Path) -> bytes:
+    """A private key file; refused when group or others may read or write it (chmod 600)."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+        if stat.S_IMODE(mode) & 0o077:
+            raise KeyFormatError(f"private key file {path} is open to others; chmod 600 it")
+        return path.read_bytes()
+    except OSError as exc:
+        raise KeyFormatError(f"private key file {path} cannot be read: {exc.strerror}") from None
+
+
+def _key_pair(cert: Path, key: Path, passphrase: bytes | None) -> tuple[bytes, bytes]:
+    cert_pem = _read_certificates(cert)
+    key_pem = _read_private(key)
+    try:
+        check_key_pair(cert_pem, key_pem, passphrase)
+    except KeyFormatError as exc:
+        raise KeyFormatError(f"{key}: {exc}") from None
+    except CertificateError as exc:
+        raise CertificateError(f"{key} and {cert}: {exc}") from None
+    return cert_pem, key_pem
 
 
 def client_session(tls: TlsSettings | None) -> aiohttp.ClientSession:

@@ -1,7 +1,9 @@
 """The local CA of one offline network: the demo, ``chukan serve``, benchmarks and tests.
 
 :func:`chukan.simulators.devnet.network.start_network` creates a :class:`NetworkPki` at
-start-up (nothing is read from or written to disk) and issues from it:
+start-up (nothing is read from or written to disk; ``chukan pki`` is the CA on disk,
+issuing through the same :class:`~chukan.keys.ca.CertificateAuthority` methods) and
+issues from it:
 
 * one server certificate per server, for ``127.0.0.1``, ``::1`` and ``localhost``;
 * a client certificate per agency gateway (kind ``agency``, subject = agency code),
@@ -69,17 +71,22 @@ class NetworkPki:
     def settings(
         self, server_name: str, client: ClientIdentity, hosts: Sequence[str] = LOOPBACK_HOSTS
     ) -> TlsSettings:
-        """Server certificate for ``hosts`` and a client certificate for ``client``."""
-        server = self.ca.issue_server(
-            server_name, hosts=hosts, now=self._now(), lifetime=self.leaf_lifetime
+        """Server certificate for ``hosts`` and a client certificate for ``client``.
+
+        Issued as ``chukan pki issue`` issues them (:meth:`CertificateAuthority.issue_party`),
+        but kept in memory for this run.
+        """
+        party = self.ca.issue_party(
+            server_name, hosts=hosts, client=client, now=self._now(), lifetime=self.leaf_lifetime
         )
-        issued = self.issue_client(client)
+        assert party.server is not None
+        assert party.client is not None
         return TlsSettings(
             ca_pem=self.ca_pem,
-            server_cert_pem=server.certificate_pem,
-            server_key_pem=server.private_key_pem,
-            client_cert_pem=issued.certificate_pem,
-            client_key_pem=issued.private_key_pem,
+            server_cert_pem=party.server.certificate_pem,
+            server_key_pem=party.server.private_key_pem,
+            client_cert_pem=party.client.certificate_pem,
+            client_key_pem=party.client.private_key_pem,
         )
 
     def server_context(
