@@ -10,8 +10,10 @@ from chukan.gateway.core.errors import (
     BadRequestError,
     ConflictError,
     ForbiddenError,
+    GatewayError,
     NotFoundError,
     UnauthenticatedError,
+    ValidationError,
 )
 
 
@@ -19,6 +21,57 @@ class PeerMismatchError(ForbiddenError):
     """The client certificate speaks for another party than the message or request names."""
 
     code = "peer_mismatch"
+
+
+# -- hub: enrolment credentials and the hub's own secrets ---------------------------------
+
+
+class EnrolmentTokenRequiredError(UnauthenticatedError):
+    """An enrolment without the agency's enrolment token (``Authorization: Bearer …``)."""
+
+    code = "enrolment_token_required"
+
+
+class EnrolmentTokenInvalidError(ForbiddenError):
+    """A token the hub never issued for enrolment (the admin token among them)."""
+
+    code = "enrolment_token_invalid"
+
+
+class EnrolmentTokenRevokedError(ForbiddenError):
+    """The agency's enrolment token was revoked, or replaced by a newer one."""
+
+    code = "enrolment_token_revoked"
+
+
+class EnrolmentTokenOtherAgencyError(ForbiddenError):
+    """A valid enrolment token, but issued for another agency than the one enrolling."""
+
+    code = "enrolment_token_other_agency"
+
+
+class EnrolmentTokenUnknownError(NotFoundError):
+    """The operator names an agency that holds no live enrolment token."""
+
+    code = "enrolment_token_unknown"
+
+
+class EnrolmentTokenWeakError(ValidationError):
+    """An operator-chosen enrolment token too short or with characters a header cannot carry."""
+
+    code = "enrolment_token_weak"
+
+
+class HubSecretError(GatewayError):
+    """The hub's 個人番号 HMAC key file cannot be used: the hub refuses to start."""
+
+    code = "hub_secret_unusable"
+
+
+class HubSecretExposedError(HubSecretError):
+    """The HMAC key file (or its folder) is open to group or others."""
+
+    code = "hub_secret_exposed"
 
 
 # -- 国保連 mailbox -----------------------------------------------------------------------

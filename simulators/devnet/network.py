@@ -10,6 +10,11 @@ gateway (kind ``agency``) and to the hub (kind ``hub``).  Core systems call a
 gateway with :meth:`Gateway.client_ssl` (a certificate of kind ``system`` whose
 roles are the operations granted).  ``tls=False`` gives plain HTTP, for a
 benchmark baseline only.
+
+Each agency holds only its own secrets: the harness, as the hub operator would,
+issues the agency's enrolment token through the hub's admin API and generates
+the agency's own key passphrase (:class:`AgencyCredentials`).  No gateway ever
+gets the hub's admin token or key passphrase.
 """
 
 from __future__ import annotations
@@ -63,6 +68,21 @@ OPERATOR_SYSTEM: Final = "ops-console"
 REPORTING_SYSTEM: Final = "reporting-system"
 
 
+@dataclass(frozen=True, slots=True)
+class AgencyCredentials:
+    """One agency's own secrets: its enrolment token at the hub and its key-ring passphrase.
+
+    Made once per agency code and reused when a gateway of that agency is added
+    again (its ring on disk opens only with the same passphrase).
+    """
+
+    enrolment_token: str
+    key_passphrase: bytes
+
+    def __repr__(self) -> str:  # never print either
+        return "AgencyCredentials(<secret>)"
+
+
 @dataclass
 class Gateway:
     server: RunningServer
@@ -111,6 +131,8 @@ class Network:
     #: The 国保連 simulator (its 伝送 mailbox), when the network has one.
     kokuhoren: RunningServer | None = None
     kokuhoren_config: KokuhorenConfig | None = None
+    #: Each agency's own enrolment token and key passphrase, by agency code.
+    credentials: dict[str, AgencyCredentials] = field(default_factory=dict, repr=False)
 
     @property
     def hub_key(self) -> PublicSigningKey:
@@ -150,6 +172,40 @@ class Network:
         ):
             if response.status not in (200, 201):
                 raise RuntimeError(f"国保連 refused the 保険者 {number}: HTTP {response.status}")
+
+    async def issue_enrolment_token(self, code: str) -> str:
+        """The hub operator issues agency ``code``'s enrolment token (rotating any earlier one).
+
+        Done as an operator does it: ``POST /admin/v1/agencies/{code}/enrolment-token``
+        with the admin token and the operator's client certificate.
+        """
+        context = self.hub_operator_ssl()
+        connector = None if context is None else aiohttp.TCPConnector(ssl=context)
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.post(
+                f"{self.hub.url}/admin/v1/agencies/{code}/enrolment-token",
+                headers={"Authorization": f"Bearer {self.hub_config.admin_token}"},
+            ) as response,
+        ):
+            if response.status != 201:
+                raise RuntimeError(
+                    f"the hub refused an enrolment token for {code}: HTTP {response.status}"
+                )
+            token = (await response.json())["token"]
+        assert isinstance(token, str)
+        return token
+
+    async def agency_credentials(self, code: str) -> AgencyCredentials:
+        """Agency ``code``'s own secrets: issued and generated the first time, then kept."""
+        known = self.credentials.get(code)
+        if known is None:
+            known = AgencyCredentials(
+                enrolment_token=await self.issue_enrolment_token(code),
+                key_passphrase=secrets.token_urlsafe(24).encode(),
+            )
+            self.credentials[code] = known
+        return known
 
     async def start_kokuhoren(self) -> RunningServer:
         """Start the 国保連 simulator (again): the same database, keys and port as before."""
@@ -196,6 +252,7 @@ class Network:
         admin_url = await db.ensure_database(self.server_url, database or self.gateway_database)
         await db.migrate_url(admin_url, "chukan.gateway")
         tenant_url = await db.provision_tenant(admin_url, code, name)
+        credentials = await self.agency_credentials(code)
         config = GatewayConfig(
             agency_code=code,
             agency_name=name,
@@ -203,9 +260,9 @@ class Network:
             migration_database_url=admin_url,
             hub_url=self.hub.url,
             hub_key=hub_key or self.hub_key,
-            enrolment_token=self.hub_config.admin_token,
+            enrolment_token=credentials.enrolment_token,
             key_dir=self.work_dir / "keys" / code,
-            key_passphrase=self.hub_config.key_passphrase,
+            key_passphrase=credentials.key_passphrase,
             systems=systems if systems is not None else default_systems(token),
             timing=timing or Timing(),
             tls=tls,

@@ -19,7 +19,7 @@ from chukan.gateway.core import db
 from chukan.gateway.core.keystore import load_or_create_keys
 from chukan.gateway.core.tls import client_session
 from chukan.gateway.core.web import error_middleware
-from chukan.simulators.hub import auth, lists, messages, records, registry, worker
+from chukan.simulators.hub import auth, enrolment, lists, messages, records, registry, worker
 from chukan.simulators.hub.config import HUB_OWNER, HubConfig
 from chukan.simulators.hub.state import HUB_STATE, HubState, load_secret
 
@@ -46,7 +46,7 @@ def create_hub_app(config: HubConfig) -> web.Application:
                 config=config,
                 pool=pool,
                 keys=keys,
-                secret=load_secret(config.key_dir),
+                secret=await asyncio.to_thread(load_secret, config.key_dir, config.key_passphrase),
                 authorization_list=authorization,
                 signed_list=signed,
                 session=await stack.enter_async_context(client_session(config.tls)),
@@ -60,6 +60,10 @@ def create_hub_app(config: HubConfig) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_post("/admin/v1/agencies", registry.register_agency)
+    enrolment_path = "/admin/v1/agencies/{code}/enrolment-token"
+    app.router.add_post(enrolment_path, enrolment.issue_token)
+    app.router.add_delete(enrolment_path, enrolment.revoke_token)
+    app.router.add_get(enrolment_path, enrolment.token_status)
     app.router.add_get("/admin/v1/records", records.list_records)
     app.router.add_post("/admin/v1/deliveries/retry", worker.retry_deliveries)
     app.router.add_post("/admin/v1/authorization-list", lists.publish_list)

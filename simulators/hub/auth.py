@@ -4,8 +4,10 @@
   signed envelope is accepted only from the certificate of its ``Sender``
   (:func:`require_sender`), and that agency must be registered.
 * ``/admin/...``: the hub operator (kind ``system`` with role ``hub.admin``),
-  or an agency gateway enrolling *itself* (:func:`require_enrolling`); every
-  admin call also needs the admin bearer token (:func:`require_admin`).
+  or an agency gateway enrolling *itself* (:func:`require_enrolling`).  Every
+  operator call also needs the admin bearer token (:func:`require_admin`);
+  enrolment needs the agency's own enrolment token instead
+  (:mod:`chukan.simulators.hub.enrolment`), never the admin token.
 
 Without a certificate → 401; with the wrong one → 403; both logged with the
 caller's identity.  Without TLS configured (plain-HTTP benchmark baseline) no
@@ -46,6 +48,12 @@ def require_admin(request: web.Request) -> None:
         raise UnauthenticatedError("an administrator token is required")
     if not hmac.compare_digest(supplied.encode(), expected.encode()):
         raise ForbiddenError("the administrator token is not valid")
+
+
+def caller_label(request: web.Request) -> str | None:
+    """Who called, as records and logs name it (None over plain HTTP)."""
+    identity = request.get(HUB_PEER)
+    return None if identity is None else identity_label(identity)
 
 
 def is_operator(identity: ClientIdentity) -> bool:

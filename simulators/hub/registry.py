@@ -1,8 +1,10 @@
 """The hub's registry of agencies: enrolment, endpoints and public keys, read by all.
 
-An agency enrols itself (or the operator enrols it) with its endpoint and keys;
-key rotation rules live in :mod:`chukan.simulators.hub.keys`.  Everyone on the
-network reads the registry (``/network/v1/agencies``) and the hub's own key.
+An agency enrols itself (or the operator enrols it) with its endpoint and keys,
+presenting the agency's own enrolment token
+(:mod:`chukan.simulators.hub.enrolment`); key rotation rules live in
+:mod:`chukan.simulators.hub.keys`.  Everyone on the network reads the registry
+(``/network/v1/agencies``) and the hub's own key.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import structlog
 from aiohttp import web
 
 from chukan.gateway.core import db
-from chukan.gateway.core.errors import AgencyUnknownError, ValidationError
+from chukan.gateway.core.errors import AgencyUnknownError, GatewayError, ValidationError
 from chukan.gateway.core.identities import agency_host
 from chukan.gateway.core.web import read_json, require_str
 from chukan.keys import PublicSigningKey, b64e
-from chukan.simulators.hub import auth, keys
+from chukan.simulators.hub import auth, enrolment, keys
 from chukan.simulators.hub.state import HUB_STATE, HubState
 
 log = structlog.get_logger("chukan.hub")
@@ -72,18 +74,23 @@ def tls_server_name(state: HubState, code: str, endpoint: str) -> str | None:
 
 
 async def register_agency(request: web.Request) -> web.Response:
-    """Enrol an agency (or update its endpoint and keys): operator onboarding."""
-    auth.require_admin(request)
+    """Enrol an agency (or update its endpoint and keys) with that agency's enrolment token.
+
+    The admin token does not enrol: an agency's operator holds its own token and
+    nothing of the hub's.  Refusals are recorded (``enrolment_events``).
+    """
     state = request.config_dict[HUB_STATE]
     data = await read_json(request)
-    code = require_str(data, "code", max_length=16)
-    if not code.isdigit() or len(code) not in (6, 16):
-        raise ValidationError("agency code must be 6 or 16 digits")
+    code = enrolment.check_agency_code(require_str(data, "code", max_length=16))
+    digest = await enrolment.require_enrolment_token(request, state, code)
     name = require_str(data, "name", max_length=200)
     endpoint = require_str(data, "endpoint", max_length=500)
     if not endpoint.startswith(("http://", "https://")):
         raise ValidationError("endpoint must be an http(s) URL")
-    auth.require_enrolling(request, code, endpoint)
+    try:
+        auth.require_enrolling(request, code, endpoint)
+    except GatewayError as exc:
+        raise await enrolment.refuse(state, request, code, exc, endpoint) from None
     sig = data.get("signing_key")
     enc = data.get("encryption_key")
     if not isinstance(sig, dict) or not isinstance(enc, dict):
@@ -110,6 +117,7 @@ async def register_agency(request: web.Request) -> web.Response:
             encryption.raw,
         )
         await keys.store_keys(conn, code, (signing, encryption), published)
+        await enrolment.mark_enrolled(conn, request, code, digest, endpoint)
     log.info("agency_registered", agency=code, endpoint=endpoint)
     return web.json_response({"code": code, "registered": True}, status=201)
 

@@ -503,7 +503,7 @@ class Cluster:
     hub: ServerProcess
     gateways: dict[str, ServerProcess]
     admin_token: str
-    key_passphrase: bytes
+    key_passphrase: bytes  # the hub's; each gateway's own is in its config
     gateway_admin_url: str
     hub_database_url: str
     session: aiohttp.ClientSession
@@ -563,7 +563,7 @@ class Cluster:
     async def verify_records(self, code: str) -> tuple[int, str]:
         """``chukan records verify`` for one agency, as an operator runs it (a subprocess)."""
         config = self.gateway_config(code)
-        env = {**os.environ, "CHUKAN_KEY_PASSPHRASE": self.key_passphrase.decode()}
+        env = {**os.environ, "CHUKAN_KEY_PASSPHRASE": config.key_passphrase.decode()}
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -631,6 +631,22 @@ class Cluster:
                 await server.start()
 
 
+async def _issue_enrolment_token(hub_url: str, admin_token: str, pki: NetworkPki, code: str) -> str:
+    """The hub operator issues agency ``code``'s own enrolment token (admin API)."""
+    connector = aiohttp.TCPConnector(ssl=pki.client_context(HUB_OPERATOR))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(
+            f"{hub_url}/admin/v1/agencies/{code}/enrolment-token",
+            headers={"Authorization": f"Bearer {admin_token}"},
+        ) as response,
+    ):
+        body = await response.json()
+        assert response.status == 201, body
+        token: str = body["token"]
+        return token
+
+
 def _tls_identity(pki: NetworkPki, code: str) -> TlsSettings:
     """An agency gateway's certificates, its server one naming the agency (as the hub checks)."""
     return pki.settings(code, ClientIdentity("agency", code), (*LOOPBACK_HOSTS, agency_host(code)))
@@ -691,9 +707,9 @@ async def running_cluster(folder: Path) -> AsyncIterator[Cluster]:
                 migration_database_url=admin_url,
                 hub_url=hub.url,
                 hub_key=hub_key,
-                enrolment_token=admin_token,
+                enrolment_token=await _issue_enrolment_token(hub.url, admin_token, pki, code),
                 key_dir=folder / "keys" / code,
-                key_passphrase=passphrase,
+                key_passphrase=secrets.token_urlsafe(24).encode(),  # its own, never the hub's
                 systems=default_systems(tokens[code]),
                 timing=timing,
                 tls=_tls_identity(pki, code),

@@ -108,12 +108,13 @@ class CuttingProxy:
 
 async def enrol_at(network: Any, http: Any, code: str, endpoint: str) -> None:
     """The hub operator points the registry entry of agency ``code`` at ``endpoint``
-    (``POST /admin/v1/agencies`` with the agency's current keys, as its gateway enrols)."""
+    (``POST /admin/v1/agencies`` with the agency's current keys and its enrolment token,
+    as its gateway enrols)."""
     state = network.gateways[code].state
     async with http.post(
         network.hub.url + "/admin/v1/agencies",
         json=enrolment_payload(state.config, endpoint, state.ring, utcnow()),
-        headers={"Authorization": f"Bearer {network.hub_config.admin_token}"},
+        headers={"Authorization": f"Bearer {state.config.enrolment_token}"},
         ssl=network.hub_operator_ssl(),
     ) as response:
         assert response.status == 201, await response.text()

@@ -237,7 +237,7 @@ async def test_an_agency_enrols_only_itself(http: Any, network: Any, chiba: Any)
     from chukan.gateway.core.state import utcnow
 
     payload = enrolment_payload(state.config, state.endpoint, state.ring, utcnow())
-    admin = {"Authorization": f"Bearer {network.hub_config.admin_token}"}
+    admin = {"Authorization": f"Bearer {state.config.enrolment_token}"}  # 千葉市's own
     url = network.hub.url + "/admin/v1/agencies"
     async with http.post(
         url, json=payload, headers=admin, ssl=network.agency_client_ssl(catalog.FUNABASHI_CITY)
@@ -262,7 +262,7 @@ async def test_key_ids_must_be_derived_from_the_key(http: Any, network: Any, chi
     async with http.post(
         network.hub.url + "/admin/v1/agencies",
         json=payload,
-        headers={"Authorization": f"Bearer {network.hub_config.admin_token}"},
+        headers={"Authorization": f"Bearer {state.config.enrolment_token}"},
         ssl=network.agency_client_ssl(catalog.CHIBA_CITY),
     ) as response:
         assert response.status == 422

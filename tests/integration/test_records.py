@@ -444,7 +444,7 @@ async def test_two_gateway_processes_of_one_tenant_keep_one_chain(
         async with http.post(
             network.hub.url + "/admin/v1/agencies",
             json=enrolment_payload(state.config, state.endpoint, state.ring, utcnow()),
-            headers={"Authorization": f"Bearer {network.hub_config.admin_token}"},
+            headers={"Authorization": f"Bearer {state.config.enrolment_token}"},
             ssl=network.hub_operator_ssl(),
         ) as response:
             assert response.status == 201, await response.text()

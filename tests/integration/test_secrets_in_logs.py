@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from chukan.simulators.hub import HUB_STATE
+
 pytestmark = pytest.mark.integration
 
 
@@ -20,6 +22,8 @@ async def test_no_key_material_passphrase_or_token_in_the_logs(
         network.hub_config.admin_token,
         *(g.token for g in network.gateways.values()),
         *(g.config.key_passphrase.decode() for g in network.gateways.values()),
+        *(g.config.enrolment_token for g in network.gateways.values()),
+        network.hub.app[HUB_STATE].secret.hex(),  # the hub's 個人番号 HMAC key
     ]
     for secret in secrets:
         assert secret not in text
