@@ -149,7 +149,11 @@ class HubClient:
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as response:
                 if 400 <= response.status < 500:
-                    raise EnrolmentRefusedError(f"hub refused enrolment: HTTP {response.status}")
+                    # The hub's code says which: no token, the admin token, revoked, another's.
+                    code, message = HubReply(response.status, await response.read(), None).error()
+                    raise EnrolmentRefusedError(
+                        f"hub refused enrolment: HTTP {response.status} {code}: {message}"
+                    )
                 if response.status not in (200, 201):
                     raise UpstreamError(f"hub could not enrol us now: HTTP {response.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:

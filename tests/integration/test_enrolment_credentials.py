@@ -204,7 +204,7 @@ async def test_a_revoked_or_rotated_token_is_refused_and_a_new_one_enrols(
             assert (await r.json())["error"]["code"] == "enrolment_token_unknown"
         # A gateway restarted with the revoked token does not start.
         await gateway.server.stop()
-        with pytest.raises(EnrolmentRefusedError):
+        with pytest.raises(EnrolmentRefusedError, match="403 enrolment_token_revoked"):
             await start_gateway(dataclasses.replace(gateway.config, enrolment_token=second))
         assert await events(network, KAMAGAYA, after) == [
             ("token_revoked", None),
