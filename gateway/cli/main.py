@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from chukan.gateway.cli import admin as admin_cli
+from chukan.gateway.cli import db as db_cli
 from chukan.gateway.cli import pki as pki_cli
 from chukan.gateway.cli.keys import add_keys_parser, run_keys
 from chukan.gateway.core import db
@@ -38,6 +39,7 @@ def add_commands(commands: Any) -> None:
     """Add the gateway's commands to the ``chukan`` sub-command parsers."""
     admin_cli.add_commands(commands, database_default=GATEWAY_DATABASE)
     replica_cli.add_parser(commands)
+    db_cli.add_commands(commands)
     add_keys_parser(commands)
     pki_cli.add_commands(commands)
 
@@ -52,6 +54,8 @@ def run(args: argparse.Namespace) -> int | None:
         return _admin(args)
     if args.command == "replica":
         return replica_cli.run(args)
+    if args.command == db_cli.COMMAND:
+        return db_cli.run(args)
     return None
 
 

@@ -182,6 +182,44 @@ class DatabaseUnavailableError(UnavailableError):
     code = "database_unavailable"
 
 
+class MigrationsPendingError(UnavailableError):
+    """A server's database lacks migrations this version ships (or one of them changed).
+
+    A server refuses to start on it rather than run against a schema it does not
+    know; migrating is the operator's step (``chukan db migrate``), done with the
+    owner's login, which the running server does not hold.
+    """
+
+    code = "migrations_pending"
+
+    def __init__(
+        self, component: str, pending: list[str], changed: list[str], *, unreadable: bool = False
+    ) -> None:
+        self.component = component
+        self.pending = pending
+        self.changed = changed
+        parts: list[str] = []
+        if unreadable:
+            parts.append(
+                "this login may not read schema_migrations: the migration that lets it "
+                "is not applied"
+            )
+        if pending:
+            parts.append(f"{len(pending)} not applied: {', '.join(pending)}")
+        if changed:
+            parts.append(f"changed after they were applied: {', '.join(changed)}")
+        remedy = (
+            f"run `chukan db migrate --component {component}` with the database owner's URL"
+            if not changed
+            else "write a new migration instead of editing an applied one"
+        )
+        super().__init__(
+            f"the {component} database is not at this version's schema "
+            f"({'; '.join(parts)}): {remedy}"
+        )
+        self.details = {"component": component, "pending": pending, "changed": changed}
+
+
 class ProvisionInProgressError(UnavailableError):
     """A copy of a provision request arrived while the first is still being answered."""
 

@@ -23,6 +23,10 @@ class KokuhorenConfig:
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     #: Mailbox calls must present the 保険者's agency client certificate (mutual TLS).
     require_client_certificate: bool = False
+    #: The owner's URL, given only to a 国保連 simulator that applies its own migrations at start;
+    #: without it, start-up refuses a database with a migration pending (``chukan db
+    #: migrate --component kokuhoren``).  The offline network sets it.
+    migration_database_url: str | None = None
 
     def __repr__(self) -> str:
         return (
