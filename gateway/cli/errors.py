@@ -28,6 +28,13 @@ class PkiCommandError(CommandError):
     code = "pki_command_failed"
 
 
+class ServeCommandError(CommandError):
+    """``chukan gateway serve`` cannot do what its options ask (e.g. ``--migrate`` without
+    an owner login): printed as one line on stderr, exit status 2."""
+
+    code = "serve_command_failed"
+
+
 class DatabaseCommandError(CommandError):
     """``chukan db`` cannot do what it was asked (no database, no rights, a bad URL
     source): one line on stderr, exit status 2."""

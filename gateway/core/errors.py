@@ -154,6 +154,30 @@ class CommandError(GatewayError):
     code = "command_failed"
 
 
+class ConfigFileError(CommandError):
+    """A server's TOML configuration file cannot be used: the message names file, table, key."""
+
+    code = "config_file_invalid"
+
+
+class ConfigKeyUnknownError(ConfigFileError):
+    """A key the configuration does not know (a typo must not pass silently)."""
+
+    code = "config_key_unknown"
+
+
+class InlineSecretError(ConfigFileError):
+    """A secret written into the configuration file itself instead of a file or variable."""
+
+    code = "config_secret_inline"
+
+
+class SecretFileExposedError(ConfigFileError):
+    """A secret (or private key) file that group or others may read."""
+
+    code = "config_secret_file_exposed"
+
+
 class RelayedRefusalError(GatewayError):
     """A peer (the hub) refused a request we relay: the caller sees the peer's own code.
 
