@@ -12,7 +12,8 @@ Three faces, each an aiohttp sub-application with its own middlewares:
 * ``/staff/v1/...`` for the agency's staff (session and role, per handler).
 
 ``/health``, ``/ready`` and ``/metrics`` stay on the root.  The root's
-middlewares (metrics, then errors → HTTP answers) wrap every face.
+middlewares (the access log with its request id and the metrics, then errors →
+HTTP answers) wrap every face.
 """
 
 from __future__ import annotations
@@ -38,10 +39,9 @@ from chukan.gateway.core.keyring import current_keys, enrolment_payload, load_or
 from chukan.gateway.core.retry import backoff_delay
 from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, utcnow
 from chukan.gateway.core.tls import client_session
-from chukan.gateway.core.web import error_middleware, private_middleware
+from chukan.gateway.core.web import access_log_middleware, error_middleware, private_middleware
 from chukan.gateway.kokuhoren import routes as kokuhoren
 from chukan.gateway.ops import routes as ops
-from chukan.gateway.ops.metrics_http import metrics_middleware
 from chukan.gateway.persons import routes as persons
 from chukan.gateway.provision import review
 from chukan.gateway.query import routes as query
@@ -91,16 +91,13 @@ async def _open_state(
 ) -> GatewayState:
     """Open what a running gateway holds, each release registered on ``stack`` as it opens.
 
-    A failure at any step (migrations, tenant check, key ring, enrolment) unwinds the
-    stack, so nothing opened before it is left behind; at shutdown the same stack
-    closes all.  Migrations are applied only when the configuration gives the owner's
-    URL for it; otherwise a pending one stops the start (``chukan db migrate``).
+    A failure at any step (tenant check, key ring, enrolment) unwinds the stack, so
+    nothing opened before it is left behind; at shutdown the same stack closes all.
     """
     if config.migration_database_url is not None:
         await db.migrate_url(config.migration_database_url, "chukan.gateway")
     pool = await db.create_pool(config.database_url)
     stack.push_async_callback(pool.close)
-    await db.require_migrations(pool, "gateway", db.load_migrations("chukan.gateway"))
     tenant = await pool.fetchval("SELECT chukan_tenant()")
     if tenant != config.agency_code:
         raise RuntimeError(
@@ -143,15 +140,9 @@ async def _stop_tasks(state: GatewayState) -> None:
 
 
 def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
-    """The application; ``endpoint`` is this process's socket URL.
-
-    The hub is told ``config.public_endpoint`` instead when one is configured: the
-    address of a balancer in front of several processes of this agency, each of
-    which would otherwise take the hub's routing over with its own socket.
-    """
-    endpoint = config.public_endpoint or endpoint
+    """The application; ``endpoint`` is the URL the hub uses to reach this gateway."""
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware], client_max_size=MAX_REQUEST_BYTES
+        middlewares=[access_log_middleware, error_middleware], client_max_size=MAX_REQUEST_BYTES
     )
     app[LIST_SYNC] = ListSync()
 
@@ -164,7 +155,6 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     # Background work, in start order (each needs the state the first one opens).
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(list_sync_context)
-    app.on_shutdown.append(_stopping)
     records.setup_records(app)
     staff.setup_staff(app)
     ops.setup_ops(app, config)
@@ -173,15 +163,6 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     app.add_subapp("/network", _network_face())
     app.add_subapp("/staff", _staff_face())
     return app
-
-
-async def _stopping(app: web.Application) -> None:
-    """A graceful stop has begun: long-polls answer now, with the state as it is."""
-    state = app.get(GATEWAY_STATE)
-    if state is not None:
-        state.stopping.set()
-        for event in list(state.waiters.values()):
-            event.set()
 
 
 def _internal_face() -> web.Application:

@@ -1,4 +1,9 @@
-"""The gateway's client of the hub: signed envelopes out, signed answers checked in."""
+"""The gateway's client of the hub: signed envelopes out, signed answers checked in.
+
+Every call made while handling a request (or work done for a stored one, see
+:func:`~chukan.gateway.core.web.request_id_bound`) sends its request id as
+``X-Request-Id``, so the hub, the provider and their records name the same id.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +24,25 @@ from chukan.gateway.core.errors import (
     MisaddressedError,
     UpstreamError,
 )
-from chukan.gateway.core.web import SIGNATURE_HEADER, signature_header, verify_signature
+from chukan.gateway.core.web import (
+    REQUEST_ID_HEADER,
+    SIGNATURE_HEADER,
+    current_request_id,
+    signature_header,
+    verify_signature,
+)
 from chukan.keys import PublicSigningKey, SigningKeyPair, b64d, public_signing_key
 
 PEER_KEY_TTL: Final = 60.0
+
+
+def _traced(headers: dict[str, str] | None = None, request_id: str | None = None) -> dict[str, str]:
+    """``headers`` plus the request id this call is made for, when there is one."""
+    out = dict(headers or {})
+    request_id = request_id or current_request_id()
+    if request_id is not None:
+        out[REQUEST_ID_HEADER] = request_id
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +84,23 @@ class HubClient:
         )
         return encode_message(header, body)
 
-    async def send(self, body: Body) -> HubReply:
-        """POST one signed envelope to the hub; network failures become UpstreamError."""
+    async def send(self, body: Body, *, request_id: str | None = None) -> HubReply:
+        """POST one signed envelope to the hub; network failures become UpstreamError.
+
+        ``request_id``: the id of the request this is sent for (default: the current one).
+        """
         message = self.envelope(body)
         try:
             async with self.session.post(
                 self.base_url.rstrip("/") + "/network/v1/messages",
                 data=message,
-                headers={
-                    "Content-Type": "application/xml",
-                    SIGNATURE_HEADER: signature_header(self.signer, message),
-                },
+                headers=_traced(
+                    {
+                        "Content-Type": "application/xml",
+                        SIGNATURE_HEADER: signature_header(self.signer, message),
+                    },
+                    request_id,
+                ),
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as response:
                 return HubReply(
@@ -113,6 +139,7 @@ class HubClient:
         try:
             async with self.session.get(
                 self.base_url.rstrip("/") + path,
+                headers=_traced(),
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as response:
                 body = await response.read()
@@ -145,7 +172,7 @@ class HubClient:
             async with self.session.post(
                 self.base_url.rstrip("/") + "/admin/v1/agencies",
                 json=payload,
-                headers={"Authorization": f"Bearer {token}"},
+                headers=_traced({"Authorization": f"Bearer {token}"}),
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as response:
                 if 400 <= response.status < 500:

@@ -135,8 +135,32 @@ class Histogram:
 
 
 @dataclass
-class GatewayMetrics:
-    """What a gateway process exposes on ``/metrics``."""
+class LiveGauge:
+    """A gauge the process sets as it goes (e.g. bodies held now), with the most seen."""
+
+    name: str
+    help: str
+    value: float = 0.0
+    max_seen: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def set(self, value: float) -> None:
+        with self._lock:
+            self.value = value
+            self.max_seen = max(self.max_seen, value)
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {escape_help(self.help)}"
+        yield f"# TYPE {self.name} gauge"
+        yield f"{self.name} {format_value(self.value)}"
+        yield f"# HELP {self.name}_max {escape_help('Most at once since the process started.')}"
+        yield f"# TYPE {self.name}_max gauge"
+        yield f"{self.name}_max {format_value(self.max_seen)}"
+
+
+@dataclass
+class HttpMetrics:
+    """What every server (gateway, hub, 国保連) counts of its HTTP answers and bodies."""
 
     requests: Counter = field(
         default_factory=lambda: Counter(
@@ -152,6 +176,31 @@ class GatewayMetrics:
             ("route",),
         )
     )
+    large_bodies: LiveGauge = field(
+        default_factory=lambda: LiveGauge(
+            "chukan_large_bodies_in_use",
+            "Large request bodies held by requests of this process now (ops.max_large_bodies).",
+        )
+    )
+    large_bodies_refused: Counter = field(
+        default_factory=lambda: Counter(
+            "chukan_large_bodies_refused_total",
+            "Requests answered 503 busy: no large-body slot within ops.large_body_wait.",
+            values={(): 0.0},
+        )
+    )
+
+    def http_lines(self) -> list[str]:
+        lines: list[str] = []
+        for family in (self.requests, self.latency, self.large_bodies, self.large_bodies_refused):
+            lines.extend(family.render())
+        return lines
+
+
+@dataclass
+class GatewayMetrics(HttpMetrics):
+    """What a gateway process exposes on ``/metrics``."""
+
     queries: Counter = field(
         default_factory=lambda: Counter(
             "chukan_queries_total",
@@ -187,10 +236,8 @@ class GatewayMetrics:
     )
 
     def render(self, jobs: dict[tuple[str, ...], float]) -> str:
-        lines: list[str] = []
+        lines = self.http_lines()
         for family in (
-            self.requests,
-            self.latency,
             self.queries,
             self.provisions,
             self.conclusion_conflicts,

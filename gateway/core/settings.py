@@ -43,6 +43,12 @@ DEFAULT_PURGE_INTERVAL: Final = dt.timedelta(hours=1)
 DEFAULT_READY_TIMEOUT: Final = 2.0
 #: Business days of a Japanese municipality, for statistics.
 DEFAULT_STATISTICS_TIME_ZONE: Final = "Asia/Tokyo"
+#: Request bodies above this size are "large": a process holds only a few at once ...
+DEFAULT_LARGE_BODY_BYTES: Final = 1024 * 1024
+#: ... at most this many (e.g. registration messages of tens of MB each) ...
+DEFAULT_MAX_LARGE_BODIES: Final = 2
+#: ... and a request waits this long for its turn before it is answered 503 ``busy``.
+DEFAULT_LARGE_BODY_WAIT: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +95,16 @@ class OpsConfig:
     purge_interval: dt.timedelta = DEFAULT_PURGE_INTERVAL
     ready_timeout: float = DEFAULT_READY_TIMEOUT
     statistics_time_zone: str = DEFAULT_STATISTICS_TIME_ZONE
+    #: Bodies larger than ``large_body_bytes`` are read and kept by at most
+    #: ``max_large_bodies`` requests at once (per server process); the others wait up
+    #: to ``large_body_wait`` seconds, then get 503 ``busy`` with ``Retry-After``.
+    large_body_bytes: int = DEFAULT_LARGE_BODY_BYTES
+    max_large_bodies: int = DEFAULT_MAX_LARGE_BODIES
+    large_body_wait: float = DEFAULT_LARGE_BODY_WAIT
+
+    def __post_init__(self) -> None:
+        if self.max_large_bodies < 1 or self.large_body_bytes < 1 or self.large_body_wait < 0:
+            raise ValueError(
+                "max_large_bodies and large_body_bytes must be positive, "
+                "large_body_wait not negative"
+            )

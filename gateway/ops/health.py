@@ -6,6 +6,7 @@ from aiohttp import web
 
 from chukan.gateway.authlist.sync import LIST_SYNC, list_status
 from chukan.gateway.core import db
+from chukan.gateway.core.probes import health_answer
 from chukan.gateway.core.state import GATEWAY_STATE
 
 
@@ -16,12 +17,9 @@ async def health(request: web.Request) -> web.Response:
     state = request.config_dict[GATEWAY_STATE]
     database = await db.probe(state.pool, state.config.ops.ready_timeout)
     authorization = list_status(state, request.config_dict[LIST_SYNC])
-    return web.json_response(
-        {
-            "status": "ok" if database["ok"] and authorization["available"] else "degraded",
-            "agency": state.config.agency_code,
-            "database": database,
-            "authorization_list": authorization,
-        },
-        status=200 if database["ok"] else 503,
+    return health_answer(
+        database,
+        degraded=not authorization["available"],
+        agency=state.config.agency_code,
+        authorization_list=authorization,
     )

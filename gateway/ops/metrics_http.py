@@ -1,9 +1,9 @@
-"""``GET /metrics`` (Prometheus text) and the middleware that counts every answer."""
+"""``GET /metrics`` (Prometheus text); every answer is counted by the access log
+middleware (:func:`chukan.gateway.core.web.access_log_middleware`)."""
 
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Final
 
 import asyncpg
@@ -11,7 +11,6 @@ from aiohttp import web
 
 from chukan.gateway.core.metrics import CONTENT_TYPE, GatewayMetrics
 from chukan.gateway.core.state import GATEWAY_STATE
-from chukan.gateway.core.web import Handler
 
 METRICS: Final = web.AppKey("gateway_metrics", GatewayMetrics)
 
@@ -24,23 +23,3 @@ async def metrics(request: web.Request) -> web.Response:
         jobs = {(r["kind"], r["status"]): float(r["n"]) for r in rows}
     text = request.config_dict[METRICS].render(jobs)
     return web.Response(body=text.encode("utf-8"), headers={"Content-Type": CONTENT_TYPE})
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost: counts every answer (errors included) by route template and status."""
-    started = time.perf_counter()
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        registry = request.config_dict.get(METRICS)
-        if registry is not None:
-            registry.requests.inc(route, request.method, str(status))
-            registry.latency.observe(time.perf_counter() - started, route)

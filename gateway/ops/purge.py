@@ -53,10 +53,10 @@ async def purge_results(
                    INSERT INTO provision_records (role, query_id, permit_id, requester,
                        provider, business_code, procedure_code, item_code, legal_basis,
                        atena_id, requested_at, provided_at, outcome, reason_code,
-                       non_disclosure)
+                       non_disclosure, request_id)
                    SELECT 'requester', query_id, permit_id, $1, provider, business_code,
                           procedure_code, item_code, legal_basis, atena_id, created_at, NULL,
-                          'failed', 'expired', non_disclosure
+                          'failed', 'expired', non_disclosure, request_id
                    FROM concluded RETURNING 1)
                SELECT count(*) FROM recorded""",
             agency,

@@ -11,24 +11,20 @@ import asyncio
 import hashlib
 import json
 import stat
-from collections.abc import Awaitable
 from typing import Any
 
-import asyncpg
-import structlog
 from aiohttp import web
 
 from chukan.gateway.authlist.sync import require_list
 from chukan.gateway.core import db
 from chukan.gateway.core.config import GatewayConfig
-from chukan.gateway.core.errors import AuthorizationListUnavailableError, GatewayError
+from chukan.gateway.core.errors import AuthorizationListUnavailableError
 from chukan.gateway.core.keyring import ring_path
 from chukan.gateway.core.keystore import AgencyKeys
+from chukan.gateway.core.probes import ready_answer, timed
 from chukan.gateway.core.state import GATEWAY_STATE, GatewayState
 from chukan.keys import KeysError
 from chukan.keys.ring import ring_from_bytes
-
-log = structlog.get_logger("chukan.ops")
 
 
 async def check_hub(state: GatewayState) -> dict[str, Any]:
@@ -87,17 +83,6 @@ def check_key_ring(config: GatewayConfig, keys: AgencyKeys) -> dict[str, Any]:
     return {"ok": True, "signing_key": keys.signing.key_id}
 
 
-async def _timed(check: Awaitable[dict[str, Any]], limit: float) -> dict[str, Any]:
-    try:
-        return await asyncio.wait_for(check, limit)
-    except TimeoutError:
-        return {"ok": False, "reason": "timed out"}
-    except GatewayError as exc:
-        return {"ok": False, "reason": exc.code}
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
-        return {"ok": False, "reason": type(exc).__name__}
-
-
 async def ready(request: web.Request) -> web.Response:
     """200 when the database and hub answer, the authorization list is valid, the hub
     holds this agency's current keys and the key ring at rest holds them too (see
@@ -106,18 +91,14 @@ async def ready(request: web.Request) -> web.Response:
     timeout = state.config.ops.ready_timeout
     # The database probe never raises: an outage is a failing check (503), not a 500.
     database, hub = await asyncio.gather(
-        db.probe(state.pool, timeout), _timed(check_hub(state), timeout)
+        db.probe(state.pool, timeout), timed(check_hub(state), timeout)
     )
     authorization: dict[str, Any]
     try:
         authorization = {"ok": True, "version": require_list(state).version}
     except AuthorizationListUnavailableError as exc:  # the same reason queries are refused with
         authorization = {"ok": False, "reason": exc.reason}
-    keys = await _timed(asyncio.to_thread(check_key_ring, state.config, state.keys), timeout)
-    checks = {"database": database, "hub": hub, "authorization_list": authorization, "keys": keys}
-    ok = all(c["ok"] for c in checks.values())
-    if not ok:
-        log.warning("not_ready", failing=sorted(name for name, c in checks.items() if not c["ok"]))
-    return web.json_response(
-        {"status": "ready" if ok else "not_ready", "checks": checks}, status=200 if ok else 503
+    keys = await timed(asyncio.to_thread(check_key_ring, state.config, state.keys), timeout)
+    return ready_answer(
+        {"database": database, "hub": hub, "authorization_list": authorization, "keys": keys}
     )

@@ -19,6 +19,7 @@ from chukan.gateway.core.jobs import get_job, list_jobs
 from chukan.gateway.core.keyring import reload_keys
 from chukan.gateway.core.metrics import metrics_for
 from chukan.gateway.core.state import GATEWAY_STATE
+from chukan.gateway.core.web import observe
 from chukan.gateway.ops.errors import JobUnknownError
 from chukan.gateway.ops.health import health
 from chukan.gateway.ops.metrics_http import METRICS, metrics
@@ -101,6 +102,7 @@ async def ops_context(app: web.Application) -> AsyncIterator[None]:
 
 def setup_ops(app: web.Application, config: GatewayConfig) -> None:
     app[METRICS] = metrics_for(config.agency_code)
+    observe(app, f"gateway:{config.agency_code}", app[METRICS], config.ops)
     app.cleanup_ctx.append(ops_context)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

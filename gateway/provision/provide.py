@@ -33,6 +33,7 @@ from chukan.gateway.core.state import GatewayState, utcnow
 from chukan.gateway.core.web import (
     SIGNATURE_HEADER,
     XML_CONTENT_TYPE,
+    current_request_id,
     signature_header,
 )
 from chukan.gateway.records.store import RecordEntry, count_record, insert_record
@@ -106,7 +107,14 @@ async def provide_once(
     done: _Provision | None = None
     try:
         async with state.pool.acquire() as conn, conn.transaction():
-            await conn.execute(f"SET LOCAL lock_timeout = {int(timing.http_timeout * 1000)}")
+            # One round trip: how long to wait for a copy's lock, and the request id the
+            # records of this transaction take by default (metadata; migration 0070).
+            await conn.execute(
+                "SELECT set_config('lock_timeout', $1, true), "
+                "set_config('chukan.request_id', $2, true)",
+                str(int(timing.http_timeout * 1000)),
+                current_request_id() or "",
+            )
             claimed = await conn.fetchval(
                 _CLAIM_SQL, header.message_id, permit_id, timing.answer_retention
             )

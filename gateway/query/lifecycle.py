@@ -14,6 +14,7 @@ import re
 from enum import StrEnum
 from typing import Final
 
+import asyncpg
 import structlog
 from aiohttp import web
 
@@ -29,6 +30,7 @@ from chukan.gateway.core.errors import (
 )
 from chukan.gateway.core.retry import jittered_backoff
 from chukan.gateway.core.state import GatewayState
+from chukan.gateway.core.web import request_id_bound
 from chukan.gateway.records.store import count_record
 from chukan.permits import (
     AuthorizationList,
@@ -163,6 +165,13 @@ async def send_query(state: GatewayState, query_id: str) -> None:
     )
     if row is None:
         return
+    # The submission's request id, also when the sweep resends after a restart.
+    with request_id_bound(row["request_id"]):
+        await _send_row(state, query_id, row)
+
+
+async def _send_row(state: GatewayState, query_id: str, row: asyncpg.Record) -> None:
+    """The attempt itself, as part of the submission's request (its id goes to the hub)."""
     body = QueryRequest(
         query_id=query_id,
         requester_person_code=row["person_code"],
@@ -204,17 +213,18 @@ async def send_query(state: GatewayState, query_id: str) -> None:
 #: The requester's record of a concluded query row (its status says the outcome), as a
 #: ``recorded`` CTE over ``source`` (the table, or the rows a conclusion just updated):
 #: one statement, so the record chain's lock is not held across a client round trip.
-#: The requester is this agency: the row's tenant.
+#: The requester is this agency: the row's tenant.  The record's request id is the
+#: submission's (metadata beside the chained content; migration 0070).
 _RECORD_CONCLUDED = """
     recorded AS (
         INSERT INTO provision_records (role, query_id, permit_id, requester, provider,
             business_code, procedure_code, item_code, legal_basis, atena_id, requested_at,
-            provided_at, outcome, reason_code, non_disclosure)
+            provided_at, outcome, reason_code, non_disclosure, request_id)
         SELECT 'requester', q.query_id, q.permit_id, q.tenant, q.provider, q.business_code,
                q.procedure_code, q.item_code, q.legal_basis, q.atena_id, q.created_at,
                CASE WHEN q.status = 'answered' THEN q.answered_at END,
                CASE WHEN q.status = 'answered' THEN 'provided' ELSE 'refused' END,
-               q.reason_code, q.non_disclosure
+               q.reason_code, q.non_disclosure, q.request_id
         FROM {source} q"""
 
 

@@ -18,7 +18,7 @@ from chukan.gateway.core.config import OP_READ_QUERY, OP_SUBMIT_QUERY
 from chukan.gateway.core.errors import PersonUnknownError, QueryUnknownError, ValidationError
 from chukan.gateway.core.state import GATEWAY_STATE, utcnow
 from chukan.gateway.core.validation import QUERY_ID_PATTERN, atena_id_value
-from chukan.gateway.core.web import optional_str, read_json, require_str
+from chukan.gateway.core.web import current_request_id, optional_str, read_json, require_str
 from chukan.gateway.query.lifecycle import (
     OPEN_STATUSES,
     QueryStatus,
@@ -83,10 +83,10 @@ async def submit_query(request: web.Request) -> web.Response:
             """INSERT INTO queries (query_id, atena_id, provider, business_code, procedure_code,
                    item_code, legal_basis, reference_date, status, reason_code, submitted_by,
                    expires_at, answered_at, non_disclosure, idempotency_key, request_digest,
-                   next_attempt_at)
+                   next_attempt_at, request_id)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
                        CASE WHEN $9 = 'refused' THEN now() END, $13, $14, $15,
-                       now() + $16::interval)
+                       now() + $16::interval, $17)
                ON CONFLICT (tenant, submitted_by, idempotency_key)
                    WHERE idempotency_key IS NOT NULL DO NOTHING
                RETURNING 1""",
@@ -107,6 +107,8 @@ async def submit_query(request: web.Request) -> web.Response:
             digest,
             # The sweep takes the query up only if the send below does not conclude.
             dt.timedelta(seconds=state.config.timing.http_timeout * 2),
+            # Resends and the requester's record carry the submission's request id.
+            current_request_id(),
         )
         if inserted is None:  # the same key, submitted concurrently, won
             assert key is not None
@@ -172,7 +174,7 @@ async def get_query(request: web.Request) -> web.Response:
                 "WHERE query_id = $1 AND collected_at IS NULL",
                 query_id,
             )
-        if row["status"] not in OPEN_STATUSES or remaining <= 0 or state.stopping.is_set():
+        if row["status"] not in OPEN_STATUSES or remaining <= 0:
             return web.json_response(_query_json(row))
         event = state.waiters.setdefault(query_id, asyncio.Event())
         try:

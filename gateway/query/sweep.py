@@ -26,6 +26,7 @@ from chukan.codecs.envelope import ConclusionRequest
 from chukan.gateway.core import db
 from chukan.gateway.core.errors import UpstreamError
 from chukan.gateway.core.state import GatewayState, task_failed
+from chukan.gateway.core.web import request_id_bound
 from chukan.gateway.provision.review import deliver_decision, due_decisions
 from chukan.gateway.query.answers import apply_pulled_conclusion
 from chukan.gateway.query.lifecycle import QueryStatus, retry_later, send_query
@@ -35,8 +36,18 @@ log = structlog.get_logger("chukan.gateway")
 SWEEP_BATCH: Final = 64
 
 
-async def pull_conclusion(state: GatewayState, query_id: str, attempts: int) -> None:
-    """Ask the hub for a sent query's conclusion; apply it, or try again later."""
+async def pull_conclusion(
+    state: GatewayState, query_id: str, attempts: int, request_id: str | None = None
+) -> None:
+    """Ask the hub for a sent query's conclusion; apply it, or try again later.
+
+    Done as part of the query's submission (``request_id``): its id goes to the hub.
+    """
+    with request_id_bound(request_id):
+        await _pull(state, query_id, attempts)
+
+
+async def _pull(state: GatewayState, query_id: str, attempts: int) -> None:
     try:
         reply = await state.hub.send(ConclusionRequest(query_id))
     except UpstreamError:
@@ -57,7 +68,9 @@ async def pull_conclusion(state: GatewayState, query_id: str, attempts: int) -> 
     await retry_later(state, query_id, attempts)  # 202: still open at the hub
 
 
-async def _claim_open_queries(state: GatewayState) -> list[tuple[str, str, int]]:
+async def _claim_open_queries(
+    state: GatewayState,
+) -> list[tuple[str, str, int, str | None]]:
     rows = await state.pool.fetch(
         """UPDATE queries q SET next_attempt_at = now() + $2,
                attempts = q.attempts + (q.status = 'sent')::int
@@ -65,22 +78,22 @@ async def _claim_open_queries(state: GatewayState) -> list[tuple[str, str, int]]
                  WHERE status IN ('queued', 'sent') AND next_attempt_at <= now()
                  ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
            WHERE q.tenant = due.tenant AND q.query_id = due.query_id
-           RETURNING q.query_id, q.status, q.attempts""",
+           RETURNING q.query_id, q.status, q.attempts, q.request_id""",
         SWEEP_BATCH,
         # Claimed for longer than one attempt can take; the attempt sets the backoff.
         dt.timedelta(seconds=state.config.timing.http_timeout * 2),
     )
-    return [(row["query_id"], row["status"], row["attempts"]) for row in rows]
+    return [(row["query_id"], row["status"], row["attempts"], row["request_id"]) for row in rows]
 
 
 async def sweep_once(state: GatewayState) -> int:
     """One pass; returns how many items were taken up."""
     work: list[tuple[str, Awaitable[object]]] = []
-    for query_id, status, attempts in await _claim_open_queries(state):
+    for query_id, status, attempts, request_id in await _claim_open_queries(state):
         if status == QueryStatus.QUEUED:
             work.append(("send", send_query(state, query_id)))
         else:
-            work.append(("pull", pull_conclusion(state, query_id, attempts)))
+            work.append(("pull", pull_conclusion(state, query_id, attempts, request_id)))
     for query_id in await due_decisions(state, SWEEP_BATCH):
         work.append(("review", deliver_decision(state, query_id)))
     results = await asyncio.gather(*(job for _, job in work), return_exceptions=True)

@@ -3,9 +3,7 @@
 Start-up acquires each resource on one :class:`contextlib.AsyncExitStack`, so a
 failure at any step (migration, keys, list, session) closes what was already
 opened, and stopping releases everything in reverse order: the delivery worker
-first, then the client session, then the pool.  Migrations are applied only when
-the configuration gives the owner's URL for it (``migration_database_url``);
-otherwise a pending one stops the start (``chukan db migrate --component hub``).
+first, then the client session, then the pool.
 """
 
 from __future__ import annotations
@@ -20,9 +18,10 @@ from aiohttp import web
 from chukan.gateway.core import db
 from chukan.gateway.core.keystore import load_or_create_keys
 from chukan.gateway.core.tls import client_session
-from chukan.gateway.core.web import error_middleware
+from chukan.gateway.core.web import access_log_middleware, error_middleware
 from chukan.simulators.hub import auth, enrolment, lists, messages, records, registry, worker
 from chukan.simulators.hub.config import HUB_OWNER, HubConfig
+from chukan.simulators.hub.probes import caller_middleware, setup_probes
 from chukan.simulators.hub.state import HUB_STATE, HubState, load_secret
 
 log = structlog.get_logger("chukan.hub")
@@ -30,20 +29,21 @@ log = structlog.get_logger("chukan.hub")
 
 def create_hub_app(config: HubConfig) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, auth.peer_middleware(config.tls is not None)],
+        middlewares=[
+            access_log_middleware,
+            error_middleware,
+            auth.peer_middleware(config.tls is not None),
+            caller_middleware,
+        ],
         client_max_size=8 * 1024 * 1024,
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            migrations = db.load_migrations("chukan.simulators", "migrations/hub")
-            if config.migration_database_url is not None:
-                await db.migrate_url(
-                    config.migration_database_url, "chukan.simulators", "migrations/hub"
-                )
             pool = await db.create_pool(config.database_url)
             stack.push_async_callback(pool.close)
-            await db.require_migrations(pool, "hub", migrations)
+            async with pool.acquire() as conn:
+                await db.migrate(conn, db.load_migrations("chukan.simulators", "migrations/hub"))
             keys = await asyncio.to_thread(
                 load_or_create_keys, config.key_dir, HUB_OWNER, config.key_passphrase
             )
@@ -65,6 +65,7 @@ def create_hub_app(config: HubConfig) -> web.Application:
         log.info("hub_stopped")
 
     app.cleanup_ctx.append(lifecycle)
+    setup_probes(app)
     app.router.add_post("/admin/v1/agencies", registry.register_agency)
     enrolment_path = "/admin/v1/agencies/{code}/enrolment-token"
     app.router.add_post(enrolment_path, enrolment.issue_token)

@@ -13,6 +13,7 @@ import asyncpg
 import structlog
 
 from chukan.codecs.envelope import Header
+from chukan.gateway.core.web import current_request_id
 from chukan.simulators.hub import outbox
 from chukan.simulators.hub.records import log_routed
 from chukan.simulators.hub.state import HubState, utcnow
@@ -50,12 +51,16 @@ async def conclude(
     if this worker still holds its lease.
     """
     async with state.pool.acquire() as conn, conn.transaction():
+        # The event keeps the id of the request (or delivery) that concluded the query;
+        # the answer's delivery carries the query's own, as every delivery does.
         won = await conn.fetchval(
-            "INSERT INTO hub_record_events (query_id, kind, outcome, reason_code, answered_at) "
-            "VALUES ($1, 'concluded', $2, $3, now()) ON CONFLICT DO NOTHING RETURNING 1",
+            "INSERT INTO hub_record_events (query_id, kind, outcome, reason_code, answered_at, "
+            "request_id) VALUES ($1, 'concluded', $2, $3, now(), $4) "
+            "ON CONFLICT DO NOTHING RETURNING 1",
             query_id,
             outcome,
             reason_code,
+            current_request_id(),
         )
         if delivery is not None:
             await outbox.finish(conn, delivery, finish_status, reason_code)
@@ -101,6 +106,10 @@ async def conclude(
             message,
             signature,
             give_up_at=utcnow() + state.config.answer_retention,
+            request_id=await conn.fetchval(
+                "SELECT request_id FROM hub_record_events WHERE query_id = $1 AND kind = 'opened'",
+                query_id,
+            ),
         )
     state.wake.set()
     log.info("query_concluded", query_id=query_id, outcome=outcome, reason=reason_code)

@@ -32,17 +32,23 @@ async def enqueue(
     signature: str,
     *,
     give_up_at: dt.datetime,
+    request_id: str | None,
 ) -> None:
-    """Put a signed message in the outbox, in the caller's transaction (sent after commit)."""
+    """Put a signed message in the outbox, in the caller's transaction (sent after commit).
+
+    ``request_id``: the query's (the request it arrived with), sent with every attempt.
+    """
     await conn.execute(
-        "INSERT INTO deliveries (kind, target, query_id, body, signature, give_up_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (query_id, kind) DO NOTHING",
+        "INSERT INTO deliveries (kind, target, query_id, body, signature, give_up_at, "
+        "request_id) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+        "ON CONFLICT (query_id, kind) DO NOTHING",
         kind,
         target,
         query_id,
         body,
         signature,
         give_up_at,
+        request_id,
     )
 
 

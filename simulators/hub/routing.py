@@ -40,7 +40,12 @@ from chukan.gateway.core.errors import (
     PersonUnknownError,
     QueryUnknownError,
 )
-from chukan.gateway.core.web import SIGNATURE_HEADER, error_response, signature_header
+from chukan.gateway.core.web import (
+    SIGNATURE_HEADER,
+    current_request_id,
+    error_response,
+    signature_header,
+)
 from chukan.permits import (
     AuthorizationRow,
     NotAuthorizedError,
@@ -140,6 +145,7 @@ async def route_query(
             message,
             signature_header(state.keys.signing, message),
             give_up_at=permit.expires_at + state.config.delivery_grace,
+            request_id=current_request_id(),
         )
     state.wake.set()
     log.info(
@@ -212,9 +218,9 @@ async def _open_record(
         """INSERT INTO hub_record_events (query_id, kind, permit_id, requester, provider,
                business_code, procedure_code, item_code, legal_basis, requester_person_code,
                provider_person_code, requested_at, permit_expires_at, outcome,
-               non_disclosure)
+               non_disclosure, request_id)
            VALUES ($1, 'opened', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                   'permitted', $13)
+                   'permitted', $13, $14)
            ON CONFLICT (query_id) WHERE kind = 'opened' DO NOTHING RETURNING 1""",
         body.query_id,
         permit.permit_id,
@@ -229,6 +235,7 @@ async def _open_record(
         now,
         permit.expires_at,
         body.non_disclosure,
+        current_request_id(),
     )
     return opened is not None
 
@@ -245,8 +252,9 @@ async def _record_refusal(
         """INSERT INTO hub_record_events (query_id, kind, requester, provider, business_code,
                                           procedure_code, item_code, requester_person_code,
                                           requested_at, answered_at, outcome, reason_code,
-                                          non_disclosure)
-           VALUES ($1, 'opened', $2, $3, $4, $5, $6, $7, now(), now(), 'refused', $8, $9)
+                                          non_disclosure, request_id)
+           VALUES ($1, 'opened', $2, $3, $4, $5, $6, $7, now(), now(), 'refused', $8, $9,
+                   $10)
            ON CONFLICT (query_id) WHERE kind = 'opened' DO NOTHING""",
         body.query_id,
         requester,
@@ -257,6 +265,7 @@ async def _record_refusal(
         body.requester_person_code,
         code,
         body.non_disclosure,
+        current_request_id(),
     )
     log.info("query_refused", requester=requester, provider=body.provider, code=code)
 

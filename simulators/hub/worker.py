@@ -30,7 +30,14 @@ from chukan.codecs.envelope import (
     new_message_id,
 )
 from chukan.gateway.core import db
-from chukan.gateway.core.web import SIGNATURE_HEADER, signature_header, verify_signature
+from chukan.gateway.core.web import (
+    REQUEST_ID_HEADER,
+    SIGNATURE_HEADER,
+    current_request_id,
+    request_id_bound,
+    signature_header,
+    verify_signature,
+)
 from chukan.simulators.hub import auth, outbox
 from chukan.simulators.hub.conclusions import conclude
 from chukan.simulators.hub.registry import Agency, load_agency, tls_server_name
@@ -44,10 +51,14 @@ DELIVERY_BATCH: Final = 64
 async def _post(
     state: HubState, agency: Agency, body: bytes, signature: str
 ) -> aiohttp.ClientResponse:
+    headers = {"Content-Type": "application/xml", SIGNATURE_HEADER: signature}
+    request_id = current_request_id()  # the query's: bound for each delivery
+    if request_id is not None:
+        headers[REQUEST_ID_HEADER] = request_id
     return await state.session.post(
         agency.endpoint.rstrip("/") + "/network/v1/messages",
         data=body,
-        headers={"Content-Type": "application/xml", SIGNATURE_HEADER: signature},
+        headers=headers,
         timeout=aiohttp.ClientTimeout(total=state.config.delivery_timeout),
         server_hostname=tls_server_name(state, agency.code, agency.endpoint),
     )
@@ -208,6 +219,12 @@ async def _deliver_answer(state: HubState, delivery: asyncpg.Record) -> None:
 
 
 async def _deliver_one(state: HubState, delivery: asyncpg.Record) -> None:
+    """One attempt, as part of the query's request: its id is logged and sent on."""
+    with request_id_bound(delivery["request_id"]):
+        await _attempt(state, delivery)
+
+
+async def _attempt(state: HubState, delivery: asyncpg.Record) -> None:
     try:
         if delivery["kind"] == "provision_request":
             await _deliver_provision_request(state, delivery)

@@ -29,35 +29,30 @@ from aiohttp import web
 
 from chukan.gateway.core import db
 from chukan.gateway.core.keystore import load_or_create_keys
-from chukan.gateway.core.web import error_middleware
+from chukan.gateway.core.web import access_log_middleware, error_middleware
 from chukan.gateway.kokuhoren.mailbox import KOKUHOREN_PARTY
 from chukan.simulators.kokuhoren import insurers, intake, returns
 from chukan.simulators.kokuhoren.config import KokuhorenConfig
+from chukan.simulators.kokuhoren.probes import setup_probes
 from chukan.simulators.kokuhoren.state import KOKUHOREN_STATE, KokuhorenState
 
 log = structlog.get_logger("chukan.kokuhoren")
 
 
-async def health(request: web.Request) -> web.Response:
-    await request.config_dict[KOKUHOREN_STATE].pool.fetchval("SELECT 1")
-    return web.json_response({"status": "ok", "service": "kokuhoren"})
-
-
 def create_kokuhoren_app(config: KokuhorenConfig) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=config.max_file_bytes * 2 + 65536
+        middlewares=[access_log_middleware, error_middleware],
+        client_max_size=config.max_file_bytes * 2 + 65536,
     )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            migrations = db.load_migrations("chukan.simulators", "migrations/kokuhoren")
-            if config.migration_database_url is not None:
-                await db.migrate_url(
-                    config.migration_database_url, "chukan.simulators", "migrations/kokuhoren"
-                )
             pool = await db.create_pool(config.database_url)
             stack.push_async_callback(pool.close)
-            await db.require_migrations(pool, "kokuhoren", migrations)
+            async with pool.acquire() as conn:
+                await db.migrate(
+                    conn, db.load_migrations("chukan.simulators", "migrations/kokuhoren")
+                )
             keys = await asyncio.to_thread(
                 load_or_create_keys, config.key_dir, KOKUHOREN_PARTY, config.key_passphrase
             )
@@ -67,7 +62,7 @@ def create_kokuhoren_app(config: KokuhorenConfig) -> web.Application:
         log.info("kokuhoren_stopped")
 
     app.cleanup_ctx.append(lifecycle)
-    app.router.add_get("/health", health)
+    setup_probes(app)
     app.router.add_put("/admin/v1/insurers/{insurer_number}", insurers.register_insurer)
     app.router.add_post("/admin/v1/returns", returns.produce_returns)
     app.router.add_get("/mailbox/v1/keys", insurers.public_keys)
