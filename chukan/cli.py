@@ -8,12 +8,13 @@ The top of the import graph: it composes the gateway's commands
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from chukan.gateway.cli import main as gateway_cli
 from chukan.gateway.core.logs import configure_logging
 from chukan.simulators.devnet import cli as devnet_cli
+from chukan.simulators.hub import cli as hub_cli
+from chukan.simulators.kokuhoren import cli as kokuhoren_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,11 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     devnet_cli.add_commands(commands)
     gateway_cli.add_commands(commands)
+    hub_cli.add_commands(commands)
+    kokuhoren_cli.add_commands(commands)
     args = parser.parse_args(argv)
-    configure_logging(getattr(logging, str(args.log_level).upper(), logging.WARNING))
-    code = gateway_cli.run(args)
-    if code is not None:
-        return code
+    configure_logging(gateway_cli.logging_level(parser, args))
+    for run in (gateway_cli.run, hub_cli.run, kokuhoren_cli.run):
+        code = run(args)
+        if code is not None:
+            return code
     return devnet_cli.run(args)
 
 

@@ -91,13 +91,16 @@ async def _open_state(
 ) -> GatewayState:
     """Open what a running gateway holds, each release registered on ``stack`` as it opens.
 
-    A failure at any step (tenant check, key ring, enrolment) unwinds the stack, so
-    nothing opened before it is left behind; at shutdown the same stack closes all.
+    A failure at any step (migrations, tenant check, key ring, enrolment) unwinds the
+    stack, so nothing opened before it is left behind; at shutdown the same stack
+    closes all.  Migrations are applied only when the configuration gives the owner's
+    URL for it; otherwise a pending one stops the start (``chukan db migrate``).
     """
     if config.migration_database_url is not None:
         await db.migrate_url(config.migration_database_url, "chukan.gateway")
     pool = await db.create_pool(config.database_url)
     stack.push_async_callback(pool.close)
+    await db.require_migrations(pool, "gateway", db.load_migrations("chukan.gateway"))
     tenant = await pool.fetchval("SELECT chukan_tenant()")
     if tenant != config.agency_code:
         raise RuntimeError(
@@ -140,7 +143,13 @@ async def _stop_tasks(state: GatewayState) -> None:
 
 
 def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
-    """The application; ``endpoint`` is the URL the hub uses to reach this gateway."""
+    """The application; ``endpoint`` is this process's socket URL.
+
+    The hub is told ``config.public_endpoint`` instead when one is configured: the
+    address of a balancer in front of several processes of this agency, each of
+    which would otherwise take the hub's routing over with its own socket.
+    """
+    endpoint = config.public_endpoint or endpoint
     app = web.Application(
         middlewares=[access_log_middleware, error_middleware], client_max_size=MAX_REQUEST_BYTES
     )
@@ -155,6 +164,7 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     # Background work, in start order (each needs the state the first one opens).
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(list_sync_context)
+    app.on_shutdown.append(_stopping)
     records.setup_records(app)
     staff.setup_staff(app)
     ops.setup_ops(app, config)
@@ -163,6 +173,15 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     app.add_subapp("/network", _network_face())
     app.add_subapp("/staff", _staff_face())
     return app
+
+
+async def _stopping(app: web.Application) -> None:
+    """A graceful stop has begun: long-polls answer now, with the state as it is."""
+    state = app.get(GATEWAY_STATE)
+    if state is not None:
+        state.stopping.set()
+        for event in list(state.waiters.values()):
+            event.set()
 
 
 def _internal_face() -> web.Application:

@@ -2,19 +2,55 @@
 
 The socket is bound before the application is built, so that the URL the hub
 uses to reach a gateway (with an ephemeral port in tests) is known at start-up.
+
+:func:`serve_command` is what ``chukan gateway serve``, ``chukan hub serve`` and
+``chukan kokuhoren serve`` share: read the TOML file, start, log
+``server_started`` with the URL, and on SIGTERM or SIGINT stop gracefully
+(:func:`run_until_signal`): stop accepting, let in-flight requests finish for up
+to ``--shutdown-timeout`` seconds (long-polls answer at once with the state as
+it is), run the application's cleanup (background tasks, pools, sessions), and
+exit 0.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import logging
+import os
+import signal
 import socket
 import ssl
+import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, TypeVar
 
+import structlog
 from aiohttp import web
 
 from chukan.gateway.app import create_gateway_app
 from chukan.gateway.core.config import GatewayConfig
+from chukan.gateway.core.errors import GatewayError
+from chukan.gateway.core.logs import configure_logging
+
+log = structlog.get_logger("chukan.serve")
+
+#: The levels ``--log-level`` accepts (any other is refused, exit status 2).
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: A server's level when neither ``chukan --log-level`` nor the command's is given.
+DEFAULT_SERVER_LOG_LEVEL: Final = "INFO"
+#: aiohttp's own default: how long in-flight requests may run once a stop has begun.
+RUNNER_SHUTDOWN_TIMEOUT: Final = 60.0
+#: The servers' commands wait less: an orchestrator's grace period is often 30 s.
+DEFAULT_SHUTDOWN_TIMEOUT: Final = 10.0
+#: Exit statuses of the servers' commands.
+EXIT_CONFIG: Final = 2
+EXIT_START_FAILED: Final = 1
+
+C = TypeVar("C")
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -42,10 +78,19 @@ class RunningServer:
 
 
 async def serve(
-    app: web.Application, host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    shutdown_timeout: float = RUNNER_SHUTDOWN_TIMEOUT,
 ) -> RunningServer:
     sock = bind_socket(host, port)
-    return await serve_on(app, sock, ssl_context=ssl_context)
+    try:
+        return await serve_on(app, sock, ssl_context=ssl_context, shutdown_timeout=shutdown_timeout)
+    except BaseException:  # a failed start leaves nothing listening
+        sock.close()
+        raise
 
 
 def socket_url(sock: socket.socket, *, tls: bool) -> str:
@@ -55,23 +100,32 @@ def socket_url(sock: socket.socket, *, tls: bool) -> str:
 
 
 async def serve_on(
-    app: web.Application, sock: object, *, ssl_context: ssl.SSLContext | None = None
+    app: web.Application,
+    sock: object,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    shutdown_timeout: float = RUNNER_SHUTDOWN_TIMEOUT,
 ) -> RunningServer:
     assert isinstance(sock, socket.socket)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
+    )
     await runner.setup()
     site = web.SockSite(runner, sock, ssl_context=ssl_context)
     await site.start()
     return RunningServer(runner, socket_url(sock, tls=ssl_context is not None))
 
 
-async def start_gateway(config: GatewayConfig) -> RunningServer:
+async def start_gateway(
+    config: GatewayConfig, *, shutdown_timeout: float = RUNNER_SHUTDOWN_TIMEOUT
+) -> RunningServer:
+    """Start one gateway process's server; it enrols ``config.public_endpoint`` if set."""
     sock = bind_socket(config.host, config.port)
     tls = config.tls is not None
     app = create_gateway_app(config, socket_url(sock, tls=tls))
     try:
         context = None if config.tls is None else config.tls.server_context()
-        return await serve_on(app, sock, ssl_context=context)
+        return await serve_on(app, sock, ssl_context=context, shutdown_timeout=shutdown_timeout)
     except BaseException:  # e.g. the hub refused enrolment: nothing is left listening
         sock.close()
         raise
@@ -79,3 +133,105 @@ async def start_gateway(config: GatewayConfig) -> RunningServer:
 
 async def wait_forever() -> None:
     await asyncio.Event().wait()
+
+
+# -- one server per process: the servers' commands ------------------------------------------
+
+
+def log_level(name: str) -> str:
+    """``--log-level``'s type: any case; argparse's ``choices`` then refuses unknown levels."""
+    return name.upper()
+
+
+def add_server_options(parser: argparse.ArgumentParser, what: str, *, migrate_help: str) -> None:
+    """The options every ``chukan <server> serve`` takes (documented in its ``--help``)."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="FILE.toml",
+        help=f"the {what}'s TOML configuration file (README: 'Running each server on its own')",
+    )
+    parser.add_argument(
+        "--migrate",
+        action="store_true",
+        help=migrate_help,
+    )
+    parser.add_argument(
+        "--log-level",
+        type=log_level,
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS,
+        help=f"events at this level and above, as JSON lines on stderr "
+        f"(default: chukan --log-level, else {DEFAULT_SERVER_LOG_LEVEL})",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=DEFAULT_SHUTDOWN_TIMEOUT,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long in-flight requests may still run before they are "
+        f"cancelled (default {DEFAULT_SHUTDOWN_TIMEOUT:g})",
+    )
+
+
+async def run_until_signal(start: Callable[[], Awaitable[RunningServer]], *, name: str) -> None:
+    """Start a server, serve until SIGTERM or SIGINT, then stop it gracefully.
+
+    A signal during start-up (a gateway waiting for its hub) cancels the start,
+    which releases what it had opened.  The stop drains in-flight requests (the
+    runner's shutdown timeout) and runs the application's cleanup.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        starting = asyncio.ensure_future(start())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            log.info("server_start_abandoned", server=name)
+            return
+        stopping.cancel()
+        server = starting.result()
+        log.info("server_started", server=name, url=server.url, pid=os.getpid())
+        await stop.wait()
+        log.info("server_stopping", server=name, url=server.url)
+        await server.stop()
+        log.info("server_stopped", server=name)
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
+def serve_command(
+    args: argparse.Namespace,
+    name: str,
+    load: Callable[[Path], C],
+    start: Callable[[C, argparse.Namespace], Awaitable[RunningServer]],
+) -> int:
+    """``chukan <name> serve``: load the file, run until a signal; the process's exit status.
+
+    A configuration the reader refuses exits 2 with its message (file, table,
+    key); a start that fails (database, hub, keys) exits 1; a graceful stop 0.
+    """
+    level = getattr(args, "log_level", None) or DEFAULT_SERVER_LOG_LEVEL
+    configure_logging(logging.getLevelNamesMapping()[level])
+    try:
+        config = load(args.config)
+    except GatewayError as exc:  # ConfigFileError and its kinds
+        print(f"chukan {name} serve: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        asyncio.run(run_until_signal(lambda: start(config, args), name=name))
+    except Exception as exc:  # database, hub, keys, port in use: one line, exit status 1
+        text = exc.message if isinstance(exc, GatewayError) else f"{type(exc).__name__}: {exc}"
+        log.error("server_start_failed", server=name, error=text, kind=type(exc).__name__)
+        print(f"chukan {name} serve: cannot start: {text}", file=sys.stderr)
+        return EXIT_START_FAILED
+    return 0

@@ -1,9 +1,12 @@
 """Administrative commands: ``chukan records|staff|ops ...``.
 
-They connect with an owner (superuser) URL of the gateway database — the one
-migrations use — and act *as the tenant*: ``SET SESSION AUTHORIZATION`` to the
-tenant's login role, so row-level security, column privileges and the
-append-only triggers apply exactly as to the gateway itself.  Every command
+They connect with the owner's URL of the gateway database — the one migrations
+use; a role with CREATEDB and CREATEROLE, no superuser needed — and act *as the
+tenant*: ``SET ROLE`` to the tenant's role (the owner is made a member of it when
+the tenant is provisioned), so row-level security, column privileges and the
+append-only triggers apply exactly as to the gateway itself.  The tenant's own
+URL works too.  A database with a migration pending is refused (``chukan db
+migrate``).  Every command
 that reads personal records or changes accounts is written to the audit trail
 (actor kind ``cli``, actor ``--actor`` or the OS user).
 """
@@ -140,16 +143,26 @@ def add_commands(commands: Any, *, database_default: str) -> None:
 
 
 async def tenant_connection(url: str, tenant: str) -> asyncpg.Connection:
-    """An owner connection that then acts as the tenant's login role."""
-    role = db.tenant_role(tenant)  # validated: safe as an identifier
+    """An owner connection that then acts as the tenant's role (``SET ROLE``)."""
+    try:
+        role = db.tenant_role(tenant)  # validated: safe as an identifier
+    except ValueError:
+        raise AdminCommandError(f"--tenant must be 6 or 16 digits, not {tenant!r}") from None
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute(f"SET SESSION AUTHORIZATION {role}")
+        await db.require_migrations(conn, "gateway", db.load_migrations("chukan.gateway"))
+        await conn.execute(f"SET ROLE {role}")
         await conn.execute("SET TIME ZONE 'UTC'")
         actual = await conn.fetchval("SELECT chukan_tenant()")
     except asyncpg.InvalidParameterValueError:
         await conn.close()
         raise AdminCommandError(f"tenant {tenant} has no login role on this server") from None
+    except asyncpg.InsufficientPrivilegeError:
+        await conn.close()
+        raise AdminCommandError(
+            f"this login is not a member of {role}, so it cannot act as tenant {tenant}: "
+            f"use the owner that provisioned the tenant (or GRANT {role} TO it)"
+        ) from None
     except BaseException:
         await conn.close()
         raise
@@ -208,6 +221,7 @@ async def _dispatch(args: argparse.Namespace, url: str, out: TextIO, stdin: Text
     if (command, action) == ("records", "partitions"):
         conn = await asyncpg.connect(url)
         try:
+            await db.require_migrations(conn, "gateway", db.load_migrations("chukan.gateway"))
             created = await ensure_partitions(conn, dt.date.today(), args.months)
         finally:
             await conn.close()

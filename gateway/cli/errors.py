@@ -26,3 +26,17 @@ class PkiCommandError(CommandError):
     option for the kind): one line on stderr, exit status 1."""
 
     code = "pki_command_failed"
+
+
+class ServeCommandError(CommandError):
+    """``chukan gateway serve`` cannot do what its options ask (e.g. ``--migrate`` without
+    an owner login): printed as one line on stderr, exit status 2."""
+
+    code = "serve_command_failed"
+
+
+class DatabaseCommandError(CommandError):
+    """``chukan db`` cannot do what it was asked (no database, no rights, a bad URL
+    source): one line on stderr, exit status 2."""
+
+    code = "db_command_failed"

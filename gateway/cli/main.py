@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any, Final
 
 from chukan.gateway.cli import admin as admin_cli
+from chukan.gateway.cli import db as db_cli
 from chukan.gateway.cli import pki as pki_cli
+from chukan.gateway.cli import serve as serve_cli
 from chukan.gateway.cli.keys import add_keys_parser, run_keys
 from chukan.gateway.core import db
 from chukan.gateway.replica import cli as replica_cli
+from chukan.gateway.serve import DEFAULT_SERVER_LOG_LEVEL, LOG_LEVELS, log_level
 
 DEFAULT_DATA_DIR: Final = Path(".chukan")
+DEFAULT_LOG_LEVEL: Final = "WARNING"
 GATEWAY_DATABASE: Final = "chukan_gateway"
 
 
@@ -31,15 +36,33 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
         default=Path(os.environ.get("CHUKAN_DATA_DIR", DEFAULT_DATA_DIR)),
         help="folder for the embedded PostgreSQL (default .chukan)",
     )
-    parser.add_argument("--log-level", default=os.environ.get("CHUKAN_LOG_LEVEL", "WARNING"))
+    parser.add_argument(
+        "--log-level",
+        type=log_level,
+        choices=LOG_LEVELS,
+        default=os.environ.get("CHUKAN_LOG_LEVEL"),
+        help=f"log events at this level and above (default $CHUKAN_LOG_LEVEL, else "
+        f"{DEFAULT_LOG_LEVEL}; the servers' commands: {DEFAULT_SERVER_LOG_LEVEL})",
+    )
+
+
+def logging_level(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The level ``--log-level`` (or ``CHUKAN_LOG_LEVEL``) names; an unknown one exits 2."""
+    name = args.log_level or DEFAULT_LOG_LEVEL
+    if name not in LOG_LEVELS:  # argparse checks the option, not the variable's default
+        choices = ", ".join(LOG_LEVELS)
+        parser.error(f"CHUKAN_LOG_LEVEL: unknown level {name!r} (choose from {choices})")
+    return logging.getLevelNamesMapping()[name]
 
 
 def add_commands(commands: Any) -> None:
     """Add the gateway's commands to the ``chukan`` sub-command parsers."""
     admin_cli.add_commands(commands, database_default=GATEWAY_DATABASE)
     replica_cli.add_parser(commands)
+    db_cli.add_commands(commands)
     add_keys_parser(commands)
     pki_cli.add_commands(commands)
+    serve_cli.add_commands(commands)
 
 
 def run(args: argparse.Namespace) -> int | None:
@@ -52,6 +75,10 @@ def run(args: argparse.Namespace) -> int | None:
         return _admin(args)
     if args.command == "replica":
         return replica_cli.run(args)
+    if args.command == db_cli.COMMAND:
+        return db_cli.run(args)
+    if args.command == serve_cli.COMMAND:
+        return serve_cli.run(args)
     return None
 
 

@@ -148,6 +148,9 @@ class GatewayConfig:
     migration_database_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 0
+    #: The URL the hub uses to reach this agency, when it is not this process's socket
+    #: (behind a balancer, or several processes of one agency); None: the socket's URL.
+    public_endpoint: str | None = None
     timing: Timing = field(default_factory=Timing)
     #: Mutual TLS (server certificate, client certificate to the hub, CA); None = plain HTTP.
     tls: TlsSettings | None = None

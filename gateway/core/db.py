@@ -5,7 +5,10 @@ wheel is started in a data folder (DESIGN §7); with ``CHUKAN_DATABASE_URL``
 that server is used.  Each component (hub, each gateway) has a database of
 its own on that server, created on first use.  Migrations are ordered SQL
 files recorded in ``schema_migrations``; an advisory lock makes concurrent
-starts safe and re-running a no-op.
+runs safe and re-running a no-op.  They are applied with the owner's login by
+``chukan db migrate`` (or at start by a server configured with an owner URL for
+it); every server checks at start, with its own login, that none is pending
+(:func:`require_migrations`).
 
 Database outages.  :func:`is_database_error` says whether an exception means
 the server is unreachable or going away (refused or lost connection, admin or
@@ -56,6 +59,7 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from chukan.gateway.core.errors import MigrationsPendingError
 from chukan.gateway.core.errors import (
     is_database_error as is_database_error,  # re-exported: db.is_database_error
 )
@@ -152,6 +156,82 @@ async def migrate_url(url: str, package: str, folder: str = "migrations") -> lis
         await conn.close()
 
 
+@dataclass(frozen=True, slots=True)
+class MigrationStatus:
+    """What a database holds of a package's migrations (``chukan db status``, start checks).
+
+    ``changed``: applied, but the shipped file differs (someone edited it afterwards);
+    ``unknown``: applied versions this version of chukan does not ship (a newer one
+    migrated the database).
+    """
+
+    applied: list[Migration]
+    pending: list[Migration]
+    changed: list[Migration]
+    unknown: list[int]
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.pending and not self.changed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "up_to_date": self.up_to_date,
+            "applied": [migration_label(m) for m in self.applied],
+            "pending": [migration_label(m) for m in self.pending],
+            "changed": [migration_label(m) for m in self.changed],
+            "unknown": self.unknown,
+        }
+
+
+def migration_label(migration: Migration) -> str:
+    """``0060_owner_acts_as_tenant``: the file's name without ``.sql``."""
+    return f"{migration.version:04d}_{migration.name}"
+
+
+async def migration_status(executor: Executor, migrations: list[Migration]) -> MigrationStatus:
+    """Compare ``schema_migrations`` with ``migrations``; no table means nothing applied.
+
+    Only reads, so any login that may read ``schema_migrations`` can ask (a
+    gateway's tenant role may since migration 0060).  Raises asyncpg's
+    ``InsufficientPrivilegeError`` when this login may not.
+    """
+    try:
+        rows = await executor.fetch("SELECT version, checksum FROM schema_migrations")
+    except asyncpg.UndefinedTableError:
+        rows = []
+    done = {row["version"]: row["checksum"] for row in rows}
+    shipped = {m.version for m in migrations}
+    return MigrationStatus(
+        applied=[m for m in migrations if done.get(m.version) == m.checksum],
+        pending=[m for m in migrations if m.version not in done],
+        changed=[m for m in migrations if m.version in done and done[m.version] != m.checksum],
+        unknown=sorted(v for v in done if v not in shipped),
+    )
+
+
+async def require_migrations(
+    executor: Executor, component: str, migrations: list[Migration]
+) -> None:
+    """Refuse to go on unless every migration of ``migrations`` is applied, unchanged.
+
+    A server calls this at start with its own login (no owner rights): it never
+    migrates behind the operator's back, and never runs on a schema it does not
+    know.  Raises :class:`MigrationsPendingError` naming what is missing.
+    """
+    try:
+        status = await migration_status(executor, migrations)
+    except asyncpg.InsufficientPrivilegeError:
+        # The grant arrives with a migration (gateway 0060): one is pending at least.
+        raise MigrationsPendingError(component, [], [], unreadable=True) from None
+    if not status.up_to_date:
+        raise MigrationsPendingError(
+            component,
+            [migration_label(m) for m in status.pending],
+            [migration_label(m) for m in status.changed],
+        )
+
+
 def with_database(url: str, database: str) -> str:
     """The same server URL pointing at another database (path component)."""
     if not DATABASE_NAME_PATTERN.match(database):
@@ -193,8 +273,14 @@ async def provision_tenant(admin_url: str, tenant: str, name: str) -> str:
     """Create (or refresh) the login role of one tenant; return the URL the gateway uses.
 
     The role is a member of ``chukan_app`` (table privileges) and is mapped to
-    its tenant in ``tenants``: row-level security filters on that mapping of
-    ``session_user``, so a tenant's session cannot see another tenant's rows.
+    its tenant in ``tenants``: row-level security filters on that mapping of the
+    session's role (``chukan_tenant()``), so a tenant's session cannot see another
+    tenant's rows.
+
+    The owner (``admin_url``'s login) is made a member of the new role, so that the
+    administrative commands can act as the tenant with ``SET ROLE`` without being a
+    superuser (PostgreSQL lets a ``CREATEROLE`` role grant the roles it created).
+    No tenant role is ever a member of another, so no tenant can do the same.
     """
     role = tenant_role(tenant)
     password = secrets.token_urlsafe(24)
@@ -212,6 +298,7 @@ async def provision_tenant(admin_url: str, tenant: str, name: str) -> str:
             )
             await conn.execute(statement)
             await conn.execute(f"GRANT chukan_app TO {role}")
+            await conn.execute(f"GRANT {role} TO CURRENT_USER")
             await conn.execute(
                 "INSERT INTO tenants (tenant, name, role_name) VALUES ($1, $2, $3) "
                 "ON CONFLICT (tenant) DO UPDATE SET name = EXCLUDED.name",

@@ -154,6 +154,30 @@ class CommandError(GatewayError):
     code = "command_failed"
 
 
+class ConfigFileError(CommandError):
+    """A server's TOML configuration file cannot be used: the message names file, table, key."""
+
+    code = "config_file_invalid"
+
+
+class ConfigKeyUnknownError(ConfigFileError):
+    """A key the configuration does not know (a typo must not pass silently)."""
+
+    code = "config_key_unknown"
+
+
+class InlineSecretError(ConfigFileError):
+    """A secret written into the configuration file itself instead of a file or variable."""
+
+    code = "config_secret_inline"
+
+
+class SecretFileExposedError(ConfigFileError):
+    """A secret (or private key) file that group or others may read."""
+
+    code = "config_secret_file_exposed"
+
+
 class RelayedRefusalError(GatewayError):
     """A peer (the hub) refused a request we relay: the caller sees the peer's own code.
 
@@ -180,6 +204,44 @@ class DatabaseUnavailableError(UnavailableError):
     """
 
     code = "database_unavailable"
+
+
+class MigrationsPendingError(UnavailableError):
+    """A server's database lacks migrations this version ships (or one of them changed).
+
+    A server refuses to start on it rather than run against a schema it does not
+    know; migrating is the operator's step (``chukan db migrate``), done with the
+    owner's login, which the running server does not hold.
+    """
+
+    code = "migrations_pending"
+
+    def __init__(
+        self, component: str, pending: list[str], changed: list[str], *, unreadable: bool = False
+    ) -> None:
+        self.component = component
+        self.pending = pending
+        self.changed = changed
+        parts: list[str] = []
+        if unreadable:
+            parts.append(
+                "this login may not read schema_migrations: the migration that lets it "
+                "is not applied"
+            )
+        if pending:
+            parts.append(f"{len(pending)} not applied: {', '.join(pending)}")
+        if changed:
+            parts.append(f"changed after they were applied: {', '.join(changed)}")
+        remedy = (
+            f"run `chukan db migrate --component {component}` with the database owner's URL"
+            if not changed
+            else "write a new migration instead of editing an applied one"
+        )
+        super().__init__(
+            f"the {component} database is not at this version's schema "
+            f"({'; '.join(parts)}): {remedy}"
+        )
+        self.details = {"component": component, "pending": pending, "changed": changed}
 
 
 class ProvisionInProgressError(UnavailableError):

@@ -39,6 +39,8 @@ class GatewayState:
 
     #: Set to run the durable sweep now rather than at its next interval.
     sweep_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set when a graceful stop begins: long-polls answer at once instead of waiting.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def spawn(self, coro: Any, name: str) -> None:
         """Run background work, kept referenced and supervised.

@@ -74,7 +74,7 @@ async def _answer_when(
     deadline = time.monotonic() + _wait_seconds(request, state)
     while True:
         body = await read()
-        if final(body) or time.monotonic() >= deadline:
+        if final(body) or time.monotonic() >= deadline or state.stopping.is_set():
             return web.json_response(body)
         await asyncio.sleep(POLL_INTERVAL)
 

@@ -174,7 +174,7 @@ async def get_query(request: web.Request) -> web.Response:
                 "WHERE query_id = $1 AND collected_at IS NULL",
                 query_id,
             )
-        if row["status"] not in OPEN_STATUSES or remaining <= 0:
+        if row["status"] not in OPEN_STATUSES or remaining <= 0 or state.stopping.is_set():
             return web.json_response(_query_json(row))
         event = state.waiters.setdefault(query_id, asyncio.Event())
         try:

@@ -26,11 +26,12 @@ tenant's gateway:
 * otherwise the server of ``CHUKAN_DATABASE_URL`` (or the embedded PostgreSQL in
   ``--data-dir``) with the owner's credentials, database ``--database`` (default
   ``chukan_gateway``), and the session switches to the tenant role with ``SET
-  SESSION AUTHORIZATION`` (needs a superuser login, as the embedded server's; the
-  tenant's password is never reset, so running gateways are not disturbed).
+  ROLE`` (the owner — CREATEDB and CREATEROLE, no superuser — is a member of every
+  tenant role it provisioned; the tenant's password is never reset, so running
+  gateways are not disturbed).
 
 Either way the session's tenant must be ``--tenant``. The database must have been
-migrated (the gateway does that when it starts). Exit codes of ``import``: 0 every
+migrated (``chukan db migrate``); a pending migration is refused. Exit codes of ``import``: 0 every
 message applied (or answered from a previous run), 1 some message rejected or
 refused, 2 bad invocation or database not reachable.
 """
@@ -54,6 +55,7 @@ import asyncpg
 from chukan.codecs.catalog import ITEM_CODE_PATTERN
 from chukan.codecs.errors import CodecError
 from chukan.gateway.core import db, jobs
+from chukan.gateway.core.errors import MigrationsPendingError
 from chukan.gateway.replica.decoding import DecodedBatch, warm_worker
 from chukan.gateway.replica.errors import (
     MessageIdReusedError,
@@ -153,18 +155,22 @@ async def connect_tenant(
                 )
             try:
                 # `role` matched a strict pattern (tenant_role); names cannot be parameters.
-                await conn.execute(f"SET SESSION AUTHORIZATION {role}")
+                await conn.execute(f"SET ROLE {role}")
             except asyncpg.InsufficientPrivilegeError:
                 await conn.close()
                 raise ReplicaCommandError(
-                    "switching to the tenant role needs a superuser login; "
-                    "give the tenant's own URL with --database-url"
+                    f"this login is not a member of {role}: use the owner that provisioned "
+                    "the tenant, or give the tenant's own URL with --database-url"
                 ) from None
     except (OSError, asyncpg.PostgresError) as exc:
         raise ReplicaCommandError(f"cannot connect to the gateway database: {exc}") from None
     await conn.execute("SET TIME ZONE 'UTC'")
     try:
+        await db.require_migrations(conn, "gateway", db.load_migrations("chukan.gateway"))
         session_tenant = await conn.fetchval("SELECT chukan_tenant()")
+    except MigrationsPendingError as exc:
+        await conn.close()
+        raise ReplicaCommandError(exc.message) from None
     except asyncpg.UndefinedFunctionError:
         await conn.close()
         raise ReplicaCommandError("the database is not a migrated gateway database") from None

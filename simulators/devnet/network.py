@@ -365,6 +365,7 @@ async def start_network(
     pki = NetworkPki.create() if tls else None
     hub_config = HubConfig(
         database_url=hub_url,
+        migration_database_url=hub_url,
         key_dir=work_dir / "keys" / "hub",
         key_passphrase=secrets.token_urlsafe(24).encode(),
         admin_token=secrets.token_urlsafe(24),
@@ -384,8 +385,10 @@ async def start_network(
     )
     try:
         if kokuhoren:
+            kokuhoren_url = await db.ensure_database(server_url, kokuhoren_database)
             network.kokuhoren_config = KokuhorenConfig(
-                database_url=await db.ensure_database(server_url, kokuhoren_database),
+                database_url=kokuhoren_url,
+                migration_database_url=kokuhoren_url,
                 key_dir=work_dir / "keys" / "kokuhoren",
                 key_passphrase=secrets.token_urlsafe(24).encode(),
                 admin_token=secrets.token_urlsafe(24),

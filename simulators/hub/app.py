@@ -3,7 +3,9 @@
 Start-up acquires each resource on one :class:`contextlib.AsyncExitStack`, so a
 failure at any step (migration, keys, list, session) closes what was already
 opened, and stopping releases everything in reverse order: the delivery worker
-first, then the client session, then the pool.
+first, then the client session, then the pool.  Migrations are applied only when
+the configuration gives the owner's URL for it (``migration_database_url``);
+otherwise a pending one stops the start (``chukan db migrate --component hub``).
 """
 
 from __future__ import annotations
@@ -40,10 +42,14 @@ def create_hub_app(config: HubConfig) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
+            migrations = db.load_migrations("chukan.simulators", "migrations/hub")
+            if config.migration_database_url is not None:
+                await db.migrate_url(
+                    config.migration_database_url, "chukan.simulators", "migrations/hub"
+                )
             pool = await db.create_pool(config.database_url)
             stack.push_async_callback(pool.close)
-            async with pool.acquire() as conn:
-                await db.migrate(conn, db.load_migrations("chukan.simulators", "migrations/hub"))
+            await db.require_migrations(pool, "hub", migrations)
             keys = await asyncio.to_thread(
                 load_or_create_keys, config.key_dir, HUB_OWNER, config.key_passphrase
             )

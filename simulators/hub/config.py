@@ -49,6 +49,10 @@ class HubConfig:
     authorization_list: AuthorizationList | None = None
     #: Mutual TLS (server certificate, the hub's client certificate, CA); None = plain HTTP.
     tls: TlsSettings | None = None
+    #: The owner's URL, given only to a hub that applies its own migrations at start;
+    #: without it, start-up refuses a database with a migration pending (``chukan db
+    #: migrate --component hub``).  The offline network sets it.
+    migration_database_url: str | None = None
 
     def __repr__(self) -> str:  # never print the passphrase or the admin token
         return f"HubConfig(database={self.database_url.rsplit('/', 1)[-1]!r}, port={self.port})"

@@ -674,6 +674,7 @@ async def running_cluster(folder: Path) -> AsyncIterator[Cluster]:
         admin_token = secrets.token_urlsafe(24)
         hub_config = HubConfig(
             database_url=hub_url,
+            migration_database_url=hub_url,
             key_dir=folder / "keys" / "hub",
             key_passphrase=passphrase,
             admin_token=admin_token,

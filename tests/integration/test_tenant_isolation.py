@@ -1,4 +1,4 @@
-"""Tenant isolation is enforced by PostgreSQL itself (row-level security on session_user)."""
+"""Tenant isolation is enforced by PostgreSQL itself (row-level security on the session's role)."""
 
 from __future__ import annotations
 
