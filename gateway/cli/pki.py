@@ -284,6 +284,8 @@ def _open_ca(directory: Path, passphrase: bytes) -> CertificateAuthority:
     cert_path, key_path = directory / CA_CERT, directory / CA_KEY
     if not cert_path.exists() or not key_path.exists():
         raise PkiCommandError(f"no CA in {directory}; run chukan pki init --dir {directory}")
+    if stat.S_IMODE(key_path.stat().st_mode) & 0o077:
+        raise PkiCommandError(f"{key_path} is open to others; chmod 600 it")
     return CertificateAuthority.load(cert_path.read_bytes(), key_path.read_bytes(), passphrase)
 
 

@@ -349,6 +349,9 @@ def test_issue_refuses_wrong_ca_passphrase_missing_ca_and_outliving_the_ca(
     assert code == 1 and "outlive the CA" in err
     code, _, err = _issue(directory, *hub, "--days", "0")
     assert code == 1 and "positive" in err
+    (directory / "ca.key.pem").chmod(0o644)
+    code, _, err = _issue(directory, *hub)
+    assert code == 1 and "chmod 600" in err
     assert sorted(p.name for p in directory.iterdir()) == ["ca.key.pem", "ca.pem"]
 
 
