@@ -25,7 +25,7 @@ PACKAGES = {
     "chukan.gateway": "gateway",
     "chukan.simulators": "simulators",
 }
-ROOT_MODULES = ("errorcodes", "cli", "__main__")
+ROOT_MODULES = ("errorcodes", "cli", "__main__", "testing", "testing_fixtures")
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def _layer(module: str) -> int:
         return 4
     if module.startswith("chukan.simulators"):
         return 3
-    return 5  # chukan.cli, chukan.__main__: the top
+    return 5  # chukan.cli, chukan.__main__, chukan.testing (the pytest plugin): the top
 
 
 def _where(imp: Import) -> str:
@@ -218,6 +218,8 @@ def test_no_private_name_is_imported_from_another_module() -> None:
         ("chukan.simulators.devnet.network", 4),
         ("chukan.codecs.envelope", 1),
         ("chukan.cli", 5),
+        ("chukan.testing", 5),
+        ("chukan.testing_fixtures", 5),
     ],
 )
 def test_layers_are_assigned_as_documented(module: str, expected: int) -> None:
