@@ -158,10 +158,14 @@ async def test_the_owner_is_not_a_superuser(owner: Owner) -> None:
 
 async def test_db_migrate_and_status_for_each_component(owner: Owner, tmp_path: Path) -> None:
     names = {component: owner.database(component) for component in COMPONENTS}
-    for component, name in names.items():
-        code, out, err = await chukan(
-            owner, "db", "status", "--component", component, "--database", name
+    # Each step runs for the three components at once (separate processes and databases).
+    before = await asyncio.gather(
+        *(
+            chukan(owner, "db", "status", "--component", component, "--database", name)
+            for component, name in names.items()
         )
+    )
+    for component, (code, out, err) in zip(names, before, strict=True):
         assert code == 1, err
         report = json.loads(out)
         assert report["up_to_date"] is False
@@ -178,27 +182,29 @@ async def test_db_migrate_and_status_for_each_component(owner: Owner, tmp_path: 
         "hub": (["--url-file", str(url_file)], {}),
         "kokuhoren": (["--database", names["kokuhoren"]], {}),
     }
-    for component, (options, env) in sources.items():
-        code, out, err = await chukan(
-            owner, "db", "migrate", "--component", component, *options, env=env
+    migrated = await asyncio.gather(
+        *(
+            chukan(owner, "db", "migrate", "--component", component, *options, env=env)
+            for component, (options, env) in sources.items()
         )
+    )
+    for component, (code, out, err) in zip(sources, migrated, strict=True):
         assert code == 0, err
         result = json.loads(out)
         assert result["applied"] == labels(component), component
         assert result["database"] == names[component]
-    code, out, err = await chukan(
-        owner, "db", "status", "--component", "hub", "--url-file", str(url_file)
-    )
-    assert code == 0, err
-    entry = json.loads(out)["components"]["hub"]
-    assert entry["up_to_date"] is True and entry["pending"] == []
-    assert entry["applied"] == labels("hub")
-    for component in ("gateway", "kokuhoren"):
-        code, out, err = await chukan(
-            owner, "db", "status", "--component", component, "--database", names[component]
+
+    after = await asyncio.gather(
+        *(
+            chukan(owner, "db", "status", "--component", component, *options, env=env)
+            for component, (options, env) in sources.items()
         )
+    )
+    for component, (code, out, err) in zip(sources, after, strict=True):
         assert code == 0, (component, err)
-        assert json.loads(out)["components"][component]["applied"] == labels(component)
+        entry = json.loads(out)["components"][component]
+        assert entry["up_to_date"] is True and entry["pending"] == []
+        assert entry["applied"] == labels(component)
 
     # The owner made and owns each database; the tables are its own.
     conn = await asyncpg.connect(owner.url(names["gateway"]))
@@ -272,31 +278,33 @@ async def test_admin_commands_act_as_a_tenant_without_a_superuser(
     finally:
         await own.close()
 
-    code, out, err = await chukan(
-        owner, "records", "verify", "--tenant", tenant, "--database", name, "--actor", "auditor"
-    )
-    assert code == 0, err
-    report = json.loads(out)
-    assert report["ok"] is True and report["records"] == 3 and report["head_seq"] == 3
-    code, out, err = await chukan(owner, "records", "verify", "--tenant", other, "--database", name)
-    assert code == 0, err
-    assert json.loads(out)["records"] == 0  # the other tenant sees none of those rows
-
-    code, out, err = await chukan(
-        owner, "staff", "create-admin", "--tenant", tenant, "--username", "kanri01",
-        "--database", name,
+    # The commands, each its own process, all at once.
+    verified, verified_other, admin, export, jobs, partitions = await asyncio.gather(
+        chukan(
+            owner, "records", "verify", "--tenant", tenant, "--database", name,
+            "--actor", "auditor",
+        ),
+        chukan(owner, "records", "verify", "--tenant", other, "--database", name),
+        chukan(
+            owner, "staff", "create-admin", "--tenant", tenant, "--username", "kanri01",
+            "--database", name,
+        ),
+        chukan(
+            owner, "replica", "export", "--tenant", tenant, "--item-code", ITEM,
+            "--database", name,
+        ),
+        chukan(owner, "ops", "jobs", "--tenant", tenant, "--database", name),
+        chukan(owner, "records", "partitions", "--database", name),
     )  # fmt: skip
-    assert code == 0, err
-    assert json.loads(out)["roles"] == ["admin"]
-    code, out, err = await chukan(
-        owner, "replica", "export", "--tenant", tenant, "--item-code", ITEM, "--database", name
-    )
-    assert code == 0, err
-    assert out.splitlines()[0].startswith("item_code,")
-    code, out, err = await chukan(owner, "ops", "jobs", "--tenant", tenant, "--database", name)
-    assert code == 0, err
-    code, out, err = await chukan(owner, "records", "partitions", "--database", name)
-    assert code == 0, err
+    for code, _, err in (verified, verified_other, admin, export, jobs, partitions):
+        assert code == 0, err
+    report = json.loads(verified[1])
+    assert report["ok"] is True and report["records"] == 3 and report["head_seq"] == 3
+    assert json.loads(verified_other[1])["records"] == 0  # none of the other tenant's rows
+    assert json.loads(admin[1])["roles"] == ["admin"]
+    assert export[1].splitlines()[0].startswith("item_code,")
+    assert "jobs" in json.loads(jobs[1])
+    assert "created" in json.loads(partitions[1])
 
     # What the commands wrote belongs to the tenant, as if its gateway had written it.
     own = await asyncpg.connect(urls[tenant])
