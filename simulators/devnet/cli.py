@@ -1,27 +1,39 @@
-"""``chukan demo`` and ``chukan serve``: the offline network from the command line."""
+"""``chukan demo`` and ``chukan serve``: the offline network from the command line.
+
+``demo`` runs the whole network in this process for one scripted run.  ``serve``
+runs each server as its own process from a folder that persists across runs
+(:mod:`chukan.simulators.devnet.serve`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import tempfile
-from pathlib import Path
+import sys
 from typing import Any
 
 from chukan.gateway.core import db
-from chukan.gateway.core.identities import system_identity
-from chukan.gateway.serve import wait_forever
 from chukan.simulators.devnet.demo import demo_main
-from chukan.simulators.devnet.network import CORE_SYSTEM, start_network
+from chukan.simulators.devnet.errors import DevnetServeError
+from chukan.simulators.devnet.serve import FOLDER, serve_devnet
 
 COMMANDS = ("demo", "serve")
+EXIT_FAILED = 1
 
 
 def add_commands(commands: Any) -> None:
     """Add ``demo`` and ``serve`` to the ``chukan`` sub-command parsers."""
     commands.add_parser("demo", help="run the offline demo and exit")
-    commands.add_parser("serve", help="start hub and gateways and keep them running")
+    commands.add_parser(
+        "serve",
+        help="start the hub, 国保連 and both gateways as processes and keep them running",
+        description=(
+            f"Write (first run) or reuse <--data-dir>/{FOLDER}/: a CA, certificates, TOML "
+            "files and secret files of every server; start each server as its own "
+            "process (chukan hub|kokuhoren|gateway serve --config …); print a curl per "
+            "gateway; on Ctrl-C or SIGTERM stop them all."
+        ),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,39 +42,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.command == "demo":
             return demo_main(server_url)
-        with (
-            tempfile.TemporaryDirectory(prefix="chukan-serve-") as tmp,
-            contextlib.suppress(KeyboardInterrupt),
-        ):
-            asyncio.run(_serve(server_url, Path(tmp)))
-        return 0
+        return asyncio.run(serve_devnet(args.data_dir, server_url, sys.stdout))
+    except DevnetServeError as exc:
+        print(f"chukan serve: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if embedded is not None:
             embedded.stop()
-
-
-async def _serve(server_url: str, work_dir: Path) -> None:
-    network = await start_network(server_url, work_dir)
-    print(f"hub      {network.hub.url}", flush=True)
-    if network.kokuhoren is not None:
-        print(f"国保連   {network.kokuhoren.url}", flush=True)
-    for code, gateway in network.gateways.items():
-        print(f"gateway  {code} {gateway.config.agency_name}  {gateway.url}", flush=True)
-        print(f"         internal API token (this run only): {gateway.token}", flush=True)
-        if network.pki is not None:
-            core = next(s for s in gateway.config.systems if s.system_id == CORE_SYSTEM)
-            cert, key = network.pki.export_client(
-                system_identity(code, CORE_SYSTEM, core.operations),
-                work_dir / "tls",
-                f"{code}-{CORE_SYSTEM}",
-                gateway.token.encode(),
-            )
-            print(f"         client certificate {cert}", flush=True)
-            print(f"         its key {key} (passphrase: the token above)", flush=True)
-    if network.pki is not None:
-        print(f"CA       {work_dir / 'tls' / 'ca.pem'} (mutual TLS, this run only)", flush=True)
-    print("serving; press Ctrl-C to stop", flush=True)
-    try:
-        await wait_forever()
-    finally:
-        await network.stop()
