@@ -1,26 +1,26 @@
 """The fault suite's cluster: its own PostgreSQL, the hub and two gateways as OS processes.
 
 The test process is the operator.  It creates the run's CA and every
-configuration, writes each server's configuration to a file and starts it with
-``fault_serve.py`` (one OS process per server; a fixed loopback port once the
-first start picked one), and can then kill (SIGKILL), pause (SIGSTOP/SIGCONT)
-and restart any server with the same configuration, keys and database, stop
-and start PostgreSQL on the same port and data folder, and slow down the
-provider's database traffic through a :class:`DelayProxy`.
+configuration, writes each server's TOML file, certificates and secret files
+(0600) as an operator would, and starts each server with its own command
+(``python -m chukan hub serve --config hub.toml``, ``python -m chukan gateway
+serve --config requester.toml`` …) on a fixed loopback port.  It can then kill
+(SIGKILL), pause (SIGSTOP/SIGCONT) and restart any server with the same files,
+keys and database, stop and start PostgreSQL on the same port and data folder,
+and slow down the provider's database traffic through a :class:`DelayProxy`.
 
 Nothing here replaces a component of ours: the servers are the product's own
-``start_gateway`` and hub application, only launched from a test-side script
-until they have commands of their own.
+commands, started from the files they read in production.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import json
 import os
-import pickle
 import pwd
 import secrets
 import shutil
@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -41,18 +41,27 @@ import aiohttp
 import asyncpg
 
 from chukan.codecs.catalog import CHIBA_CITY, FUNABASHI_CITY
+from chukan.gateway.cli.db import COMPONENTS
 from chukan.gateway.cli.main import GATEWAY_DATABASE
 from chukan.gateway.core import db
 from chukan.gateway.core.config import GatewayConfig, Timing
 from chukan.gateway.core.identities import HUB_IDENTITY, HUB_OPERATOR, agency_host
+from chukan.gateway.core.keystore import load_or_create_keys
 from chukan.gateway.core.tls import TlsSettings
-from chukan.keys import PublicSigningKey, b64d
 from chukan.keys.ca import ClientIdentity
 from chukan.simulators.devnet.network import CORE_SYSTEM, default_systems
 from chukan.simulators.devnet.pki import LOOPBACK_HOSTS, NetworkPki
+from chukan.simulators.devnet.tomlfiles import (
+    Database,
+    TlsFiles,
+    gateway_toml,
+    hub_toml,
+    split_password,
+    write_private,
+)
 from chukan.simulators.hub import HUB_DATABASE, HubConfig
+from chukan.simulators.hub.config import HUB_OWNER
 
-SERVE_SCRIPT: Final = Path(__file__).resolve().parent / "fault_serve.py"
 REQUESTER: Final = CHIBA_CITY  # 千葉市
 PROVIDER: Final = FUNABASHI_CITY  # 船橋市
 AGENCY_NAMES: Final = {CHIBA_CITY: "千葉市", FUNABASHI_CITY: "船橋市"}
@@ -72,6 +81,7 @@ HUB_TIMING: Final[dict[str, Any]] = {
 }
 #: The system user pgserver runs PostgreSQL as when the tests run as root.
 PGSERVER_USER: Final = "pgserver"
+PR_SET_PDEATHSIG: Final = 1
 
 
 def known_fields(cls: type[Any], values: dict[str, Any]) -> dict[str, Any]:
@@ -364,41 +374,46 @@ class DelayProxy:
 # -- server processes -----------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the test process ends, however it ends."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 @dataclass
 class ServerProcess:
-    """One server (``hub`` or ``gateway``) run by ``fault_serve.py`` as its own OS process."""
+    """One server (``hub`` or ``gateway``): ``python -m chukan KIND serve --config NAME.toml``.
+
+    ``config`` is what the TOML file says, as values (the checks read the key
+    folder and passphrase from it); ``toml`` the file's text, written at each start.
+    """
 
     name: str
     kind: str
     folder: Path
     config: HubConfig | GatewayConfig
+    toml: str
     process: subprocess.Popen[bytes] | None = None
-    ready: dict[str, Any] = field(default_factory=dict)
     starts: int = 0
     kills: int = 0
     paused: bool = False
 
     @property
     def config_file(self) -> Path:
-        return self.folder / f"{self.name}.config"
-
-    @property
-    def ready_file(self) -> Path:
-        return self.folder / f"{self.name}.ready"
+        return self.folder / f"{self.name}.toml"
 
     @property
     def log_file(self) -> Path:
-        """structlog JSON events, appended across restarts."""
+        """stderr: structlog JSON events (and anything else), appended across restarts."""
         return self.folder / f"{self.name}.log"
 
     @property
     def stderr_file(self) -> Path:
-        return self.folder / f"{self.name}.stderr"
+        return self.log_file
 
     @property
     def url(self) -> str:
-        url: str = self.ready["url"]
-        return url
+        return f"https://{self.config.host}:{self.config.port}"
 
     @property
     def pid(self) -> int:
@@ -410,37 +425,37 @@ class ServerProcess:
         return self.process is not None and self.process.poll() is None
 
     async def start(self, limit: float = 60.0) -> float:
-        """Start (again) with the same configuration; returns the seconds until ready."""
-        assert not self.running, f"{self.name} is already running"
-        self.config_file.write_bytes(pickle.dumps(self.config))
-        self.ready_file.unlink(missing_ok=True)
+        """Start (again) from the same file; the seconds until it logged ``server_started``."""
+        assert not self.running, f"{self.name} is not stopped"
+        self.config_file.write_text(self.toml, encoding="utf-8")
+        offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         command = [
-            sys.executable,
-            str(SERVE_SCRIPT),
-            self.kind,
-            str(self.config_file),
-            str(self.ready_file),
-            str(self.log_file),
-            str(os.getpid()),
-        ]
-        self.process = spawn(command, self.stderr_file, cwd=self.folder)
+            sys.executable, "-m", "chukan", self.kind, "serve", "--config", str(self.config_file),
+        ]  # fmt: skip
+        self.process = spawn(command, self.log_file, cwd=self.folder, preexec_fn=_die_with_parent)
         self.starts += 1
         self.paused = False
-        took = await until(self._is_ready, limit, f"start of {self.name}", interval=0.05)
-        self.ready = json.loads(self.ready_file.read_text(encoding="utf-8"))
-        if self.config.port == 0:  # keep the port: a restart comes back at the same URL
-            port = int(self.url.rsplit(":", 1)[1])
-            self.config = dataclasses.replace(self.config, port=port)
-        return took
 
-    async def _is_ready(self) -> bool:
-        if self.ready_file.exists():
-            return True
+        async def started() -> bool:
+            return self._started_since(offset)
+
+        return await until(started, limit, f"start of {self.name}", interval=0.05)
+
+    def _started_since(self, offset: int) -> bool:
         assert self.process is not None
+        with self.log_file.open("rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode("utf-8", errors="replace")
+        for line in text.splitlines():
+            if '"server_started"' in line:
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if event.get("event") == "server_started" and event.get("pid") == self.pid:
+                        return True
         if self.process.poll() is not None:
             raise ServerDiedError(
                 f"{self.name} exited with status {self.process.returncode} before it was "
-                f"ready; stderr:\n{tail(self.stderr_file)}\nlog:\n{tail(self.log_file, 10)}"
+                f"ready; log:\n{tail(self.log_file)}"
             )
         return False
 
@@ -652,6 +667,42 @@ def _tls_identity(pki: NetworkPki, code: str) -> TlsSettings:
     return pki.settings(code, ClientIdentity("agency", code), (*LOOPBACK_HOSTS, agency_host(code)))
 
 
+def _secret(folder: Path, name: str, value: str | bytes) -> str:
+    """Write a secret file (0600) as an operator would; its path relative to the TOML files."""
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    write_private(folder / "secrets" / name, data + b"\n")
+    return f"secrets/{name}"
+
+
+def _tls_files(folder: Path, name: str, settings: TlsSettings) -> TlsFiles:
+    """The PEM files of one server (keys 0600), as the ``[tls]`` table names them."""
+    tls = folder / "tls"
+    tls.mkdir(exist_ok=True, mode=0o700)
+    (tls / "ca.pem").write_bytes(settings.ca_pem)
+    files = {
+        f"{name}-server.crt": settings.server_cert_pem,
+        f"{name}-client.crt": settings.client_cert_pem,
+    }
+    for file_name, data in files.items():
+        (tls / file_name).write_bytes(data)
+    write_private(tls / f"{name}-server.key", settings.server_key_pem)
+    write_private(tls / f"{name}-client.key", settings.client_key_pem)
+    return TlsFiles(
+        "tls/ca.pem",
+        f"tls/{name}-server.crt",
+        f"tls/{name}-server.key",
+        f"tls/{name}-client.crt",
+        f"tls/{name}-client.key",
+    )
+
+
+def _database(folder: Path, url: str, secret_name: str) -> Database:
+    bare, password = split_password(url)
+    if password is None:
+        return Database(bare)
+    return Database(bare, _secret(folder, secret_name, password))
+
+
 @contextlib.asynccontextmanager
 async def running_cluster(folder: Path) -> AsyncIterator[Cluster]:
     """Start everything; on exit terminate every process started, whatever happened."""
@@ -661,7 +712,9 @@ async def running_cluster(folder: Path) -> AsyncIterator[Cluster]:
         stack.push_async_callback(postgres.stop)
         await postgres.start()
 
+        # The databases' lifecycle, as `chukan db migrate` and `chukan db tenant` do it.
         hub_url = await db.ensure_database(postgres.url, HUB_DATABASE)
+        await db.migrate_url(hub_url, COMPONENTS["hub"].package, COMPONENTS["hub"].folder)
         admin_url = await db.ensure_database(postgres.url, GATEWAY_DATABASE)
         await db.migrate_url(admin_url, "chukan.gateway")
         tenant_urls = {
@@ -674,26 +727,38 @@ async def running_cluster(folder: Path) -> AsyncIterator[Cluster]:
         admin_token = secrets.token_urlsafe(24)
         hub_config = HubConfig(
             database_url=hub_url,
-            migration_database_url=hub_url,
             key_dir=folder / "keys" / "hub",
             key_passphrase=passphrase,
             admin_token=admin_token,
+            port=free_port(),  # fixed: a restarted hub comes back at the same URL
             tls=pki.settings("hub", HUB_IDENTITY),
         )
-        hub_config = dataclasses.replace(hub_config, **known_fields(HubConfig, HUB_TIMING))
-        hub = ServerProcess("hub", "hub", folder, hub_config)
+        hub_timing = known_fields(HubConfig, HUB_TIMING)
+        hub_config = dataclasses.replace(hub_config, **hub_timing)
+        # The hub's keys exist before it starts, so that the gateways' files pin its key.
+        hub_key = load_or_create_keys(hub_config.key_dir, HUB_OWNER, passphrase).signing.public
+        assert hub_config.tls is not None
+        hub_file = hub_toml(
+            host=hub_config.host,
+            port=hub_config.port,
+            database=_database(folder, hub_url, "hub-db-password"),
+            key_dir=str(hub_config.key_dir),
+            passphrase_file=_secret(folder, "hub-key-passphrase", passphrase),
+            admin_token_file=_secret(folder, "hub-admin-token", admin_token),
+            tls=_tls_files(folder, "hub", hub_config.tls),
+            timing=hub_timing,
+        )
+        hub = ServerProcess("hub", "hub", folder, hub_config, hub_file)
         stack.push_async_callback(hub.terminate)
         await hub.start()
-        hub_key = PublicSigningKey(
-            hub.ready["hub_key"]["key_id"], b64d(hub.ready["hub_key"]["raw"])
-        )
 
         # The provider reaches PostgreSQL through the proxy (scenario e slows it down).
         proxy = DelayProxy(postgres.port)
         proxy.start()
         stack.callback(proxy.stop)
 
-        timing = dataclasses.replace(Timing(), **known_fields(Timing, GATEWAY_TIMING))
+        gateway_timing = known_fields(Timing, GATEWAY_TIMING)
+        timing = dataclasses.replace(Timing(), **gateway_timing)
         gateways: dict[str, ServerProcess] = {}
         tokens: dict[str, str] = {}
         for code, name in AGENCY_NAMES.items():
@@ -701,26 +766,41 @@ async def running_cluster(folder: Path) -> AsyncIterator[Cluster]:
             database_url = tenant_urls[code]
             if code == PROVIDER:
                 database_url = with_port(database_url, proxy.port)
+            enrolment_token = await _issue_enrolment_token(hub.url, admin_token, pki, code)
             config = GatewayConfig(
                 agency_code=code,
                 agency_name=name,
                 database_url=database_url,
-                migration_database_url=admin_url,
                 hub_url=hub.url,
                 hub_key=hub_key,
-                enrolment_token=await _issue_enrolment_token(hub.url, admin_token, pki, code),
+                enrolment_token=enrolment_token,
                 key_dir=folder / "keys" / code,
                 key_passphrase=secrets.token_urlsafe(24).encode(),  # its own, never the hub's
                 systems=default_systems(tokens[code]),
+                port=free_port(),
                 timing=timing,
                 tls=_tls_identity(pki, code),
             )
+            assert config.tls is not None
             role = "requester" if code == REQUESTER else "provider"
-            gateways[code] = ServerProcess(role, "gateway", folder, config)
+            gateway_file = gateway_toml(
+                code=code,
+                name=name,
+                host=config.host,
+                port=config.port,
+                database=_database(folder, database_url, f"{code}-db-password"),
+                key_dir=str(config.key_dir),
+                passphrase_file=_secret(folder, f"{code}-key-passphrase", config.key_passphrase),
+                hub_url=hub.url,
+                hub_key=hub_key,
+                enrolment_token_file=_secret(folder, f"{code}-enrolment-token", enrolment_token),
+                systems=config.systems,
+                tls=_tls_files(folder, code, config.tls),
+                timing=gateway_timing,
+            )
+            gateways[code] = ServerProcess(role, "gateway", folder, config, gateway_file)
             stack.push_async_callback(gateways[code].terminate)
-        # One at a time: both would apply the (already applied) migrations at once.
-        for gateway in gateways.values():
-            await gateway.start()
+        await asyncio.gather(*(gateway.start() for gateway in gateways.values()))
 
         contexts: dict[str, ssl.SSLContext] = {"hub-operator": pki.client_context(HUB_OPERATOR)}
         for code, gateway in gateways.items():
