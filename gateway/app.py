@@ -35,7 +35,15 @@ from chukan.gateway.core.access import hub_only_middleware
 from chukan.gateway.core.config import GatewayConfig
 from chukan.gateway.core.errors import EnrolmentRefusedError, UpstreamError
 from chukan.gateway.core.hubclient import HubClient
-from chukan.gateway.core.keyring import current_keys, enrolment_payload, load_or_create_ring
+from chukan.gateway.core.keyring import (
+    RING_WATCH,
+    RingWatch,
+    current_keys,
+    enrolment_payload,
+    load_or_create_ring,
+    ring_watch_context,
+)
+from chukan.gateway.core.notices import NOTICES, Listener, listener_context
 from chukan.gateway.core.retry import backoff_delay
 from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, utcnow
 from chukan.gateway.core.tls import client_session
@@ -154,6 +162,8 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
         middlewares=[access_log_middleware, error_middleware], client_max_size=MAX_REQUEST_BYTES
     )
     app[LIST_SYNC] = ListSync()
+    app[RING_WATCH] = RingWatch()
+    app[NOTICES] = Listener(config.database_url, f"gateway:{config.agency_code}")
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
@@ -163,12 +173,15 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
 
     # Background work, in start order (each needs the state the first one opens).
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(ring_watch_context)
     app.cleanup_ctx.append(list_sync_context)
     app.on_shutdown.append(_stopping)
     records.setup_records(app)
     staff.setup_staff(app)
     ops.setup_ops(app, config)
     kokuhoren.setup_kokuhoren(app)
+    # Last: what other processes of this agency announce (key reloads, new lists).
+    app.cleanup_ctx.append(listener_context)
     app.add_subapp("/internal", _internal_face())
     app.add_subapp("/network", _network_face())
     app.add_subapp("/staff", _staff_face())

@@ -53,11 +53,21 @@ EXIT_START_FAILED: Final = 1
 C = TypeVar("C")
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before building the app so the endpoint (with an ephemeral port) is known."""
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """Bind before building the app so the endpoint (with an ephemeral port) is known.
+
+    ``reuse_port``: ``SO_REUSEPORT``, so that several worker processes of one agency
+    bind the same port and the kernel spreads the connections over them (each
+    process must set it; a process without it is refused the port).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        if not hasattr(socket, "SO_REUSEPORT"):
+            sock.close()
+            raise OSError("reuse_port: this system has no SO_REUSEPORT")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(128)
     sock.setblocking(False)
@@ -120,7 +130,7 @@ async def start_gateway(
     config: GatewayConfig, *, shutdown_timeout: float = RUNNER_SHUTDOWN_TIMEOUT
 ) -> RunningServer:
     """Start one gateway process's server; it enrols ``config.public_endpoint`` if set."""
-    sock = bind_socket(config.host, config.port)
+    sock = bind_socket(config.host, config.port, reuse_port=config.reuse_port)
     tls = config.tls is not None
     app = create_gateway_app(config, socket_url(sock, tls=tls))
     try:

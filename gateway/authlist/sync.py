@@ -19,6 +19,14 @@ The hub publishes the list signed, versioned and with an expiry.  A gateway:
 
 At start-up the newest stored version is verified again and used if still valid,
 so a restart while the hub is unreachable keeps working until that list expires.
+
+Several processes of one agency use one list, the newest valid one in the
+database: a process that stores a new version sends ``NOTIFY
+chukan_authorization_list, '<agency>'`` in the storing transaction, and every
+process then loads the newest stored version (verified again, never older than
+the one it holds).  Each refresh pass (every ``Timing.list_refresh`` seconds)
+also loads it first, so no process answers from an older list than the database
+holds for longer than that, notice lost or hub away.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from chukan.gateway.core.errors import (
     AuthorizationListUnavailableError,
     GatewayError,
 )
+from chukan.gateway.core.notices import LIST_CHANNEL, NOTICES, notify
 from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, utcnow
 from chukan.gateway.core.web import read_xml
 from chukan.permits import (
@@ -203,6 +212,8 @@ async def _store(
             digest,
             signed,
         )
+        if inserted is not None:  # the other processes of this agency load it too
+            await notify(conn, LIST_CHANNEL, state.config.agency_code)
         if inserted is None:  # another process of this gateway stored it a moment ago
             other = await conn.fetchval(
                 "SELECT digest FROM authorization_lists WHERE version = $1", lst.version
@@ -217,21 +228,35 @@ async def _store(
 
 async def restore(state: GatewayState, sync: ListSync) -> None:
     """Use the newest stored version again after a restart, if it still verifies and is valid."""
+    loaded = await load_stored(state, sync, source="restore")
+    if not loaded and state.authorization_list is None and not sync.last_error:
+        state.list_error = MISSING  # nothing stored yet (a refused one names its code)
+
+
+async def load_stored(state: GatewayState, sync: ListSync, *, source: str) -> bool:
+    """Use the newest stored version if it is newer than the one in use and verifies.
+
+    What another process of this agency stored (pushed to it, or fetched by it)
+    becomes this process's list too.  Returns whether a list was taken up.
+    """
+    current = state.authorization_list
     row = await state.pool.fetchrow(
         "SELECT version, signed_document, digest, received_at FROM authorization_lists "
-        "ORDER BY version DESC LIMIT 1"
+        "WHERE version > $1 ORDER BY version DESC LIMIT 1",
+        -1 if current is None else current.version,
     )
     if row is None:
-        state.list_error = MISSING
-        return
+        return False
     try:
         lst = verify_signed_list(row["signed_document"], state.hub.trusted_hub, now=utcnow())
     except PermitsError as exc:
         _refused(state, sync, exc.code)
         log.warning("authorization_list_stored_unusable", version=row["version"], code=exc.code)
-        return
-    _activate(state, sync, lst, row["digest"], row["received_at"])
-    log.info("authorization_list_restored", version=lst.version)
+        return False
+    async with sync.lock:
+        _activate(state, sync, lst, row["digest"], row["received_at"])
+    log.info("authorization_list_restored", version=lst.version, source=source)
+    return True
 
 
 async def refresh(state: GatewayState, sync: ListSync) -> tuple[AuthorizationList, Outcome]:
@@ -255,6 +280,8 @@ async def _refresh_loop(state: GatewayState, sync: ListSync) -> None:
     while True:
         await asyncio.sleep(state.config.timing.list_refresh)
         try:
+            # What another process stored counts even while the hub is away.
+            await load_stored(state, sync, source="periodic check")
             await _refresh_quietly(state, sync)
         except Exception as exc:  # a database hiccup must not end the loop
             if db.is_database_error(exc):
@@ -268,6 +295,12 @@ async def list_sync_context(app: web.Application) -> AsyncIterator[None]:
     state = app[GATEWAY_STATE]
     sync = app[LIST_SYNC]
     await restore(state, sync)
+
+    async def on_notice(payload: str | None) -> None:
+        if payload is None or payload == state.config.agency_code:
+            await load_stored(state, sync, source="notice")
+
+    app[NOTICES].subscribe(LIST_CHANNEL, on_notice)
     await _refresh_quietly(state, sync)
     task = asyncio.create_task(_refresh_loop(state, sync), name="list-refresher")
     yield

@@ -56,6 +56,8 @@ DEFAULT_SWEEP_INTERVAL: Final = 1.0
 DEFAULT_ANSWER_RETENTION: Final = dt.timedelta(days=1)
 DEFAULT_HTTP_TIMEOUT: Final = 10.0
 DEFAULT_LIST_REFRESH: Final = 60.0
+#: Seconds between two checks of the key ring file (the fallback of the reload notice).
+DEFAULT_RING_CHECK: Final = 30.0
 DEFAULT_MAX_WAIT: Final = 30.0
 DEFAULT_TRANSMIT_ATTEMPTS: Final = 12
 DEFAULT_TRANSMIT_BACKOFF: Final = 0.5
@@ -106,6 +108,10 @@ class Timing:
     answer_retention: dt.timedelta = DEFAULT_ANSWER_RETENTION
     http_timeout: float = DEFAULT_HTTP_TIMEOUT
     list_refresh: float = DEFAULT_LIST_REFRESH
+    #: How often each process compares the ring file with the ring it uses: a reload
+    #: (``POST /internal/v1/keys/reload``) another process announced but this one missed
+    #: (its notice connection was down) is taken up within this many seconds.
+    ring_check: float = DEFAULT_RING_CHECK
     max_wait: float = DEFAULT_MAX_WAIT
     #: 国保連 伝送: attempts per file, first delay and cap of the exponential backoff.
     transmit_attempts: int = DEFAULT_TRANSMIT_ATTEMPTS
@@ -151,6 +157,10 @@ class GatewayConfig:
     #: The URL the hub uses to reach this agency, when it is not this process's socket
     #: (behind a balancer, or several processes of one agency); None: the socket's URL.
     public_endpoint: str | None = None
+    #: Bind with ``SO_REUSEPORT``, so that several processes of this agency (on one
+    #: database, one key folder, one ``public_endpoint``) share ``port``; the kernel
+    #: spreads the connections over them.
+    reuse_port: bool = False
     timing: Timing = field(default_factory=Timing)
     #: Mutual TLS (server certificate, client certificate to the hub, CA); None = plain HTTP.
     tls: TlsSettings | None = None

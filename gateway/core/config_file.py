@@ -59,6 +59,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
             host=server.optional_text("host", "127.0.0.1") or "127.0.0.1",
             port=server.port("port", 0),
             public_endpoint=None if public_endpoint is None else public_endpoint.rstrip("/"),
+            reuse_port=server.flag("reuse_port", False),
             timing=Timing(**root.table("timing").dataclass_fields(Timing)),
             tls=root.tls(),
             kokuhoren=_kokuhoren(root.table("kokuhoren")) if root.has("kokuhoren") else None,

@@ -17,6 +17,7 @@ refused; transmission: queued → delivered | failed); the HTTP endpoints are in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -37,6 +38,7 @@ from chukan.codecs.kokuhoren import (
     YearMonth,
     encode_file,
 )
+from chukan.gateway.core import db
 from chukan.gateway.core.errors import ValidationError
 from chukan.gateway.core.jobs import create_job, get_job, requeue_job
 from chukan.gateway.core.state import GatewayState
@@ -74,6 +76,13 @@ KIND_DATA_TYPES: Final = {"change": DataType.CHANGE, "correction": DataType.CORR
 #: Above this many records, parsing and encoding run off the event loop.
 THREAD_RECORDS: Final = 500
 TASK_PREFIX: Final = "kokuhoren-job-"
+#: A job's lease: an advisory lock per tenant and job, on a connection held while it runs.
+JOB_LOCK_SQL: Final = (
+    "SELECT pg_try_advisory_lock("
+    "hashtextextended('chukan-kokuhoren-job:' || chukan_tenant() || ':' || $1, 0))"
+)
+#: Seconds between two looks for jobs no process runs (one that ran them died).
+RESUME_INTERVAL: Final = 30.0
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -104,18 +113,57 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+async def hold_job(state: GatewayState, job_id: int) -> asyncpg.Connection | None:
+    """The job's lock on a connection of its own, or None when another process holds it.
+
+    A session-level advisory lock is the job's lease: held while the job runs,
+    released when it ends, and by PostgreSQL when the process dies (``kill -9``
+    included), so another process of this agency can take the job up.
+    """
+    conn = await asyncpg.connect(state.config.database_url, timeout=db.DEFAULT_CONNECT_TIMEOUT)
+    try:
+        held = await conn.fetchval(JOB_LOCK_SQL, str(job_id))
+    except BaseException:
+        conn.terminate()
+        raise
+    if held:
+        return conn
+    await conn.close()
+    return None
+
+
+def job_task_name(job_id: int) -> str:
+    return f"{TASK_PREFIX}{job_id}"
+
+
 def spawn_job(state: GatewayState, coro: Coroutine[Any, Any, None], job_id: int) -> None:
-    """Run a job in the background; a crash is logged, the job stays resumable."""
+    """Run a job in the background under its lock; a crash is logged, the job stays resumable.
+
+    A job another process of this agency is running is left to it.
+    """
 
     async def guarded() -> None:
+        try:
+            holder = await hold_job(state, job_id)
+        except Exception as exc:  # the database is away: the job stays resumable
+            coro.close()
+            log.warning("kokuhoren_job_not_started", job_id=job_id, error=type(exc).__name__)
+            return
+        if holder is None:
+            coro.close()
+            log.info("kokuhoren_job_held_elsewhere", job_id=job_id)
+            return
         try:
             await coro
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("kokuhoren_job_crashed", job_id=job_id)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(holder.close())
 
-    state.spawn(guarded(), name=f"{TASK_PREFIX}{job_id}")
+    state.spawn(guarded(), name=job_task_name(job_id))
 
 
 # -- recipient changes ----------------------------------------------------------------------
@@ -499,17 +547,47 @@ async def returns_json(state: GatewayState, job_id: int) -> dict[str, Any]:
 
 
 async def resume_jobs(state: GatewayState, client: MailboxClient) -> None:
-    """Jobs a stopped process left queued or running are picked up again."""
+    """Jobs a stopped process left queued or running are picked up again.
+
+    At start-up, then every :data:`RESUME_INTERVAL` seconds: each job is taken
+    under its lock (:func:`spawn_job`), so a job another live process of this
+    agency runs is left to it, and one whose process died is taken up.
+    """
+    await _resume_pass(state, client)
+    state.spawn(_resume_loop(state, client), name=f"{TASK_PREFIX}resume")
+
+
+async def _resume_pass(state: GatewayState, client: MailboxClient) -> int:
     rows = await state.pool.fetch(
         "SELECT j.id, j.kind, t.id AS transmission_id FROM jobs j "
         "LEFT JOIN kokuhoren_transmissions t ON t.job_id = j.id "
         "WHERE j.kind = ANY($1::text[]) AND j.status IN ('queued', 'running') ORDER BY j.id",
         [JOB_TRANSMIT, JOB_INGEST],
     )
+    running = {task.get_name() for task in state.tasks}
+    count = 0
     for row in rows:
+        if job_task_name(row["id"]) in running:
+            continue  # this process runs it already
         if row["kind"] == JOB_TRANSMIT and row["transmission_id"] is not None:
             spawn_job(state, transmit(state, client, row["transmission_id"]), row["id"])
         elif row["kind"] == JOB_INGEST:
             spawn_job(state, ingest_returns(state, client, row["id"]), row["id"])
-    if rows:
-        log.info("kokuhoren_jobs_resumed", count=len(rows))
+        else:
+            continue
+        count += 1
+    if count:
+        log.info("kokuhoren_jobs_resumed", count=count)
+    return count
+
+
+async def _resume_loop(state: GatewayState, client: MailboxClient) -> None:
+    while True:
+        await asyncio.sleep(RESUME_INTERVAL)
+        try:
+            await _resume_pass(state, client)
+        except Exception as exc:  # the loop never ends on an error
+            if db.is_database_error(exc):
+                db.note_unavailable(exc)
+            else:
+                log.exception("kokuhoren_resume_failed")

@@ -5,6 +5,11 @@ Results collected more than ``result_retention`` ago, queries past
 with their requester record), used permits and seen message ids that can no
 longer be replayed.  It runs every ``purge_interval`` and on demand (staff
 API, CLI), each run a ``results.purge`` job row with its counts.
+
+Several processes of one agency: runs are serialized by an advisory lock per
+tenant (taken in the run's transaction), and a process's periodic run is
+skipped when another process ran one less than ``purge_interval`` ago, so the
+agency purges about once per interval whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from chukan.gateway.core import db
 from chukan.gateway.core.config import DEFAULT_PERMIT_SKEW
 from chukan.gateway.core.jobs import Job, create_job, fail_job, finish_job, get_job, start_job
 from chukan.gateway.core.metrics import metrics_for
-from chukan.gateway.core.state import GatewayState
+from chukan.gateway.core.state import GatewayState, utcnow
 
 log = structlog.get_logger("chukan.ops")
 
 PURGE_JOB: Final = "results.purge"
+#: Who runs the periodic deletion job (``created_by`` of its job rows).
+PERIODIC_PURGER: Final = "gateway"
 
 
 async def purge_results(
@@ -41,6 +48,10 @@ async def purge_results(
     expiry plus the verification's clock skew (``permit_skew``, at least ``message_skew``).
     """
     async with conn.transaction():
+        # One run at a time per tenant, whichever process (or command) starts it.
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('chukan-purge:' || chukan_tenant(), 0))"
+        )
         # Never answered before expiry: concluded as failed, recorded, then deleted below.
         expired_unanswered = await conn.fetchval(
             """WITH concluded AS (
@@ -139,12 +150,25 @@ async def purge_now(state: GatewayState, created_by: str) -> Job:
         )
 
 
+async def purge_due(state: GatewayState) -> bool:
+    """Whether no process of this agency started a periodic run within the interval."""
+    interval = state.config.ops.purge_interval
+    last = await state.pool.fetchval(
+        "SELECT max(created_at) FROM jobs WHERE kind = $1 AND created_by = $2",
+        PURGE_JOB,
+        PERIODIC_PURGER,
+    )
+    # A little slack, so that the process whose turn it is does not skip by a hair.
+    return last is None or utcnow() - last >= interval * 0.9
+
+
 async def purger(state: GatewayState) -> None:
-    """Background task: the deletion job every ``purge_interval``."""
+    """Background task: the deletion job every ``purge_interval`` (once for all processes)."""
     while True:
         await asyncio.sleep(state.config.ops.purge_interval.total_seconds())
         try:
-            await purge_now(state, "gateway")
+            if await purge_due(state):
+                await purge_now(state, PERIODIC_PURGER)
         except Exception as exc:  # a background loop never ends on an error
             if db.is_database_error(exc):
                 db.note_unavailable(exc)  # logged once per outage, not per pass

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from chukan.gateway.core import db
 from chukan.gateway.core.keystore import load_or_create_keys
+from chukan.gateway.core.notices import NOTICES, Listener, listener_context
 from chukan.gateway.core.tls import client_session
 from chukan.gateway.core.web import access_log_middleware, error_middleware
 from chukan.simulators.hub import auth, enrolment, lists, messages, records, registry, worker
@@ -70,7 +71,11 @@ def create_hub_app(config: HubConfig) -> web.Application:
             yield
         log.info("hub_stopped")
 
+    app[NOTICES] = Listener(config.database_url, "hub")
     app.cleanup_ctx.append(lifecycle)
+    # The list other hub processes publish; the listener last, after its subscribers.
+    app.cleanup_ctx.append(lists.list_watch_context)
+    app.cleanup_ctx.append(listener_context)
     setup_probes(app)
     app.router.add_post("/admin/v1/agencies", registry.register_agency)
     enrolment_path = "/admin/v1/agencies/{code}/enrolment-token"

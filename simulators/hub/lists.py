@@ -14,14 +14,20 @@
   fetch ``GET /network/v1/authorization-list`` on their own schedule.
 * While the hub's own list is expired, queries are refused with 503
   ``authorization_list_unavailable`` (reason ``authorization_list_expired``).
+* Several hub processes on one database use one list, the newest published:
+  publishing sends ``NOTIFY chukan_hub_list`` in the publishing transaction and
+  every process then loads the newest version (verified under the hub's key);
+  each also checks every :data:`LIST_CHECK_INTERVAL` seconds, so a notice lost
+  during a database outage delays a new list by that much at most.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
 import aiohttp
@@ -34,6 +40,7 @@ from chukan.gateway.core.errors import (
     UnsupportedMediaError,
     ValidationError,
 )
+from chukan.gateway.core.notices import HUB_LIST_CHANNEL, NOTICES, notify
 from chukan.gateway.core.web import read_body
 from chukan.keys import SigningKeyPair
 from chukan.permits import (
@@ -58,6 +65,8 @@ LIST_PUSH_PATH: Final = "/network/v1/authorization-list"
 MIN_LIFETIME: Final = dt.timedelta(seconds=1)
 MAX_LIFETIME: Final = dt.timedelta(days=366)
 PUSH_TIMEOUT: Final = 5.0
+#: Seconds between two checks of the newest published version by each hub process.
+LIST_CHECK_INTERVAL: Final = 10.0
 #: Version, issued and expiry are the hub's to set: placeholders when parsing a CSV.
 _PLACEHOLDER_VERSION: Final = 1
 
@@ -104,6 +113,7 @@ async def publish(
             signed,
             published_by,
         )
+        await notify(conn, HUB_LIST_CHANNEL, str(lst.version))  # the other hub processes
     log.info(
         "authorization_list_published",
         version=lst.version,
@@ -136,6 +146,64 @@ async def initial_list(
     return await publish(
         pool, signer, rows, lifetime=config.list_lifetime, published_by="hub start-up"
     )
+
+
+def adopt(state: HubState, lst: AuthorizationList, signed: bytes) -> bool:
+    """Use ``lst`` unless this process already holds a newer version; returns whether it did."""
+    if lst.version <= state.authorization_list.version:
+        return False
+    state.authorization_list = lst
+    state.signed_list = signed
+    return True
+
+
+async def load_newest(state: HubState, *, source: str) -> bool:
+    """Take up a version another hub process published; returns whether one was taken up."""
+    row = await state.pool.fetchrow(
+        "SELECT version, signed_document FROM authorization_lists "
+        "WHERE version > $1 ORDER BY version DESC LIMIT 1",
+        state.authorization_list.version,
+    )
+    if row is None:
+        return False
+    signed: bytes = row["signed_document"]
+    try:
+        trusted = {state.keys.signing.key_id: state.keys.signing.public}
+        lst = verify_signed_list(signed, trusted, now=utcnow())
+    except PermitsError as exc:
+        log.warning("authorization_list_unusable", version=row["version"], code=exc.code)
+        return False
+    if not adopt(state, lst, signed):
+        return False
+    log.info("authorization_list_taken_up", version=lst.version, source=source)
+    return True
+
+
+async def _check_loop(state: HubState) -> None:
+    while True:
+        await asyncio.sleep(LIST_CHECK_INTERVAL)
+        try:
+            await load_newest(state, source="periodic check")
+        except Exception as exc:  # the loop never ends on an error
+            if db.is_database_error(exc):
+                db.note_unavailable(exc)
+            else:
+                log.exception("authorization_list_check_failed")
+
+
+async def list_watch_context(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context: take up what other hub processes publish (notice, periodic check)."""
+    state = app[HUB_STATE]
+
+    async def on_notice(_payload: str | None) -> None:
+        await load_newest(state, source="notice")
+
+    app[NOTICES].subscribe(HUB_LIST_CHANNEL, on_notice)
+    task = asyncio.create_task(_check_loop(state), name="hub-list-check")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _lifetime(request: web.Request, default: dt.timedelta) -> dt.timedelta:
@@ -216,8 +284,7 @@ async def publish_list(request: web.Request) -> web.Response:
         lifetime=lifetime,
         published_by=None if peer is None else peer.subject_id,
     )
-    state.authorization_list = lst
-    state.signed_list = signed
+    adopt(state, lst, signed)
     pushed = await push_list(state, signed)
     return web.json_response(
         {
