@@ -5,6 +5,12 @@ seconds (:class:`~chukan.gateway.core.settings.RecordsConfig`), after checking
 the segment it vouches for.  What a database superuser can still do undetected
 is append well-formed records (or cut records) *after the last signed
 checkpoint*; the checkpointer bounds that window to T seconds.
+
+Several processes of one agency each run a checkpointer.  Two of them signing
+at once is harmless: a checkpoint vouches for ``(seq, hash)`` of the chain as it
+was, each is verified on its own, and one head is signed once (the primary key
+``(tenant, seq)``); the process that loses the race for a head gets nothing to
+do (``None``), not an error.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import structlog
 
 from chukan.gateway.core import db
@@ -56,6 +63,23 @@ async def make_checkpoint(
 ) -> Checkpoint | None:
     """Sign the chain head if due: ``every`` unsigned records, or the oldest older than
     ``interval`` (or ``force``).  The segment since the last checkpoint is checked first."""
+    try:
+        return await _sign_if_due(conn, tenant, signer, every, interval, force=force)
+    except asyncpg.SerializationError:
+        # Another process inserted the checkpoint of this very head after our snapshot.
+        log.info("record_checkpoint_signed_elsewhere", tenant=tenant)
+        return None
+
+
+async def _sign_if_due(
+    conn: db.Conn,
+    tenant: str,
+    signer: SigningKeyPair,
+    every: int,
+    interval: dt.timedelta,
+    *,
+    force: bool,
+) -> Checkpoint | None:
     async with conn.transaction(isolation="repeatable_read"):
         head = await conn.fetchrow(
             "SELECT seq, hash FROM record_chain_heads WHERE tenant = $1", tenant

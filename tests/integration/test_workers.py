@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -51,11 +52,14 @@ from process_support import (
 
 from chukan.codecs import catalog
 from chukan.codecs.sample_items import certification_item
+from chukan.gateway.cli.admin import tenant_connection
 from chukan.gateway.core import db
 from chukan.gateway.core.config import ADMIN_OPERATIONS, token_digest
 from chukan.gateway.core.identities import HUB_OPERATOR, system_identity
 from chukan.gateway.core.keyring import read_ring, ring_path, write_ring
+from chukan.gateway.records.checkpoints import checkpoint_now
 from chukan.keys import b64e
+from chukan.keys.ca import ClientIdentity
 from chukan.simulators.devnet.network import CORE_SYSTEM
 from chukan.simulators.devnet.synthetic import SyntheticPerson, synthetic_person
 
@@ -228,7 +232,7 @@ async def until(check: Callable[[], Awaitable[bool]], limit: float, what: str) -
         await asyncio.sleep(0.3)
 
 
-async def enrol_people(cluster: Cluster, rng: random.Random) -> list[str]:
+async def enrol_people(cluster: Cluster, rng: random.Random, count: int = PEOPLE) -> list[str]:
     """People known to both agencies with an item at the provider; the requester's 宛名番号."""
     provider = cluster.servers[PROVIDER].url
     token = {"Authorization": f"Bearer {cluster.files.tokens[REQUESTER]}"}
@@ -237,7 +241,7 @@ async def enrol_people(cluster: Cluster, rng: random.Random) -> list[str]:
         session(cluster.files.pki, core_system(PROVIDER)) as there,
         session(cluster.files.pki) as here,
     ):
-        for _ in range(PEOPLE):
+        for _ in range(count):
             person = synthetic_person(rng, "5")
             moved = SyntheticPerson(
                 synthetic_person(rng, "6").atena_id,
@@ -515,8 +519,76 @@ async def test_a_list_pushed_to_one_worker_is_used_by_the_other(cluster: Cluster
     assert len(digest) == len(hashlib.sha256().hexdigest())
 
 
+async def test_a_list_published_by_one_hub_process_is_served_by_another(
+    cluster: Cluster,
+) -> None:
+    hub_toml = cluster.files.tomls["hub"]
+    text = hub_toml.read_text(encoding="utf-8")
+    second = cluster.files.write(
+        "hub-second", re.sub(r"(?m)^port = \d+$", "port = 0", text, count=1)
+    )
+    hub2 = await start_server(cluster.files, "hub-second", "hub", "serve", "--config", second.name)
+    cluster.servers["hub-second"] = hub2
+    async with (
+        session(cluster.files.pki, HUB_OPERATOR) as http,
+        http.post(
+            cluster.servers["hub"].url + "/admin/v1/authorization-list",
+            data=list_csv(PAIRS).encode(),
+            headers={**cluster.admin, "Content-Type": "text/csv"},
+        ) as response,
+    ):
+        published = await response.json()
+        assert response.status == 201, published
+
+    async def served_by_the_second() -> bool:
+        async with (
+            session(cluster.files.pki, ClientIdentity("agency", PROVIDER)) as http,
+            http.get(hub2.url + "/network/v1/authorization-list") as response,
+        ):
+            assert response.status == 200, await response.text()
+            digest = hashlib.sha256(await response.read()).hexdigest()
+            return bool(digest == published["digest"])
+
+    await until(served_by_the_second, 15, "the new version served by the second hub process")
+    taken = [e for e in hub2.events() if e.get("event") == "authorization_list_taken_up"]
+    assert taken and taken[-1]["source"] == "notice", taken
+    code, _ = await hub2.stop()
+    assert code == 0
+
+
 async def test_the_record_chain_verifies_after_two_workers_signed(cluster: Cluster) -> None:
+    """Two checkpoints of one head signed at once (two workers' checkpointers) break nothing."""
     passphrase = (cluster.files.root / "secrets" / f"{REQUESTER}-passphrase").read_text().strip()
+    # New records after the last checkpoint: one more query, answered.
+    atena = (await enrol_people(cluster, random.Random("workers-checkpoint"), 1))[0]
+    item = Submitted(str(uuid.uuid4()))
+    await submit(cluster, atena, item)
+    conn = await tenant_connection(cluster.gateway_database, REQUESTER)
+    other = await tenant_connection(cluster.gateway_database, REQUESTER)
+    try:
+
+        async def answered() -> bool:
+            status = await conn.fetchval(
+                "SELECT status FROM queries WHERE query_id = $1", item.query_id
+            )
+            return bool(status == "answered")
+
+        await until(answered, SETTLE, "the query answered")
+        ring = read_ring(
+            ring_path(cluster.files.root / "keys" / REQUESTER, REQUESTER),
+            passphrase.encode(),
+            owner=REQUESTER,
+        )
+        signer = ring.current_signing(dt.datetime.now(dt.UTC))
+        made = await asyncio.gather(
+            checkpoint_now(conn, REQUESTER, signer), checkpoint_now(other, REQUESTER, signer)
+        )
+        signed = [c for c in made if c is not None]
+        assert signed, made  # at least one signed the new head; a second one is dropped
+        assert len({c.seq for c in signed}) == len(signed)
+    finally:
+        await conn.close()
+        await other.close()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
