@@ -1,6 +1,6 @@
 """Starting and stopping real servers: the hub and gateways on loopback ports.
 
-Used by the demo, ``chukan serve``, the benchmarks and the integration tests
+Used by the demo, the benchmarks, the pytest plugin and the integration tests
 alike, so that what is tested is what runs.
 
 By default everything speaks mutual TLS: :func:`start_network` creates a local

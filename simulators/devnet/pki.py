@@ -1,4 +1,4 @@
-"""The local CA of one offline network: the demo, ``chukan serve``, benchmarks and tests.
+"""The local CA of one offline network: the demo, benchmarks and tests.
 
 :func:`chukan.simulators.devnet.network.start_network` creates a :class:`NetworkPki` at
 start-up (nothing is read from or written to disk; ``chukan pki`` is the CA on disk,
@@ -128,7 +128,7 @@ class NetworkPki:
     ) -> tuple[Path, Path]:
         """Write a client certificate and its key (encrypted PKCS#8, 0600) for an outside caller.
 
-        Used by ``chukan serve`` so that curl or a core system can call a gateway.
+        Used by the pytest plugin (:mod:`chukan.testing`) to hand a vendor's core system its files.
         Returns (certificate path, key path); the CA certificate is ``ca.pem`` beside them.
         """
         issued = self.issue_client(identity)
