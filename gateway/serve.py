@@ -62,15 +62,18 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        if not hasattr(socket, "SO_REUSEPORT"):
-            sock.close()
-            raise OSError("reuse_port: this system has no SO_REUSEPORT")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.setblocking(False)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            if not hasattr(socket, "SO_REUSEPORT"):
+                raise OSError("reuse_port: this system has no SO_REUSEPORT")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:  # e.g. the port is taken: no socket is left open
+        sock.close()
+        raise
     return sock
 
 
