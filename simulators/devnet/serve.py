@@ -58,6 +58,7 @@ from chukan.gateway.cli import pki as pki_cli
 from chukan.gateway.cli.db import COMPONENTS
 from chukan.gateway.core import db
 from chukan.gateway.core.config import ADMIN_OPERATIONS, ALL_OPERATIONS, token_digest
+from chukan.gateway.core.errors import ConfigFileError
 from chukan.gateway.core.keyring import current_keys, current_keys_json, open_ring
 from chukan.gateway.core.keystore import load_or_create_keys
 from chukan.gateway.core.state import utcnow
@@ -171,8 +172,8 @@ def _secret(layout: Layout, name: str, make: Callable[[], str] | None = None) ->
     if path.exists():
         try:
             return read_secret_file(path).decode("utf-8")
-        except Exception as exc:  # ConfigFileError: exposed or unreadable
-            raise DevnetServeError(f"{path}: {getattr(exc, 'message', exc)}") from None
+        except ConfigFileError as exc:  # open to others, or unreadable
+            raise DevnetServeError(exc.message) from None
     if make is None:
         raise DevnetServeError(f"{path} is missing")
     value = make()
@@ -250,7 +251,10 @@ def _free_port() -> int:
 
 
 def _port_free(port: int) -> bool:
+    """Whether a server could listen on ``port``: bound as the servers bind (SO_REUSEADDR),
+    so that the connections of a server just stopped (TIME_WAIT) do not count."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:

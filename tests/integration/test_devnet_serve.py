@@ -170,3 +170,15 @@ async def test_serve_prints_a_working_curl_stops_cleanly_and_restarts_from_its_f
     assert code == 0, second.lines
     after = {p: p.read_bytes() for p in [*folder.glob("secrets/*"), *folder.glob("pki/*")]}
     assert after == before  # nothing regenerated
+
+    # A secret file others may read is refused before any server starts.
+    (folder / "secrets" / "hub-key-passphrase").chmod(0o644)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chukan", "--data-dir", str(tmp_path), "serve",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "CHUKAN_DATABASE_URL": pg_server_url},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), START_PATIENCE)
+    assert process.returncode == 1, (out, err)
+    assert b"chmod 600" in err and b"hub-key-passphrase" in err, err
+    assert b"pid" not in out  # nothing was started
