@@ -51,6 +51,7 @@ from chukan.gateway.core.identities import (
     agency_host,
     system_identity,
 )
+from chukan.gateway.core.privatefiles import create_private_file, replace_private_file
 from chukan.gateway.core.tls import identity_label, system_subject
 from chukan.keys.ca import (
     CertificateAuthority,
@@ -198,25 +199,11 @@ def read_passphrase(
 
 
 def _write_new(path: Path, data: bytes, *, force: bool) -> None:
-    """Write ``data`` 0600: a new file (O_EXCL), or with ``force`` an atomic replacement."""
-    if not force:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        return
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """Write ``data`` 0600: a new file only, or with ``force`` an atomic replacement."""
+    if force:
+        replace_private_file(path, data)
+    elif not create_private_file(path, data):
+        raise FileExistsError(path)
 
 
 def _refuse_existing(paths: Sequence[Path], hint: str) -> None:

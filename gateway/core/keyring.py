@@ -35,8 +35,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
-import os
-import secrets
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -52,6 +50,7 @@ from chukan.gateway.core.config import OP_MANAGE_KEYS, GatewayConfig
 from chukan.gateway.core.errors import UpstreamError
 from chukan.gateway.core.keystore import AgencyKeys
 from chukan.gateway.core.notices import KEYS_CHANNEL, NOTICES, notify
+from chukan.gateway.core.privatefiles import create_private_file, replace_private_file
 from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, utcnow
 from chukan.keys import KeyFormatError, PublicSigningKey, b64e
 from chukan.keys.crypto import MIN_PASSPHRASE_BYTES
@@ -74,47 +73,19 @@ def _check_passphrase(passphrase: bytes) -> None:
 
 
 def write_ring(path: Path, ring: KeyRing, passphrase: bytes) -> None:
-    """Replace the ring file atomically: a 0600 temporary file, fsync, rename."""
+    """Replace the ring file atomically (0600, complete before it appears)."""
     _check_passphrase(passphrase)
-    data = ring_to_bytes(ring, passphrase)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    replace_private_file(path, ring_to_bytes(ring, passphrase))
 
 
 def create_ring_file(path: Path, ring: KeyRing, passphrase: bytes) -> bool:
     """Write ``ring`` to ``path`` only if no ring is there yet; returns whether ours won.
 
-    The file is complete (fsynced, 0600) before it appears under its name, and
-    ``os.link`` refuses an existing name: of several processes creating the ring
-    at once exactly one succeeds, and the others read the winner's ring.
+    Of several processes creating the ring at once exactly one succeeds, and the
+    others read the winner's ring (see :func:`create_private_file`).
     """
     _check_passphrase(passphrase)
-    data = ring_to_bytes(ring, passphrase)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        temporary.unlink(missing_ok=True)
+    return create_private_file(path, ring_to_bytes(ring, passphrase))
 
 
 def read_ring_file(

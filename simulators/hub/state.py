@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import secrets
 import stat
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from chukan.gateway.core.keystore import AgencyKeys
+from chukan.gateway.core.privatefiles import create_private_file
 from chukan.keys.errors import KeyFormatError
 from chukan.keys.secretfile import is_sealed_secret, open_secret, seal_secret
 from chukan.permits import AuthorizationList
@@ -65,7 +65,7 @@ def _refuse_exposed(path: Path, what: str, fix: str) -> None:
         )
 
 
-def _create_secret(key_dir: Path, path: Path, passphrase: bytes) -> bool:
+def _create_secret(path: Path, passphrase: bytes) -> bool:
     """Write a new key beside ``path``, then link it into place only if none is there yet.
 
     ``os.link`` fails when ``path`` exists, so of two hub processes starting
@@ -73,21 +73,7 @@ def _create_secret(key_dir: Path, path: Path, passphrase: bytes) -> bool:
     (fsynced) before it appears under its name.  Returns whether ours won.
     """
     key = secrets.token_bytes(MIN_HMAC_KEY_BYTES)
-    sealed = seal_secret(key, passphrase, purpose=HMAC_KEY_PURPOSE)
-    temporary = key_dir / f".{HMAC_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(sealed)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        temporary.unlink(missing_ok=True)
+    return create_private_file(path, seal_secret(key, passphrase, purpose=HMAC_KEY_PURPOSE))
 
 
 def load_secret(key_dir: Path, passphrase: bytes) -> bytes:
@@ -103,7 +89,7 @@ def load_secret(key_dir: Path, passphrase: bytes) -> bytes:
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     _refuse_exposed(key_dir, "the hub's key folder", "chmod 700 it")
     path = key_dir / HMAC_KEY_FILE
-    if not path.exists() and _create_secret(key_dir, path, passphrase):
+    if not path.exists() and _create_secret(path, passphrase):
         log.info("hub_secret_created", file=path.name)
     _refuse_exposed(path, "the hub's 個人番号 HMAC key file", "chmod 600 it")
     data = path.read_bytes()
