@@ -104,11 +104,10 @@ async def _open_state(
     closes all.  Migrations are applied only when the configuration gives the owner's
     URL for it; otherwise a pending one stops the start (``chukan db migrate``).
     """
-    if config.migration_database_url is not None:
-        await db.migrate_url(config.migration_database_url, "chukan.gateway")
-    pool = await db.create_pool(config.database_url)
+    pool = await db.open_checked_pool(
+        config.database_url, "gateway", migration_url=config.migration_database_url
+    )
     stack.push_async_callback(pool.close)
-    await db.require_migrations(pool, "gateway", db.load_migrations("chukan.gateway"))
     tenant = await pool.fetchval("SELECT chukan_tenant()")
     if tenant != config.agency_code:
         raise RuntimeError(

@@ -26,15 +26,17 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import structlog
 from aiohttp import web
 
 from chukan.gateway.app import create_gateway_app
+from chukan.gateway.core import db
 from chukan.gateway.core.config import GatewayConfig
 from chukan.gateway.core.errors import GatewayError
 from chukan.gateway.core.logs import configure_logging
+from chukan.gateway.core.tls import TlsSettings
 
 log = structlog.get_logger("chukan.serve")
 
@@ -156,8 +158,20 @@ def log_level(name: str) -> str:
     return name.upper()
 
 
-def add_server_options(parser: argparse.ArgumentParser, what: str, *, migrate_help: str) -> None:
-    """The options every ``chukan <server> serve`` takes (documented in its ``--help``)."""
+def add_serve_command(
+    commands: Any,
+    command: str,
+    *,
+    what: str,
+    group_help: str,
+    serve_help: str,
+    description: str,
+    migrate_help: str,
+) -> None:
+    """Add ``chukan <command> serve`` with the options every server takes (in its ``--help``)."""
+    group = commands.add_parser(command, help=group_help)
+    actions = group.add_subparsers(dest="action", required=True)
+    parser = actions.add_parser("serve", help=serve_help, description=description)
     parser.add_argument(
         "--config",
         type=Path,
@@ -220,6 +234,43 @@ async def run_until_signal(start: Callable[[], Awaitable[RunningServer]], *, nam
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
+
+
+class ServedConfig(Protocol):
+    """What a server's configuration says about where and how it listens."""
+
+    @property
+    def database_url(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def tls(self) -> TlsSettings | None: ...
+
+
+S = TypeVar("S", bound=ServedConfig)
+
+
+def app_starter(
+    create_app: Callable[[S], web.Application], component: str
+) -> Callable[[S, argparse.Namespace], Awaitable[RunningServer]]:
+    """How ``serve`` starts a server whose app is ``create_app(config)``: with ``--migrate``
+    the ``component``'s migrations (``db.COMPONENTS``) are applied through its database first."""
+
+    async def start(config: S, args: argparse.Namespace) -> RunningServer:
+        if args.migrate:
+            known = db.COMPONENTS[component]
+            await db.migrate_url(config.database_url, known.package, known.folder)
+        return await serve(
+            create_app(config),
+            config.host,
+            config.port,
+            ssl_context=None if config.tls is None else config.tls.server_context(),
+            shutdown_timeout=args.shutdown_timeout,
+        )
+
+    return start
 
 
 def serve_command(

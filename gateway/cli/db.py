@@ -38,7 +38,6 @@ import json
 import os
 import stat
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
 from urllib.parse import unquote, urlsplit
@@ -54,30 +53,6 @@ EXIT_PENDING: Final = 1
 EXIT_FAILED: Final = 2
 
 
-@dataclass(frozen=True, slots=True)
-class Component:
-    """A server's database: where its migrations ship, and its database's default name.
-
-    The simulators' migrations are package data found by name, so this table needs
-    no import of the simulators (which sit above the gateway).
-    """
-
-    package: str
-    folder: str
-    database: str
-
-    def migrations(self) -> list[db.Migration]:
-        return db.load_migrations(self.package, self.folder)
-
-
-#: The names agree with ``HUB_DATABASE`` and ``KOKUHOREN_DATABASE`` (a unit test checks).
-COMPONENTS: Final = {
-    "gateway": Component("chukan.gateway", "migrations", "chukan_gateway"),
-    "hub": Component("chukan.simulators", "migrations/hub", "chukan_hub"),
-    "kokuhoren": Component("chukan.simulators", "migrations/kokuhoren", "chukan_kokuhoren"),
-}
-
-
 def add_commands(commands: Any) -> None:
     """Add ``db`` and its sub-commands to ``chukan``'s parser."""
     parser = commands.add_parser(
@@ -89,14 +64,14 @@ def add_commands(commands: Any) -> None:
     migrate = actions.add_parser(
         "migrate", help="create the component's database if missing and apply its migrations"
     )
-    migrate.add_argument("--component", choices=sorted(COMPONENTS), required=True)
+    migrate.add_argument("--component", choices=sorted(db.COMPONENTS), required=True)
     _owner_options(migrate)
     status = actions.add_parser(
         "status", help="applied and pending migrations as JSON; exit 1 when some are pending"
     )
     status.add_argument(
         "--component",
-        choices=sorted(COMPONENTS),
+        choices=sorted(db.COMPONENTS),
         action="append",
         help="repeatable; default: gateway, hub and kokuhoren",
     )
@@ -178,7 +153,7 @@ def _explicit_url(args: argparse.Namespace) -> str | None:
 
 
 def _database_url(
-    component: Component, explicit: str | None, server: str | None, database: str | None
+    component: db.Component, explicit: str | None, server: str | None, database: str | None
 ) -> tuple[str, str]:
     """The URL of ``component``'s database and its name."""
     if explicit is not None:
@@ -208,7 +183,7 @@ async def _run(
 async def _migrate(
     args: argparse.Namespace, explicit: str | None, server: str | None, out: TextIO
 ) -> int:
-    component = COMPONENTS[args.component]
+    component = db.COMPONENTS[args.component]
     url, name = _database_url(component, explicit, server, args.database)
     try:
         if server is not None:
@@ -242,12 +217,12 @@ async def _migrate(
 async def _status(
     args: argparse.Namespace, explicit: str | None, server: str | None, out: TextIO
 ) -> int:
-    names = args.component or list(COMPONENTS)
+    names = args.component or list(db.COMPONENTS)
     if explicit is not None and len(names) != 1:
         raise DatabaseCommandError("with an explicit URL, name exactly one --component")
     report: dict[str, Any] = {}
     for key in names:
-        component = COMPONENTS[key]
+        component = db.COMPONENTS[key]
         url, name = _database_url(component, explicit, server, args.database)
         migrations = component.migrations()
         try:
@@ -278,7 +253,7 @@ async def _status(
 async def _tenant(
     args: argparse.Namespace, explicit: str | None, server: str | None, out: TextIO
 ) -> int:
-    component = COMPONENTS["gateway"]
+    component = db.COMPONENTS["gateway"]
     url, name = _database_url(component, explicit, server, args.database)
     try:
         role = db.tenant_role(args.tenant)

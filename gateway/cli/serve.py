@@ -17,7 +17,7 @@ from typing import Any, Final
 from chukan.gateway.cli.errors import ServeCommandError
 from chukan.gateway.core.config import GatewayConfig
 from chukan.gateway.core.config_file import load_gateway_config
-from chukan.gateway.serve import RunningServer, add_server_options, serve_command, start_gateway
+from chukan.gateway.serve import RunningServer, add_serve_command, serve_command, start_gateway
 
 COMMAND: Final = "gateway"
 DESCRIPTION: Final = (
@@ -33,14 +33,15 @@ MIGRATE_HELP: Final = (
 
 def add_commands(commands: Any) -> None:
     """Add ``gateway serve`` to the ``chukan`` sub-command parsers."""
-    gateway = commands.add_parser(COMMAND, help="run one agency's gateway (中間サーバー)")
-    actions = gateway.add_subparsers(dest="action", required=True)
-    serve = actions.add_parser(
-        "serve",
-        help="serve one agency's gateway from a TOML file until SIGTERM/SIGINT",
+    add_serve_command(
+        commands,
+        COMMAND,
+        what="gateway",
+        group_help="run one agency's gateway (中間サーバー)",
+        serve_help="serve one agency's gateway from a TOML file until SIGTERM/SIGINT",
         description=DESCRIPTION,
+        migrate_help=MIGRATE_HELP,
     )
-    add_server_options(serve, "gateway", migrate_help=MIGRATE_HELP)
 
 
 def run(args: argparse.Namespace) -> int | None:

@@ -232,6 +232,51 @@ async def require_migrations(
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Component:
+    """A server's database: where its migrations ship, and its database's default name.
+
+    The simulators' migrations are package data found by name, so this table needs
+    no import of the simulators (which sit above the gateway).
+    """
+
+    package: str
+    folder: str
+    database: str
+
+    def migrations(self) -> list[Migration]:
+        return load_migrations(self.package, self.folder)
+
+
+#: The names agree with ``HUB_DATABASE`` and ``KOKUHOREN_DATABASE`` (a unit test checks).
+COMPONENTS: Final = {
+    "gateway": Component("chukan.gateway", "migrations", "chukan_gateway"),
+    "hub": Component("chukan.simulators", "migrations/hub", "chukan_hub"),
+    "kokuhoren": Component("chukan.simulators", "migrations/kokuhoren", "chukan_kokuhoren"),
+}
+
+
+async def open_checked_pool(
+    url: str, component: str, *, migration_url: str | None = None
+) -> asyncpg.Pool:
+    """A pool on a schema this code knows, for a server starting up.
+
+    With ``migration_url`` (the owner's login: the server is configured to migrate
+    itself) pending migrations are applied first; otherwise a pending one stops the
+    start with :class:`MigrationsPendingError` (run ``chukan db migrate``).
+    """
+    known = COMPONENTS[component]
+    if migration_url is not None:
+        await migrate_url(migration_url, known.package, known.folder)
+    pool = await create_pool(url)
+    try:
+        await require_migrations(pool, component, known.migrations())
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
+
+
 def with_database(url: str, database: str) -> str:
     """The same server URL pointing at another database (path component)."""
     if not DATABASE_NAME_PATTERN.match(database):

@@ -55,9 +55,9 @@ import aiohttp
 import asyncpg
 
 from chukan.gateway.cli import pki as pki_cli
-from chukan.gateway.cli.db import COMPONENTS
 from chukan.gateway.core import db
 from chukan.gateway.core.config import ADMIN_OPERATIONS, ALL_OPERATIONS, token_digest
+from chukan.gateway.core.db import COMPONENTS
 from chukan.gateway.core.errors import ConfigFileError
 from chukan.gateway.core.keyring import current_keys, current_keys_json, open_ring
 from chukan.gateway.core.keystore import load_or_create_keys

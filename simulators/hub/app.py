@@ -43,14 +43,10 @@ def create_hub_app(config: HubConfig) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            migrations = db.load_migrations("chukan.simulators", "migrations/hub")
-            if config.migration_database_url is not None:
-                await db.migrate_url(
-                    config.migration_database_url, "chukan.simulators", "migrations/hub"
-                )
-            pool = await db.create_pool(config.database_url)
+            pool = await db.open_checked_pool(
+                config.database_url, "hub", migration_url=config.migration_database_url
+            )
             stack.push_async_callback(pool.close)
-            await db.require_migrations(pool, "hub", migrations)
             keys = await asyncio.to_thread(
                 load_or_create_keys, config.key_dir, HUB_OWNER, config.key_passphrase
             )

@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Final
 
-from chukan.gateway.core import db
-from chukan.gateway.serve import RunningServer, add_server_options, serve, serve_command
+from chukan.gateway.serve import add_serve_command, app_starter, serve_command
 from chukan.simulators.hub.app import create_hub_app
-from chukan.simulators.hub.config import HubConfig
 from chukan.simulators.hub.config_file import load_hub_config
 
 COMMAND: Final = "hub"
@@ -24,35 +22,23 @@ DESCRIPTION: Final = (
     "worker, close the pool and exit 0."
 )
 MIGRATE_HELP: Final = "apply the hub's database migrations first, through [database] url"
-MIGRATIONS: Final = ("chukan.simulators", "migrations/hub")
 
 
 def add_commands(commands: Any) -> None:
     """Add ``hub serve`` to the ``chukan`` sub-command parsers."""
-    hub = commands.add_parser(COMMAND, help="run the hub simulator (情報提供ネットワークシステム)")
-    actions = hub.add_subparsers(dest="action", required=True)
-    parser = actions.add_parser(
-        "serve",
-        help="serve the hub from a TOML file until SIGTERM/SIGINT",
+    add_serve_command(
+        commands,
+        COMMAND,
+        what="hub",
+        group_help="run the hub simulator (情報提供ネットワークシステム)",
+        serve_help="serve the hub from a TOML file until SIGTERM/SIGINT",
         description=DESCRIPTION,
+        migrate_help=MIGRATE_HELP,
     )
-    add_server_options(parser, "hub", migrate_help=MIGRATE_HELP)
 
 
 def run(args: argparse.Namespace) -> int | None:
     """Run ``chukan hub …``; None when ``args`` is another command."""
     if args.command != COMMAND:
         return None
-    return serve_command(args, COMMAND, load_hub_config, _start)
-
-
-async def _start(config: HubConfig, args: argparse.Namespace) -> RunningServer:
-    if args.migrate:
-        await db.migrate_url(config.database_url, *MIGRATIONS)
-    return await serve(
-        create_hub_app(config),
-        config.host,
-        config.port,
-        ssl_context=None if config.tls is None else config.tls.server_context(),
-        shutdown_timeout=args.shutdown_timeout,
-    )
+    return serve_command(args, COMMAND, load_hub_config, app_starter(create_hub_app, COMMAND))

@@ -47,14 +47,10 @@ def create_kokuhoren_app(config: KokuhorenConfig) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            migrations = db.load_migrations("chukan.simulators", "migrations/kokuhoren")
-            if config.migration_database_url is not None:
-                await db.migrate_url(
-                    config.migration_database_url, "chukan.simulators", "migrations/kokuhoren"
-                )
-            pool = await db.create_pool(config.database_url)
+            pool = await db.open_checked_pool(
+                config.database_url, "kokuhoren", migration_url=config.migration_database_url
+            )
             stack.push_async_callback(pool.close)
-            await db.require_migrations(pool, "kokuhoren", migrations)
             keys = await asyncio.to_thread(
                 load_or_create_keys, config.key_dir, KOKUHOREN_PARTY, config.key_passphrase
             )

@@ -41,10 +41,10 @@ import aiohttp
 import asyncpg
 
 from chukan.codecs.catalog import CHIBA_CITY, FUNABASHI_CITY
-from chukan.gateway.cli.db import COMPONENTS
 from chukan.gateway.cli.main import GATEWAY_DATABASE
 from chukan.gateway.core import db
 from chukan.gateway.core.config import GatewayConfig, Timing
+from chukan.gateway.core.db import COMPONENTS
 from chukan.gateway.core.identities import HUB_IDENTITY, HUB_OPERATOR, agency_host
 from chukan.gateway.core.keystore import load_or_create_keys
 from chukan.gateway.core.tls import TlsSettings

@@ -27,9 +27,9 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from chukan.gateway.cli.db import COMPONENTS
 from chukan.gateway.core import db
 from chukan.gateway.core.config import GatewayConfig
+from chukan.gateway.core.db import COMPONENTS
 from chukan.gateway.core.errors import MigrationsPendingError
 from chukan.gateway.serve import start_gateway
 from chukan.keys.ring import KeyRing

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from chukan.gateway.cli.db import COMPONENTS
 from chukan.gateway.cli.main import GATEWAY_DATABASE
+from chukan.gateway.core.db import COMPONENTS
 from chukan.gateway.core.errors import MigrationsPendingError
 from chukan.simulators.hub import HUB_DATABASE
 from chukan.simulators.kokuhoren.config import KOKUHOREN_DATABASE
