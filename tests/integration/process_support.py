@@ -26,7 +26,7 @@ import aiohttp
 from chukan.codecs import catalog
 from chukan.gateway.core import db
 from chukan.gateway.core.config import ADMIN_OPERATIONS, ALL_OPERATIONS, token_digest
-from chukan.gateway.core.identities import HUB_IDENTITY, agency_host
+from chukan.gateway.core.identities import HUB_IDENTITY, HUB_OPERATOR, agency_host
 from chukan.gateway.core.keystore import load_or_create_keys
 from chukan.gateway.core.tls import TlsSettings
 from chukan.keys import b64e
@@ -354,3 +354,27 @@ max_backoff = 1
 def session(pki: NetworkPki, identity: ClientIdentity | None = None) -> aiohttp.ClientSession:
     context = pki.anonymous_context() if identity is None else pki.client_context(identity)
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+
+
+async def onboard_agencies(
+    files: Files,
+    hub: Server,
+    authorization_csv: str,
+    agencies: tuple[tuple[str, str], ...] = AGENCIES,
+) -> None:
+    """As the hub's operator: publish the authorization list, then hand each agency an
+    enrolment token of its own (written to its secret file for its gateway's TOML)."""
+    admin = {"Authorization": f"Bearer {files.tokens['hub_admin']}"}
+    async with session(files.pki, HUB_OPERATOR) as http:
+        async with http.post(
+            hub.url + "/admin/v1/authorization-list",
+            data=authorization_csv.encode(),
+            headers={**admin, "Content-Type": "text/csv"},
+        ) as response:
+            assert response.status == 201, await response.text()
+        for code, _ in agencies:
+            async with http.post(
+                f"{hub.url}/admin/v1/agencies/{code}/enrolment-token", headers=admin
+            ) as response:
+                assert response.status == 201, await response.text()
+                files.secret(f"{code}-enrolment-token", (await response.json())["token"])

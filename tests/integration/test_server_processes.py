@@ -32,6 +32,7 @@ from process_support import (
     Files,
     Server,
     list_csv,
+    onboard_agencies,
     run_command,
     session,
     start_server,
@@ -42,7 +43,6 @@ from chukan.codecs import catalog
 from chukan.codecs.sample_items import certification_item
 from chukan.gateway.core import db
 from chukan.gateway.core.identities import (
-    HUB_OPERATOR,
     system_identity,
 )
 from chukan.keys.ca import ClientIdentity
@@ -77,22 +77,8 @@ async def cluster(
             servers[name] = await start_server(
                 files, name, name, "serve", "--config", f"{name}.toml", "--migrate"
             )
-        admin = {"Authorization": f"Bearer {files.tokens['hub_admin']}"}
-        async with session(files.pki, HUB_OPERATOR) as http:
-            async with http.post(
-                servers["hub"].url + "/admin/v1/authorization-list",
-                data=LIST_CSV.encode(),
-                headers={**admin, "Content-Type": "text/csv"},
-            ) as response:
-                assert response.status == 201, await response.text()
-            # Each agency enrols with a token of its own, handed over by the hub's operator.
-            for code, _ in AGENCIES:
-                async with http.post(
-                    f"{servers['hub'].url}/admin/v1/agencies/{code}/enrolment-token",
-                    headers=admin,
-                ) as response:
-                    assert response.status == 201, await response.text()
-                    files.secret(f"{code}-enrolment-token", (await response.json())["token"])
+        # Each agency enrols with a token of its own, handed over by the hub's operator.
+        await onboard_agencies(files, servers["hub"], LIST_CSV)
         before = {p for p in root.rglob("*") if p.is_file()}
         for code, _ in AGENCIES:
             servers[code] = await start_server(

@@ -45,6 +45,7 @@ from process_support import (
     Server,
     free_port,
     list_csv,
+    onboard_agencies,
     session,
     start_server,
     write_network,
@@ -134,21 +135,7 @@ async def cluster(
         servers["hub"] = await start_server(
             files, "hub", "hub", "serve", "--config", "hub.toml", "--migrate"
         )
-        admin = {"Authorization": f"Bearer {files.tokens['hub_admin']}"}
-        async with session(files.pki, HUB_OPERATOR) as http:
-            async with http.post(
-                servers["hub"].url + "/admin/v1/authorization-list",
-                data=list_csv(PAIRS).encode(),
-                headers={**admin, "Content-Type": "text/csv"},
-            ) as response:
-                assert response.status == 201, await response.text()
-            for code, _ in AGENCIES:
-                async with http.post(
-                    f"{servers['hub'].url}/admin/v1/agencies/{code}/enrolment-token",
-                    headers=admin,
-                ) as response:
-                    assert response.status == 201, await response.text()
-                    files.secret(f"{code}-enrolment-token", (await response.json())["token"])
+        await onboard_agencies(files, servers["hub"], list_csv(PAIRS), AGENCIES)
         servers[PROVIDER] = await start_server(
             files, PROVIDER, "gateway", "serve", "--config", f"{PROVIDER}.toml", "--migrate"
         )
