@@ -1,26 +1,36 @@
-"""Bulk replica import throughput, measured beside a bare COPY of the same rows in the same run.
+"""Validated replica import (``chukan replica import``) beside a bare COPY of the same rows, at
+several message sizes, in one thread and in a process pool.
 
-One synthetic IF_DBM_20113_R01 message of ``--entries`` registrations (default
-100,000, over 20,000 people and five item codes) is imported into a fresh gateway
-database as tenant 千葉市, exactly as ``chukan replica import`` does it: streaming
-parse, XSD validation of every entry and item, canonical re-encoding, ``COPY`` into
-a staging table, the set-based checks and one ``INSERT … SELECT``, all in one
-transaction. It runs twice — validation in one thread (``--workers 0``) and in a
-process pool — after a decode-only pass of each (no database) that shows where the
-time goes.
+For each size (``--sizes``, default 10,000 and 100,000 entries; 1,000,000 possible) a fresh
+gateway database gets tenant 千葉市, ``entries / 5`` registered people and one synthetic
+IF_DBM_20113_R01 message of that many registrations (five item codes per person, ≈ 1.1 kB
+an entry), written to a file.  The message is then imported exactly as ``chukan replica
+import`` does it (:func:`chukan.gateway.replica.cli.import_file` on a tenant session):
+hardened streaming parse, XSD validation of every entry and every item, canonical
+re-encoding of every item, ``COPY`` into a staging table, the set-based checks and one
+``INSERT … SELECT``, all in one transaction, recorded as a job.  It runs once validating in
+one thread (``--workers 0``) and once in a pool of ``--workers`` processes (default 2); the
+pool is started and warmed before the clock starts (its start-up is printed apart: a
+``chukan replica import`` of several files pays it once).
 
-The baseline is a bare ``COPY`` of the same rows (宛名番号, item, record key,
-version, validity, canonical content, digest) into a plain table, with the same
-asyncpg client, so the ratio shows what validation and the checks cost over
-moving the bytes alone.
+Baseline: a bare ``COPY`` of the same rows (宛名番号, item code, record key, version,
+validity, the canonical item bytes, their SHA-256) into a plain table, with the same asyncpg
+client in one transaction — moving the bytes alone; measured before and after the imports,
+the better of the two kept.
 
-Run:  .venv/bin/python bench/replica_import.py [--entries 100000] [--workers 2]
+Figures: ``validated import, 1 thread, <size> entries`` and ``validated import, N processes,
+<size> entries`` in items/s, each with ratio to the bare COPY; the phases of each import
+(stage = parse + validate + COPY, pipelined; check; apply; commit) are printed beside.
+
+Run:  .venv/bin/python -m bench.replica_import [--sizes 10000,100000,1000000] [--workers 2]
+      [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import datetime as dt
 import hashlib
 import logging
@@ -29,175 +39,236 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 
+from bench.harness import Figure, add_json_argument, print_figures, write_json
 from chukan.codecs import catalog
 from chukan.gateway.core import db
 from chukan.gateway.core.logs import configure_logging
 from chukan.gateway.replica.cli import import_file, process_pool
-from chukan.gateway.replica.registration import RegistrationSource
-from chukan.simulators.devnet.replica_synthetic import synthetic_entries, write_registration
+from chukan.simulators.devnet.replica_synthetic import (
+    SyntheticEntry,
+    synthetic_entries,
+    write_registration,
+)
 
 DATABASE = "chukan_bench_replica"
 TODAY = dt.date(2025, 4, 1)
+#: Rows handed to one ``copy_records_to_table`` call of the baseline (bounds its memory).
+BASELINE_CHUNK = 50_000
+BASELINE_COLUMNS = (
+    "atena_id",
+    "item_code",
+    "record_key",
+    "version",
+    "valid_from",
+    "valid_to",
+    "content",
+    "digest",
+)
 
 
-async def decode_only(path: Path, workers: int) -> float:
-    """Entries per second through the decoding pipeline alone (no database)."""
-    pool = process_pool(workers) if workers else None
-    try:
-        if pool is not None:  # start and warm the workers outside the measurement
-            await asyncio.gather(
-                *(asyncio.wrap_future(pool.submit(len, "")) for _ in range(workers))
+def message_entries(entries: int, people: int) -> Iterator[SyntheticEntry]:
+    """The bench's message, the same every time it is asked for (fixed seed)."""
+    atena_ids = [f"1{i:014d}" for i in range(people)]
+    return synthetic_entries(atena_ids, entries, rng=random.Random(3), today=TODAY)
+
+
+def baseline_rows(entries: int, people: int) -> Iterator[list[tuple[object, ...]]]:
+    """The rows the import stores (canonical item bytes and their digest), in chunks."""
+    chunk: list[tuple[object, ...]] = []
+    for entry in message_entries(entries, people):
+        assert entry.item is not None  # synthetic items are already canonical
+        chunk.append(
+            (
+                entry.atena_id,
+                entry.item_code,
+                entry.record_key,
+                1,
+                entry.valid_from,
+                entry.valid_to,
+                entry.item,
+                hashlib.sha256(entry.item).hexdigest(),
             )
-        started = time.perf_counter()
-        entries = 0
-        with path.open("rb") as stream:
-            async with RegistrationSource(
-                stream, pool=pool, depth=2 * workers + 2 if pool else 4
-            ) as source:
-                await source.header()
-                async for batch in source.batches():
-                    entries += batch.entries
-        return entries / (time.perf_counter() - started)
-    finally:
-        if pool is not None:
-            pool.shutdown()
+        )
+        if len(chunk) >= BASELINE_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+async def bare_copy(admin: asyncpg.Connection, entries: int, people: int) -> float:
+    """Rows per second of COPY of the import's rows into a plain table (copy time only)."""
+    await admin.execute(
+        """DROP TABLE IF EXISTS bench_copy;
+           CREATE TABLE bench_copy (atena_id text, item_code text, record_key text,
+               version integer, valid_from date, valid_to date, content bytea, digest text)"""
+    )
+    seconds = 0.0
+    rows = 0
+    async with admin.transaction():
+        for chunk in baseline_rows(entries, people):
+            started = time.perf_counter()
+            await admin.copy_records_to_table("bench_copy", records=chunk, columns=BASELINE_COLUMNS)
+            seconds += time.perf_counter() - started
+            rows += len(chunk)
+    await admin.execute("DROP TABLE bench_copy")
+    return rows / seconds
+
+
+async def start_pool(workers: int) -> tuple[concurrent.futures.ProcessPoolExecutor, float]:
+    """A warmed validation pool (every worker started) and the seconds it took."""
+    started = time.perf_counter()
+    pool = process_pool(workers)
+    # One task per worker that waits a little, so that every worker is started and warmed.
+    await asyncio.gather(
+        *(asyncio.wrap_future(pool.submit(time.sleep, 0.05)) for _ in range(workers))
+    )
+    return pool, time.perf_counter() - started
 
 
 async def validated_import(
     admin: asyncpg.Connection, tenant_url: str, path: Path, workers: int
-) -> tuple[float, int]:
-    """Items per second of a whole import (file to commit); returns (rate, entries)."""
+) -> tuple[float, dict[str, float]]:
+    """Items per second of one whole import (file to commit) and its phases in seconds."""
     await admin.execute("TRUNCATE replica_items, replica_messages")
-    pool = process_pool(workers) if workers else None
+    await admin.execute("VACUUM ANALYZE replica_items")
+    pool = None
     conn = await asyncpg.connect(tenant_url)
     try:
-        if pool is not None:
-            await asyncio.gather(
-                *(asyncio.wrap_future(pool.submit(len, "")) for _ in range(workers))
-            )
+        await conn.execute("SET TIME ZONE 'UTC'")
+        if workers:
+            pool, pool_seconds = await start_pool(workers)
+            print(f"  pool of {workers} processes started in {pool_seconds:.2f} s", flush=True)
         started = time.perf_counter()
         result = await import_file(conn, path, pool=pool, workers=workers)
         seconds = time.perf_counter() - started
         assert result.exit_code == 0, result.error or result.outcome
+        assert result.outcome is not None
         stored = await conn.fetchval("SELECT count(*) FROM replica_items")
         assert stored == result.entries, (stored, result.entries)
-        return result.entries / seconds, result.entries
+        return result.entries / seconds, result.outcome.timings
     finally:
         await conn.close()
         if pool is not None:
             pool.shutdown()
 
 
-async def bare_copy(admin: asyncpg.Connection, rows: list[tuple[object, ...]]) -> float:
-    """Rows per second of COPY into a plain table with the replica's columns."""
-    await admin.execute(
-        """DROP TABLE IF EXISTS bench_copy;
-           CREATE TABLE bench_copy (atena_id text, item_code text, record_key text,
-               version integer, valid_from date, valid_to date, content bytea, digest text)"""
-    )
-    started = time.perf_counter()
-    async with admin.transaction():
-        await admin.copy_records_to_table(
-            "bench_copy",
-            records=rows,
-            columns=(
-                "atena_id",
-                "item_code",
-                "record_key",
-                "version",
-                "valid_from",
-                "valid_to",
-                "content",
-                "digest",
-            ),
+async def prepare(server_url: str, work: Path, entries: int, people: int) -> tuple[str, str, Path]:
+    """A fresh migrated database with the tenant and its people; the message file."""
+    await db.drop_database(server_url, DATABASE)
+    admin_url = await db.ensure_database(server_url, DATABASE)
+    await db.migrate_url(admin_url, "chukan.gateway")
+    tenant_url = await db.provision_tenant(admin_url, catalog.CHIBA_CITY, "千葉市")
+    conn = await asyncpg.connect(tenant_url)
+    try:
+        await conn.execute(
+            "INSERT INTO persons (atena_id, person_code) "
+            "SELECT a, 'BENCH' || a FROM unnest($1::text[]) AS a",
+            [f"1{i:014d}" for i in range(people)],
         )
-    rate = len(rows) / (time.perf_counter() - started)
-    await admin.execute("DROP TABLE bench_copy")
-    return rate
+    finally:
+        await conn.close()
+    path = write_registration(
+        work / f"message-{entries}.xml", f"BENCH-{entries}", message_entries(entries, people)
+    )
+    return admin_url, tenant_url, path
 
 
-async def bench(entries: int, people: int, workers: int) -> None:
-    work = Path(tempfile.mkdtemp(prefix="chukan-bench-"))
+def size_label(entries: int) -> str:
+    if entries >= 1_000_000 and entries % 1_000_000 == 0:
+        return f"{entries // 1_000_000}M"
+    if entries >= 1_000 and entries % 1_000 == 0:
+        return f"{entries // 1_000}k"
+    return f"{entries:,}"
+
+
+def phases(timings: dict[str, float]) -> str:
+    return ", ".join(f"{name[:-3]} {seconds:.2f} s" for name, seconds in timings.items())
+
+
+async def bench_size(server_url: str, work: Path, entries: int, workers: int) -> list[Figure]:
+    people = max(1, entries // 5)
+    print(f"{size_label(entries)} entries over {people:,} people …", flush=True)
+    admin_url, tenant_url, path = await prepare(server_url, work, entries, people)
+    print(f"  message of {path.stat().st_size / 1e6:.1f} MB", flush=True)
+    admin = await asyncpg.connect(admin_url)
+    figures: list[Figure] = []
+    try:
+        await bare_copy(admin, min(entries, 5_000), people)  # warm-up
+        baseline = await bare_copy(admin, entries, people)
+        print(f"  bare COPY {baseline:,.0f} rows/s", flush=True)
+        rates: list[tuple[str, float]] = []
+        for count in (0, workers) if workers else (0,):
+            label = "1 thread" if count == 0 else f"{count} processes"
+            rate, timings = await validated_import(admin, tenant_url, path, count)
+            print(f"  {label}: {rate:,.0f} items/s ({phases(timings)})", flush=True)
+            rates.append((label, rate))
+        again = await bare_copy(admin, entries, people)
+        print(f"  bare COPY again {again:,.0f} rows/s", flush=True)
+        baseline = max(baseline, again)
+        for label, rate in rates:
+            figures.append(
+                Figure(
+                    f"validated import, {label}, {size_label(entries)} entries",
+                    rate,
+                    "items/s",
+                    baseline_name="bare COPY",
+                    baseline=baseline,
+                )
+            )
+    finally:
+        await admin.close()
+        path.unlink()
+    return figures
+
+
+async def bench(sizes: list[int], workers: int) -> list[Figure]:
+    work = Path(tempfile.mkdtemp(prefix="chukan-bench-import-"))
     embedded = None
     server_url = os.environ.get("CHUKAN_DATABASE_URL")
     if not server_url:
         embedded = db.EmbeddedPostgres(work / "pg")
         server_url = embedded.start()
     try:
+        figures: list[Figure] = []
+        for entries in sizes:
+            figures += await bench_size(server_url, work, entries, workers)
         await db.drop_database(server_url, DATABASE)
-        admin_url = await db.ensure_database(server_url, DATABASE)
-        await db.migrate_url(admin_url, "chukan.gateway")
-        tenant_url = await db.provision_tenant(admin_url, catalog.CHIBA_CITY, "千葉市")
-        atena_ids = [f"1{i:014d}" for i in range(people)]
-        print(f"generating {entries:,} entries over {people:,} people …", flush=True)
-        rng = random.Random(3)
-        message = list(synthetic_entries(atena_ids, entries, rng=rng, today=TODAY))
-        path = write_registration(work / "message.xml", "BENCH-0001", message)
-        print(f"message of {path.stat().st_size / 1e6:.1f} MB", flush=True)
-        conn = await asyncpg.connect(tenant_url)
-        try:
-            await conn.execute(
-                "INSERT INTO persons (atena_id, person_code) "
-                "SELECT a, 'BENCH' || a FROM unnest($1::text[]) AS a",
-                atena_ids,
-            )
-        finally:
-            await conn.close()
-        admin = await asyncpg.connect(admin_url)
-        try:
-            rows: list[tuple[object, ...]] = []
-            for entry in message:
-                assert entry.item is not None
-                rows.append(
-                    (
-                        entry.atena_id,
-                        entry.item_code,
-                        entry.record_key,
-                        1,
-                        entry.valid_from,
-                        entry.valid_to,
-                        entry.item,
-                        hashlib.sha256(entry.item).hexdigest(),
-                    )
-                )
-            del message
-            await bare_copy(admin, rows[: min(len(rows), 5000)])  # warm-up
-            baseline = await bare_copy(admin, rows)
-            del rows
-            for count in (0, workers):
-                label = "1 thread" if count == 0 else f"{count} processes"
-                decode = await decode_only(path, count)
-                report(f"decode + validate only, {label}", decode, baseline)
-                rate, _ = await validated_import(admin, tenant_url, path, count)
-                report(f"validated import, {label}", rate, baseline)
-        finally:
-            await admin.close()
+        return figures
     finally:
         if embedded is not None:
             embedded.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report(name: str, value: float, baseline: float) -> None:
-    print(
-        f"{name:38s} {value:10,.0f} items/s   bare COPY {baseline:10,.0f} rows/s   "
-        f"ratio {value / baseline:6.3f}",
-        flush=True,
-    )
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--entries", type=int, default=100_000)
-    parser.add_argument("--people", type=int, default=20_000)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--sizes",
+        default="10000,100000",
+        help="entries per message, comma-separated (default 10000,100000)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="validation processes of the pool run (0: only the one-thread run; default 2)",
+    )
+    add_json_argument(parser)
     args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    if not sizes or min(sizes) < 1 or args.workers < 0:
+        parser.error("--sizes needs positive numbers and --workers must be >= 0")
     configure_logging(logging.WARNING)
-    asyncio.run(bench(args.entries, args.people, args.workers))
+    figures = asyncio.run(bench(sizes, args.workers))
+    print()
+    print_figures(figures)
+    write_json(args.json, figures, sizes=sizes, workers=args.workers)
 
 
 if __name__ == "__main__":

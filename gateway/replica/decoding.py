@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 from typing import Final, TypeAlias
 
 from chukan.codecs.item_schema import lxml_schema
@@ -32,13 +33,17 @@ STAGING_COLUMNS: Final = (
     "valid_from",
     "valid_to",
     "content",
+    "digest",
 )
 #: One staged entry, in STAGING_COLUMNS order.
-StagedRow: TypeAlias = tuple[int, str, bool, str, str, str, dt.date, dt.date | None, bytes | None]
+StagedRow: TypeAlias = tuple[
+    int, str, bool, str, str, str, dt.date, dt.date | None, bytes | None, str | None
+]
 
 
 def entry_row(entry: RegistrationEntry, position: int) -> StagedRow:
-    """The staged form of an accepted entry; the item in canonical bytes."""
+    """The staged form of an accepted entry; the item in canonical bytes and their SHA-256."""
+    content = entry.item_xml
     return (
         position,
         entry.record_id,
@@ -48,7 +53,8 @@ def entry_row(entry: RegistrationEntry, position: int) -> StagedRow:
         entry.data_set_record_key,
         entry.publication_date,
         entry.published_end_date,
-        entry.item_xml,
+        content,
+        None if content is None else hashlib.sha256(content).hexdigest(),
     )
 
 
