@@ -20,7 +20,8 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -91,6 +92,11 @@ def add_commands(commands: Any, *, database_default: str) -> None:
         default=[],
         metavar="KEY_ID=BASE64",
         help="a trusted public signing key (repeatable)",
+    )
+    verify.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress lines on stderr (by default one every 100,000 records)",
     )
     disclosure = rec_cmds.add_parser("disclose", help="every record about one person")
     common(disclosure)
@@ -197,6 +203,23 @@ def _load_ring(key_dir: Path, tenant: str) -> KeyRing:
         raise AdminCommandError(str(exc)) from None
 
 
+def verify_progress(tenant: str, err: TextIO) -> Callable[[int, int | None], None]:
+    """A progress reporter for ``records verify``: one line on ``err`` each time it is told
+    how far the walk is (records so far, of the chain head's ``seq``), with the rate."""
+    started = time.monotonic()
+
+    def report(records: int, head_seq: int | None) -> None:
+        seconds = max(time.monotonic() - started, 1e-9)
+        of = f" of {head_seq:,} ({100 * records / head_seq:.0f}%)" if head_seq else ""
+        err.write(
+            f"records verify {tenant}: {records:,} records{of}, "
+            f"{records / seconds:,.0f} records/s, {seconds:.1f} s\n"
+        )
+        err.flush()
+
+    return report
+
+
 def _json(out: TextIO, value: Any) -> None:
     out.write(json.dumps(value, ensure_ascii=False, indent=2, default=str) + "\n")
 
@@ -251,7 +274,8 @@ async def _tenant_command(
         )
 
     if (command, action) == ("records", "verify"):
-        report = await verify_chain(conn, tenant, _trusted_keys(args))
+        progress = None if args.no_progress else verify_progress(tenant, sys.stderr)
+        report = await verify_chain(conn, tenant, _trusted_keys(args), progress=progress)
         await audit("records.verify", None, {"ok": report.ok, "issues": len(report.issues)})
         _json(out, report.to_json())
         return 0 if report.ok else 1

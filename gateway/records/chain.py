@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
 import asyncpg
 
@@ -163,12 +163,42 @@ class VerifyReport:
         }
 
 
+class ChainRow(NamedTuple):
+    """One record as the walk needs it: its place, its stored hashes and the canonical bytes
+    of its content as read (None when the content could not be read back at all, e.g. a
+    timestamp outside what a record can hold: such a row cannot match its hash)."""
+
+    seq: int
+    id: int
+    prev_hash: bytes
+    hash: bytes
+    canonical: bytes | None
+
+    @property
+    def valid(self) -> bool:
+        """Its content matches its own hash (over its own ``prev_hash``)."""
+        return (
+            self.canonical is not None
+            and hashlib.sha256(self.prev_hash + self.canonical).digest() == self.hash
+        )
+
+
+def chain_row(row: Row) -> ChainRow:
+    """A whole record row (from asyncpg, a mapping) as the walk's :class:`ChainRow`."""
+    return ChainRow(row["seq"], row["id"], row["prev_hash"], row["hash"], canonical_record(row))
+
+
 @dataclass
 class ChainWalk:
     """A walk along a tenant's chain, fed the records one ``seq`` at a time (in order),
-    then the chain head (:meth:`close`) and the checkpoints (:meth:`checkpoint`); every
-    altered, deleted or inserted record and every checkpoint the chain no longer matches
-    becomes an :class:`Issue` of :attr:`report`."""
+    then the chain head (:meth:`close`); the checkpoints are fed as the walk passes them
+    (:meth:`watch` before their records, :meth:`checkpoint` after).  Every altered,
+    deleted or inserted record and every checkpoint the chain no longer matches becomes
+    an :class:`Issue` of :attr:`report` (the checkpoints' after the records' and the
+    head's, once :meth:`close` has run).
+
+    Memory does not grow with the chain: the walk keeps the previous record's hash and
+    the hashes at the ``seq`` of the checkpoints it is watching, nothing else."""
 
     tenant: str
     report: VerifyReport
@@ -177,29 +207,46 @@ class ChainWalk:
     expected: int = 1
     last_seq: int = 0
     previous_reported: bool = False
-    hashes: dict[int, bytes] = field(default_factory=dict)
     previous_checkpoint: int = 0
+    watching: dict[int, bytes | None] = field(default_factory=dict)
+    checkpoint_issues: list[Issue] = field(default_factory=list)
 
     def add(self, kind: str, seq: int | None, row_id: int | None = None, detail: str = "") -> None:
         self.report.issues.append(Issue(kind, seq, row_id, detail))
 
-    def group(self, seq: int, rows: Sequence[Row]) -> None:
+    def group(self, seq: int, rows: Sequence[ChainRow]) -> None:
         """The records numbered ``seq`` (more than one when records were inserted)."""
+        if (
+            len(rows) == 1
+            and seq == self.expected
+            and (self.head_seq is None or seq <= self.head_seq)
+        ):
+            # The common case, decided without building the general one's lists: one record
+            # where the chain expects it, linking on and matching its hash.
+            row = rows[0]
+            if (
+                row.canonical is not None
+                and row.prev_hash == self.prev_hash
+                and hashlib.sha256(row.prev_hash + row.canonical).digest() == row.hash
+            ):
+                self.report.records += 1
+                self.previous_reported = False
+                self.prev_hash = row.hash
+                if seq in self.watching:
+                    self.watching[seq] = row.hash
+                self.last_seq, self.expected = seq, seq + 1
+                return
         self.report.records += len(rows)
         if seq < 1 or (self.head_seq is not None and seq > self.head_seq):
             for row in rows:
-                self.add("inserted", seq, row["id"], "sequence number beyond the chain head")
+                self.add("inserted", seq, row.id, "sequence number beyond the chain head")
             return
         if seq > self.expected:
             for missing in range(self.expected, seq):
                 self.add("deleted", missing, None, "sequence number missing from the chain")
             self.previous_reported = True
         checked = [
-            (
-                row,
-                chain_hash(row["prev_hash"], row) == row["hash"],
-                self.prev_hash is None or row["prev_hash"] == self.prev_hash,
-            )
+            (row, row.valid, self.prev_hash is None or row.prev_hash == self.prev_hash)
             for row in rows
         ]
         genuine = next(
@@ -208,19 +255,26 @@ class ChainWalk:
         )
         row, valid, links = genuine
         if not valid:
-            self.add("altered", seq, row["id"], "content does not match the record's hash")
+            self.add("altered", seq, row.id, "content does not match the record's hash")
         elif not links and not self.previous_reported:
-            self.add("broken_link", seq, row["id"], "previous hash does not match the chain")
+            self.add("broken_link", seq, row.id, "previous hash does not match the chain")
         for other, _, _ in checked:
             if other is not row:
-                self.add("inserted", seq, other["id"], "duplicate sequence number")
+                self.add("inserted", seq, other.id, "duplicate sequence number")
         self.previous_reported = not valid
-        self.prev_hash = row["hash"]
-        self.hashes[seq] = row["hash"]
+        self.prev_hash = row.hash
+        if seq in self.watching:
+            self.watching[seq] = row.hash
         self.last_seq, self.expected = seq, seq + 1
 
     def close(self, head: Row | None) -> None:
-        """After the last record: the chain head (``seq``, ``hash``) they must end at."""
+        """After the last record: the chain head (``seq``, ``hash``) they must end at; then
+        the findings of the checkpoints checked so far."""
+        self._close_head(head)
+        self.report.issues.extend(self.checkpoint_issues)
+        self.checkpoint_issues = []
+
+    def _close_head(self, head: Row | None) -> None:
         if head is None:
             if self.report.records:
                 self.add("head_missing", None, None, "records exist but the chain head is gone")
@@ -230,9 +284,15 @@ class ChainWalk:
         if self.last_seq == head["seq"] and self.prev_hash != head["hash"]:
             self.add("head_mismatch", head["seq"], None, "chain head hash differs")
 
+    def watch(self, seqs: Iterable[int]) -> None:
+        """Keep the hashes of the records at these ``seq`` (the checkpoints to come), instead
+        of those watched so far."""
+        self.watching = dict.fromkeys(seqs)
+
     def checkpoint(self, cp: Row, trusted_keys: Mapping[str, PublicSigningKey] | None) -> None:
-        """One signed checkpoint, in ``seq`` order; ``trusted_keys`` None trusts the public
-        key stored beside it."""
+        """One signed checkpoint, in ``seq`` order, once the walk is past its ``seq`` (which
+        it was :meth:`watch`-ing); ``trusted_keys`` None trusts the public key stored
+        beside it."""
         self.report.checkpoints += 1
         self.report.last_checkpoint_seq = cp["seq"]
         keys = trusted_keys
@@ -240,22 +300,29 @@ class ChainWalk:
             keys = {cp["key_id"]: public_signing_key(cp["key_id"], cp["public_key"])}
         key = keys.get(cp["key_id"])
         message = checkpoint_message(self.tenant, cp["seq"], cp["hash"], cp["signed_at"])
+        found = self.checkpoint_issues
         if key is None:
-            self.add("checkpoint_key_unknown", cp["seq"], None, f"key {cp['key_id']}")
+            found.append(Issue("checkpoint_key_unknown", cp["seq"], None, f"key {cp['key_id']}"))
         else:
             try:
                 key.verify(message, cp["signature"])
             except Exception:
-                self.add("checkpoint_signature_invalid", cp["seq"], None, "bad signature")
-        actual = self.hashes.get(cp["seq"])
+                found.append(
+                    Issue("checkpoint_signature_invalid", cp["seq"], None, "bad signature")
+                )
+        actual = self.watching.get(cp["seq"])
         if actual is None:
-            self.add("checkpoint_unmatched", cp["seq"], None, "no record at this sequence")
+            found.append(
+                Issue("checkpoint_unmatched", cp["seq"], None, "no record at this sequence")
+            )
         elif actual != cp["hash"]:
-            self.add(
-                "checkpoint_mismatch",
-                cp["seq"],
-                None,
-                f"records {self.previous_checkpoint + 1}..{cp['seq']} were rewritten "
-                "after they were signed",
+            found.append(
+                Issue(
+                    "checkpoint_mismatch",
+                    cp["seq"],
+                    None,
+                    f"records {self.previous_checkpoint + 1}..{cp['seq']} were rewritten "
+                    "after they were signed",
+                )
             )
         self.previous_checkpoint = cp["seq"]

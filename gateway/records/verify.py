@@ -1,27 +1,281 @@
 """Verifying a tenant's record chain and its checkpoints, from one database snapshot.
 
 The walk itself is pure (:class:`~chukan.gateway.records.chain.ChainWalk`);
-this module reads the rows it is fed.
+this module reads the rows it is fed, streaming: the records come out of
+PostgreSQL by ``COPY … TO STDOUT`` (text format) one range of ``seq`` at a time,
+each range's checkpoints first, so memory stays the same whatever the length of
+the chain, and the server produces the next rows while this process hashes.
+
+Every record's canonical form is rebuilt here from the values as stored (never
+taken from the database's ``chukan_record_canonical``), and its hash recomputed.
+A row in the common shape (ASCII, no escaped character, UTC timestamps of years
+1000-9999, NULL only where a column allows it) is turned into its canonical bytes
+straight from the COPY text (:func:`copy_canonical`); any other row is decoded
+into typed values and goes through :func:`~chukan.gateway.records.chain.canonical_record`
+itself (:func:`decode_copy_row`).  Both give the same bytes; the tests hold them
+to each other and to the SQL function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 import structlog
 
 from chukan.gateway.core import db
-from chukan.gateway.records.chain import ChainWalk, Row, VerifyReport, genesis_hash
-from chukan.gateway.records.store import ROW_COLUMNS
+from chukan.gateway.records.chain import (
+    CANONICAL_VERSION,
+    CONTENT_COLUMNS,
+    ChainRow,
+    ChainWalk,
+    VerifyReport,
+    canonical_record,
+    genesis_hash,
+)
 from chukan.keys import PublicSigningKey
 
 log = structlog.get_logger("chukan.records")
+
+#: Records per ``COPY``: the checkpoints of one range of ``seq`` are held while it is read.
+RANGE: Final = 100_000
+#: How often (in records) the walk reports its progress, when asked to.
+PROGRESS_EVERY: Final = 100_000
+
+#: The columns of a record as ``COPY`` prints them: hashes in hex (no escaping), the rest
+#: with their own output functions (the session's TimeZone is UTC, DateStyle ISO).
+COPY_COLUMNS: Final = (
+    "id, tenant, seq, "
+    + ", ".join(CONTENT_COLUMNS)
+    + ", recorded_at, pg_catalog.encode(prev_hash, 'hex'), pg_catalog.encode(hash, 'hex')"
+)
+_NAMES: Final = ("id", "tenant", "seq", *CONTENT_COLUMNS, "recorded_at", "prev_hash", "hash")
+_NULL: Final = "\\N"
+_ESCAPES: Final = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+_ESCAPE: Final = re.compile(r"\\(x[0-9a-fA-F]{1,2}|[0-7]{1,3}|.)")
+_TIMESTAMP: Final = re.compile(
+    r"(\d{4,})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?\+00", re.ASCII
+)
+_INTEGERS: Final = frozenset({"id", "seq", "legal_basis"})
+_TIMESTAMPS: Final = frozenset({"requested_at", "provided_at", "recorded_at"})
+
+#: Told the records walked so far and the chain head's ``seq`` (None: no head).
+Progress = Callable[[int, int | None], None]
+
+
+def _unescape_match(match: re.Match[str]) -> str:
+    code = match.group(1)
+    if code[0] == "x" and len(code) > 1:
+        return chr(int(code[1:], 16))
+    if code[0] in "01234567":
+        return chr(int(code, 8))
+    return _ESCAPES.get(code, code)
+
+
+def _copy_value(text: str) -> str | None:
+    """One field of a ``COPY`` text row: NULL, or the text with its escapes undone."""
+    if text == _NULL:
+        return None
+    return _ESCAPE.sub(_unescape_match, text) if "\\" in text else text
+
+
+def _copy_timestamp(text: str) -> dt.datetime:
+    """A timestamptz as printed with TimeZone UTC and DateStyle ISO (ValueError otherwise:
+    BC, infinity, or beyond what a datetime holds)."""
+    match = _TIMESTAMP.fullmatch(text)
+    if match is None:
+        raise ValueError(f"unexpected timestamp {text!r}")
+    year, month, day, hour, minute, second, fraction = match.groups()
+    return dt.datetime(
+        int(year),
+        int(month),
+        int(day),
+        int(hour),
+        int(minute),
+        int(second),
+        int((fraction or "").ljust(6, "0")),
+        tzinfo=dt.UTC,
+    )
+
+
+def decode_copy_row(fields: list[str]) -> ChainRow:
+    """A record from the fields of its ``COPY`` text row (:data:`COPY_COLUMNS`), decoded into
+    typed values whose canonical form is :func:`canonical_record`'s; a row whose content
+    cannot be decoded has no canonical form (it cannot match its hash)."""
+    if len(fields) != len(_NAMES):
+        raise ValueError(f"a record row has {len(fields)} fields, not {len(_NAMES)}")
+    row: dict[str, Any] = dict(zip(_NAMES, map(_copy_value, fields), strict=True))
+    for name in _INTEGERS:
+        if row[name] is not None:
+            row[name] = int(row[name])
+    canonical: bytes | None
+    try:
+        for name in _TIMESTAMPS:
+            if row[name] is not None:
+                row[name] = _copy_timestamp(row[name])
+        if row["non_disclosure"] is not None:
+            row["non_disclosure"] = row["non_disclosure"] == "t"
+        canonical = canonical_record(row)
+    except (ValueError, TypeError):
+        canonical = None
+    return ChainRow(
+        row["seq"],
+        row["id"],
+        bytes.fromhex(row["prev_hash"]),
+        bytes.fromhex(row["hash"]),
+        canonical,
+    )
+
+
+def _field(name: str, value: str) -> str:
+    """``name:length:value;`` of an ASCII value, NULL (``\\N``) as ``name:-;``."""
+    return f"{name}:-;" if value == _NULL else f"{name}:{len(value)}:{value};"
+
+
+#: Canonical fragments of the low-cardinality runs of fields (parties and codes; outcome,
+#: reason and flag), by their COPY text; cleared when full, so memory stays bounded.
+_FRAGMENTS: dict[tuple[str, ...], str] = {}
+_FRAGMENTS_MAX: Final = 4096
+
+
+def _parties(key: tuple[str, ...]) -> str:
+    requester, provider, business, procedure, item = key
+    fragment = (
+        _field("requester", requester)
+        + _field("provider", provider)
+        + _field("business_code", business)
+        + _field("procedure_code", procedure)
+        + _field("item_code", item)
+    )
+    if len(_FRAGMENTS) >= _FRAGMENTS_MAX:
+        _FRAGMENTS.clear()
+    _FRAGMENTS[key] = fragment
+    return fragment
+
+
+def _result(key: tuple[str, ...]) -> str:
+    outcome, reason, hidden = key
+    fragment = (
+        _field("outcome", outcome)
+        + _field("reason_code", reason)
+        + ("non_disclosure:4:true;" if hidden == "t" else "non_disclosure:5:false;")
+    )
+    if len(_FRAGMENTS) >= _FRAGMENTS_MAX:
+        _FRAGMENTS.clear()
+    _FRAGMENTS[key] = fragment
+    return fragment
+
+
+def copy_canonical(line: str, fields: list[str]) -> bytes | None:
+    """The canonical bytes of a record straight from its ``COPY`` text row, when the row
+    has the common shape; None when it must be decoded (:func:`decode_copy_row`).
+
+    The common shape: ASCII (so lengths in characters are lengths in bytes), no escaped
+    character and NULL only in the columns that allow it (every backslash is the NULL
+    marker of such a column), the three timestamps in UTC as PostgreSQL's ISO style prints
+    them (``YYYY-MM-DD HH:MM:SS[.ffffff]+00``).  A timestamp of another shape ending in
+    ``+00`` (a year beyond 9999) gives bytes that are no record's canonical form, so its
+    row cannot match a hash."""
+    (_, tenant, seq, role, query, permit, requester, provider, business, procedure, item,
+     basis, atena, requested, provided, outcome, reason, hidden, recorded, _, _) = fields  # fmt: skip  # noqa: E501
+    nulls = (permit == _NULL) + (basis == _NULL) + (atena == _NULL) + (reason == _NULL)
+    if provided == _NULL:
+        nulls += 1
+        provided_text = "provided_at:-;"
+    elif provided[-3:] != "+00" or provided[0] == "0":
+        return None
+    else:
+        provided_text = (
+            f"provided_at:27:{provided[:10]}T{provided[11:19]}.{(provided[20:-3] + '000000')[:6]}Z;"
+        )
+    if (
+        line.count("\\") != nulls
+        or not line.isascii()
+        or requested[-3:] != "+00"
+        or recorded[-3:] != "+00"
+        or requested[0] == "0"
+        or recorded[0] == "0"
+        or (hidden != "f" and hidden != "t")
+    ):
+        return None
+    key: tuple[str, ...] = (requester, provider, business, procedure, item)
+    parties = _FRAGMENTS.get(key) or _parties(key)
+    key = (outcome, reason, hidden)
+    result = _FRAGMENTS.get(key) or _result(key)
+    return (
+        f"{CANONICAL_VERSION};tenant:{len(tenant)}:{tenant};seq:{len(seq)}:{seq};"
+        f"role:{len(role)}:{role};query_id:{len(query)}:{query};"
+        f"{'permit_id:-;' if permit == _NULL else f'permit_id:{len(permit)}:{permit};'}"
+        f"{parties}"
+        f"{'legal_basis:-;' if basis == _NULL else f'legal_basis:{len(basis)}:{basis};'}"
+        f"{'atena_id:-;' if atena == _NULL else f'atena_id:{len(atena)}:{atena};'}"
+        f"requested_at:27:{requested[:10]}T{requested[11:19]}."
+        f"{(requested[20:-3] + '000000')[:6]}Z;{provided_text}{result}"
+        f"recorded_at:27:{recorded[:10]}T{recorded[11:19]}."
+        f"{(recorded[20:-3] + '000000')[:6]}Z;"
+    ).encode()
+
+
+class _RangeReader:
+    """Feeds the walk the records of one ``COPY``, chunk by chunk, a ``seq`` at a time."""
+
+    def __init__(self, walk: ChainWalk, tick: Callable[[], None]) -> None:
+        self.walk = walk
+        self.tick = tick
+        self.rest = b""
+        self.seq: int | None = None
+        self.rows: list[ChainRow] = []
+
+    async def __call__(self, chunk: bytes) -> None:
+        data = self.rest + chunk if self.rest else chunk
+        end = data.rfind(b"\n")
+        if end < 0:
+            self.rest = data
+            return
+        self.rest = data[end + 1 :]
+        group, seq, rows = self.walk.group, self.seq, self.rows
+        new = tuple.__new__  # a ChainRow without the Python-level NamedTuple constructor
+        for line in data[:end].decode().split("\n"):
+            fields = line.split("\t")
+            canonical = copy_canonical(line, fields)
+            if canonical is None:
+                row = decode_copy_row(fields)
+            else:
+                row = new(
+                    ChainRow,
+                    (
+                        int(fields[2]),
+                        int(fields[0]),
+                        bytes.fromhex(fields[19]),
+                        bytes.fromhex(fields[20]),
+                        canonical,
+                    ),
+                )
+            if row.seq == seq:
+                rows.append(row)
+                continue
+            if rows:
+                group(seq, rows)  # type: ignore[arg-type]  # seq is set whenever rows are
+            seq, rows = row.seq, [row]
+        self.seq, self.rows = seq, rows
+        self.tick()
+
+    def finish(self) -> None:
+        if self.rest:
+            raise ValueError("a record row was cut short")
+        if self.rows and self.seq is not None:
+            self.walk.group(self.seq, self.rows)
+        self.seq, self.rows = None, []
 
 
 async def verify_chain(
     conn: db.Conn,
     tenant: str,
     trusted_keys: Mapping[str, PublicSigningKey] | None,
+    *,
+    progress: Progress | None = None,
 ) -> VerifyReport:
     """Walk a tenant's chain and its checkpoints in one snapshot, naming every altered,
     deleted or inserted record by ``seq`` and ``id``, and every checkpoint the chain no
@@ -30,33 +284,55 @@ async def verify_chain(
     ``trusted_keys`` are the agency's public signing keys from outside the
     database (key files, the hub registry); ``None`` falls back on the keys
     stored beside the checkpoints, and the report says the keys are untrusted.
+    ``progress`` is told how far the walk is every :data:`PROGRESS_EVERY` records
+    and at the end.
     """
     report = VerifyReport(tenant, keys_trusted=trusted_keys is not None)
+    next_progress = PROGRESS_EVERY
+
+    def tick() -> None:
+        nonlocal next_progress
+        if progress is not None and report.records >= next_progress:
+            next_progress = report.records + PROGRESS_EVERY
+            progress(report.records, report.head_seq)
+
     async with conn.transaction(isolation="repeatable_read", readonly=True):
+        # How COPY prints the timestamps copy_canonical reads (this transaction only).
+        await conn.execute("SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'")
         head = await conn.fetchrow(
             "SELECT seq, hash FROM record_chain_heads WHERE tenant = $1", tenant
         )
-        checkpoints = await conn.fetch(
-            "SELECT * FROM record_checkpoints WHERE tenant = $1 ORDER BY seq", tenant
-        )
         report.head_seq = head["seq"] if head else None
         walk = ChainWalk(tenant, report, report.head_seq, genesis_hash(tenant))
-        group: list[Row] = []
-        async for row in conn.cursor(
-            f"SELECT {ROW_COLUMNS} FROM provision_records "  # noqa: S608 -- fixed column list
-            "WHERE tenant = $1 ORDER BY seq, id",
-            tenant,
-            prefetch=1000,
-        ):
-            if group and row["seq"] != group[0]["seq"]:
-                walk.group(group[0]["seq"], group)
-                group = []
-            group.append(row)
-        if group:
-            walk.group(group[0]["seq"], group)
+        reader = _RangeReader(walk, tick)
+        # Ranges of seq: the first and the last open-ended, so rows numbered below 1 or
+        # beyond the head are read too.
+        bounds = list(range(RANGE, report.head_seq or 0, RANGE))
+        for low, high in zip([None, *bounds], [*bounds, None], strict=True):
+            checkpoints = await conn.fetch(
+                "SELECT * FROM record_checkpoints WHERE tenant = $1 "
+                "AND ($2::bigint IS NULL OR seq > $2) AND ($3::bigint IS NULL OR seq <= $3) "
+                "ORDER BY seq",
+                tenant,
+                low,
+                high,
+            )
+            walk.watch(cp["seq"] for cp in checkpoints)
+            await conn.copy_from_query(
+                f"SELECT {COPY_COLUMNS} FROM provision_records "  # noqa: S608 -- fixed columns
+                "WHERE tenant = $1 AND ($2::bigint IS NULL OR seq > $2) "
+                "AND ($3::bigint IS NULL OR seq <= $3) ORDER BY seq, id",
+                tenant,
+                low,
+                high,
+                output=reader,
+            )
+            reader.finish()
+            for cp in checkpoints:
+                walk.checkpoint(cp, trusted_keys)
     walk.close(head)
-    for cp in checkpoints:
-        walk.checkpoint(cp, trusted_keys)
+    if progress is not None:
+        progress(report.records, report.head_seq)
     log.info(
         "record_chain_verified",
         tenant=tenant,

@@ -10,12 +10,17 @@ import pytest
 
 from chukan.gateway.records.chain import (
     CONTENT_COLUMNS,
+    ChainRow,
+    ChainWalk,
+    VerifyReport,
     canonical_record,
     canonical_timestamp,
     chain_hash,
+    chain_row,
     checkpoint_message,
     genesis_hash,
 )
+from chukan.gateway.records.verify import copy_canonical, decode_copy_row
 
 JST = dt.timezone(dt.timedelta(hours=9))
 
@@ -113,3 +118,154 @@ def test_checkpoint_message_binds_tenant_seq_hash_and_time() -> None:
     )
     assert message != checkpoint_message("122041", 10, b"\x01" * 32, at)
     assert message != checkpoint_message("121002", 11, b"\x01" * 32, at)
+
+
+# -- the streaming walk and the COPY reader -------------------------------------------------
+
+
+def copy_text(value: Any) -> str:
+    """A value as PostgreSQL's COPY text format prints it (TimeZone UTC, DateStyle ISO)."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dt.datetime):
+        v = value.astimezone(dt.UTC)
+        text = f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}"
+        if value.microsecond:
+            text += f".{value.microsecond:06d}".rstrip("0")
+        return text + "+00"
+    text = str(value)
+    for raw, escaped in (("\\", "\\\\"), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
+        text = text.replace(raw, escaped)
+    return text
+
+
+COPY_ORDER = ("id", "tenant", "seq", *CONTENT_COLUMNS, "recorded_at", "prev_hash", "hash")
+
+
+def copy_line(row: dict[str, Any]) -> str:
+    return "\t".join(copy_text(row[name]) for name in COPY_ORDER)
+
+
+def stored(prev: bytes, row_id: int, **changes: Any) -> dict[str, Any]:
+    """A record as the trigger stores it: linked on ``prev`` and hashed."""
+    row = record(**changes) | {"id": row_id, "prev_hash": prev}
+    row["hash"] = chain_hash(prev, row)
+    return row
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"permit_id": "p-1", "provided_at": dt.datetime(2026, 4, 1, 9, 0, tzinfo=JST)},
+        {"provided_at": dt.datetime(2026, 4, 1, 9, 0, 0, 100000, tzinfo=dt.UTC)},
+        {"legal_basis": None, "atena_id": None, "reason_code": None, "non_disclosure": True},
+        {"requested_at": dt.datetime(2026, 4, 1, 0, 0, 0, 1, tzinfo=dt.UTC)},
+        {"query_id": ""},
+        {"seq": 12345678901},
+    ],
+)
+def test_copy_rows_of_the_common_shape_give_the_canonical_form(changes: dict[str, Any]) -> None:
+    row = stored(genesis_hash("121002"), 5, **changes)
+    line = copy_line(row)
+    fields = line.split("\t")
+    assert copy_canonical(line, fields) == canonical_record(row)
+    decoded = decode_copy_row(fields)
+    assert decoded == ChainRow(row["seq"], 5, row["prev_hash"], row["hash"], canonical_record(row))
+    assert decoded.valid
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"reason_code": "取得不可"},  # not ASCII: lengths in bytes differ
+        {"query_id": "q\\1"},  # an escaped backslash
+        {"query_id": "a\tb\nc"},  # escaped tab and newline
+        {"query_id": "\\N"},  # the NULL marker's text, escaped
+        {"requested_at": dt.datetime(999, 1, 1, tzinfo=dt.UTC)},  # year below 1000
+    ],
+)
+def test_other_copy_rows_are_decoded_into_values(changes: dict[str, Any]) -> None:
+    row = stored(genesis_hash("121002"), 5, **changes)
+    line = copy_line(row)
+    fields = line.split("\t")
+    assert copy_canonical(line, fields) is None
+    assert decode_copy_row(fields).canonical == canonical_record(row)
+
+
+def test_a_null_where_no_null_belongs_is_not_read_as_text() -> None:
+    """A NOT NULL column set to NULL (schema tampered) must not pass for the text '\\N'."""
+    row = stored(genesis_hash("121002"), 5, query_id="\\N")
+    fields = copy_line(row).split("\t")
+    fields[COPY_ORDER.index("query_id")] = "\\N"  # NULL instead of the escaped text
+    line = "\t".join(fields)
+    assert copy_canonical(line, fields) is None
+    assert not decode_copy_row(fields).valid
+
+
+@pytest.mark.parametrize(
+    "text", ["2026-04-01 00:00:00+00 BC", "infinity", "12026-04-01 00:00:00+00"]
+)
+def test_timestamps_a_record_cannot_hold_never_verify(text: str) -> None:
+    row = stored(genesis_hash("121002"), 5)
+    fields = copy_line(row).split("\t")
+    fields[COPY_ORDER.index("requested_at")] = text
+    line = "\t".join(fields)
+    canonical = copy_canonical(line, fields)
+    assert canonical is None or canonical != canonical_record(row)
+    assert not decode_copy_row(fields).valid
+
+
+def chain(tenant: str, count: int) -> list[dict[str, Any]]:
+    prev, rows = genesis_hash(tenant), []
+    for seq in range(1, count + 1):
+        row = stored(prev, 100 + seq, seq=seq, tenant=tenant, query_id=f"q-{seq}")
+        rows.append(row)
+        prev = row["hash"]
+    return rows
+
+
+def walk_over(rows: list[dict[str, Any]], head: dict[str, Any] | None) -> ChainWalk:
+    report = VerifyReport("121002")
+    walk = ChainWalk("121002", report, head["seq"] if head else None, genesis_hash("121002"))
+    by_seq: dict[int, list[ChainRow]] = {}
+    for row in sorted(rows, key=lambda r: (r["seq"], r["id"])):
+        by_seq.setdefault(row["seq"], []).append(chain_row(row))
+    for seq, group in by_seq.items():
+        walk.group(seq, group)
+    walk.close(head)
+    return walk
+
+
+def test_the_walk_names_altered_deleted_and_inserted_records() -> None:
+    rows = chain("121002", 10)
+    head = {"seq": 10, "hash": rows[-1]["hash"]}
+    assert walk_over(rows, head).report.ok
+    rows[2] = rows[2] | {"outcome": "provided"}  # altered
+    del rows[4]  # seq 5 deleted
+    rows.append(rows[5] | {"id": 999, "atena_id": "999"})  # a copy of seq 7, altered
+    rows.append(stored(b"\0" * 32, 1000, seq=11))  # beyond the head
+    report = walk_over(rows, head).report
+    assert sorted((i.kind, i.seq, i.id) for i in report.issues) == [
+        ("altered", 3, 103),
+        ("deleted", 5, None),
+        ("inserted", 7, 999),
+        ("inserted", 11, 1000),
+    ]
+    assert report.records == 11
+
+
+def test_the_walk_keeps_only_the_hashes_of_watched_checkpoints() -> None:
+    rows = chain("121002", 3000)
+    report = VerifyReport("121002")
+    walk = ChainWalk("121002", report, 3000, genesis_hash("121002"))
+    walk.watch([1000, 2000])
+    for row in rows:
+        walk.group(row["seq"], [chain_row(row)])
+    assert walk.watching == {1000: rows[999]["hash"], 2000: rows[1999]["hash"]}
+    assert walk.prev_hash == rows[-1]["hash"] and report.records == 3000
+    assert not hasattr(walk, "hashes")
