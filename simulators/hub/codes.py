@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
@@ -28,11 +28,43 @@ from chukan.codecs.envelope import (
     new_message_id,
 )
 from chukan.codecs.individual_number import is_valid_individual_number
-from chukan.gateway.core.errors import ForbiddenError, IndividualNumberInvalidError
+from chukan.gateway.core import db
+from chukan.gateway.core.errors import (
+    ForbiddenError,
+    IndividualNumberInvalidError,
+    PersonNotAtProviderError,
+    PersonUnknownError,
+)
 from chukan.gateway.core.web import signed_xml_response
 from chukan.simulators.hub.state import HubState, utcnow
 
 log = structlog.get_logger("chukan.hub")
+
+#: 符号 conversion in one statement (one round trip, two primary-key/unique index probes):
+#: the requester's 符号 ($1 agency, $2 符号) → the person → the provider's ($3) 符号.  A row
+#: with a NULL code: the person is not registered with the provider; no row: the requester's
+#: 符号 is unknown.
+CONVERT_SQL: Final = """
+    SELECT theirs.person_code
+    FROM person_codes AS mine
+    LEFT JOIN person_codes AS theirs
+           ON theirs.agency_code = $3 AND theirs.person_id = mine.person_id
+    WHERE mine.person_code = $2 AND mine.agency_code = $1"""
+
+
+async def provider_person_code(
+    executor: db.Executor, requester: str, requester_code: str, provider: str
+) -> str:
+    """The provider's 符号 for the person the requester knows by ``requester_code``:
+    :class:`PersonUnknownError` when the hub does not know that 符号 for the requester,
+    :class:`PersonNotAtProviderError` when the person is not registered with the provider."""
+    found = await executor.fetch(CONVERT_SQL, requester, requester_code, provider)
+    if not found:
+        raise PersonUnknownError("the requester's 符号 is not known to the hub")
+    code: str | None = found[0]["person_code"]
+    if code is None:
+        raise PersonNotAtProviderError("the person is not registered with the provider")
+    return code
 
 
 def _digest(secret: bytes, value: str) -> bytes:

@@ -36,8 +36,6 @@ from chukan.gateway.core.errors import (
     ForbiddenError,
     GatewayError,
     MisaddressedError,
-    PersonNotAtProviderError,
-    PersonUnknownError,
     QueryUnknownError,
 )
 from chukan.gateway.core.web import (
@@ -54,6 +52,7 @@ from chukan.permits import (
     issue_permit,
 )
 from chukan.simulators.hub import lists, outbox
+from chukan.simulators.hub.codes import provider_person_code
 from chukan.simulators.hub.conclusions import Conclusion, conclude
 from chukan.simulators.hub.records import log_routed
 from chukan.simulators.hub.registry import Agency, load_agency
@@ -176,20 +175,9 @@ async def _check_query(
         raise NotAuthorizedError("事務コード does not match the authorization list")
     provider = await load_agency(state.pool, body.provider)
     requester_agency = await load_agency(state.pool, requester)
-    person_id = await state.pool.fetchval(
-        "SELECT person_id FROM person_codes WHERE agency_code = $1 AND person_code = $2",
-        requester,
-        body.requester_person_code,
+    provider_code = await provider_person_code(
+        state.pool, requester, body.requester_person_code, provider.code
     )
-    if person_id is None:
-        raise PersonUnknownError("the requester's 符号 is not known to the hub")
-    provider_code = await state.pool.fetchval(
-        "SELECT person_code FROM person_codes WHERE agency_code = $1 AND person_id = $2",
-        provider.code,
-        person_id,
-    )
-    if provider_code is None:
-        raise PersonNotAtProviderError("the person is not registered with the provider")
     return Route(row, requester_agency, provider, provider_code)
 
 
