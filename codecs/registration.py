@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, BinaryIO, Final, TypeAlias, TypeVar, cast
+from typing import Any, BinaryIO, Final, Generic, TypeAlias, TypeVar, cast
 
 from lxml import etree
 
@@ -33,8 +33,15 @@ from .errors import CodecError, SchemaError, XmlForbiddenError, XmlLimitError, X
 from .item_model import Item
 from .item_schema import lxml_schema, schema_error, xmlschema_schema
 from .item_stream import GuardedReader, hardened_iterparse, syntax_error
-from .items import ITEM_CODES, encode_item, item_code_of, item_from_element, item_to_element
-from .xmlsafe import XmlLimits, parse_xml
+from .items import (
+    ITEM_CODES,
+    canonical_item_from_element,
+    encode_item,
+    item_code_of,
+    item_from_element,
+    item_to_element,
+)
+from .xmlsafe import HARDENED_OPTIONS, XmlLimits, check_markup, check_prolog, parse_xml
 
 REGISTRATION_NAMESPACE: Final = "urn:chukan:dbm:IF_DBM_20113_R01:1"
 MESSAGE_TYPE_ID: Final = "IF_DBM_20113_R01"
@@ -147,6 +154,25 @@ class RegistrationEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedEntry:
+    """An accepted entry whose item is already in canonical bytes (bulk import).
+
+    The same checks as for a :class:`RegistrationEntry`; ``content`` is exactly what
+    ``RegistrationEntry.item_xml`` would give, written without building the typed item.
+    """
+
+    record_id: str
+    segment: Segment
+    integrated_address_number: str
+    item_code: str
+    data_set_record_key: str
+    major_version: int
+    publication_date: date
+    published_end_date: date | None = None
+    content: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class EntryRejection:
     """One refused entry: its record id (when readable), a code and a value-free reason."""
 
@@ -180,6 +206,8 @@ class RawRecord:
 StreamItem: TypeAlias = MessageHeader | RegistrationEntry | EntryRejection
 #: What :func:`iter_registration_records` yields: the header first, then one per entry.
 RawStreamItem: TypeAlias = MessageHeader | RawRecord
+#: What :func:`iter_registration_encoded` yields: the header first, then one per entry.
+EncodedStreamItem: TypeAlias = MessageHeader | EncodedEntry | EntryRejection
 _T = TypeVar("_T")
 
 
@@ -234,8 +262,31 @@ def _reject(
     return EntryRejection(record_id, str(code), message, position, where)
 
 
-def _decode_record(record: etree._Element, position: int) -> RegistrationEntry | EntryRejection:
-    """Check one entry on its own; every problem becomes a rejection, never an exception."""
+_I = TypeVar("_I")
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked(Generic[_I]):
+    """The fields of an entry that passed every check, its item as ``item_of`` made it."""
+
+    fields: _Fields
+    record_id: str
+    segment: Segment
+    item_code: str
+    major_version: int
+    publication_date: date
+    published_end_date: date | None
+    item: _I | None
+
+
+def _check_record(
+    record: etree._Element, position: int, item_of: Callable[[str, etree._Element], _I]
+) -> _Checked[_I] | EntryRejection:
+    """Check one entry on its own; every problem becomes a rejection, never an exception.
+
+    ``item_of(code, element)`` validates the embedded item and returns its value (raising
+    a :class:`CodecError` for a bad one): the typed item, or its canonical bytes.
+    """
     fields = _Fields(record)
     schema = lxml_schema(REGISTRATION_XSD)
     if not schema.validate(record):
@@ -278,7 +329,7 @@ def _decode_record(record: etree._Element, position: int) -> RegistrationEntry |
             position,
             "/Record/PublishedEndDate",
         )
-    item: Item | None = None
+    item: _I | None = None
     if segment is Segment.REGISTRATION:
         if container is None:
             return _reject(
@@ -290,7 +341,7 @@ def _decode_record(record: etree._Element, position: int) -> RegistrationEntry |
             )
         embedded = next(container.iterchildren("*"))
         try:
-            item = item_from_element(code, embedded)
+            item = item_of(code, embedded)
         except CodecError as exc:
             return _reject(
                 record_id,
@@ -307,16 +358,44 @@ def _decode_record(record: etree._Element, position: int) -> RegistrationEntry |
             position,
             _ITEM_WHERE,
         )
+    return _Checked(
+        fields, record_id, segment, code, major_version, publication, published_end, item
+    )
+
+
+def _decode_record(record: etree._Element, position: int) -> RegistrationEntry | EntryRejection:
+    """Check one entry on its own, its item as a typed value."""
+    checked = _check_record(record, position, item_from_element)
+    if isinstance(checked, EntryRejection):
+        return checked
     return RegistrationEntry(
-        record_id=record_id,
-        segment=segment,
-        integrated_address_number=fields.text("IntegratedAddressNumber"),
-        item_code=code,
-        data_set_record_key=fields.text("DataSetRecordKey"),
-        major_version=major_version,
-        publication_date=publication,
-        published_end_date=published_end,
-        item=item,
+        record_id=checked.record_id,
+        segment=checked.segment,
+        integrated_address_number=checked.fields.text("IntegratedAddressNumber"),
+        item_code=checked.item_code,
+        data_set_record_key=checked.fields.text("DataSetRecordKey"),
+        major_version=checked.major_version,
+        publication_date=checked.publication_date,
+        published_end_date=checked.published_end_date,
+        item=checked.item,
+    )
+
+
+def _encode_record(record: etree._Element, position: int) -> EncodedEntry | EntryRejection:
+    """Check one entry on its own, its item as canonical bytes (no typed value is built)."""
+    checked = _check_record(record, position, canonical_item_from_element)
+    if isinstance(checked, EntryRejection):
+        return checked
+    return EncodedEntry(
+        record_id=checked.record_id,
+        segment=checked.segment,
+        integrated_address_number=checked.fields.text("IntegratedAddressNumber"),
+        item_code=checked.item_code,
+        data_set_record_key=checked.fields.text("DataSetRecordKey"),
+        major_version=checked.major_version,
+        publication_date=checked.publication_date,
+        published_end_date=checked.published_end_date,
+        content=checked.item,
     )
 
 
@@ -432,6 +511,71 @@ def decode_record(
     if root.tag != _RECORD:
         raise _structure("an entry must be one Record element in the message namespace", "/")
     return _decode_record(root, position)
+
+
+def iter_registration_encoded(
+    source: BinaryIO, limits: StreamLimits = DEFAULT_STREAM_LIMITS
+) -> Generator[EncodedStreamItem, None, None]:
+    """Stream a message like :func:`iter_registration`, items as canonical bytes.
+
+    The same checks and results entry by entry, an :class:`EncodedEntry` where
+    :func:`iter_registration` gives a :class:`RegistrationEntry` (for a bulk import,
+    which stores the canonical bytes and never needs the typed item).
+    """
+    yield from _stream(source, limits, _encode_record)
+
+
+_BATCH_START: Final = b"<RecordBatch>"
+_BATCH_END: Final = b"</RecordBatch>"
+
+
+def record_batch(records: Iterable[bytes]) -> bytes:
+    """Entries split off a message (:class:`RawRecord` data) as one document for
+    :func:`encode_record_batch`: parsed once there, not once per entry."""
+    return b"".join((_BATCH_START, *records, _BATCH_END))
+
+
+def _parse_batch(data: bytes, max_depth: int) -> etree._Element:
+    """:func:`parse_xml` for a batch document, its depth checked by one XPath in libxml2
+    instead of a walk over every element in Python."""
+    check_prolog(data, XmlLimits(max_bytes=max(len(data), 1)))
+    try:
+        root = etree.fromstring(data, parser=etree.XMLParser(**HARDENED_OPTIONS))
+    except etree.XMLSyntaxError as exc:
+        raise syntax_error(exc) from None
+    check_markup(root)
+    if _too_deep(max_depth)(root):
+        raise XmlLimitError(f"nesting deeper than {max_depth} levels", where="/")
+    return root
+
+
+def _too_deep(max_depth: int) -> etree.XPath:
+    """True for a tree with an element deeper than ``max_depth`` (the root is at 1)."""
+    return etree.XPath("boolean(" + "/".join(["*"] * max(max_depth, 1)) + ")")
+
+
+def encode_record_batch(
+    data: bytes, first_position: int, limits: StreamLimits = DEFAULT_STREAM_LIMITS
+) -> list[EncodedEntry | EntryRejection]:
+    """Check consecutive entries given as one :func:`record_batch` document.
+
+    One result per entry, as :func:`decode_record` would give for each (with the item as
+    canonical bytes); ``first_position`` is the position of the first entry in the
+    message. Bytes that are not such a batch of ``Record`` elements raise. The batch
+    document is parsed hardened like any other, bounded by the entries' limits.
+    """
+    count_bound = max(len(data) // 16, 1)  # no entry is shorter than <r:Record/> …
+    root = _parse_batch(data, limits.max_depth + 1)
+    if root.tag != "RecordBatch" or len(root.attrib) or not _blank(root.text):
+        raise _structure("a batch must be one RecordBatch element of Record elements", "/")
+    results: list[EncodedEntry | EntryRejection] = []
+    position = first_position
+    for record in root.iterchildren():
+        if record.tag != _RECORD or not _blank(record.tail) or len(results) > count_bound:
+            raise _structure("an entry must be one Record element in the message namespace", "/")
+        results.append(_encode_record(record, position))
+        position += 1
+    return results
 
 
 #: Only envelope elements produce events; an entry's inside is looked at when it ends.

@@ -16,11 +16,13 @@ from typing import Final, TypeAlias
 from chukan.codecs.item_schema import lxml_schema
 from chukan.codecs.items import ITEM_CODES
 from chukan.codecs.registration import (
+    DEFAULT_STREAM_LIMITS,
     REGISTRATION_XSD,
+    EncodedEntry,
     EntryRejection,
-    RegistrationEntry,
     Segment,
-    decode_record,
+    StreamLimits,
+    encode_record_batch,
 )
 
 STAGING_COLUMNS: Final = (
@@ -41,9 +43,9 @@ StagedRow: TypeAlias = tuple[
 ]
 
 
-def entry_row(entry: RegistrationEntry, position: int) -> StagedRow:
+def entry_row(entry: EncodedEntry, position: int) -> StagedRow:
     """The staged form of an accepted entry; the item in canonical bytes and their SHA-256."""
-    content = entry.item_xml
+    content = entry.content
     return (
         position,
         entry.record_id,
@@ -72,21 +74,24 @@ class DecodedBatch:
         return len(self.rows) + len(self.rejections)
 
 
-def collect(results: list[tuple[int, RegistrationEntry | EntryRejection]]) -> DecodedBatch:
-    """A batch of decoded entries (with their positions in the message)."""
+def collect(results: list[EncodedEntry | EntryRejection], first_position: int) -> DecodedBatch:
+    """A batch of consecutive checked entries, the first at ``first_position``."""
     rows: list[StagedRow] = []
     rejections: list[EntryRejection] = []
-    for position, result in results:
-        if isinstance(result, RegistrationEntry):
+    for position, result in enumerate(results, start=first_position):
+        if isinstance(result, EncodedEntry):
             rows.append(entry_row(result, position))
         else:
             rejections.append(result)
     return DecodedBatch(rows, rejections)
 
 
-def decode_batch(records: list[tuple[int, bytes]]) -> DecodedBatch:
-    """Validate raw entries (runs in a worker process of the bulk import)."""
-    return collect([(position, decode_record(data, position)) for position, data in records])
+def decode_batch(
+    data: bytes, first_position: int, limits: StreamLimits = DEFAULT_STREAM_LIMITS
+) -> DecodedBatch:
+    """Validate consecutive raw entries given as one ``record_batch`` document (runs in a
+    worker process of the bulk import)."""
+    return collect(encode_record_batch(data, first_position, limits), first_position)
 
 
 def warm_worker() -> None:

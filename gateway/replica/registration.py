@@ -38,7 +38,7 @@ import dataclasses
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any, BinaryIO, Final, TypeAlias, cast
 
@@ -46,14 +46,16 @@ import structlog
 
 from chukan.codecs.registration import (
     DEFAULT_STREAM_LIMITS,
+    EncodedEntry,
     EntryRejection,
     MessageHeader,
     MessageMode,
     RawRecord,
-    RegistrationEntry,
+    RawStreamItem,
     StreamLimits,
-    iter_registration,
+    iter_registration_encoded,
     iter_registration_records,
+    record_batch,
 )
 from chukan.gateway.core import db
 from chukan.gateway.replica.decoding import (
@@ -204,38 +206,42 @@ class RegistrationSource:
         if self._pool is not None:
             self._split(feed, iter_registration_records(stream, self._limits), self._pool)
             return
-        items = iter_registration(stream, self._limits)
+        items = iter_registration_encoded(stream, self._limits)
         feed.put(cast(MessageHeader, next(items)))
-        results: list[tuple[int, RegistrationEntry | EntryRejection]] = []
-        position = 0
+        results: list[EncodedEntry | EntryRejection] = []
+        first = 1  # one result per entry, in document order
         for item in items:
             if isinstance(item, MessageHeader):  # the codec yields one header, first
                 continue
-            position += 1  # one result per entry, in document order
-            results.append((position, item))
+            results.append(item)
             if len(results) >= self._batch_size:
-                feed.put(dataclasses.replace(collect(results), consumed=self._reader.count))
+                feed.put(dataclasses.replace(collect(results, first), consumed=self._reader.count))
+                first += len(results)
                 results = []
         if results:
-            feed.put(dataclasses.replace(collect(results), consumed=self._reader.count))
+            feed.put(dataclasses.replace(collect(results, first), consumed=self._reader.count))
         feed.put(_End())
 
     def _split(
         self,
         feed: _Feed,
-        items: Any,
+        items: Iterator[RawStreamItem],
         pool: concurrent.futures.Executor,
     ) -> None:
         feed.put(cast(MessageHeader, next(items)))
-        pending: list[tuple[int, bytes]] = []
+        pending: list[bytes] = []
+        first = 1
         for item in items:
             assert isinstance(item, RawRecord)
-            pending.append((item.position, item.data))
+            pending.append(item.data)
             if len(pending) >= self._batch_size:
-                feed.put(_Pending(pool.submit(decode_batch, pending), self._reader.count))
+                future = pool.submit(decode_batch, record_batch(pending), first, self._limits)
+                feed.put(_Pending(future, self._reader.count))
+                first += len(pending)
                 pending = []
         if pending:
-            feed.put(_Pending(pool.submit(decode_batch, pending), self._reader.count))
+            future = pool.submit(decode_batch, record_batch(pending), first, self._limits)
+            feed.put(_Pending(future, self._reader.count))
         feed.put(_End())
 
     # event loop ---------------------------------------------------------------------

@@ -33,13 +33,15 @@ from chukan.codecs.items import (
     ITEM_CODES,
     ITEM_LIMITS,
     ITEM_NAMESPACE,
+    canonical_item_from_element,
     decode_item,
     encode_item,
     item_code_of,
+    item_from_element,
     item_xmlschema,
     validate_item_fast,
 )
-from chukan.codecs.xmlsafe import XmlLimits, check_prolog
+from chukan.codecs.xmlsafe import XmlLimits, check_prolog, parse_xml
 
 NA = Nil(ReasonOfNull.NOT_APPLICABLE)
 INSURED = m.InsuredNumber("0000012345")
@@ -741,3 +743,129 @@ def test_hostile_input_is_refused_within_fixed_limits(
 def test_text_instead_of_bytes_is_refused() -> None:
     with pytest.raises(XmlError):
         decode_item("TM00000000010202", encode_item(SAMPLES["TM00000000010202"]).decode())  # type: ignore[arg-type]
+
+
+# ------------------------------------------- canonical bytes without the typed item
+
+
+def _reference_or_error(code: str, data: bytes) -> bytes | tuple[type[Exception], Any, Any, str]:
+    """What the bulk import stored before: encode_item(item_from_element(...)), or its error."""
+    try:
+        return encode_item(item_from_element(code, parse_xml(data, ITEM_LIMITS)))
+    except CodecError as exc:
+        return type(exc), exc.code, exc.where, exc.message
+
+
+def _direct_or_error(code: str, data: bytes) -> bytes | tuple[type[Exception], Any, Any, str]:
+    try:
+        return canonical_item_from_element(code, parse_xml(data, ITEM_LIMITS))
+    except CodecError as exc:
+        return type(exc), exc.code, exc.where, exc.message
+
+
+def _respelled(data: bytes, spelling: str) -> bytes:
+    """The same item as another sender might write it (all valid spellings)."""
+    text = data.decode()
+    if spelling == "prefix":
+        return text.replace("k:", "care:").replace("xmlns:k=", "xmlns:care=").encode()
+    if spelling == "default namespace":
+        return text.replace("k:", "").replace("xmlns:k=", "xmlns=").encode()
+    if spelling == "indented":
+        return text.replace("><", ">\n   <").replace("?>\n   <", "?>\n<").encode()
+    if spelling == "nil as 1, attributes reordered":
+        return text.replace(
+            'Version="1" xsi:nil="true" ReasonOfNull="', 'xsi:nil=" 1 " Version="1" ReasonOfNull="'
+        ).encode()
+    if spelling == "padded values":
+        text = re.sub(r'(TimeAndDateOfUpdate=")([0-9-]+)"', r'\1 \2 "', text)
+        return re.sub(r">([0-9]{4}-[0-9]{2}-[0-9]{2})<", r"> \1\n<", text).encode()
+    if spelling == "leading zeros":
+        for element in ("Units", "BenefitAmount", "UserBurden", "AssessedAmount", "AnnualAmount"):
+            text = re.sub(rf'(<k:{element} Version="1">)([0-9]{{1,6}})<', r"\g<1>00\2<", text)
+        return text.encode()
+    assert spelling == "as written"
+    return data
+
+
+SPELLINGS = [
+    "as written",
+    "prefix",
+    "default namespace",
+    "indented",
+    "nil as 1, attributes reordered",
+    "padded values",
+    "leading zeros",
+]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize("code", CODES)
+def test_canonical_bytes_are_what_encode_item_writes(code: str, spelling: str) -> None:
+    """canonical_item_from_element == encode_item(item_from_element(...)), however spelled."""
+    data = _respelled(encode_item(SAMPLES[code]), spelling)
+    direct = _direct_or_error(code, data)
+    assert direct == _reference_or_error(code, data)
+    assert direct == encode_item(SAMPLES[code])
+
+
+def test_canonical_bytes_of_the_hand_written_item() -> None:
+    data = f"""<?xml version="1.0" encoding="UTF-8"?>
+<BurdenRatio xmlns="{ITEM_NAMESPACE}" {XSI} Version="1">
+  <InsuredNumber Version="1">0000012345</InsuredNumber>
+  <InsurerNumber Version="1">129999</InsurerNumber>
+  <BurdenRatioRecord TimeAndDateOfUpdate=" 2024-04-01 " Version="1">
+    <Ratio Version="1">2</Ratio>
+    <ValidFrom Version="1"> 2024-08-01
+    </ValidFrom>
+    <ValidTo ReasonOfNull="1" xsi:nil="1" Version="1"/>
+  </BurdenRatioRecord>
+</BurdenRatio>
+""".encode()
+    expected = encode_item(SAMPLES["TM00000000010202"])
+    assert _direct_or_error("TM00000000010202", data) == expected
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize("code", CODES)
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_canonical_bytes_property(code: str, spelling: str, data: st.DataObject) -> None:
+    item = data.draw(_dataclass(ITEM_CODES[code].item_type))
+    document = _respelled(encode_item(item), spelling)
+    assert _direct_or_error(code, document) == _reference_or_error(code, document)
+    assert _direct_or_error(code, document) == encode_item(item)
+
+
+INVALID_FOR_THE_DIRECT_WRITER = [
+    *((code, old, new) for code, old, new, _ in INVALID_VALUES),
+    ("TM00000000010202", ' xsi:nil="true" ReasonOfNull="1"', ' xsi:nil="true"'),
+    ("TM00000000010202", '<k:Ratio Version="1">', '<k:Ratio Version="1" ReasonOfNull="2">'),
+    ("TM00000000010202", ' xsi:nil="true" ReasonOfNull="1"', ' xsi:nil="false" ReasonOfNull="1"'),
+    ("TM00000000010202", ' xsi:nil="true" ReasonOfNull="1"/>', "/>"),
+    ("TM00000000010202", '<k:Ratio Version="1">', '<k:Ratio Version="7">'),
+    ("TM00000000010202", "k:BurdenRatio ", "k:BurdenRatioX "),
+]
+
+
+@pytest.mark.parametrize(("code", "old", "new"), INVALID_FOR_THE_DIRECT_WRITER)
+def test_canonical_bytes_refuse_what_the_reference_refuses(code: str, old: str, new: str) -> None:
+    data = _mutate(code, old, new)
+    refused = _reference_or_error(code, data)
+    assert not isinstance(refused, bytes)
+    assert _direct_or_error(code, data) == refused
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_canonical_bytes_of_damaged_documents(data: st.DataObject) -> None:
+    """Random damage: the direct writer and the reference agree (bytes or the same error)."""
+    code = data.draw(st.sampled_from(CODES))
+    encoded = bytearray(encode_item(SAMPLES[code]))
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(encoded) - 1))
+        encoded[position] = data.draw(st.integers(0, 255))
+    try:
+        parse_xml(bytes(encoded), ITEM_LIMITS)
+    except CodecError:
+        return
+    assert _direct_or_error(code, bytes(encoded)) == _reference_or_error(code, bytes(encoded))

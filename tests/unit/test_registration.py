@@ -33,18 +33,24 @@ from chukan.codecs.items import ITEM_NAMESPACE, decode_item, encode_item
 from chukan.codecs.registration import (
     REGISTRATION_LIMITS,
     REGISTRATION_NAMESPACE,
+    EncodedEntry,
     EntryRejection,
     MessageHeader,
     MessageMode,
     MessageResult,
+    RawRecord,
     RegistrationEntry,
     RegistrationMessage,
     RejectionCode,
     Segment,
     StreamLimits,
     decode_registration,
+    encode_record_batch,
     encode_registration,
     iter_registration,
+    iter_registration_encoded,
+    iter_registration_records,
+    record_batch,
     registration_xmlschema,
 )
 from chukan.codecs.xmlsafe import XmlLimits, check_prolog
@@ -888,3 +894,92 @@ def test_decode_record_refuses_what_is_not_a_record() -> None:
         decode_record(f'<MessageBody xmlns="{REGISTRATION_NAMESPACE}"/>'.encode(), 1)
     with pytest.raises(XmlForbiddenError):
         decode_record(b'<!DOCTYPE r [<!ENTITY a "b">]><r>&a;</r>', 1)
+
+
+# ---------------------------------------- items as canonical bytes (bulk import)
+
+
+def _encoded(entry: RegistrationEntry) -> EncodedEntry:
+    return EncodedEntry(
+        record_id=entry.record_id,
+        segment=entry.segment,
+        integrated_address_number=entry.integrated_address_number,
+        item_code=entry.item_code,
+        data_set_record_key=entry.data_set_record_key,
+        major_version=entry.major_version,
+        publication_date=entry.publication_date,
+        published_end_date=entry.published_end_date,
+        content=entry.item_xml,
+    )
+
+
+_RESPELLED_0202 = (
+    _item_fragment("TM00000000010202")
+    .replace("k:", "care:")
+    .replace("xmlns:k=", "xmlns:care=")
+    .replace('xsi:nil="true"', 'xsi:nil="1"')
+    .replace("><", ">\n  <")
+)
+
+
+def _mixed_records() -> list[str]:
+    return [
+        _record("R1"),
+        _record("R1b", item=_RESPELLED_0202),
+        *(case[0] for case in REJECTED_CASES),
+        _record("R99", segment="2", code="TM00000000010300"),
+        *(_record(f"S{code}", code=code) for code in sorted(ITEMS)),
+    ]
+
+
+def test_encoded_stream_gives_what_the_decoded_stream_stores() -> None:
+    """iter_registration_encoded: the same entries and rejections, items as item_xml."""
+    data = _document(_mixed_records())
+    streamed = list(iter_registration(io.BytesIO(data)))
+    encoded = list(iter_registration_encoded(io.BytesIO(data)))
+    assert encoded[0] == streamed[0]
+    assert len(encoded) == len(streamed)
+    for decoded, direct in zip(streamed[1:], encoded[1:], strict=True):
+        if isinstance(decoded, RegistrationEntry):
+            assert direct == _encoded(decoded)
+        else:
+            assert direct == decoded
+    assert sum(isinstance(x, EntryRejection) for x in encoded) == len(REJECTED_CASES)
+
+
+def test_record_batches_give_what_the_stream_gives() -> None:
+    """Entries split off, joined in batches and checked elsewhere: the same, in order."""
+    data = _document(_mixed_records())
+    encoded = list(iter_registration_encoded(io.BytesIO(data)))[1:]
+    raw = [x.data for x in iter_registration_records(io.BytesIO(data)) if isinstance(x, RawRecord)]
+    assert encode_record_batch(record_batch(raw), 1) == encoded
+    assert encode_record_batch(record_batch(raw[:5]), 1) == encoded[:5]
+    assert encode_record_batch(record_batch(raw[5:]), 6) == encoded[5:]
+
+
+@pytest.mark.parametrize(
+    ("batch", "expected"),
+    [
+        (b"<RecordBatch></RecordBatch>" + b"<x/>", XmlError),
+        (f'<MessageBody xmlns="{REGISTRATION_NAMESPACE}"/>'.encode(), XmlStructureError),
+        (record_batch([b"<Record/>"]), XmlStructureError),
+        (record_batch([b"text"]), XmlStructureError),
+        (b'<RecordBatch id="1"></RecordBatch>', XmlStructureError),
+        (record_batch([b"<?pi x?>"]), XmlForbiddenError),
+        (b'<!DOCTYPE r [<!ENTITY a "b">]><RecordBatch>&a;</RecordBatch>', XmlForbiddenError),
+        (
+            record_batch(
+                [
+                    f'<Record xmlns="{REGISTRATION_NAMESPACE}">'.encode()
+                    + b"<a>" * 20
+                    + b"</a>" * 20
+                    + b"</Record>"
+                ]
+            ),
+            XmlLimitError,
+        ),
+    ],
+)
+def test_record_batch_refuses_what_is_not_a_batch(batch: bytes, expected: type[CodecError]) -> None:
+    with pytest.raises(expected):
+        encode_record_batch(batch, 1)
