@@ -1,21 +1,24 @@
-"""Provision throughput, measured beside a bare aiohttp echo server in the same run.
+"""Provision and query throughput, each server its own process, the load from processes of its own.
 
-Two figures, each with its baseline and ratio:
+Figures, each beside a baseline measured in the same run with the same
+generator processes over the same mutual TLS:
 
-* provider side: provision requests per second at one gateway (permit
-  verification, 符号 lookup, replica read, sealing, durable record), sent as the
-  hub would send them;
-* end to end: queries per second from submit to decrypted result, through the
-  hub, between two gateways.
+* provider side: provision requests per second at one gateway (permit and
+  signature verification, 符号 lookup, replica read, sealing, durable record,
+  stored signed answer), sent as the hub sends them; the gateway runs as one
+  worker process pinned to one CPU (then as two workers on two CPUs); the
+  baseline is a bare aiohttp echo of the same bodies pinned the same way;
+* end to end: 情報照会 per second from submit to decrypted result (submit, long
+  poll), through the hub, between two gateways, closed loop at the highest rate,
+  then open loop at half that rate for the latencies (measured from when each
+  query was due, so a stall is not hidden).
 
-The baseline is a bare aiohttp server echoing the same request bodies with the
-same client, concurrency and transport (mutual TLS by default, as the network
-runs; ``--plain-http`` runs everything over plain HTTP), so the ratio shows what
-the work costs over the transport alone.  Servers and the load generator share
-one process and event loop (as in the integration tests); absolute numbers are
-for comparison within a run.
+The network runs exactly as ``chukan serve`` runs it (hub, 国保連, two
+gateways, one OS process each, on the embedded PostgreSQL unless
+``CHUKAN_DATABASE_URL`` names a server).  The figures are printed at each
+``--people`` size (how cost grows with the number of people registered).
 
-Run:  .venv/bin/python bench/provision.py [--requests 2000] [--concurrency 16] [--plain-http]
+Run:  .venv/bin/python -m bench.provision [--people 1000,10000] [--json FILE]
 """
 
 from __future__ import annotations
@@ -23,19 +26,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import logging
-import os
 import random
-import shutil
-import ssl
-import tempfile
-import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-import aiohttp
-from aiohttp import web
+import asyncpg
 
+from bench.harness import Figure, add_json_argument, print_figures, write_json
+from bench.loadgen import Call, Generators, Measured
+from bench.servers import Network, cpu_seconds, echo_servers, postgres_pids, running_network
 from chukan.codecs import catalog
 from chukan.codecs.envelope import (
     HUB,
@@ -47,123 +49,123 @@ from chukan.codecs.envelope import (
 )
 from chukan.codecs.sample_items import certification_item
 from chukan.gateway.core import db
+from chukan.gateway.core.keyring import current_keys, open_ring
+from chukan.gateway.core.keystore import AgencyKeys, load_or_create_keys
 from chukan.gateway.core.logs import configure_logging
+from chukan.gateway.core.tomlconfig import read_secret_file
 from chukan.gateway.core.web import SIGNATURE_HEADER, signature_header
-from chukan.gateway.serve import serve
-from chukan.permits import encode_permit, issue_permit
-from chukan.simulators.devnet.network import Gateway, Network, start_network
+from chukan.permits import encode_permit, issue_permit, load_sample_list
+from chukan.simulators.devnet.network import CORE_SYSTEM
 from chukan.simulators.devnet.synthetic import SyntheticPerson, synthetic_person
-from chukan.simulators.hub import HUB_STATE
+from chukan.simulators.hub.config import HUB_OWNER
+
+PROVIDER = catalog.CHIBA_CITY
+REQUESTER = catalog.FUNABASHI_CITY
+#: The server under test and the generators do not share a CPU.
+SERVER_CPU = 0
+GENERATOR_CPU = 1
 
 
-async def run_load(count: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> float:
-    """Run ``count`` calls with ``concurrency`` workers; returns calls per second."""
-    next_index = 0
+@dataclass
+class People:
+    """The people registered at both gateways so far (the same 個人番号 on each side)."""
 
-    async def worker() -> None:
-        nonlocal next_index
-        while next_index < count:
-            index = next_index
-            next_index += 1
-            await one(index)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return count / (time.perf_counter() - started)
+    rng: random.Random = field(default_factory=random.Random)
+    pairs: list[tuple[SyntheticPerson, SyntheticPerson]] = field(default_factory=list)
 
 
-def _ssl(context: ssl.SSLContext | None) -> ssl.SSLContext | bool:
-    """``ssl=`` for a request: the caller's client context, or the default over plain HTTP."""
-    return True if context is None else context
+def _json_call(method: str, url: str, payload: object) -> Call:
+    return Call(method, url, (("Content-Type", "application/json"),), json.dumps(payload).encode())
 
 
-async def echo_baseline(
-    session: aiohttp.ClientSession, network: Network, bodies: list[bytes], concurrency: int
-) -> float:
-    async def echo(request: web.Request) -> web.Response:
-        return web.Response(body=await request.read(), content_type="application/xml")
-
-    app = web.Application()
-    app.router.add_post("/echo", echo)
-    chiba = network.gateways[catalog.CHIBA_CITY]
-    tls = chiba.config.tls
-    server = await serve(
-        app, "127.0.0.1", 0, ssl_context=None if tls is None else tls.server_context()
-    )
-    client = _ssl(network.hub_client_ssl())
-    try:
-
-        async def one(index: int) -> None:
-            async with session.post(
-                server.url + "/echo", data=bodies[index % len(bodies)], ssl=client
-            ) as r:
-                await r.read()
-                assert r.status == 200
-
-        await run_load(min(200, len(bodies)), concurrency, one)  # warm-up
-        return await run_load(len(bodies), concurrency, one)
-    finally:
-        await server.stop()
-
-
-def _auth(gateway: Gateway) -> dict[str, str]:
-    """Core systems present a client certificate; over plain HTTP they send the bearer token."""
-    return gateway.auth if gateway.pki is None else {}
-
-
-async def prepare_people(
-    session: aiohttp.ClientSession, chiba: Gateway, funabashi: Gateway, count: int
-) -> list[tuple[SyntheticPerson, SyntheticPerson]]:
-    rng = random.Random(7)
-    pairs: list[tuple[SyntheticPerson, SyntheticPerson]] = []
-    for _ in range(count):
-        here = synthetic_person(rng, "1")
+async def grow_people(network: Network, generators: Generators, people: People, size: int) -> None:
+    """Register people on both sides (and the provider's 要介護認定 item) up to ``size``."""
+    provider, requester = network.url(PROVIDER), network.url(REQUESTER)
+    persons: dict[str, list[Call]] = {PROVIDER: [], REQUESTER: []}
+    items: list[Call] = []
+    today = dt.date.today()
+    while len(people.pairs) < size:
+        here = synthetic_person(people.rng, "1")
         there = SyntheticPerson(
-            synthetic_person(rng, "2").atena_id, here.individual_number, here.kana_name, 1950
+            synthetic_person(people.rng, "2").atena_id, here.individual_number, here.kana_name, 1950
         )
-        for gateway, person in ((chiba, here), (funabashi, there)):
-            async with session.post(
-                gateway.url + "/internal/v1/persons",
-                headers=_auth(gateway),
-                json={"atena_id": person.atena_id, "individual_number": person.individual_number},
-                ssl=_ssl(gateway.client_ssl()),
-            ) as response:
-                assert response.status == 201, await response.text()
-        async with session.put(
-            f"{chiba.url}/internal/v1/persons/{here.atena_id}/items/{catalog.CERTIFICATION.code}",
-            headers={**_auth(chiba), "Content-Type": "application/xml"},
-            data=certification_item(rng, dt.date.today()),
-            ssl=_ssl(chiba.client_ssl()),
-        ) as response:
-            assert response.status == 201
-        pairs.append((here, there))
-    return pairs
+        for code, url, person in ((PROVIDER, provider, here), (REQUESTER, requester, there)):
+            persons[code].append(
+                _json_call(
+                    "POST",
+                    url + "/internal/v1/persons",
+                    {"atena_id": person.atena_id, "individual_number": person.individual_number},
+                )
+            )
+        items.append(
+            Call(
+                "PUT",
+                f"{provider}/internal/v1/persons/{here.atena_id}/items/{catalog.CERTIFICATION.code}",
+                (("Content-Type", "application/xml"),),
+                certification_item(people.rng, today),
+            )
+        )
+        people.pairs.append((here, there))
+    for code, calls in persons.items():
+        await _must(generators, calls, network, code)
+    await _must(generators, items, network, PROVIDER)
 
 
-async def provider_messages(network: Network, codes: list[str], count: int) -> list[bytes]:
-    """Provision requests exactly as the hub builds them, each with its own permit."""
-    hub = network.hub.app[HUB_STATE]
-    requester = network.gateways[catalog.FUNABASHI_CITY].state.keys.encryption.public
-    messages: list[bytes] = []
+async def _must(generators: Generators, calls: Sequence[Call], network: Network, code: str) -> None:
+    if not calls:
+        return
+    measured = await generators.run(calls, concurrency=32, tls=network.tls(f"{code}.{CORE_SYSTEM}"))
+    if measured.errors:
+        raise SystemExit(f"preparing people failed: {measured.first_error}")
+
+
+async def provider_person_codes(network: Network) -> list[str]:
+    """The provider's 符号 of the people registered (read, as the hub would know them)."""
+    url = await db.ensure_database(network.server_url, db.COMPONENTS["gateway"].database)
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT person_code FROM persons WHERE tenant = $1", PROVIDER)
+    finally:
+        await conn.close()
+    return [r["person_code"] for r in rows]
+
+
+def _keys(network: Network, owner: str) -> AgencyKeys:
+    layout = network.layout
+    if owner == HUB_OWNER:
+        passphrase = read_secret_file(layout.secret("hub-key-passphrase"))
+        return load_or_create_keys(layout.root / "keys" / "hub", HUB_OWNER, passphrase)
+    passphrase = read_secret_file(layout.secret(f"{owner}-key-passphrase"))
+    ring = open_ring(layout.root / "keys" / owner, owner, passphrase)
+    return current_keys(ring, dt.datetime.now(dt.UTC))
+
+
+def provision_calls(network: Network, codes: list[str], count: int) -> list[Call]:
+    """Provision requests exactly as the hub builds and signs them, each with its own permit."""
+    hub = _keys(network, HUB_OWNER)
+    requester_key = _keys(network, REQUESTER).encryption.public
     now = dt.datetime.now(dt.UTC)
-    row = hub.authorization_list.check(
-        catalog.FUNABASHI_CITY,
-        catalog.CHIBA_CITY,
+    authorization = load_sample_list(issued_at=now, expires_at=now + dt.timedelta(days=1))
+    row = authorization.check(
+        REQUESTER,
+        PROVIDER,
         catalog.LTC_CERTIFICATION_PROCEDURE,
         catalog.CERTIFICATION.code,
         on=now.date(),
     )
+    url = network.url(PROVIDER) + "/network/v1/messages"
+    calls: list[Call] = []
     for index in range(count):
         body = ProvisionRequest(
             query_id=new_message_id(),
-            requester=catalog.FUNABASHI_CITY,
+            requester=REQUESTER,
             provider_person_code=codes[index % len(codes)],
             business_code=row.business_code,
             procedure_code=catalog.LTC_CERTIFICATION_PROCEDURE,
             item_code=catalog.CERTIFICATION.code,
             legal_basis=row.legal_basis,
-            requester_key_id=requester.key_id,
-            requester_key=requester.raw,
+            requester_key_id=requester_key.key_id,
+            requester_key=requester_key.raw,
         )
         permit = issue_permit(
             row,
@@ -173,132 +175,205 @@ async def provider_messages(network: Network, codes: list[str], count: int) -> l
             now=now,
             lifetime=dt.timedelta(minutes=30),
         )
-        header = Header(
-            new_message_id(),
-            "ProvisionRequest",
-            HUB,
-            catalog.CHIBA_CITY,
-            now,
-            encode_permit(permit, hub.keys.signing),
+        permit_text = encode_permit(permit, hub.signing)
+        header = Header(new_message_id(), "ProvisionRequest", HUB, PROVIDER, now, permit_text)
+        message = encode_message(header, body)
+        headers = (
+            ("Content-Type", "application/xml"),
+            (SIGNATURE_HEADER, signature_header(hub.signing, message)),
         )
-        messages.append(encode_message(header, body))
-    return messages
+        calls.append(Call("POST", url, headers, message))
+    return calls
 
 
-async def bench(
-    requests: int, concurrency: int, people: int, queries: int, *, tls: bool = True
-) -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="chukan-bench-"))
-    embedded = None
-    server_url = os.environ.get("CHUKAN_DATABASE_URL")
-    if not server_url:
-        embedded = db.EmbeddedPostgres(data_dir / "pg")
-        server_url = embedded.start()
-    try:
-        for name in ("chukan_bench_hub", "chukan_bench_gateway"):
-            await db.drop_database(server_url, name)
-        network = await start_network(
-            server_url,
-            data_dir,
-            hub_database="chukan_bench_hub",
-            gateway_database="chukan_bench_gateway",
-            tls=tls,
-            kokuhoren=False,
+def query_calls(network: Network, people: People, count: int) -> list[Call]:
+    url = network.url(REQUESTER) + "/internal/v1/queries"
+    return [
+        _json_call(
+            "POST",
+            url,
+            {
+                "atena_id": people.pairs[index % len(people.pairs)][1].atena_id,
+                "procedure_code": catalog.LTC_CERTIFICATION_PROCEDURE,
+                "item_code": catalog.CERTIFICATION.code,
+                "provider": PROVIDER,
+            },
         )
-        try:
-            await measure(network, requests, concurrency, people, queries)
-        finally:
-            await network.stop()
-    finally:
-        if embedded is not None:
-            embedded.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        for index in range(count)
+    ]
 
 
-async def measure(
-    network: Network, requests: int, concurrency: int, people: int, queries: int
-) -> None:
-    chiba = network.gateways[catalog.CHIBA_CITY]
-    funabashi = network.gateways[catalog.FUNABASHI_CITY]
-    hub = network.hub.app[HUB_STATE]
-    connector = aiohttp.TCPConnector(limit=concurrency * 2)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        print(f"preparing {people} people on both sides …", flush=True)
-        pairs = await prepare_people(session, chiba, funabashi, people)
-        codes = [
-            r["person_code"]
-            for r in await chiba.state.pool.fetch("SELECT person_code FROM persons")
+def _checked(name: str, measured: Measured) -> Measured:
+    if measured.errors:
+        raise SystemExit(f"{name}: {measured.errors} errors, first: {measured.first_error}")
+    return measured
+
+
+@dataclass(frozen=True)
+class Run:
+    """A measured run and the CPU the server and PostgreSQL spent per request in it."""
+
+    measured: Measured
+    server_cpu_ms: float
+    database_cpu_ms: float
+
+
+async def measured_run(
+    name: str,
+    generators: Generators,
+    calls: Sequence[Call],
+    server_pids: list[int],
+    network: Network,
+    **options: Any,
+) -> Run:
+    """A run of ``calls``; CPU time is what the processes used, whatever else the machine ran."""
+    database = postgres_pids(network.pg_dir)
+    before = cpu_seconds(server_pids), cpu_seconds(database)
+    measured = _checked(name, await generators.run(calls, **options))
+    server = cpu_seconds(server_pids) - before[0]
+    used = cpu_seconds(database) - before[1]
+    count = max(1, measured.count)
+    return Run(measured, server * 1000 / count, used * 1000 / count)
+
+
+async def measure_provider(
+    network: Network, generators: Generators, codes: list[str], args: argparse.Namespace, label: str
+) -> list[Figure]:
+    """Provisions/s at the provider beside the echo, with 1 and then 2 worker processes."""
+    figures = []
+    hub_tls = network.tls("hub")
+    for workers in args.workers:
+        cpus = list(range(SERVER_CPU, SERVER_CPU + workers))
+        await network.set_workers(PROVIDER, workers, set(cpus))
+        calls = provision_calls(network, codes, args.requests + args.warmup)
+        load = {"concurrency": args.concurrency, "tls": hub_tls}
+        async with echo_servers(network.server_tls(f"agency-{PROVIDER}"), workers, cpus) as echo:
+            bodies = [Call("POST", echo.url + "/echo", c.headers, c.body) for c in calls]
+            await generators.run(bodies[: args.warmup], **load)
+            baseline = await measured_run(
+                "echo", generators, bodies[args.warmup :], echo.pids, network, **load
+            )
+        await generators.run(calls[: args.warmup], **load)
+        provided = await measured_run(
+            "provisions", generators, calls[args.warmup :], network.pids(PROVIDER), network, **load
+        )
+        unit = "worker" if workers == 1 else "workers"
+        name = f"{workers} {unit} ({workers} CPU), {label}"
+        figures += [
+            Figure(
+                f"provisions/s, {name}",
+                provided.measured.rate,
+                "requests/s",
+                f"bare aiohttp echo ({workers} CPU)",
+                baseline.measured.rate,
+                provided.measured.p50_ms,
+                provided.measured.p99_ms,
+            ),
+            Figure(
+                f"gateway CPU per provision, {name}",
+                provided.server_cpu_ms,
+                "ms",
+                "echo CPU per request",
+                baseline.server_cpu_ms,
+            ),
+            Figure(f"PostgreSQL CPU per provision, {name}", provided.database_cpu_ms, "ms"),
         ]
-        messages = await provider_messages(network, codes, requests + 200)
-        baseline = await echo_baseline(session, network, messages[:requests], concurrency)
-        hub_tls = _ssl(network.hub_client_ssl())
-
-        async def provide(index: int) -> None:
-            message = messages[index]
-            async with session.post(
-                chiba.url + "/network/v1/messages",
-                data=message,
-                headers={
-                    "Content-Type": "application/xml",
-                    SIGNATURE_HEADER: signature_header(hub.keys.signing, message),
-                },
-                ssl=hub_tls,
-            ) as response:
-                await response.read()
-                assert response.status == 200, response.status
-
-        await run_load(200, concurrency, lambda i: provide(requests + i))  # warm-up
-        provisions = await run_load(requests, concurrency, provide)
-        report("provider-side provisions/s", provisions, baseline)
-
-        async def query(index: int) -> None:
-            there = pairs[index % len(pairs)][1]
-            async with session.post(
-                funabashi.url + "/internal/v1/queries",
-                headers=_auth(funabashi),
-                ssl=_ssl(funabashi.client_ssl()),
-                json={
-                    "atena_id": there.atena_id,
-                    "procedure_code": catalog.LTC_CERTIFICATION_PROCEDURE,
-                    "item_code": catalog.CERTIFICATION.code,
-                    "provider": catalog.CHIBA_CITY,
-                },
-            ) as response:
-                query_id = (await response.json())["query_id"]
-            async with session.get(
-                f"{funabashi.url}/internal/v1/queries/{query_id}?wait=30",
-                headers=_auth(funabashi),
-                ssl=_ssl(funabashi.client_ssl()),
-            ) as response:
-                result = await response.json()
-                assert result["status"] == "answered", result
-
-        end_to_end = await run_load(queries, concurrency, query)
-        report("end-to-end queries/s", end_to_end, baseline)
+        print_figures(figures[-3:])
+    await network.set_workers(PROVIDER, 1, None)
+    return figures
 
 
-def report(name: str, value: float, baseline: float) -> None:
-    print(
-        f"{name:30s} {value:9.1f}/s   bare aiohttp echo {baseline:9.1f}/s   "
-        f"ratio {value / baseline:6.3f}",
-        flush=True,
+async def measure_queries(
+    network: Network, generators: Generators, people: People, args: argparse.Namespace, label: str
+) -> list[Figure]:
+    """Queries/s end to end (closed loop), then the latencies at half that rate (open loop)."""
+    tls = network.tls(f"{REQUESTER}.{CORE_SYSTEM}")
+    await generators.run(
+        query_calls(network, people, args.warmup // 4),
+        concurrency=args.query_concurrency,
+        tls=tls,
+        flow="query",
     )
+    closed = _checked(
+        "queries",
+        await generators.run(
+            query_calls(network, people, args.queries),
+            concurrency=args.query_concurrency,
+            tls=tls,
+            flow="query",
+        ),
+    )
+    half = closed.rate / 2
+    opened = _checked(
+        "queries at half rate",
+        await generators.run(
+            query_calls(network, people, max(50, int(half * args.open_seconds))),
+            concurrency=args.query_concurrency,
+            tls=tls,
+            flow="query",
+            rate=half,
+        ),
+    )
+    figures = [
+        Figure(
+            f"queries/s end to end, closed loop, {label}",
+            closed.rate,
+            "queries/s",
+            p50_ms=closed.p50_ms,
+            p99_ms=closed.p99_ms,
+        ),
+        Figure(
+            f"queries at half rate ({half:.0f}/s offered), open loop, {label}",
+            opened.rate,
+            "queries/s",
+            p50_ms=opened.p50_ms,
+            p99_ms=opened.p99_ms,
+        ),
+    ]
+    print_figures(figures)
+    return figures
+
+
+async def bench(args: argparse.Namespace) -> list[Figure]:
+    figures: list[Figure] = []
+    async with running_network() as network, Generators(args.generators) as generators:
+        people = People()
+        for size in args.people:
+            label = f"{size:,} people"
+            print(f"registering {size:,} people on both sides …", flush=True)
+            await grow_people(network, generators, people, size)
+            if not args.skip_provider:
+                codes = await provider_person_codes(network)
+                figures += await measure_provider(network, generators, codes, args, label)
+            if not args.skip_queries:
+                figures += await measure_queries(network, generators, people, args, label)
+    return figures
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--people", type=int, default=100)
-    parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument(
-        "--plain-http", action="store_true", help="no TLS anywhere (a baseline, not a deployment)"
-    )
+    parser.add_argument("--people", type=_sizes, default=[1000, 10000], help="e.g. 1000,10000")
+    parser.add_argument("--workers", type=_sizes, default=[1, 2], help="provider worker counts")
+    parser.add_argument("--requests", type=int, default=6000, help="provisions per measurement")
+    parser.add_argument("--queries", type=int, default=2000, help="queries per measurement")
+    parser.add_argument("--warmup", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--query-concurrency", type=int, default=64)
+    parser.add_argument("--open-seconds", type=float, default=10.0)
+    parser.add_argument("--generators", type=int, default=2, help="load generator processes")
+    parser.add_argument("--skip-provider", action="store_true")
+    parser.add_argument("--skip-queries", action="store_true")
+    add_json_argument(parser)
     args = parser.parse_args()
     configure_logging(logging.WARNING)
-    asyncio.run(
-        bench(args.requests, args.concurrency, args.people, args.queries, tls=not args.plain_http)
-    )
+    figures = asyncio.run(bench(args))
+    print()
+    print_figures(figures)
+    write_json(args.json, figures, people=args.people, workers=args.workers)
 
 
 if __name__ == "__main__":

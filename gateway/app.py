@@ -52,6 +52,7 @@ from chukan.gateway.kokuhoren import routes as kokuhoren
 from chukan.gateway.ops import routes as ops
 from chukan.gateway.persons import routes as persons
 from chukan.gateway.provision import review
+from chukan.gateway.provision.batch import provision_batch_context
 from chukan.gateway.query import routes as query
 from chukan.gateway.query.sweep import sweep_loop
 from chukan.gateway.records import routes as records
@@ -174,6 +175,7 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(ring_watch_context)
     app.cleanup_ctx.append(list_sync_context)
+    app.cleanup_ctx.append(provision_batch_context)
     app.on_shutdown.append(_stopping)
     records.setup_records(app)
     staff.setup_staff(app)

@@ -14,6 +14,7 @@ from chukan.codecs.envelope import HUB, ProvisionRequest, decode_message
 from chukan.gateway.authlist.sync import require_list
 from chukan.gateway.core.state import GATEWAY_STATE
 from chukan.gateway.core.web import SIGNATURE_HEADER, read_xml
+from chukan.gateway.provision.batch import PROVISION_BATCHES
 from chukan.gateway.provision.provide import provide_once
 from chukan.gateway.query.answers import apply_conclusion
 
@@ -27,7 +28,7 @@ async def receive_message(request: web.Request) -> web.Response:
     body = envelope.body
     if isinstance(body, ProvisionRequest) and header.sender == HUB:
         require_list(state)  # 503 before anything is claimed: the hub retries
-        return await provide_once(state, envelope, body)
+        return await provide_once(state, envelope, body, request.config_dict[PROVISION_BATCHES])
     # An answer or a refusal concludes one of our open queries, once: bound to that
     # query (and its permit, in the sealed payload's associated data) and signed, a
     # copy can only conclude it the same way.  So a delivery the hub retries, even

@@ -36,10 +36,15 @@ from chukan.gateway.core.web import (
     current_request_id,
     signature_header,
 )
+from chukan.gateway.provision.batch import Decided, Lookup, ProvisionBatches
 from chukan.gateway.records.store import RecordEntry, count_record, insert_record
 from chukan.gateway.replica.errors import ReplicaInconsistentError
-from chukan.gateway.replica.items import PROVISION_SQL, provision_document, today_jst
-from chukan.keys import KeysError, public_encryption_key, seal
+from chukan.gateway.replica.items import (
+    PROVISION_SQL,
+    provision_document,
+    today_jst,
+)
+from chukan.keys import KeysError, PublicEncryptionKey, public_encryption_key, seal
 from chukan.permits import (
     Permit,
     PermitsError,
@@ -90,21 +95,32 @@ class _Provision:
 
 
 async def provide_once(
-    state: GatewayState, envelope: Envelope, body: ProvisionRequest
+    state: GatewayState,
+    envelope: Envelope,
+    body: ProvisionRequest,
+    batches: ProvisionBatches | None = None,
 ) -> web.Response:
     """情報提供: the claim, the work, its record and the stored answer commit together.
 
-    A duplicate (the hub retrying after a lost answer, or a copy racing the first)
-    gets the stored answer; a copy still waiting after the HTTP timeout gets 503
-    ``provision_in_progress`` and is retried; a failure rolls everything back.
+    The usual provision is decided from one read and written with others in one
+    group commit (:mod:`.batch`).  Anything else — a refused permit, a copy of a
+    request seen before, a provision held for review, a batch that failed — takes
+    the one-transaction path, where a duplicate (the hub retrying after a lost
+    answer, or a copy racing the first) gets the stored answer; a copy still
+    waiting after the HTTP timeout gets 503 ``provision_in_progress`` and is
+    retried; a failure rolls everything back.
     """
     header = envelope.header
     requested_at = utcnow()  # before the transaction: its now() stamps provided_at
     permit_id = peek_permit_id(header.permit) if header.permit else None
     if permit_id is None:
         raise PermitMalformedError("provision request carries no readable permit")
+    if batches is not None:
+        done = await _provide_batched(state, batches, envelope, body, requested_at)
+        if done is not None:
+            return _finished(state, body, done)
     timing = state.config.timing
-    done: _Provision | None = None
+    done = None
     try:
         async with state.pool.acquire() as conn, conn.transaction():
             # One round trip: how long to wait for a copy's lock, and the request id the
@@ -124,6 +140,11 @@ async def provide_once(
         raise ProvisionInProgressError("this provision request is being answered") from None
     if done is None:
         return await _repeat_answer(state, header.message_id)
+    return _finished(state, body, done)
+
+
+def _finished(state: GatewayState, body: ProvisionRequest, done: _Provision) -> web.Response:
+    """The committed provision counted, logged and answered."""
     if done.recorded:
         count_record(state.config.agency_code, "provider", done.outcome)
     log.info(
@@ -133,6 +154,74 @@ async def provide_once(
         reason=done.reason,
     )
     return done.answer.response()
+
+
+async def _provide_batched(
+    state: GatewayState,
+    batches: ProvisionBatches,
+    envelope: Envelope,
+    body: ProvisionRequest,
+    requested_at: dt.datetime,
+) -> _Provision | None:
+    """Decide from one read, answer, and write in the next group commit.
+
+    None: this provision takes the one-transaction path (which decides it again).
+    """
+    try:
+        permit = _check_permit(state, envelope, body)
+        recipient = public_encryption_key(body.requester_key_id, body.requester_key)
+    except (PermitsError, KeysError, StaleMessageError):
+        return None  # refused, and recorded so, on the one-transaction path
+    reference_date = body.reference_date or today_jst()
+    found = await batches.find(
+        Lookup(
+            body.provider_person_code,
+            body.item_code,
+            reference_date,
+            permit.permit_id,
+            envelope.header.message_id,
+        )
+    )
+    atena_id = found.atena_id
+    if found.seen or (atena_id is not None and found.manual_review):
+        return None
+    document: bytes | None = None
+    reason: str | None
+    if atena_id is None:
+        outcome, reason = "refused", "person_unknown"
+    elif found.contents is None:
+        outcome, reason = "refused", "item_not_found"
+    else:
+        try:
+            document = provision_document(body.item_code, found.contents)
+        except ReplicaInconsistentError as exc:
+            outcome, reason = "refused", exc.code
+        else:
+            outcome, reason = "provided", None
+    answer = _answer(state, body, permit, outcome, reason, document, recipient)
+    decided = Decided(
+        message_id=envelope.header.message_id,
+        permit_id=permit.permit_id,
+        query_id=body.query_id,
+        permit_expires_at=permit.expires_at,
+        status=answer.status,
+        body=answer.body,
+        signature=answer.signature,
+        requester=body.requester,
+        business_code=body.business_code,
+        procedure_code=body.procedure_code,
+        item_code=body.item_code,
+        legal_basis=body.legal_basis,
+        atena_id=atena_id,
+        requested_at=requested_at,
+        outcome=outcome,
+        reason_code=reason,
+        non_disclosure=body.non_disclosure,
+        request_id=current_request_id(),
+    )
+    if not await batches.write(decided):
+        return None
+    return _Provision(outcome, reason, answer)
 
 
 def _check_permit(state: GatewayState, envelope: Envelope, body: ProvisionRequest) -> Permit:
@@ -298,30 +387,40 @@ async def _provide(
                 reason=reason,
             ),
         )
+    answer = _answer(state, body, permit, outcome, reason, document, recipient)
+    await _store(conn, state, message_id, answer, permit.expires_at)
+    return _Provision(outcome, reason, answer)
+
+
+def _answer(
+    state: GatewayState,
+    body: ProvisionRequest,
+    permit: Permit,
+    outcome: str,
+    reason: str | None,
+    document: bytes | None,
+    recipient: PublicEncryptionKey,
+) -> StoredAnswer:
+    """The answer to a decided provision: "held" (202), or signed, sealed when provided."""
     if outcome == "held":
         held = web.json_response({"query_id": body.query_id, "status": "held"}, status=202)
         assert isinstance(held.body, bytes)
-        answer = StoredAnswer(202, held.body, None)
-    else:
-        payload = None
-        if outcome == "provided" and document is not None:
-            aad = answer_aad(
-                body.query_id, permit.permit_id, state.config.agency_code, body.requester
-            )
-            payload = seal(recipient, document, aad)
-        answer = _signed_answer(
-            state,
-            body,
-            ProvisionAnswer(
-                query_id=body.query_id,
-                permit_id=permit.permit_id,
-                outcome="provided" if outcome == "provided" else "refused",
-                reason_code=reason,
-                payload=payload,
-            ),
-        )
-    await _store(conn, state, message_id, answer, permit.expires_at)
-    return _Provision(outcome, reason, answer)
+        return StoredAnswer(202, held.body, None)
+    payload = None
+    if outcome == "provided" and document is not None:
+        aad = answer_aad(body.query_id, permit.permit_id, state.config.agency_code, body.requester)
+        payload = seal(recipient, document, aad)
+    return _signed_answer(
+        state,
+        body,
+        ProvisionAnswer(
+            query_id=body.query_id,
+            permit_id=permit.permit_id,
+            outcome="provided" if outcome == "provided" else "refused",
+            reason_code=reason,
+            payload=payload,
+        ),
+    )
 
 
 async def _repeat_answer(state: GatewayState, message_id: str) -> web.Response:

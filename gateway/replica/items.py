@@ -99,6 +99,29 @@ def in_force_sql(atena: str, item: str, on: str) -> str:
         WHERE NOT v.deleted AND (v.valid_to IS NULL OR v.valid_to >= {on})"""  # noqa: S608
 
 
+#: What provisions read before they decide (no lock, no write), for many at once: per
+#: request, the 宛名番号 of the 符号, the manual-review flag and the versions in force on
+#: the reference date, and whether its permit or its message was seen before (then the
+#: one-transaction path of :data:`PROVISION_SQL` takes over).  Parameters (arrays, one
+#: element per request): $1 符号, $2 item, $3 date, $4 permit id, $5 message id.
+PROVISION_READ_SQL: Final = f"""
+    SELECT i.position, p.atena_id,
+           COALESCE((SELECT f.manual_review FROM replica_review_flags f
+                     WHERE f.atena_id = p.atena_id AND f.item_code = i.item_code), false)
+             AS manual_review,
+           r.contents,
+           EXISTS (SELECT 1 FROM used_permits u WHERE u.permit_id = i.permit_id)
+             OR EXISTS (SELECT 1 FROM provision_answers a WHERE a.message_id = i.message_id)
+             AS seen
+    FROM unnest($1::text[], $2::text[], $3::date[], $4::text[], $5::text[])
+         WITH ORDINALITY AS i(person_code, item_code, on_date, permit_id, message_id, position)
+    LEFT JOIN persons p ON p.person_code = i.person_code
+    LEFT JOIN LATERAL (
+        SELECT array_agg(s.content ORDER BY s.record_key) AS contents
+        FROM ({in_force_sql("p.atena_id", "i.item_code", "i.on_date")}) s) r ON true
+    ORDER BY i.position"""  # noqa: S608
+
+
 #: The provider's one statement per provision (DESIGN §8): consume the permit, map
 #: 符号 → 宛名番号, read the manual-review flag and the versions in force on the
 #: reference date, decide the outcome, queue a held provision, and append the

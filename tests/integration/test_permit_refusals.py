@@ -17,6 +17,7 @@ import random
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from chukan.codecs import catalog
 from chukan.codecs.envelope import (
@@ -435,3 +436,57 @@ async def test_copies_of_one_request_arriving_together_are_answered_once(
         sent.query_id,
     )
     assert [r["outcome"] for r in rows] == ["provided"]
+
+
+async def test_provisions_arriving_together_are_committed_together(impostor: HubImpostor) -> None:
+    """Group commit: concurrent provisions share statements, each still recorded once."""
+    bodies = [impostor.request_body() for _ in range(40)]
+    with capture_logs() as events:
+        results = await asyncio.gather(*(impostor.send(b, impostor.permit(b)) for b in bodies))
+    for status, answer in results:
+        assert status == 200
+        assert b"<Outcome>provided</Outcome>" in answer
+    sizes = [e["size"] for e in events if e["event"] == "provision_batch_written"]
+    assert sum(sizes) == len(bodies)
+    assert max(sizes) > 1  # at least one commit carried several provisions
+    rows = await impostor.provider.gateway.state.pool.fetch(
+        "SELECT query_id, count(*) AS n FROM provision_records "
+        "WHERE role = 'provider' AND query_id = ANY($1::text[]) GROUP BY query_id",
+        [b.query_id for b in bodies],
+    )
+    assert {r["query_id"]: r["n"] for r in rows} == {b.query_id: 1 for b in bodies}
+    stored = await impostor.provider.gateway.state.pool.fetchval(
+        "SELECT count(*) FROM provision_answers a JOIN used_permits u USING (permit_id) "
+        "WHERE u.query_id = ANY($1::text[])",
+        [b.query_id for b in bodies],
+    )
+    assert stored == len(bodies)
+
+
+async def test_copies_and_replays_arriving_together_get_one_outcome(
+    impostor: HubImpostor,
+) -> None:
+    """Copies of one message and replays of its permit, all at once: one provision."""
+    body = impostor.request_body()
+    permit = impostor.permit(body)
+    message = impostor.message(body, permit)
+    replays = [impostor.message(body, permit) for _ in range(3)]  # new message ids
+    results = await asyncio.gather(
+        *(impostor.post(message) for _ in range(4)), *(impostor.post(m) for m in replays)
+    )
+    copies, others = results[:4], results[4:]
+    assert {status for status, _ in copies} == {200}
+    assert len({answer for _, answer in copies}) == 1  # the stored answer, byte for byte
+    outcomes = [decode_message(answer).body for _, answer in [copies[0], *others]]
+    assert all(isinstance(o, ProvisionAnswer) for o in outcomes)
+    provided = [o for o in outcomes if isinstance(o, ProvisionAnswer) and o.outcome == "provided"]
+    assert len(provided) == 1
+    rows = await impostor.provider.gateway.state.pool.fetch(
+        "SELECT outcome, reason_code FROM provision_records "
+        "WHERE role = 'provider' AND query_id = $1 ORDER BY seq",
+        body.query_id,
+    )
+    # One provision; every other message id is a refused replay of its permit.
+    assert sorted((r["outcome"], r["reason_code"]) for r in rows) == sorted(
+        [("provided", None)] + [("refused", "permit_replayed")] * 3
+    )

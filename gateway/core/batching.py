@@ -1,0 +1,102 @@
+"""Micro-batching: what concurrent requests ask of the database, asked in one statement.
+
+Each database round trip costs a request far more than the work the statement
+does (two syscalls, a context switch to the server and back); under load many
+requests want the same statement with other parameters at the same moment.  A
+:class:`Batcher` queues them and runs one call for all that are waiting, with at
+most one call in flight: while it runs, the next batch fills — a group commit
+when the call writes.  An idle server answers the first request at once
+(a batch of one); a busy one amortises each round trip over many requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Generic, TypeVar
+
+import structlog
+
+log = structlog.get_logger("chukan.gateway")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batcher(Generic[T, R]):
+    """Runs ``call`` on batches of submitted items, one batch in flight at a time.
+
+    ``call`` returns one result per item, in order.  If it raises, every item of
+    that batch gets the exception.  ``keys`` (optional) names what must not appear
+    twice in one batch (e.g. a permit id): a second item with a key already in the
+    batch waits for the next one.
+    """
+
+    def __init__(
+        self,
+        call: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+        *,
+        max_batch: int,
+        name: str,
+        keys: Callable[[T], tuple[Hashable, ...]] | None = None,
+    ) -> None:
+        self._call = call
+        self._max_batch = max_batch
+        self._name = name
+        self._keys = keys
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._runner: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        """The result of ``item``'s batch (or its exception)."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name=self._name)
+        # Shielded: a caller that goes away does not take its batch with it.
+        return await asyncio.shield(future)
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                batch = self._take()
+                try:
+                    results = await self._call([item for item, _ in batch])
+                    if len(results) != len(batch):
+                        raise RuntimeError(
+                            f"{self._name}: {len(results)} results, {len(batch)} items"
+                        )
+                except Exception as exc:  # every caller of the batch hears of it
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                            future.exception()  # retrieved: a caller gone is not an error
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._runner = None
+            for _, future in self._waiting:  # only when cancelled: the server stops
+                if not future.done():
+                    future.cancel()
+            self._waiting = []
+
+    def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
+        batch: list[tuple[T, asyncio.Future[R]]] = []
+        later: list[tuple[T, asyncio.Future[R]]] = []
+        seen: set[Hashable] = set()
+        for entry in self._waiting:
+            keys = self._keys(entry[0]) if self._keys is not None else ()
+            if len(batch) >= self._max_batch or any(k in seen for k in keys):
+                later.append(entry)
+                continue
+            seen.update(keys)
+            batch.append(entry)
+        self._waiting = later
+        return batch
+
+    async def close(self) -> None:
+        """Wait for the batch in flight (and those queued behind it)."""
+        if self._runner is not None:
+            await asyncio.gather(self._runner, return_exceptions=True)
