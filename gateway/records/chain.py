@@ -210,32 +210,41 @@ class ChainWalk:
     previous_checkpoint: int = 0
     watching: dict[int, bytes | None] = field(default_factory=dict)
     checkpoint_issues: list[Issue] = field(default_factory=list)
+    prev_hex: str | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.prev_hex = None if self.prev_hash is None else self.prev_hash.hex()
 
     def add(self, kind: str, seq: int | None, row_id: int | None = None, detail: str = "") -> None:
         self.report.issues.append(Issue(kind, seq, row_id, detail))
 
-    def group(self, seq: int, rows: Sequence[ChainRow]) -> None:
-        """The records numbered ``seq`` (more than one when records were inserted)."""
+    def single(
+        self, seq: int, row_id: int, prev_hex: str, hash_hex: str, canonical: bytes | None
+    ) -> None:
+        """The one record numbered ``seq``, its stored hashes in hex.  The common case — where
+        the chain expects it, linking on, matching its hash — is decided here without
+        building a :class:`ChainRow`; anything else goes through :meth:`group`."""
         if (
-            len(rows) == 1
-            and seq == self.expected
+            seq == self.expected
+            and prev_hex == self.prev_hex
+            and canonical is not None
+            and self.prev_hash is not None
             and (self.head_seq is None or seq <= self.head_seq)
         ):
-            # The common case, decided without building the general one's lists: one record
-            # where the chain expects it, linking on and matching its hash.
-            row = rows[0]
-            if (
-                row.canonical is not None
-                and row.prev_hash == self.prev_hash
-                and hashlib.sha256(row.prev_hash + row.canonical).digest() == row.hash
-            ):
+            digest = hashlib.sha256(self.prev_hash + canonical).digest()
+            if digest.hex() == hash_hex:
                 self.report.records += 1
                 self.previous_reported = False
-                self.prev_hash = row.hash
+                self.prev_hash, self.prev_hex = digest, hash_hex
                 if seq in self.watching:
-                    self.watching[seq] = row.hash
+                    self.watching[seq] = digest
                 self.last_seq, self.expected = seq, seq + 1
                 return
+        row = ChainRow(seq, row_id, bytes.fromhex(prev_hex), bytes.fromhex(hash_hex), canonical)
+        self.group(seq, [row])
+
+    def group(self, seq: int, rows: Sequence[ChainRow]) -> None:
+        """The records numbered ``seq`` (more than one when records were inserted)."""
         self.report.records += len(rows)
         if seq < 1 or (self.head_seq is not None and seq > self.head_seq):
             for row in rows:
@@ -262,7 +271,7 @@ class ChainWalk:
             if other is not row:
                 self.add("inserted", seq, other.id, "duplicate sequence number")
         self.previous_reported = not valid
-        self.prev_hash = row.hash
+        self.prev_hash, self.prev_hex = row.hash, row.hash.hex()
         if seq in self.watching:
             self.watching[seq] = row.hash
         self.last_seq, self.expected = seq, seq + 1

@@ -168,6 +168,19 @@ def _result(key: tuple[str, ...]) -> str:
     return fragment
 
 
+#: What completes a timestamp as COPY prints it (``YYYY-MM-DD HH:MM:SS[.f…]+00``, without
+#: trailing zeros) once its ``+00`` is cut, by its length: 27 characters in canonical form.
+_COMPLETION: Final = {
+    22: ".000000Z",
+    24: "00000Z",
+    25: "0000Z",
+    26: "000Z",
+    27: "00Z",
+    28: "0Z",
+    29: "Z",
+}
+
+
 def copy_canonical(line: str, fields: list[str]) -> bytes | None:
     """The canonical bytes of a record straight from its ``COPY`` text row, when the row
     has the common shape; None when it must be decoded (:func:`decode_copy_row`).
@@ -175,24 +188,42 @@ def copy_canonical(line: str, fields: list[str]) -> bytes | None:
     The common shape: ASCII (so lengths in characters are lengths in bytes), no escaped
     character and NULL only in the columns that allow it (every backslash is the NULL
     marker of such a column), the three timestamps in UTC as PostgreSQL's ISO style prints
-    them (``YYYY-MM-DD HH:MM:SS[.ffffff]+00``).  A timestamp of another shape ending in
-    ``+00`` (a year beyond 9999) gives bytes that are no record's canonical form, so its
-    row cannot match a hash."""
+    them (``YYYY-MM-DD HH:MM:SS[.ffffff]+00``, a year from 1000).  A timestamp of another
+    shape that ends in ``+00`` and has one of these lengths (a year beyond 9999) gives text
+    with a space in it, which no record's canonical form has, so its row cannot match a
+    hash."""
     (_, tenant, seq, role, query, permit, requester, provider, business, procedure, item,
      basis, atena, requested, provided, outcome, reason, hidden, recorded, _, _) = fields  # fmt: skip  # noqa: E501
-    nulls = (permit == _NULL) + (basis == _NULL) + (atena == _NULL) + (reason == _NULL)
-    if provided == _NULL:
-        nulls += 1
-        provided_text = "provided_at:-;"
-    elif provided[-3:] != "+00" or provided[0] == "0":
-        return None
+    complete = _COMPLETION.get
+    nulls = 0
+    if permit == _NULL:
+        nulls, permit_text = 1, "permit_id:-;"
     else:
-        provided_text = (
-            f"provided_at:27:{provided[:10]}T{provided[11:19]}.{(provided[20:-3] + '000000')[:6]}Z;"
-        )
+        permit_text = f"permit_id:{len(permit)}:{permit};"
+    if basis == _NULL:
+        nulls, basis_text = nulls + 1, "legal_basis:-;"
+    else:
+        basis_text = f"legal_basis:{len(basis)}:{basis};"
+    if atena == _NULL:
+        nulls, atena_text = nulls + 1, "atena_id:-;"
+    else:
+        atena_text = f"atena_id:{len(atena)}:{atena};"
+    if provided == _NULL:
+        nulls, provided_text = nulls + 1, "provided_at:-;"
+    else:
+        end = complete(len(provided))
+        if end is None or provided[-3:] != "+00" or provided[0] == "0":
+            return None
+        provided_text = f"provided_at:27:{provided[:10]}T{provided[11:-3]}{end};"
+    if reason == _NULL:
+        nulls += 1
+    requested_end = complete(len(requested))
+    recorded_end = complete(len(recorded))
     if (
         line.count("\\") != nulls
         or not line.isascii()
+        or requested_end is None
+        or recorded_end is None
         or requested[-3:] != "+00"
         or recorded[-3:] != "+00"
         or requested[0] == "0"
@@ -206,26 +237,27 @@ def copy_canonical(line: str, fields: list[str]) -> bytes | None:
     result = _FRAGMENTS.get(key) or _result(key)
     return (
         f"{CANONICAL_VERSION};tenant:{len(tenant)}:{tenant};seq:{len(seq)}:{seq};"
-        f"role:{len(role)}:{role};query_id:{len(query)}:{query};"
-        f"{'permit_id:-;' if permit == _NULL else f'permit_id:{len(permit)}:{permit};'}"
-        f"{parties}"
-        f"{'legal_basis:-;' if basis == _NULL else f'legal_basis:{len(basis)}:{basis};'}"
-        f"{'atena_id:-;' if atena == _NULL else f'atena_id:{len(atena)}:{atena};'}"
-        f"requested_at:27:{requested[:10]}T{requested[11:19]}."
-        f"{(requested[20:-3] + '000000')[:6]}Z;{provided_text}{result}"
-        f"recorded_at:27:{recorded[:10]}T{recorded[11:19]}."
-        f"{(recorded[20:-3] + '000000')[:6]}Z;"
+        f"role:{len(role)}:{role};query_id:{len(query)}:{query};{permit_text}{parties}"
+        f"{basis_text}{atena_text}"
+        f"requested_at:27:{requested[:10]}T{requested[11:-3]}{requested_end};{provided_text}"
+        f"{result}recorded_at:27:{recorded[:10]}T{recorded[11:-3]}{recorded_end};"
     ).encode()
 
 
-class _RangeReader:
-    """Feeds the walk the records of one ``COPY``, chunk by chunk, a ``seq`` at a time."""
+class CopyReader:
+    """Feeds the walk the records of one ``COPY``, chunk by chunk, a ``seq`` at a time: a
+    record alone at its ``seq`` (the rule) through :meth:`ChainWalk.single`, several
+    through :meth:`ChainWalk.group`."""
 
     def __init__(self, walk: ChainWalk, tick: Callable[[], None]) -> None:
         self.walk = walk
         self.tick = tick
         self.rest = b""
-        self.seq: int | None = None
+        #: The last row read (line, fields, seq), not fed yet: the next may share its seq.
+        self.line = ""
+        self.fields: list[str] = []
+        self.seq = 0
+        #: The rows of a seq read more than once, not fed yet.
         self.rows: list[ChainRow] = []
 
     async def __call__(self, chunk: bytes) -> None:
@@ -235,39 +267,44 @@ class _RangeReader:
             self.rest = data
             return
         self.rest = data[end + 1 :]
-        group, seq, rows = self.walk.group, self.seq, self.rows
-        new = tuple.__new__  # a ChainRow without the Python-level NamedTuple constructor
+        single, last_line, last, last_seq, rows = (
+            self._single,
+            self.line,
+            self.fields,
+            self.seq,
+            self.rows,
+        )
         for line in data[:end].decode().split("\n"):
             fields = line.split("\t")
-            canonical = copy_canonical(line, fields)
-            if canonical is None:
-                row = decode_copy_row(fields)
-            else:
-                row = new(
-                    ChainRow,
-                    (
-                        int(fields[2]),
-                        int(fields[0]),
-                        bytes.fromhex(fields[19]),
-                        bytes.fromhex(fields[20]),
-                        canonical,
-                    ),
-                )
-            if row.seq == seq:
-                rows.append(row)
-                continue
-            if rows:
-                group(seq, rows)  # type: ignore[arg-type]  # seq is set whenever rows are
-            seq, rows = row.seq, [row]
-        self.seq, self.rows = seq, rows
+            seq = int(fields[2])
+            if seq == last_seq and last:
+                if not rows:
+                    rows.append(decode_copy_row(last))
+                rows.append(decode_copy_row(fields))
+            elif rows:
+                self.walk.group(last_seq, rows)
+                rows = []
+            elif last:
+                single(last_line, last, last_seq)
+            last_line, last, last_seq = line, fields, seq
+        self.line, self.fields, self.seq, self.rows = last_line, last, last_seq, rows
         self.tick()
+
+    def _single(self, line: str, fields: list[str], seq: int) -> None:
+        canonical = copy_canonical(line, fields)
+        if canonical is None:
+            self.walk.group(seq, [decode_copy_row(fields)])
+        else:
+            self.walk.single(seq, int(fields[0]), fields[19], fields[20], canonical)
 
     def finish(self) -> None:
         if self.rest:
             raise ValueError("a record row was cut short")
-        if self.rows and self.seq is not None:
+        if self.rows:
             self.walk.group(self.seq, self.rows)
-        self.seq, self.rows = None, []
+        elif self.fields:
+            self._single(self.line, self.fields, self.seq)
+        self.line, self.fields, self.seq, self.rows = "", [], 0, []
 
 
 async def verify_chain(
@@ -304,7 +341,7 @@ async def verify_chain(
         )
         report.head_seq = head["seq"] if head else None
         walk = ChainWalk(tenant, report, report.head_seq, genesis_hash(tenant))
-        reader = _RangeReader(walk, tick)
+        reader = CopyReader(walk, tick)
         # Ranges of seq: the first and the last open-ended, so rows numbered below 1 or
         # beyond the head are read too.
         bounds = list(range(RANGE, report.head_seq or 0, RANGE))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
+import itertools
+import random
 from typing import Any
 
 import pytest
@@ -20,7 +23,7 @@ from chukan.gateway.records.chain import (
     checkpoint_message,
     genesis_hash,
 )
-from chukan.gateway.records.verify import copy_canonical, decode_copy_row
+from chukan.gateway.records.verify import CopyReader, copy_canonical, decode_copy_row
 
 JST = dt.timezone(dt.timedelta(hours=9))
 
@@ -269,3 +272,31 @@ def test_the_walk_keeps_only_the_hashes_of_watched_checkpoints() -> None:
     assert walk.watching == {1000: rows[999]["hash"], 2000: rows[1999]["hash"]}
     assert walk.prev_hash == rows[-1]["hash"] and report.records == 3000
     assert not hasattr(walk, "hashes")
+
+
+def test_the_copy_reader_walks_rows_cut_anywhere_into_chunks() -> None:
+    """COPY text cut at arbitrary bytes (inside a line, inside a UTF-8 character) reads
+    the same: every row once, a seq at a time, duplicates grouped."""
+    rows = chain("121002", 40)
+    rows[7] = stored(rows[6]["hash"], 108, seq=8, query_id="q-8", reason_code="該当なし")
+    rows[8] = stored(rows[7]["hash"], 109, seq=9, query_id="q-9")
+    for later in range(9, 40):
+        rows[later] = stored(rows[later - 1]["hash"], 100 + later + 1, seq=later + 1)
+    copied = rows[20] | {"id": 999, "atena_id": "1"}
+    text = "".join(copy_line(r) + "\n" for r in [*rows[:21], copied, *rows[21:]]).encode()
+    rng = random.Random(5)
+    for _ in range(20):
+        report = VerifyReport("121002")
+        walk = ChainWalk("121002", report, 40, genesis_hash("121002"))
+        reader = CopyReader(walk, lambda: None)
+        cuts = sorted(rng.sample(range(1, len(text)), 30))
+
+        async def feed(walk_reader: CopyReader = reader, at: list[int] = cuts) -> None:
+            for start, end in itertools.pairwise([0, *at, len(text)]):
+                await walk_reader(text[start:end])
+
+        asyncio.run(feed())
+        reader.finish()
+        walk.close({"seq": 40, "hash": rows[-1]["hash"]})
+        assert [(i.kind, i.seq, i.id) for i in report.issues] == [("inserted", 21, 999)]
+        assert report.records == 41
