@@ -23,7 +23,7 @@ Figures: ``validated import, 1 thread, <size> entries`` and ``validated import, 
 (stage = parse + validate + COPY, pipelined; check; apply; commit) are printed beside.
 
 Run:  .venv/bin/python -m bench.replica_import [--sizes 10000,100000,1000000] [--workers 2]
-      [--json FILE]
+      [--no-thread] [--json FILE]
 """
 
 from __future__ import annotations
@@ -191,7 +191,9 @@ def phases(timings: dict[str, float]) -> str:
     return ", ".join(f"{name[:-3]} {seconds:.2f} s" for name, seconds in timings.items())
 
 
-async def bench_size(server_url: str, work: Path, entries: int, workers: int) -> list[Figure]:
+async def bench_size(
+    server_url: str, work: Path, entries: int, workers: int, *, thread: bool = True
+) -> list[Figure]:
     people = max(1, entries // 5)
     print(f"{size_label(entries)} entries over {people:,} people …", flush=True)
     admin_url, tenant_url, path = await prepare(server_url, work, entries, people)
@@ -203,7 +205,8 @@ async def bench_size(server_url: str, work: Path, entries: int, workers: int) ->
         baseline = await bare_copy(admin, entries, people)
         print(f"  bare COPY {baseline:,.0f} rows/s", flush=True)
         rates: list[tuple[str, float]] = []
-        for count in (0, workers) if workers else (0,):
+        counts = ([0] if thread or not workers else []) + ([workers] if workers else [])
+        for count in counts:
             label = "1 thread" if count == 0 else f"{count} processes"
             rate, timings = await validated_import(admin, tenant_url, path, count)
             print(f"  {label}: {rate:,.0f} items/s ({phases(timings)})", flush=True)
@@ -227,7 +230,7 @@ async def bench_size(server_url: str, work: Path, entries: int, workers: int) ->
     return figures
 
 
-async def bench(sizes: list[int], workers: int) -> list[Figure]:
+async def bench(sizes: list[int], workers: int, *, thread: bool = True) -> list[Figure]:
     work = Path(tempfile.mkdtemp(prefix="chukan-bench-import-"))
     embedded = None
     server_url = os.environ.get("CHUKAN_DATABASE_URL")
@@ -237,7 +240,7 @@ async def bench(sizes: list[int], workers: int) -> list[Figure]:
     try:
         figures: list[Figure] = []
         for entries in sizes:
-            figures += await bench_size(server_url, work, entries, workers)
+            figures += await bench_size(server_url, work, entries, workers, thread=thread)
         await db.drop_database(server_url, DATABASE)
         return figures
     finally:
@@ -259,13 +262,18 @@ def main() -> None:
         default=2,
         help="validation processes of the pool run (0: only the one-thread run; default 2)",
     )
+    parser.add_argument(
+        "--no-thread",
+        action="store_true",
+        help="skip the one-thread run (e.g. for 1,000,000 entries)",
+    )
     add_json_argument(parser)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if not sizes or min(sizes) < 1 or args.workers < 0:
         parser.error("--sizes needs positive numbers and --workers must be >= 0")
     configure_logging(logging.WARNING)
-    figures = asyncio.run(bench(sizes, args.workers))
+    figures = asyncio.run(bench(sizes, args.workers, thread=not args.no_thread))
     print()
     print_figures(figures)
     write_json(args.json, figures, sizes=sizes, workers=args.workers)

@@ -564,14 +564,13 @@ def encode_record_batch(
     message. Bytes that are not such a batch of ``Record`` elements raise. The batch
     document is parsed hardened like any other, bounded by the entries' limits.
     """
-    count_bound = max(len(data) // 16, 1)  # no entry is shorter than <r:Record/> …
     root = _parse_batch(data, limits.max_depth + 1)
     if root.tag != "RecordBatch" or len(root.attrib) or not _blank(root.text):
         raise _structure("a batch must be one RecordBatch element of Record elements", "/")
     results: list[EncodedEntry | EntryRejection] = []
     position = first_position
     for record in root.iterchildren():
-        if record.tag != _RECORD or not _blank(record.tail) or len(results) > count_bound:
+        if record.tag != _RECORD or not _blank(record.tail):
             raise _structure("an entry must be one Record element in the message namespace", "/")
         results.append(_encode_record(record, position))
         position += 1
