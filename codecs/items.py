@@ -178,6 +178,21 @@ class _Leaf:
     element: str
     nillable: bool
     converter: _Converter
+    #: Lexical forms written back exactly as read (a code list's values): no conversion.
+    verbatim: frozenset[str] = frozenset()
+
+
+def _verbatim(converter: _Converter) -> frozenset[str]:
+    """The texts ``converter`` reads and writes unchanged without calling it: the values of
+    a code list (``Enum(text)`` finds exactly the member whose value is ``text``)."""
+    kind = converter.python_type
+    if not (isinstance(kind, type) and issubclass(kind, enum.Enum)):
+        return frozenset()
+    return frozenset(
+        member.value
+        for member in kind
+        if isinstance(member.value, str) and converter.format(member) == member.value
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +236,12 @@ def _layout(cls: type[Any]) -> _Layout:
             continue
         nillable = Nil in args
         base = next(arg for arg in args if arg is not Nil) if nillable else tp
-        leaves.append(_Leaf(spec_field.name, _pascal(spec_field.name), nillable, _converter(base)))
+        converter = _converter(base)
+        leaves.append(
+            _Leaf(
+                spec_field.name, _pascal(spec_field.name), nillable, converter, _verbatim(converter)
+            )
+        )
     return _Layout(cls, cls.__name__, tuple(leaves), tuple(groups), has_updated)
 
 
@@ -406,6 +426,7 @@ _DECLARATION: Final = "<?xml version='1.0' encoding='UTF-8'?>\n"
 #: What libxml2 escapes in character data (``\r`` too, so that it survives a re-parse).
 _TEXT_ESCAPES: Final = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
 _NEEDS_ESCAPE: Final = re.compile("[&<>\r]")
+_REASONS: Final = frozenset(reason.value for reason in ReasonOfNull)
 
 
 #: Per layout (item root or group): its own members by child tag.
@@ -432,13 +453,14 @@ def _canonical_leaf(leaf: _Leaf, element: etree._Element) -> str | None:
     if nil is not None and nil.strip(_XML_WHITESPACE) in ("true", "1"):
         if reason is None:  # the nil rule (check_nil_pairing) is broken
             return None
-        value = ReasonOfNull(reason).value
-        return f'<k:{leaf.element} Version="1" xsi:nil="true" ReasonOfNull="{value}"/>'
+        if reason not in _REASONS:
+            reason = ReasonOfNull(reason).value
+        return f'<k:{leaf.element} Version="1" xsi:nil="true" ReasonOfNull="{reason}"/>'
     if reason is not None:
         return None
     converter = leaf.converter
     text = element.text or ""
-    if converter is not _STRING:  # strings are written as read
+    if converter is not _STRING and text not in leaf.verbatim:  # strings are written as read
         text = converter.format(converter.parse(text))
     if _NEEDS_ESCAPE.search(text):
         text = text.translate(_TEXT_ESCAPES)
