@@ -294,6 +294,13 @@ async def measure_queries(
         tls=tls,
         flow="query",
     )
+    parts = {
+        "hub": network.pids("hub"),
+        "requester gateway": network.pids(REQUESTER),
+        "provider gateway": network.pids(PROVIDER),
+        "PostgreSQL": postgres_pids(network.pg_dir),
+    }
+    before = {name: cpu_seconds(pids) for name, pids in parts.items()}
     closed = _checked(
         "queries",
         await generators.run(
@@ -303,6 +310,10 @@ async def measure_queries(
             flow="query",
         ),
     )
+    cpu = {
+        name: (cpu_seconds(pids) - before[name]) * 1000 / max(1, closed.count)
+        for name, pids in parts.items()
+    }
     half = closed.rate / 2
     opened = _checked(
         "queries at half rate",
@@ -329,6 +340,9 @@ async def measure_queries(
             p50_ms=opened.p50_ms,
             p99_ms=opened.p99_ms,
         ),
+    ]
+    figures += [
+        Figure(f"{name} CPU per query, {label}", value, "ms") for name, value in cpu.items()
     ]
     print_figures(figures)
     return figures

@@ -74,8 +74,14 @@ class Network:
     def gateway(self, code: str) -> list[Child]:
         return [c for c in self.devnet.children if c.kind == "gateway" and c.name.startswith(code)]
 
-    def pids(self, code: str) -> list[int]:
-        return [c.process.pid for c in self.gateway(code) if c.process is not None]
+    def pids(self, name: str) -> list[int]:
+        """The processes of ``name``: an agency code's gateway workers, or ``hub``."""
+        children = (
+            [c for c in self.devnet.children if c.kind == "hub"]
+            if name == "hub"
+            else self.gateway(name)
+        )
+        return [c.process.pid for c in children if c.process is not None]
 
     def url(self, code: str) -> str:
         return self.gateway(code)[0].url

@@ -178,6 +178,7 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     app.cleanup_ctx.append(provision_batch_context)
     app.on_shutdown.append(_stopping)
     records.setup_records(app)
+    query.setup_query(app)
     staff.setup_staff(app)
     ops.setup_ops(app, config)
     kokuhoren.setup_kokuhoren(app)
@@ -194,8 +195,7 @@ async def _stopping(app: web.Application) -> None:
     state = app.get(GATEWAY_STATE)
     if state is not None:
         state.stopping.set()
-        for event in list(state.waiters.values()):
-            event.set()
+        state.notify_all()
 
 
 def _internal_face() -> web.Application:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -34,7 +36,8 @@ class GatewayState:
     ring: KeyRing
     authorization_list: AuthorizationList | None = None
     list_error: str | None = "not yet fetched"
-    waiters: dict[str, asyncio.Event] = field(default_factory=dict)
+    #: Long polls waiting for a query's conclusion, by query id.
+    waiters: dict[str, set[asyncio.Event]] = field(default_factory=dict)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     #: Set to run the durable sweep now rather than at its next interval.
@@ -61,10 +64,29 @@ class GatewayState:
             kind = task.get_name().split("-", 1)[0]
             task_failed(self.config.agency_code, kind, exc)
 
+    @contextlib.contextmanager
+    def waiting(self, query_id: str) -> Iterator[asyncio.Event]:
+        """An event set when ``query_id`` may have concluded (registered before reading it)."""
+        event = asyncio.Event()
+        self.waiters.setdefault(query_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            events = self.waiters.get(query_id)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self.waiters[query_id]
+
     def notify(self, query_id: str) -> None:
-        event = self.waiters.get(query_id)
-        if event is not None:
+        for event in self.waiters.get(query_id, ()):
             event.set()
+
+    def notify_all(self) -> None:
+        """Every long poll looks again (a stop, or notices that may have been missed)."""
+        for events in self.waiters.values():
+            for event in events:
+                event.set()
 
 
 GATEWAY_STATE: Final = web.AppKey("gateway_state", GatewayState)

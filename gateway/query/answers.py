@@ -32,6 +32,7 @@ from chukan.gateway.query.lifecycle import (
     conclude_refused,
 )
 from chukan.gateway.records.store import count_record
+from chukan.gateway.replica.items import INLINE_DECODE_BYTES
 from chukan.keys import KeysError
 
 log = structlog.get_logger("chukan.gateway")
@@ -99,7 +100,10 @@ async def take_answer(
             # Any key of the ring still in its overlap window opens the answer.
             plaintext = state.ring.unseal(body.payload, aad, now=utcnow())
             # What we hand to core systems is safe XML that its item's schema accepts.
-            await asyncio.to_thread(canonical_item_bytes, row["item_code"], plaintext)
+            if len(plaintext) > INLINE_DECODE_BYTES:  # a large item off the event loop
+                await asyncio.to_thread(canonical_item_bytes, row["item_code"], plaintext)
+            else:
+                canonical_item_bytes(row["item_code"], plaintext)
         except (KeysError, CodecError) as exc:
             # Provided by the provider, but not usable here: this side's record says why.
             concluded = await conclude_refused(

@@ -234,12 +234,20 @@ _RECORD_SUBMITTED: Final = (
 )
 
 
+#: Told when a query concludes (payload ``<tenant> <query id>``), in the concluding
+#: statement: long polls in every process of the agency hear of it at commit.
+QUERY_CHANNEL: Final = "chukan_query_concluded"
+
+
 def _conclude(update: str) -> str:
-    """A conclusion (an UPDATE of one query; constant SQL) and its record, as one statement."""
+    """A conclusion (an UPDATE of one query; constant SQL), its record and its notice,
+    as one statement."""
     recorded = _RECORD_CONCLUDED.format(source="concluded")
     return (
         f"WITH concluded AS ({update} RETURNING *),{recorded} RETURNING 1) "  # noqa: S608 -- constant fragments, values are parameters
-        "SELECT count(*) FROM recorded"
+        "SELECT n, CASE WHEN n > 0 THEN "
+        f"pg_notify('{QUERY_CHANNEL}', chukan_tenant() || ' ' || $1) END "
+        "FROM (SELECT count(*) AS n FROM recorded) AS c"
     )
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import structlog
@@ -16,11 +17,13 @@ from chukan.codecs.envelope import new_message_id
 from chukan.gateway.core.access import authorize
 from chukan.gateway.core.config import OP_READ_QUERY, OP_SUBMIT_QUERY
 from chukan.gateway.core.errors import PersonUnknownError, QueryUnknownError, ValidationError
+from chukan.gateway.core.notices import NOTICES
 from chukan.gateway.core.state import GATEWAY_STATE, utcnow
 from chukan.gateway.core.validation import QUERY_ID_PATTERN, atena_id_value
 from chukan.gateway.core.web import current_request_id, optional_str, read_json, require_str
 from chukan.gateway.query.lifecycle import (
     OPEN_STATUSES,
+    QUERY_CHANNEL,
     QueryStatus,
     current_list,
     first_answer,
@@ -33,6 +36,9 @@ from chukan.gateway.query.lifecycle import (
 from chukan.permits import NotAuthorizedError
 
 log = structlog.get_logger("chukan.gateway")
+
+#: A long poll reads its query again at least this often (notices are hints).
+LOOK_AGAIN: Final = 2.0
 
 
 async def submit_query(request: web.Request) -> web.Response:
@@ -158,32 +164,48 @@ async def get_query(request: web.Request) -> web.Response:
     except ValueError:
         raise ValidationError("wait must be a number of seconds") from None
     deadline = time.monotonic() + max(wait, 0.0)
-    while True:
-        row = await state.pool.fetchrow(
-            "SELECT * FROM queries WHERE query_id = $1 AND submitted_by = $2",
-            query_id,
-            system.system_id,
-        )
-        if row is None:
-            raise QueryUnknownError("no query with this id was submitted by this system")
-        remaining = deadline - time.monotonic()
-        if row["status"] not in OPEN_STATUSES and row["collected_at"] is None:
-            # The retention clock of the deletion job (ops.purge_results) starts now.
-            await state.pool.execute(
-                "UPDATE queries SET collected_at = now() "
-                "WHERE query_id = $1 AND collected_at IS NULL",
+    # Registered before each read: a conclusion committed meanwhile (here, or in another
+    # process of this agency: its NOTIFY) sets the event, and the wait ends at once.
+    with state.waiting(query_id) as concluded:
+        while True:
+            concluded.clear()
+            row = await state.pool.fetchrow(
+                "SELECT * FROM queries WHERE query_id = $1 AND submitted_by = $2",
                 query_id,
+                system.system_id,
             )
-        if row["status"] not in OPEN_STATUSES or remaining <= 0 or state.stopping.is_set():
-            return web.json_response(_query_json(row))
-        event = state.waiters.setdefault(query_id, asyncio.Event())
-        try:
-            # Also poll: another gateway process may have received the answer.
-            await asyncio.wait_for(event.wait(), timeout=min(remaining, 0.25))
-        except TimeoutError:
-            pass
-        finally:
-            state.waiters.pop(query_id, None)
+            if row is None:
+                raise QueryUnknownError("no query with this id was submitted by this system")
+            remaining = deadline - time.monotonic()
+            if row["status"] not in OPEN_STATUSES and row["collected_at"] is None:
+                # The retention clock of the deletion job (ops.purge_results) starts now.
+                await state.pool.execute(
+                    "UPDATE queries SET collected_at = now() "
+                    "WHERE query_id = $1 AND collected_at IS NULL",
+                    query_id,
+                )
+            if row["status"] not in OPEN_STATUSES or remaining <= 0 or state.stopping.is_set():
+                return web.json_response(_query_json(row))
+            # Notices are hints and can be lost (a reconnection): look again now and then.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(concluded.wait(), timeout=min(remaining, LOOK_AGAIN))
+
+
+def setup_query(app: web.Application) -> None:
+    """Long polls hear of conclusions committed by any process of this agency."""
+
+    async def on_notice(payload: str | None) -> None:
+        state = app.get(GATEWAY_STATE)
+        if state is None:
+            return
+        if payload is None:  # (re)connected: notices may have been missed
+            state.notify_all()
+            return
+        tenant, _, query_id = payload.partition(" ")
+        if tenant == state.config.agency_code:
+            state.notify(query_id)
+
+    app[NOTICES].subscribe(QUERY_CHANNEL, on_notice)
 
 
 def add_internal_routes(internal: web.Application) -> None:

@@ -8,6 +8,7 @@ conclusion again is a repeat, another one is kept apart as evidence.
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 import asyncpg
 import structlog
@@ -15,7 +16,8 @@ import structlog
 from chukan.codecs.envelope import Header
 from chukan.gateway.core.web import current_request_id
 from chukan.simulators.hub import outbox
-from chukan.simulators.hub.records import log_routed
+from chukan.simulators.hub.outbox import DELIVERY_INSERT, DELIVERY_ONCE
+from chukan.simulators.hub.records import ROUTED_INSERT, log_routed
 from chukan.simulators.hub.state import HubState, utcnow
 
 log = structlog.get_logger("chukan.hub")
@@ -27,6 +29,71 @@ class Conclusion(enum.Enum):
     WON = "won"  # this is the query's one conclusion: recorded and forwarded
     REPEATED = "repeated"  # the same conclusion again (a retried delivery)
     CONTRADICTS = "contradicts"  # another conclusion stands: kept apart as evidence
+
+
+#: The conclusion event, the routed message and the answer's delivery, and the end of
+#: the provision request's delivery (if this worker holds its lease) — one statement,
+#: none of it unless this conclusion is the first.  $1 query id, $2 outcome, $3 reason,
+#: $4 request id, $5-$8 the message header, $9 permit id, $10 direction, $11 bytes,
+#: $12 signature, $13 requester, $14 answer's give-up time, $15-$16 the delivery's id
+#: and lease (NULL: none), $17 its end status.
+_CONCLUDE_SQL: Final = f"""
+    WITH won AS (
+        INSERT INTO hub_record_events (query_id, kind, outcome, reason_code, answered_at,
+                                       request_id)
+        VALUES ($1, 'concluded', $2, $3, now(), $4) ON CONFLICT DO NOTHING RETURNING 1),
+    finished AS (
+        UPDATE deliveries SET status = $17, last_error = $3, done_at = now(),
+            leased_until = NULL, lease_token = NULL
+        WHERE id = $15 AND lease_token = $16 AND status = 'pending'
+          AND EXISTS (SELECT 1 FROM won) RETURNING 1),
+    routed AS ({ROUTED_INSERT}
+        SELECT $5, $6, $7, $8, $1, $9, $10, $11 WHERE EXISTS (SELECT 1 FROM won)),
+    queued AS ({DELIVERY_INSERT}
+        SELECT 'answer', $13, $1, $11, $12, $14,
+               (SELECT request_id FROM hub_record_events
+                WHERE query_id = $1 AND kind = 'opened')
+        WHERE EXISTS (SELECT 1 FROM won) {DELIVERY_ONCE})
+    SELECT EXISTS (SELECT 1 FROM won)"""  # noqa: S608 -- constant fragments
+
+
+async def _conclude_at_once(
+    state: HubState,
+    query_id: str,
+    outcome: str,
+    reason_code: str | None,
+    *,
+    requester: str,
+    message: bytes,
+    signature: str,
+    header: Header,
+    direction: str,
+    permit_id: str | None,
+    delivery: asyncpg.Record | None,
+    finish_status: str,
+) -> bool:
+    """The first conclusion of a query, in one statement; False if it was concluded before."""
+    won: bool = await state.pool.fetchval(
+        _CONCLUDE_SQL,
+        query_id,
+        outcome,
+        reason_code,
+        current_request_id(),
+        header.message_id,
+        header.message_type,
+        header.sender,
+        header.receiver,
+        permit_id,
+        direction,
+        message,
+        signature,
+        requester,
+        utcnow() + state.config.answer_retention,
+        None if delivery is None else delivery["id"],
+        None if delivery is None else delivery["lease_token"],
+        finish_status,
+    )
+    return won
 
 
 async def conclude(
@@ -50,6 +117,25 @@ async def conclude(
     With ``delivery`` (the provision request that produced it), that delivery ends too,
     if this worker still holds its lease.
     """
+    if await _conclude_at_once(
+        state,
+        query_id,
+        outcome,
+        reason_code,
+        requester=requester,
+        message=message,
+        signature=signature,
+        header=header,
+        direction=direction,
+        permit_id=permit_id,
+        delivery=delivery,
+        finish_status=finish_status,
+    ):
+        state.wake.set()
+        log.info("query_concluded", query_id=query_id, outcome=outcome, reason=reason_code)
+        return Conclusion.WON
+    # Concluded before (a repeat, or a contradiction to keep): the long way, in which
+    # this delivery ends too.
     async with state.pool.acquire() as conn, conn.transaction():
         # The event keeps the id of the request (or delivery) that concluded the query;
         # the answer's delivery carries the query's own, as every delivery does.

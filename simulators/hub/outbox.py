@@ -23,6 +23,14 @@ log = structlog.get_logger("chukan.hub")
 DELIVERY_LEASE: Final = dt.timedelta(seconds=30)
 
 
+#: Queues a delivery; followed by VALUES or a SELECT of those columns, then DELIVERY_ONCE.
+DELIVERY_INSERT: Final = (
+    "INSERT INTO deliveries (kind, target, query_id, body, signature, give_up_at, request_id) "
+)
+#: One delivery of each kind per query, whoever queues it twice.
+DELIVERY_ONCE: Final = "ON CONFLICT (query_id, kind) DO NOTHING"
+
+
 async def enqueue(
     conn: db.Conn,
     kind: str,
@@ -39,9 +47,7 @@ async def enqueue(
     ``request_id``: the query's (the request it arrived with), sent with every attempt.
     """
     await conn.execute(
-        "INSERT INTO deliveries (kind, target, query_id, body, signature, give_up_at, "
-        "request_id) VALUES ($1, $2, $3, $4, $5, $6, $7) "
-        "ON CONFLICT (query_id, kind) DO NOTHING",
+        DELIVERY_INSERT + "VALUES ($1, $2, $3, $4, $5, $6, $7) " + DELIVERY_ONCE,
         kind,
         target,
         query_id,

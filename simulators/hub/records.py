@@ -7,7 +7,7 @@ routing and the delivery worker append the events, this module only reads them.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -15,6 +15,12 @@ from chukan.codecs.envelope import Header
 from chukan.gateway.core import db
 from chukan.simulators.hub import auth
 from chukan.simulators.hub.state import HUB_STATE
+
+#: Keeps routed messages byte for byte; followed by VALUES or a SELECT of those columns.
+ROUTED_INSERT: Final = (
+    "INSERT INTO routed_messages "
+    "(message_id, message_type, sender, receiver, query_id, permit_id, direction, body) "
+)
 
 
 async def log_routed(
@@ -28,9 +34,7 @@ async def log_routed(
 ) -> None:
     """Keep a message the hub routed, byte for byte, in the caller's transaction."""
     await conn.execute(
-        """INSERT INTO routed_messages
-               (message_id, message_type, sender, receiver, query_id, permit_id, direction, body)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        ROUTED_INSERT + "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         header.message_id,
         header.message_type,
         header.sender,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Final
 
 import asyncpg
 import structlog
@@ -30,7 +31,6 @@ from chukan.codecs.envelope import (
     encode_message,
     new_message_id,
 )
-from chukan.gateway.core import db
 from chukan.gateway.core.errors import (
     ConclusionConflictError,
     ForbiddenError,
@@ -51,10 +51,11 @@ from chukan.permits import (
     encode_permit,
     issue_permit,
 )
-from chukan.simulators.hub import lists, outbox
+from chukan.simulators.hub import lists
 from chukan.simulators.hub.codes import provider_person_code
 from chukan.simulators.hub.conclusions import Conclusion, conclude
-from chukan.simulators.hub.records import log_routed
+from chukan.simulators.hub.outbox import DELIVERY_INSERT, DELIVERY_ONCE
+from chukan.simulators.hub.records import ROUTED_INSERT
 from chukan.simulators.hub.registry import Agency, load_agency
 from chukan.simulators.hub.state import HubState, utcnow
 
@@ -111,41 +112,28 @@ async def route_query(
         encode_permit(permit, state.keys.signing),
     )
     message = encode_message(out_header, request_body)
-    async with state.pool.acquire() as conn, conn.transaction():
-        if not await _open_record(conn, body, route, permit, now):
-            # The same query, sent twice at once: the first one stands.
-            existing = await conn.fetchrow(
-                "SELECT requester, permit_id, reason_code FROM hub_records WHERE query_id = $1",
-                body.query_id,
-            )
-            assert existing is not None
-            return _query_again(existing, requester, body.query_id)
-        await log_routed(
-            conn,
-            header=envelope.header,
-            direction="in",
-            body=raw,
-            query_id=body.query_id,
-            permit_id=None,
-        )
-        await log_routed(
-            conn,
-            header=out_header,
-            direction="out",
-            body=message,
-            query_id=body.query_id,
-            permit_id=permit.permit_id,
-        )
-        await outbox.enqueue(
-            conn,
-            "provision_request",
-            route.provider.code,
+    header = envelope.header
+    opened = await state.pool.fetchval(
+        _OPEN_SQL,
+        *_open_values(body, route, permit, now),
+        header.message_id,
+        header.message_type,
+        header.sender,
+        header.receiver,
+        raw,
+        out_header.message_id,
+        message,
+        signature_header(state.keys.signing, message),
+        permit.expires_at + state.config.delivery_grace,
+    )
+    if not opened:
+        # The same query, sent twice at once: the first one stands.
+        existing = await state.pool.fetchrow(
+            "SELECT requester, permit_id, reason_code FROM hub_records WHERE query_id = $1",
             body.query_id,
-            message,
-            signature_header(state.keys.signing, message),
-            give_up_at=permit.expires_at + state.config.delivery_grace,
-            request_id=current_request_id(),
         )
+        assert existing is not None
+        return _query_again(existing, requester, body.query_id)
     state.wake.set()
     log.info(
         "permit_issued",
@@ -198,18 +186,38 @@ def _provision_request(body: QueryRequest, route: Route) -> ProvisionRequest:
     )
 
 
-async def _open_record(
-    conn: db.Conn, body: QueryRequest, route: Route, permit: Permit, now: dt.datetime
-) -> bool:
-    """Open the query's record with its permit; False if another request opened it first."""
-    opened = await conn.fetchval(
-        """INSERT INTO hub_record_events (query_id, kind, permit_id, requester, provider,
-               business_code, procedure_code, item_code, legal_basis, requester_person_code,
-               provider_person_code, requested_at, permit_expires_at, outcome,
-               non_disclosure, request_id)
-           VALUES ($1, 'opened', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                   'permitted', $13, $14)
-           ON CONFLICT (query_id) WHERE kind = 'opened' DO NOTHING RETURNING 1""",
+#: Opens the query's record with its permit; RETURNING nothing if another request
+#: opened it first.  Parameters $1-$14 (:func:`_open_values`).
+_OPEN_RECORD_SQL: Final = """
+    INSERT INTO hub_record_events (query_id, kind, permit_id, requester, provider,
+        business_code, procedure_code, item_code, legal_basis, requester_person_code,
+        provider_person_code, requested_at, permit_expires_at, outcome,
+        non_disclosure, request_id)
+    VALUES ($1, 'opened', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+            'permitted', $13, $14)
+    ON CONFLICT (query_id) WHERE kind = 'opened' DO NOTHING RETURNING 1"""
+
+#: The record opened, the query and the provision request kept byte for byte, and the
+#: provision request queued — one statement, one commit; nothing of it if the record
+#: was opened before.  $15-$19 the query's header and bytes, $20 the request's message
+#: id, $21 its bytes, $22 its signature, $23 when its delivery gives up.
+_OPEN_SQL: Final = f"""
+    WITH opened AS ({_OPEN_RECORD_SQL}),
+    routed AS ({ROUTED_INSERT}
+        SELECT * FROM (VALUES ($15::text, $16::text, $17::text, $18::text, $1, NULL::text,
+                               'in', $19::bytea),
+                              ($20, 'ProvisionRequest', '{HUB}', $4, $1, $2, 'out', $21))
+            AS m WHERE EXISTS (SELECT 1 FROM opened)),
+    queued AS ({DELIVERY_INSERT}
+        SELECT 'provision_request', $4, $1, $21, $22, $23, $14
+        WHERE EXISTS (SELECT 1 FROM opened) {DELIVERY_ONCE})
+    SELECT EXISTS (SELECT 1 FROM opened)"""  # noqa: S608 -- constant fragments
+
+
+def _open_values(
+    body: QueryRequest, route: Route, permit: Permit, now: dt.datetime
+) -> tuple[object, ...]:
+    return (
         body.query_id,
         permit.permit_id,
         route.requester.code,
@@ -225,7 +233,6 @@ async def _open_record(
         body.non_disclosure,
         current_request_id(),
     )
-    return opened is not None
 
 
 async def _record_refusal(

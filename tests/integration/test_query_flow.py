@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 from typing import Any
 
+import asyncpg
 import pytest
 
 from chukan.codecs import catalog
 from chukan.codecs.sample_items import certification_item, local_tax_item
+from chukan.gateway.query.lifecycle import QUERY_CHANNEL
 from chukan.simulators.devnet.synthetic import (
     SyntheticPerson,
     synthetic_individual_number,
@@ -407,3 +410,33 @@ async def test_non_disclosure_travels_to_every_record(
         )
     assert query_id not in [r["query_id"] for r in for_person]
     assert query_id in [r["query_id"] for r in for_auditor]
+
+
+async def test_a_conclusion_is_announced_to_every_process_of_the_agency(
+    chiba: Any, funabashi: Any, rng: random.Random
+) -> None:
+    """Long polls in other worker processes hear of a conclusion at its commit (NOTIFY)."""
+    in_chiba, in_funabashi = await moved_person(rng, chiba, funabashi)
+    item = certification_item(rng, dt.date.today())
+    assert (await chiba.store(in_chiba.atena_id, catalog.CERTIFICATION.code, item))[0] == 201
+    heard: asyncio.Queue[str] = asyncio.Queue()
+
+    def hear(_conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        heard.put_nowait(str(payload))
+
+    # A connection of its own, as another worker process's listener has.
+    listener = await asyncpg.connect(funabashi.gateway.state.config.database_url)
+    try:
+        await listener.add_listener(QUERY_CHANNEL, hear)
+        status, submitted = await funabashi.query(
+            in_funabashi.atena_id,
+            catalog.LTC_CERTIFICATION_PROCEDURE,
+            catalog.CERTIFICATION.code,
+            catalog.CHIBA_CITY,
+        )
+        assert status == 202
+        notice = await asyncio.wait_for(heard.get(), 30)
+    finally:
+        await listener.close()
+    assert notice == f"{catalog.FUNABASHI_CITY} {submitted['query_id']}"
+    assert (await funabashi.result(submitted["query_id"]))["status"] == "answered"
