@@ -13,11 +13,16 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from chukan.gateway.core import db
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,33 @@ def print_figures(figures: Iterable[Figure]) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip(), flush=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """The PostgreSQL a bench runs on, and its scratch folder."""
+
+    url: str
+    work: Path
+    #: the embedded server's data folder; None for the server of CHUKAN_DATABASE_URL
+    data_dir: Path | None
+
+
+@asynccontextmanager
+async def database_server(prefix: str) -> AsyncIterator[Server]:
+    """A scratch folder and a PostgreSQL: ``CHUKAN_DATABASE_URL``'s, or an embedded one."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    embedded = None
+    url = os.environ.get("CHUKAN_DATABASE_URL")
+    if not url:
+        embedded = db.EmbeddedPostgres(work / "pg")
+        url = embedded.start()
+    try:
+        yield Server(url, work, None if embedded is None else work / "pg")
+    finally:
+        if embedded is not None:
+            embedded.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def add_json_argument(parser: argparse.ArgumentParser) -> None:

@@ -35,17 +35,14 @@ import concurrent.futures
 import datetime as dt
 import hashlib
 import logging
-import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 
-from bench.harness import Figure, add_json_argument, print_figures, write_json
+from bench.harness import Figure, add_json_argument, database_server, print_figures, write_json
 from chukan.codecs import catalog
 from chukan.gateway.core import db
 from chukan.gateway.core.logs import configure_logging
@@ -232,22 +229,12 @@ async def bench_size(
 
 
 async def bench(sizes: list[int], workers: int, *, thread: bool = True) -> list[Figure]:
-    work = Path(tempfile.mkdtemp(prefix="chukan-bench-import-"))
-    embedded = None
-    server_url = os.environ.get("CHUKAN_DATABASE_URL")
-    if not server_url:
-        embedded = db.EmbeddedPostgres(work / "pg")
-        server_url = embedded.start()
-    try:
+    async with database_server("chukan-bench-import-") as server:
         figures: list[Figure] = []
         for entries in sizes:
-            figures += await bench_size(server_url, work, entries, workers, thread=thread)
-        await db.drop_database(server_url, DATABASE)
+            figures += await bench_size(server.url, server.work, entries, workers, thread=thread)
+        await db.drop_database(server.url, DATABASE)
         return figures
-    finally:
-        if embedded is not None:
-            embedded.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:

@@ -16,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import shutil
 import socket
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,9 +24,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from bench.harness import database_server
 from bench.loadgen import TlsFiles
 from chukan.gateway.cli.pki import CA_CERT
-from chukan.gateway.core import db
 from chukan.keys.tls import server_context
 from chukan.simulators.devnet.serve import (
     Child,
@@ -111,21 +109,13 @@ class Network:
 
 @asynccontextmanager
 async def running_network() -> AsyncIterator[Network]:
-    work = Path(tempfile.mkdtemp(prefix="chukan-bench-"))
-    embedded = None
-    server_url = os.environ.get("CHUKAN_DATABASE_URL")
-    if not server_url:
-        embedded = db.EmbeddedPostgres(work / "pg")
-        server_url = embedded.start()
-    devnet = Devnet(Layout(work / "devnet"))
-    try:
-        await start_devnet(devnet, server_url)
-        yield Network(devnet, server_url, None if embedded is None else work / "pg")
-    finally:
-        await stop_children(devnet.children)
-        if embedded is not None:
-            embedded.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    async with database_server("chukan-bench-") as server:
+        devnet = Devnet(Layout(server.work / "devnet"))
+        try:
+            await start_devnet(devnet, server.url)
+            yield Network(devnet, server.url, server.data_dir)
+        finally:
+            await stop_children(devnet.children)
 
 
 # -- the bare echo ------------------------------------------------------------------------------
