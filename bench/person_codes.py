@@ -16,12 +16,13 @@ p.person_code = $4``, the same statement shape, prepared, as the tenant) for ran
 Baseline: ``SELECT 1 FROM persons WHERE tenant = $1 AND atena_id = $2`` (its primary key).
 
 Rows are generated in the database (``INSERT … SELECT … FROM generate_series``) into the
-real tables; for the hub the foreign-key triggers are skipped during the load (the rows
-are consistent by construction) when the login may do so, and ``person_codes``' primary key
-and unique constraint are dropped before the load and added back after it, with the
-migration's names and definitions (inserting 22 million random keys into those B-trees
-one by one took over 20 minutes here; building them after takes a few).  Latencies are client round
-trips (asyncpg, one lookup at a time), in milliseconds.
+real tables.  For the hub, the random-key indexes of ``persons`` and ``person_codes`` (and the
+foreign keys that lean on them) are dropped before the load and added back after it with
+the migration's names and definitions, so the schema is the migration's and the foreign
+keys are checked as they are added (inserting tens of millions of random keys into those
+B-trees one by one took well over 20 minutes here); the agencies' foreign key is skipped
+during the load when the login may (the rows are consistent by construction).  Latencies
+are client round trips (asyncpg, one lookup at a time), in milliseconds.
 
 Run:  .venv/bin/python -m bench.person_codes [--hub-sizes 100000,1000000] [--ten-million]
       [--gateway-sizes 10000,100000,1000000] [--lookups 20000] [--json FILE]
@@ -90,6 +91,24 @@ HUB_CODES_SQL = f"""INSERT INTO person_codes (agency_code, person_id, person_cod
 GATEWAY_PERSONS_SQL = f"""INSERT INTO persons (atena_id, person_code)
     SELECT lpad(i::text, 15, '0'), {CODE_SQL.format(i="i", k="0")}
     FROM generate_series($1::bigint, $2) AS i"""  # noqa: S608
+#: The hub's random-key indexes, dropped for the bulk load and built after it with the
+#: names and definitions of hub migration 0001 (the foreign keys on persons with them).
+DROP_KEYS_SQL = """
+    ALTER TABLE acquisition_numbers DROP CONSTRAINT acquisition_numbers_person_id_fkey;
+    ALTER TABLE person_codes DROP CONSTRAINT person_codes_person_id_fkey,
+        DROP CONSTRAINT person_codes_pkey, DROP CONSTRAINT person_codes_person_code_key;
+    ALTER TABLE persons DROP CONSTRAINT persons_pkey,
+        DROP CONSTRAINT persons_number_digest_key"""
+ADD_KEYS_SQL = """
+    ALTER TABLE persons ADD CONSTRAINT persons_pkey PRIMARY KEY (person_id),
+        ADD CONSTRAINT persons_number_digest_key UNIQUE (number_digest);
+    ALTER TABLE person_codes ADD CONSTRAINT person_codes_pkey
+            PRIMARY KEY (agency_code, person_id),
+        ADD CONSTRAINT person_codes_person_code_key UNIQUE (person_code),
+        ADD CONSTRAINT person_codes_person_id_fkey
+            FOREIGN KEY (person_id) REFERENCES persons (person_id);
+    ALTER TABLE acquisition_numbers ADD CONSTRAINT acquisition_numbers_person_id_fkey
+        FOREIGN KEY (person_id) REFERENCES persons (person_id)"""
 #: The provider's 符号 → 宛名番号 lookup, shaped as in replica.PROVISION_SQL.
 GATEWAY_LOOKUP_SQL = """SELECT p.atena_id FROM (SELECT 1) AS one
     LEFT JOIN persons p ON p.person_code = $1"""
@@ -160,20 +179,13 @@ async def hub_bench(server_url: str, sizes: list[int], lookups: int) -> list[Fig
                     await admin.execute("SET LOCAL session_replication_role = replica")
                 # person_codes' two indexes (random keys) are built once the rows are in,
                 # under the names and definitions of the migration: the same schema.
-                await admin.execute(
-                    "ALTER TABLE person_codes DROP CONSTRAINT person_codes_pkey, "
-                    "DROP CONSTRAINT person_codes_person_code_key"
-                )
+                await admin.execute(DROP_KEYS_SQL)
                 for low in range(have + 1, size + 1, LOAD_BATCH):
                     high = min(size, low + LOAD_BATCH - 1)
                     await admin.execute(HUB_PERSONS_SQL, low, high)
                     await admin.execute(HUB_CODES_SQL, low, high, AGENCIES)
                 await admin.execute("SET LOCAL maintenance_work_mem = '512MB'")
-                await admin.execute(
-                    "ALTER TABLE person_codes ADD CONSTRAINT person_codes_pkey "
-                    "PRIMARY KEY (agency_code, person_id), "
-                    "ADD CONSTRAINT person_codes_person_code_key UNIQUE (person_code)"
-                )
+                await admin.execute(ADD_KEYS_SQL)
             await admin.execute("ANALYZE persons; ANALYZE person_codes")
             codes = await admin.fetchval("SELECT count(*) FROM person_codes")
             seconds = time.perf_counter() - began
