@@ -26,6 +26,7 @@ import structlog
 from aiohttp import web
 
 from chukan.gateway.core import db
+from chukan.gateway.core.aio import wait_event
 from chukan.gateway.core.retry import backoff_delay
 
 log = structlog.get_logger("chukan.notices")
@@ -143,9 +144,12 @@ class Listener:
 
     async def _watch(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
         """Until the connection ends: it is pinged, so a silent drop is noticed too."""
+        task = asyncio.current_task()
         while not lost.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), PING_INTERVAL)
+            # A stop that the ping's wait_for swallowed (Python 3.11) still ends the watch.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
+            await wait_event(lost, PING_INTERVAL)
             if lost.is_set():
                 return
             try:

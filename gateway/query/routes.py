@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import time
 from typing import Any, Final
@@ -15,6 +13,7 @@ from aiohttp import web
 from chukan.codecs.catalog import AGENCY_CODE_PATTERN, ITEM_CODE_PATTERN, PROCEDURE_CODE_PATTERN
 from chukan.codecs.envelope import new_message_id
 from chukan.gateway.core.access import authorize
+from chukan.gateway.core.aio import wait_event
 from chukan.gateway.core.config import OP_READ_QUERY, OP_SUBMIT_QUERY
 from chukan.gateway.core.errors import PersonUnknownError, QueryUnknownError, ValidationError
 from chukan.gateway.core.notices import NOTICES
@@ -187,8 +186,7 @@ async def get_query(request: web.Request) -> web.Response:
             if row["status"] not in OPEN_STATUSES or remaining <= 0 or state.stopping.is_set():
                 return web.json_response(_query_json(row))
             # Notices are hints and can be lost (a reconnection): look again now and then.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(concluded.wait(), timeout=min(remaining, LOOK_AGAIN))
+            await wait_event(concluded, min(remaining, LOOK_AGAIN))
 
 
 def setup_query(app: web.Application) -> None:

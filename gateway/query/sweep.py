@@ -15,7 +15,6 @@ and the query's own expiry (the deletion job) is the only end besides a conclusi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 from collections.abc import Awaitable
 from typing import Final
@@ -24,6 +23,7 @@ import structlog
 
 from chukan.codecs.envelope import ConclusionRequest
 from chukan.gateway.core import db
+from chukan.gateway.core.aio import wait_event
 from chukan.gateway.core.errors import UpstreamError
 from chukan.gateway.core.state import GatewayState, task_failed
 from chukan.gateway.core.web import request_id_bound
@@ -124,5 +124,4 @@ async def sweep_loop(state: GatewayState) -> None:
             failing = False
         if taken >= SWEEP_BATCH:
             continue
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.sweep_wake.wait(), timeout=interval)
+        await wait_event(state.sweep_wake, interval)

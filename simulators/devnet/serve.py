@@ -56,6 +56,7 @@ import asyncpg
 
 from chukan.gateway.cli import pki as pki_cli
 from chukan.gateway.core import db
+from chukan.gateway.core.aio import wait_event
 from chukan.gateway.core.config import ADMIN_OPERATIONS, ALL_OPERATIONS, token_digest
 from chukan.gateway.core.db import COMPONENTS
 from chukan.gateway.core.errors import ConfigFileError
@@ -601,8 +602,7 @@ async def serve_devnet(data_dir: Path, server_url: str, out: TextIO) -> int:
                           file=out, flush=True)  # fmt: skip
                 status = 1
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+            await wait_event(stop, 0.5)
         print("stopping", file=out, flush=True)
         return status
     finally:

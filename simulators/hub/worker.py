@@ -30,6 +30,7 @@ from chukan.codecs.envelope import (
     new_message_id,
 )
 from chukan.gateway.core import db
+from chukan.gateway.core.aio import wait_event
 from chukan.gateway.core.web import (
     REQUEST_ID_HEADER,
     SIGNATURE_HEADER,
@@ -276,8 +277,7 @@ async def _delivery_loop(state: HubState) -> None:
                 task.add_done_callback(finished)
             if due and len(due) == free:
                 continue  # more may be due at once
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.wake.wait(), timeout=0.5)
+            await wait_event(state.wake, 0.5)
     finally:
         for task in running:
             task.cancel()
