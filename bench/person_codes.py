@@ -35,19 +35,22 @@ import asyncio
 import base64
 import hashlib
 import logging
-import os
 import random
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from bench.harness import Figure, add_json_argument, percentile, print_figures, write_json
+from bench.harness import (
+    Figure,
+    add_json_argument,
+    database_server,
+    percentile,
+    print_figures,
+    write_json,
+)
 from chukan.codecs import catalog
 from chukan.gateway.core import db
 from chukan.gateway.core.logs import configure_logging
@@ -275,21 +278,11 @@ async def gateway_bench(server_url: str, sizes: list[int], lookups: int) -> list
 
 
 async def bench(hub_sizes: list[int], gateway_sizes: list[int], lookups: int) -> list[Figure]:
-    work = Path(tempfile.mkdtemp(prefix="chukan-bench-codes-"))
-    embedded = None
-    server_url = os.environ.get("CHUKAN_DATABASE_URL")
-    if not server_url:
-        embedded = db.EmbeddedPostgres(work / "pg")
-        server_url = embedded.start()
-    try:
-        figures = await gateway_bench(server_url, gateway_sizes, lookups) if gateway_sizes else []
+    async with database_server("chukan-bench-codes-") as server:
+        figures = await gateway_bench(server.url, gateway_sizes, lookups) if gateway_sizes else []
         if hub_sizes:
-            figures += await hub_bench(server_url, hub_sizes, lookups)
+            figures += await hub_bench(server.url, hub_sizes, lookups)
         return figures
-    finally:
-        if embedded is not None:
-            embedded.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def sizes_of(text: str) -> list[int]:

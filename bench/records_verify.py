@@ -34,16 +34,12 @@ import asyncio
 import datetime as dt
 import gc
 import logging
-import os
-import shutil
-import tempfile
 import time
 import tracemalloc
-from pathlib import Path
 
 import asyncpg
 
-from bench.harness import Figure, add_json_argument, print_figures, write_json
+from bench.harness import Figure, add_json_argument, database_server, print_figures, write_json
 from chukan.codecs import catalog
 from chukan.gateway.cli.admin import tenant_connection
 from chukan.gateway.core import db
@@ -182,16 +178,10 @@ async def peak_memory(conn: asyncpg.Connection, trusted: dict[str, object]) -> f
 
 
 async def bench(sizes: list[int], memory: bool) -> list[Figure]:
-    work = Path(tempfile.mkdtemp(prefix="chukan-bench-verify-"))
-    embedded = None
-    server_url = os.environ.get("CHUKAN_DATABASE_URL")
-    if not server_url:
-        embedded = db.EmbeddedPostgres(work / "pg")
-        server_url = embedded.start()
     figures: list[Figure] = []
-    try:
-        await db.drop_database(server_url, DATABASE)
-        admin_url = await db.ensure_database(server_url, DATABASE)
+    async with database_server("chukan-bench-verify-") as server:
+        await db.drop_database(server.url, DATABASE)
+        admin_url = await db.ensure_database(server.url, DATABASE)
         await db.migrate_url(admin_url, "chukan.gateway")
         tenant_url = await db.provision_tenant(admin_url, TENANT, "千葉市")
         signer = generate_signing_key(TENANT)
@@ -229,10 +219,6 @@ async def bench(sizes: list[int], memory: bool) -> list[Figure]:
             if peak is not None:
                 figures.append(Figure(f"verify peak memory, {size:,} records", peak, "MiB"))
             print_figures(figures[-2 if peak is not None else -1 :])
-    finally:
-        if embedded is not None:
-            embedded.stop()
-        shutil.rmtree(work, ignore_errors=True)
     return figures
 
 
