@@ -19,7 +19,6 @@ there.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from aiohttp import web
 from chukan.gateway.core import db
 from chukan.gateway.core.batching import Batcher
 from chukan.gateway.core.state import GATEWAY_STATE
+from chukan.gateway.records.store import RecordEntry
 from chukan.gateway.replica.items import PROVISION_READ_SQL
 
 log = structlog.get_logger("chukan.gateway")
@@ -47,16 +47,16 @@ MAX_BATCH: Final = 128
 #: one-transaction way.
 BATCH_SQL: Final = """
     WITH input AS (
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
-                             $5::integer[], $6::bytea[], $7::text[], $8::text[], $9::text[],
-                             $10::text[], $11::text[], $12::integer[], $13::text[],
-                             $14::timestamptz[], $15::text[], $16::text[], $17::boolean[],
-                             $18::text[])
-            WITH ORDINALITY AS t(message_id, permit_id, query_id, permit_expires_at,
-                                 status, body, signature, requester, business_code,
-                                 procedure_code, item_code, legal_basis, atena_id,
-                                 requested_at, outcome, reason_code, non_disclosure,
-                                 request_id, position)),
+        SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::integer[], $4::bytea[],
+                             $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+                             $10::text[], $11::text[], $12::text[], $13::text[],
+                             $14::integer[], $15::text[], $16::timestamptz[], $17::text[],
+                             $18::text[], $19::boolean[])
+            WITH ORDINALITY AS t(message_id, permit_expires_at, status, body, signature,
+                                 request_id, query_id, permit_id, requester, provider,
+                                 business_code, procedure_code, item_code, legal_basis,
+                                 atena_id, requested_at, outcome, reason_code,
+                                 non_disclosure, position)),
     used AS (
         INSERT INTO used_permits (permit_id, query_id, expires_at)
         SELECT permit_id, query_id, permit_expires_at FROM input ORDER BY position
@@ -65,17 +65,17 @@ BATCH_SQL: Final = """
         INSERT INTO provision_answers (message_id, permit_id, status, body, signature,
                                        expires_at)
         SELECT i.message_id, i.permit_id, i.status, i.body, i.signature,
-               greatest(now(), i.permit_expires_at) + $19::interval
+               greatest(now(), i.permit_expires_at) + $20::interval
         FROM input i JOIN used u USING (permit_id) ORDER BY i.position
         ON CONFLICT DO NOTHING RETURNING message_id),
     recorded AS (
         INSERT INTO provision_records (role, query_id, permit_id, requester, provider,
             business_code, procedure_code, item_code, legal_basis, atena_id, requested_at,
             provided_at, outcome, reason_code, non_disclosure, request_id)
-        SELECT 'provider', i.query_id, i.permit_id, i.requester, $20, i.business_code,
-               i.procedure_code, i.item_code, i.legal_basis, i.atena_id, i.requested_at,
-               CASE WHEN i.outcome = 'provided' THEN now() END, i.outcome, i.reason_code,
-               i.non_disclosure, i.request_id
+        SELECT 'provider', i.query_id, i.permit_id, i.requester, i.provider,
+               i.business_code, i.procedure_code, i.item_code, i.legal_basis, i.atena_id,
+               i.requested_at, CASE WHEN i.outcome = 'provided' THEN now() END, i.outcome,
+               i.reason_code, i.non_disclosure, i.request_id
         FROM input i JOIN used u USING (permit_id) ORDER BY i.position
         RETURNING permit_id)
     SELECT i.message_id,
@@ -91,26 +91,31 @@ class Decided:
     """A provision decided and answered, waiting for its durable write."""
 
     message_id: str
-    permit_id: str
-    query_id: str
     permit_expires_at: dt.datetime
     status: int
     body: bytes
     signature: str | None
-    requester: str
-    business_code: str
-    procedure_code: str
-    item_code: str
-    legal_basis: int | None
-    atena_id: str | None
-    requested_at: dt.datetime
-    outcome: str
-    reason_code: str | None
-    non_disclosure: bool
     request_id: str | None
+    #: the provider's record (its ``provided_at`` is the commit's time, set in SQL)
+    record: RecordEntry
 
 
-_COLUMNS: Final = tuple(f.name for f in dataclasses.fields(Decided))
+#: The record's columns in BATCH_SQL's input, after the answer's.
+_RECORD_INPUT: Final = (
+    "query_id",
+    "permit_id",
+    "requester",
+    "provider",
+    "business_code",
+    "procedure_code",
+    "item_code",
+    "legal_basis",
+    "atena_id",
+    "requested_at",
+    "outcome",
+    "reason_code",
+    "non_disclosure",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +140,8 @@ class Found:
 class ProvisionBatches:
     """The reads and the writes of this process's provisions, each in batches."""
 
-    def __init__(self, pool: asyncpg.Pool, agency: str, retention: dt.timedelta) -> None:
+    def __init__(self, pool: asyncpg.Pool, retention: dt.timedelta) -> None:
         self._pool = pool
-        self._agency = agency
         self._retention = retention
         self.reads: Batcher[Lookup, Found] = Batcher(
             self._read, max_batch=MAX_BATCH, name="provision-reads"
@@ -146,7 +150,7 @@ class ProvisionBatches:
             self._write,
             max_batch=MAX_BATCH,
             name="provision-writes",
-            keys=lambda d: (("permit", d.permit_id), ("message", d.message_id)),
+            keys=lambda d: (("permit", d.record.permit_id), ("message", d.message_id)),
         )
 
     async def find(self, lookup: Lookup) -> Found:
@@ -178,8 +182,16 @@ class ProvisionBatches:
         ]
 
     async def _write(self, batch: Sequence[Decided]) -> list[bool]:
-        columns = [[getattr(d, name) for d in batch] for name in _COLUMNS]
-        rows = await self._pool.fetch(BATCH_SQL, *columns, self._retention, self._agency)
+        answers = [
+            [d.message_id for d in batch],
+            [d.permit_expires_at for d in batch],
+            [d.status for d in batch],
+            [d.body for d in batch],
+            [d.signature for d in batch],
+            [d.request_id for d in batch],
+        ]
+        records = [[getattr(d.record, name) for d in batch] for name in _RECORD_INPUT]
+        rows = await self._pool.fetch(BATCH_SQL, *answers, *records, self._retention)
         written = {row["message_id"]: bool(row["written"]) for row in rows}
         log.info("provision_batch_written", size=len(batch), written=sum(written.values()))
         return [written.get(d.message_id, False) for d in batch]
@@ -195,9 +207,7 @@ PROVISION_BATCHES: Final = web.AppKey("provision_batches", ProvisionBatches)
 async def provision_batch_context(app: web.Application) -> AsyncIterator[None]:
     """The process's batches, once its state (pool) is open; drained before the pool closes."""
     state = app[GATEWAY_STATE]
-    batches = ProvisionBatches(
-        state.pool, state.config.agency_code, state.config.timing.answer_retention
-    )
+    batches = ProvisionBatches(state.pool, state.config.timing.answer_retention)
     app[PROVISION_BATCHES] = batches
     yield
     await batches.close()

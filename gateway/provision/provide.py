@@ -201,23 +201,20 @@ async def _provide_batched(
     answer = _answer(state, body, permit, outcome, reason, document, recipient)
     decided = Decided(
         message_id=envelope.header.message_id,
-        permit_id=permit.permit_id,
-        query_id=body.query_id,
         permit_expires_at=permit.expires_at,
         status=answer.status,
         body=answer.body,
         signature=answer.signature,
-        requester=body.requester,
-        business_code=body.business_code,
-        procedure_code=body.procedure_code,
-        item_code=body.item_code,
-        legal_basis=body.legal_basis,
-        atena_id=atena_id,
-        requested_at=requested_at,
-        outcome=outcome,
-        reason_code=reason,
-        non_disclosure=body.non_disclosure,
         request_id=current_request_id(),
+        record=_record_entry(
+            state,
+            body,
+            permit_id=permit.permit_id,
+            atena_id=atena_id,
+            requested_at=requested_at,
+            outcome=outcome,
+            reason=reason,
+        ),
     )
     if not await batches.write(decided):
         return None
