@@ -18,12 +18,12 @@ from typing import Any
 
 import asyncpg
 import pytest
+from records_support import admin_url, fresh_tenant
 
 from chukan.codecs import catalog
 from chukan.codecs.sample_items import certification_item
 from chukan.gateway.cli import admin as admin_cli
 from chukan.gateway.cli.main import GATEWAY_DATABASE
-from chukan.gateway.core import db
 from chukan.gateway.core.keyring import enrolment_payload
 from chukan.gateway.core.state import utcnow
 from chukan.gateway.records.chain import chain_hash, genesis_hash
@@ -79,18 +79,6 @@ async def round_trip(chiba: Any, funabashi: Any, rng: random.Random) -> tuple[st
     assert status == 202
     assert (await funabashi.result(submitted["query_id"]))["status"] == "answered"
     return submitted["query_id"], in_chiba.atena_id, in_funabashi.atena_id
-
-
-def admin_url(api: Any) -> str:
-    url: str = api.gateway.config.migration_database_url
-    return url
-
-
-async def fresh_tenant(api: Any) -> str:
-    """A tenant of its own (login role provisioned), so tampering hurts no other test."""
-    code = "98" + "".join(secrets.choice("0123456789") for _ in range(4))
-    await db.provision_tenant(admin_url(api), code, "改ざん試験")
-    return code
 
 
 async def seed(conn: asyncpg.Connection, tenant: str, count: int) -> None:
@@ -248,7 +236,7 @@ async def test_inserts_in_a_new_month_get_their_partition(chiba: Any) -> None:
 
 
 async def test_verify_names_altered_deleted_and_inserted_records(chiba: Any) -> None:
-    tenant = await fresh_tenant(chiba)
+    tenant = await fresh_tenant(chiba, "98", "改ざん試験")
     signer = generate_signing_key(tenant)
     owner = await asyncpg.connect(admin_url(chiba))
     try:
@@ -320,7 +308,7 @@ async def test_verify_names_altered_deleted_and_inserted_records(chiba: Any) -> 
 
 
 async def test_a_rewritten_chain_is_caught_by_its_signed_checkpoint(chiba: Any) -> None:
-    tenant = await fresh_tenant(chiba)
+    tenant = await fresh_tenant(chiba, "98", "改ざん試験")
     signer = generate_signing_key(tenant)
     trusted = {signer.key_id: signer.public}
     owner = await asyncpg.connect(admin_url(chiba))

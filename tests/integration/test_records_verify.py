@@ -13,10 +13,10 @@ from typing import Any
 
 import asyncpg
 import pytest
+from records_support import admin_url, fresh_tenant
 
 from chukan.gateway.cli import admin as admin_cli
 from chukan.gateway.cli.main import GATEWAY_DATABASE
-from chukan.gateway.core import db
 from chukan.gateway.records import verify
 from chukan.gateway.records.checkpoints import make_checkpoint
 from chukan.gateway.records.verify import verify_chain
@@ -29,17 +29,6 @@ INSERT = """INSERT INTO provision_records (tenant, role, query_id, permit_id, re
         requested_at, provided_at, outcome, reason_code, non_disclosure)
     VALUES ($1, 'provider', $2, $3, '122041', $1, 'JM00000000000132', 'JT00013200000001',
             'TM00000000000001', $4, $5, $6, $7, $8, $9, $10)"""
-
-
-def admin_url(api: Any) -> str:
-    url: str = api.gateway.config.migration_database_url
-    return url
-
-
-async def fresh_tenant(api: Any) -> str:
-    code = "97" + "".join(secrets.choice("0123456789") for _ in range(4))
-    await db.provision_tenant(admin_url(api), code, "検証試験")
-    return code
 
 
 async def add(owner: asyncpg.Connection, tenant: str, query_id: str, **values: Any) -> None:
@@ -81,7 +70,7 @@ async def run_cli(url: str, *argv: str) -> tuple[int, str]:
 
 
 async def test_records_of_every_shape_verify_as_the_database_hashed_them(chiba: Any) -> None:
-    tenant = await fresh_tenant(chiba)
+    tenant = await fresh_tenant(chiba, "97", "検証試験")
     owner = await asyncpg.connect(admin_url(chiba))
     try:
         whole_second = dt.datetime(2026, 4, 1, 0, 0, 0, tzinfo=dt.UTC)
@@ -149,7 +138,7 @@ async def test_ranges_and_checkpoints_across_their_boundaries(
 ) -> None:
     monkeypatch.setattr(verify, "RANGE", 3)
     monkeypatch.setattr(verify, "PROGRESS_EVERY", 4)
-    tenant = await fresh_tenant(chiba)
+    tenant = await fresh_tenant(chiba, "97", "検証試験")
     signer = generate_signing_key(tenant)
     owner = await asyncpg.connect(admin_url(chiba))
     conn = await admin_cli.tenant_connection(admin_url(chiba), tenant)
