@@ -119,6 +119,24 @@ def _settings(name: str, values: Mapping[str, object]) -> str:
     return f"\n[{name}]\n{body}"
 
 
+def _simulator_sections(
+    host: str,
+    port: int,
+    database: Database,
+    key_dir: str,
+    passphrase_file: str,
+    admin_token_file: str,
+) -> str:
+    """``[server]``, ``[database]``, ``[keys]`` and ``[admin]``: the same for hub and 国保連."""
+    return (
+        f"[server]\nhost = {toml_string(host)}\nport = {port}\n\n"
+        "[database]\n" + "\n".join(database.lines()) + "\n\n"
+        f"[keys]\ndir = {toml_string(key_dir)}\n"
+        f"passphrase_file = {toml_string(passphrase_file)}\n\n"
+        f"[admin]\ntoken_file = {toml_string(admin_token_file)}\n\n"
+    )
+
+
 def hub_toml(
     *,
     host: str,
@@ -132,11 +150,7 @@ def hub_toml(
 ) -> str:
     """The hub's file (README, "Running each server on its own")."""
     return (
-        f"[server]\nhost = {toml_string(host)}\nport = {port}\n\n"
-        "[database]\n" + "\n".join(database.lines()) + "\n\n"
-        f"[keys]\ndir = {toml_string(key_dir)}\n"
-        f"passphrase_file = {toml_string(passphrase_file)}\n\n"
-        f"[admin]\ntoken_file = {toml_string(admin_token_file)}\n\n"
+        _simulator_sections(host, port, database, key_dir, passphrase_file, admin_token_file)
         + tls.table()
         + _settings("timing", timing or {})
     )
@@ -155,12 +169,8 @@ def kokuhoren_toml(
 ) -> str:
     """The 国保連 simulator's file: a server certificate only (it calls no one)."""
     return (
-        f"[server]\nhost = {toml_string(host)}\nport = {port}\n\n"
-        "[database]\n" + "\n".join(database.lines()) + "\n\n"
-        f"[keys]\ndir = {toml_string(key_dir)}\n"
-        f"passphrase_file = {toml_string(passphrase_file)}\n\n"
-        f"[admin]\ntoken_file = {toml_string(admin_token_file)}\n\n"
-        f"[mailbox]\nrequire_client_certificate = {toml_value(require_client_certificate)}\n\n"
+        _simulator_sections(host, port, database, key_dir, passphrase_file, admin_token_file)
+        + f"[mailbox]\nrequire_client_certificate = {toml_value(require_client_certificate)}\n\n"
         + tls.table()
     )
 
