@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chukan.gateway.core.errors import ConflictError
+from chukan.gateway.core.errors import ConflictError, ValidationError
 
 
 class ChainBrokenError(ConflictError):
@@ -20,3 +20,9 @@ class ChainBrokenError(ConflictError):
         super().__init__(message)
         self.seq = seq
         self.record_id = record_id
+
+
+class WitnessFormatError(ValidationError):
+    """A witness request or receipt that is not of the documented shape."""
+
+    code = "witness_format_invalid"
