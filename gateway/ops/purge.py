@@ -3,7 +3,8 @@
 Results collected more than ``result_retention`` ago, queries past
 ``expires_at`` (those never answered are first concluded as failed/expired,
 with their requester record), used permits and seen message ids that can no
-longer be replayed.  It runs every ``purge_interval`` and on demand (staff
+longer be replayed, and provision records past their seven years (whole months,
+:mod:`chukan.gateway.records.retention`).  It runs every ``purge_interval`` and on demand (staff
 API, CLI), each run a ``results.purge`` job row with its counts.
 
 Several processes of one agency: runs are serialized by an advisory lock per
@@ -26,6 +27,7 @@ from chukan.gateway.core.config import DEFAULT_PERMIT_SKEW
 from chukan.gateway.core.jobs import Job, create_job, fail_job, finish_job, get_job, start_job
 from chukan.gateway.core.metrics import metrics_for
 from chukan.gateway.core.state import GatewayState, utcnow
+from chukan.gateway.records.retention import dispose_expired_records
 
 log = structlog.get_logger("chukan.ops")
 
@@ -128,6 +130,10 @@ async def run_purge_job(
         counts = await purge_results(
             conn, agency, retention=retention, message_skew=message_skew, permit_skew=permit_skew
         )
+        # Records past their seven years go too, a whole month at a time (every tenant's).
+        disposal = await dispose_expired_records(conn)
+        counts["record_partitions_disposed"] = len(disposal.dropped)
+        counts["records_disposed"] = disposal.records
     except (asyncpg.PostgresError, OSError) as exc:
         await fail_job(conn, job_id, f"{type(exc).__name__}: {exc}")
         raise
