@@ -13,11 +13,18 @@ from typing import Final
 # -- provision records ----------------------------------------------------------------------
 
 #: Sign a checkpoint once this many records are unsigned ...
-DEFAULT_CHECKPOINT_EVERY: Final = 1000
-#: ... or once the oldest unsigned record is this old.
-DEFAULT_CHECKPOINT_INTERVAL: Final = dt.timedelta(seconds=60)
-#: How often the checkpointer looks (one cheap query per tenant).
-DEFAULT_CHECKPOINT_POLL: Final = 5.0
+DEFAULT_CHECKPOINT_EVERY: Final = 200
+#: ... or once the oldest unsigned record is this old: with the witness (the hub
+#: countersigning each checkpoint), the window a superuser has to rewrite records unseen.
+DEFAULT_CHECKPOINT_INTERVAL: Final = dt.timedelta(seconds=5)
+#: How often the checkpointer looks (one cheap query per tenant) and submits checkpoints.
+DEFAULT_CHECKPOINT_POLL: Final = 1.0
+#: Records may wait this long for the witness (unreachable, failing) while the gateway
+#: keeps exchanging; beyond it, new exchanges are refused (503 ``records_unwitnessed``).
+DEFAULT_WITNESS_GRACE: Final = dt.timedelta(minutes=15)
+#: ``records verify``: records older than the checkpoint interval plus this margin must be
+#: covered by a witnessed checkpoint.
+DEFAULT_WITNESS_MARGIN: Final = dt.timedelta(seconds=60)
 #: Monthly partitions kept ready ahead of the current month.
 DEFAULT_PARTITIONS_AHEAD: Final = 3
 DEFAULT_PARTITION_CHECK: Final = dt.timedelta(days=1)
@@ -53,9 +60,12 @@ DEFAULT_LARGE_BODY_WAIT: Final = 30.0
 
 @dataclass(frozen=True, slots=True)
 class RecordsConfig:
+    """``[records]``: checkpoint windows (seconds, records) and the witness's grace."""
+
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     checkpoint_interval: dt.timedelta = DEFAULT_CHECKPOINT_INTERVAL
     checkpoint_poll: float = DEFAULT_CHECKPOINT_POLL
+    witness_grace: dt.timedelta = DEFAULT_WITNESS_GRACE
     partitions_ahead: int = DEFAULT_PARTITIONS_AHEAD
     partition_check: dt.timedelta = DEFAULT_PARTITION_CHECK
 

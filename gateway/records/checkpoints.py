@@ -4,7 +4,8 @@ A checkpointer signs ``(seq, hash)`` of the chain head every N records or T
 seconds (:class:`~chukan.gateway.core.settings.RecordsConfig`), after checking
 the segment it vouches for.  What a database superuser can still do undetected
 is append well-formed records (or cut records) *after the last signed
-checkpoint*; the checkpointer bounds that window to T seconds.
+checkpoint*; the checkpointer bounds that window to T seconds, and sends each
+checkpoint to the witness (:mod:`.witnessing`), outside the database.
 
 Several processes of one agency each run a checkpointer.  Two of them signing
 at once is harmless: a checkpoint vouches for ``(seq, hash)`` of the chain as it
@@ -25,6 +26,7 @@ import structlog
 
 from chukan.gateway.core import db
 from chukan.gateway.core.state import GatewayState, utcnow
+from chukan.gateway.records import witnessing
 from chukan.gateway.records.chain import checkpoint_message, genesis_hash, verify_segment
 from chukan.gateway.records.errors import ChainBrokenError
 from chukan.gateway.records.store import ROW_COLUMNS
@@ -153,22 +155,38 @@ async def latest_checkpoint(conn: db.Executor, tenant: str) -> Checkpoint | None
     )
 
 
-async def checkpointer(state: GatewayState) -> None:
-    """Background task: sign the chain head when due, every ``checkpoint_poll`` seconds."""
+async def checkpoint_and_witness(state: GatewayState, *, force: bool = False) -> None:
+    """One pass: sign the chain head if due (or ``force``), then send every checkpoint
+    without a receipt to the witness (:mod:`.witnessing`).  A broken chain is kept in the
+    alarm state every worker reads; checkpoints signed before it are still sent."""
     settings = state.config.records
-    while True:
-        await asyncio.sleep(settings.checkpoint_poll)
+    tenant = state.config.agency_code
+    async with state.pool.acquire() as conn:
         try:
-            async with state.pool.acquire() as conn:
-                await make_checkpoint(
-                    conn,
-                    state.config.agency_code,
-                    state.keys.signing,
-                    every=settings.checkpoint_every,
-                    interval=settings.checkpoint_interval,
-                )
-        except ChainBrokenError:
-            pass  # logged; an operator must look (chukan records verify)
+            made = await make_checkpoint(
+                conn,
+                tenant,
+                state.keys.signing,
+                every=1 if force else settings.checkpoint_every,
+                interval=dt.timedelta(0) if force else settings.checkpoint_interval,
+                force=force,
+            )
+        except ChainBrokenError as exc:
+            await witnessing.note_chain_broken(conn, tenant, exc.seq)
+            witnessing.forget(tenant)
+        else:
+            if made is not None:
+                await witnessing.clear_chain_broken(conn, tenant)
+    await witnessing.witness_pending(state)
+
+
+async def checkpointer(state: GatewayState) -> None:
+    """Background task: sign the chain head when due and have it witnessed, every
+    ``checkpoint_poll`` seconds."""
+    while True:
+        await asyncio.sleep(state.config.records.checkpoint_poll)
+        try:
+            await checkpoint_and_witness(state)
         except Exception as exc:  # a background loop never ends on an error
             if db.is_database_error(exc):
                 db.note_unavailable(exc)  # logged once per outage, not per pass

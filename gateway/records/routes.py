@@ -14,7 +14,12 @@ from chukan.gateway.core.errors import ValidationError
 from chukan.gateway.core.keyring import own_verification_keys
 from chukan.gateway.core.state import GATEWAY_STATE, utcnow
 from chukan.gateway.core.validation import ATENA_PATTERN
-from chukan.gateway.records.checkpoints import checkpoint_now, checkpointer, latest_checkpoint
+from chukan.gateway.records.checkpoints import (
+    checkpoint_and_witness,
+    checkpoint_now,
+    checkpointer,
+    latest_checkpoint,
+)
 from chukan.gateway.records.disclosure import disclose, disclosure_csv
 from chukan.gateway.records.errors import ChainBrokenError
 from chukan.gateway.records.internal_api import list_records
@@ -31,6 +36,12 @@ async def records_context(app: web.Application) -> AsyncIterator[None]:
     """Partitions ahead at start-up; checkpointer and daily partition job while running."""
     state = app[GATEWAY_STATE]
     await ensure_partitions(state.pool, utcnow().date(), state.config.records.partitions_ahead + 1)
+    # What a stop left unsigned or unwitnessed is signed and witnessed before serving, so a
+    # restart after a long stop does not meet its own old tail as "waiting for the witness".
+    with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
+        await asyncio.wait_for(
+            checkpoint_and_witness(state, force=True), state.config.timing.http_timeout * 2
+        )
     tasks = [
         asyncio.create_task(checkpointer(state), name="records-checkpointer"),
         asyncio.create_task(partition_keeper(state), name="records-partitions"),
