@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, NamedTuple, TypeAlias
 
@@ -128,12 +128,18 @@ def verify_segment(
 class Issue:
     """One finding: ``kind`` is altered, deleted, inserted, broken_link, head_missing,
     head_mismatch, checkpoint_signature_invalid, checkpoint_key_unknown,
-    checkpoint_mismatch or checkpoint_unmatched."""
+    checkpoint_mismatch or checkpoint_unmatched; against the witness's receipts
+    (:mod:`.witnessed`) witnessed_record_altered, witnessed_record_deleted,
+    witnessed_record_inserted, witnessed_checkpoint_mismatch, witnessed_checkpoint_missing,
+    witness_receipts_gap, witness_signature_invalid, witness_key_unknown,
+    witness_receipt_invalid and unwitnessed_records."""
 
     kind: str
     seq: int | None
     id: int | None = None
     detail: str = ""
+    #: ``witnessed_checkpoint_mismatch``: the first record that differs from the witnessed.
+    first_seq: int | None = None
 
 
 @dataclass
@@ -145,6 +151,10 @@ class VerifyReport:
     last_checkpoint_seq: int | None = None
     keys_trusted: bool = True
     issues: list[Issue] = field(default_factory=list)
+    #: Whether the witness's receipts were consulted, and what they say (receipts, last
+    #: witnessed seq, the unwitnessed tail).
+    witnessed: bool = False
+    witness: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -159,6 +169,17 @@ class VerifyReport:
             "checkpoints": self.checkpoints,
             "last_checkpoint_seq": self.last_checkpoint_seq,
             "keys_trusted": self.keys_trusted,
+            "witnessed": self.witnessed,
+            **(
+                {"witness": self.witness}
+                if self.witnessed
+                else {
+                    "warnings": [
+                        "no witness was consulted: a chain rewritten and re-signed inside "
+                        "the database is not detected (use --witness hub or --receipts)"
+                    ]
+                }
+            ),
             "issues": [asdict(i) for i in self.issues],
         }
 
@@ -210,6 +231,8 @@ class ChainWalk:
     previous_checkpoint: int = 0
     watching: dict[int, bytes | None] = field(default_factory=dict)
     checkpoint_issues: list[Issue] = field(default_factory=list)
+    #: Told every record (seq, id, canonical bytes) as it is walked: the witness check.
+    observer: Callable[[int, int, bytes | None], None] | None = None
     prev_hex: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -233,6 +256,8 @@ class ChainWalk:
         ):
             digest = hashlib.sha256(self.prev_hash + canonical).digest()
             if digest.hex() == hash_hex:
+                if self.observer is not None:
+                    self.observer(seq, row_id, canonical)
                 self.report.records += 1
                 self.previous_reported = False
                 self.prev_hash, self.prev_hex = digest, hash_hex
@@ -245,6 +270,9 @@ class ChainWalk:
 
     def group(self, seq: int, rows: Sequence[ChainRow]) -> None:
         """The records numbered ``seq`` (more than one when records were inserted)."""
+        if self.observer is not None:
+            for row in rows:
+                self.observer(row.seq, row.id, row.canonical)
         self.report.records += len(rows)
         if seq < 1 or (self.head_seq is not None and seq > self.head_seq):
             for row in rows:

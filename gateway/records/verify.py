@@ -20,21 +20,26 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
 
 import structlog
 
 from chukan.gateway.core import db
+from chukan.gateway.core.settings import DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_WITNESS_MARGIN
+from chukan.gateway.core.state import utcnow
 from chukan.gateway.records.chain import (
     CANONICAL_VERSION,
     CONTENT_COLUMNS,
     ChainRow,
     ChainWalk,
+    Issue,
     VerifyReport,
     canonical_record,
     genesis_hash,
 )
+from chukan.gateway.records.witness_format import Receipt
+from chukan.gateway.records.witnessed import WitnessCheck
 from chukan.keys import PublicSigningKey
 
 log = structlog.get_logger("chukan.records")
@@ -313,6 +318,9 @@ async def verify_chain(
     trusted_keys: Mapping[str, PublicSigningKey] | None,
     *,
     progress: Progress | None = None,
+    receipts: AsyncIterator[Receipt] | None = None,
+    hub_keys: Mapping[str, PublicSigningKey] | None = None,
+    window: dt.timedelta = DEFAULT_CHECKPOINT_INTERVAL + DEFAULT_WITNESS_MARGIN,
 ) -> VerifyReport:
     """Walk a tenant's chain and its checkpoints in one snapshot, naming every altered,
     deleted or inserted record by ``seq`` and ``id``, and every checkpoint the chain no
@@ -323,8 +331,35 @@ async def verify_chain(
     stored beside the checkpoints, and the report says the keys are untrusted.
     ``progress`` is told how far the walk is every :data:`PROGRESS_EVERY` records
     and at the end.
+
+    ``receipts`` (in ``seq`` order: from the witness, or an exported file) are checked
+    under ``hub_keys`` as the walk goes (:class:`~chukan.gateway.records.witnessed.WitnessCheck`);
+    records older than ``window`` covered by no receipt are ``unwitnessed_records``.
     """
     report = VerifyReport(tenant, keys_trusted=trusted_keys is not None)
+    check: WitnessCheck | None = None
+    if receipts is not None:
+        report.witnessed = True
+        check = WitnessCheck(tenant, report, hub_keys or {})
+    peeked: list[Receipt] = []
+    exhausted = False
+
+    async def pull(high: int | None) -> None:
+        """Hand the check every receipt whose segment starts at or before ``high``."""
+        nonlocal exhausted
+        assert check is not None
+        assert receipts is not None
+        while not exhausted:
+            if not peeked:
+                try:
+                    peeked.append(await anext(receipts))
+                except StopAsyncIteration:
+                    exhausted = True
+                    break
+            if high is not None and peeked[0].after_seq >= high:
+                break
+            check.add(peeked.pop())
+
     next_progress = PROGRESS_EVERY
 
     def tick() -> None:
@@ -341,6 +376,8 @@ async def verify_chain(
         )
         report.head_seq = head["seq"] if head else None
         walk = ChainWalk(tenant, report, report.head_seq, genesis_hash(tenant))
+        if check is not None:
+            walk.observer = check.row
         reader = CopyReader(walk, tick)
         # Ranges of seq: the first and the last open-ended, so rows numbered below 1 or
         # beyond the head are read too.
@@ -354,7 +391,11 @@ async def verify_chain(
                 low,
                 high,
             )
-            walk.watch(cp["seq"] for cp in checkpoints)
+            watched = {cp["seq"] for cp in checkpoints}
+            if check is not None:
+                await pull(high)
+                watched.update(check.watched(low, high))
+            walk.watch(sorted(watched))
             await conn.copy_from_query(
                 f"SELECT {COPY_COLUMNS} FROM provision_records "  # noqa: S608 -- fixed columns
                 "WHERE tenant = $1 AND ($2::bigint IS NULL OR seq > $2) "
@@ -367,6 +408,13 @@ async def verify_chain(
             reader.finish()
             for cp in checkpoints:
                 walk.checkpoint(cp, trusted_keys)
+            if check is not None:
+                check.close_through(high)
+                check.check_heads(
+                    high, walk.watching, {cp["seq"]: cp["hash"] for cp in checkpoints}
+                )
+        if check is not None:
+            report.witness = await _unwitnessed_tail(conn, tenant, check, window)
     walk.close(head)
     if progress is not None:
         progress(report.records, report.head_seq)
@@ -377,3 +425,45 @@ async def verify_chain(
         issues=len(report.issues),
     )
     return report
+
+
+async def _unwitnessed_tail(
+    conn: db.Conn, tenant: str, check: WitnessCheck, window: dt.timedelta
+) -> dict[str, Any]:
+    """The records after the last witnessed checkpoint; the first of them older than
+    ``window`` is ``unwitnessed_records`` (a superuser had time to rewrite it unseen)."""
+    tail = await conn.fetchrow(
+        "SELECT count(*) AS n, min(recorded_at) AS oldest, now() AS now FROM provision_records "
+        "WHERE tenant = $1 AND seq > $2",
+        tenant,
+        check.last_seq,
+    )
+    assert tail is not None
+    now = max(utcnow(), tail["now"])
+    stale = await conn.fetchrow(
+        "SELECT seq, id, recorded_at FROM provision_records "
+        "WHERE tenant = $1 AND seq > $2 AND recorded_at < $3 ORDER BY seq, id LIMIT 1",
+        tenant,
+        check.last_seq,
+        now - window,
+    )
+    if stale is not None:
+        check.report.issues.append(
+            Issue(
+                "unwitnessed_records",
+                stale["seq"],
+                stale["id"],
+                f"recorded at {stale['recorded_at'].isoformat()}, more than "
+                f"{window.total_seconds():.0f} s ago, and covered by no witnessed checkpoint",
+            )
+        )
+    oldest = tail["oldest"]
+    return {
+        "receipts": check.receipts,
+        "witnessed_seq": check.last_seq,
+        "unwitnessed_tail": {
+            "records": tail["n"],
+            "oldest_recorded_at": oldest.isoformat() if oldest else None,
+            "seconds": round((now - oldest).total_seconds(), 3) if oldest else 0.0,
+        },
+    }
