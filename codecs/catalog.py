@@ -56,9 +56,93 @@ LTC_PREMIUM_PROCEDURE: Final = "JT00013100000001"  # 保険料の賦課に関す
 # Agencies of the demo and tests (全国地方公共団体コード with check digit).
 CHIBA_CITY: Final = "121002"  # 千葉市
 FUNABASHI_CITY: Final = "122041"  # 船橋市
+ICHIKAWA_CITY: Final = "122033"  # 市川市
+CHIBA_PREFECTURE: Final = "120006"  # 千葉県
+
+
+@dataclass(frozen=True, slots=True)
+class Municipality:
+    """A local government and its 6-digit 全国地方公共団体コード (JIS X 0402 + check digit)."""
+
+    code: str
+    name: str
+
+
+#: Every city (市) of 千葉県, in code order: 総務省 全国地方公共団体コード, the 5-digit
+#: codes as listed by 国土交通省 (nlftp.mlit.go.jp/ksj/gmlold/codelist/AdminAreaCd.html)
+#: plus 大網白里市 (市制 2013-01-01, 12239); the 6th digit is the check digit, which
+#: tests/unit/test_municipalities.py recomputes for every entry.
+CHIBA_PREFECTURE_CITIES: Final[tuple[Municipality, ...]] = (
+    Municipality("121002", "千葉市"),
+    Municipality("122025", "銚子市"),
+    Municipality("122033", "市川市"),
+    Municipality("122041", "船橋市"),
+    Municipality("122050", "館山市"),
+    Municipality("122068", "木更津市"),
+    Municipality("122076", "松戸市"),
+    Municipality("122084", "野田市"),
+    Municipality("122106", "茂原市"),
+    Municipality("122114", "成田市"),
+    Municipality("122122", "佐倉市"),
+    Municipality("122131", "東金市"),
+    Municipality("122157", "旭市"),
+    Municipality("122165", "習志野市"),
+    Municipality("122173", "柏市"),
+    Municipality("122181", "勝浦市"),
+    Municipality("122190", "市原市"),
+    Municipality("122203", "流山市"),
+    Municipality("122211", "八千代市"),
+    Municipality("122220", "我孫子市"),
+    Municipality("122238", "鴨川市"),
+    Municipality("122246", "鎌ケ谷市"),
+    Municipality("122254", "君津市"),
+    Municipality("122262", "富津市"),
+    Municipality("122271", "浦安市"),
+    Municipality("122289", "四街道市"),
+    Municipality("122297", "袖ケ浦市"),
+    Municipality("122301", "八街市"),
+    Municipality("122319", "印西市"),
+    Municipality("122327", "白井市"),
+    Municipality("122335", "富里市"),
+    Municipality("122343", "南房総市"),
+    Municipality("122351", "匝瑳市"),
+    Municipality("122360", "香取市"),
+    Municipality("122378", "山武市"),
+    Municipality("122386", "いすみ市"),
+    Municipality("122394", "大網白里市"),
+)
+
+#: Names of every agency the sample authorization list names (16-digit 機関コード of
+#: the non-municipal agencies are synthetic: the real ones are not public).
+AGENCY_NAMES: Final[dict[str, str]] = {
+    CHIBA_PREFECTURE: "千葉県",
+    **{city.code: city.name for city in CHIBA_PREFECTURE_CITIES},
+    "1000000000000001": "厚生労働大臣",
+    "1100000000000001": "全国健康保険協会",
+    "1200000000000012": "千葉県内健康保険組合（合成）",
+    "1300000000000001": "日本年金機構",
+    "1400000000000001": "国家公務員共済組合連合会",
+    "1500000000000001": "地方職員共済組合",
+    "1600000000000001": "日本私立学校振興・共済事業団",
+    "1700000000000012": "千葉県後期高齢者医療広域連合",
+    "1800000000000012": "千葉県内国民健康保険組合（合成）",
+}
 
 
 def local_government_check_digit(first_five: str) -> int:
-    """Check digit of a 全国地方公共団体コード (weights 6..2, modulus 11)."""
+    """Check digit of a 全国地方公共団体コード (weights 6..2, modulus 11).
+
+    The remainder of the weighted sum is taken from 11 and only its last digit
+    kept (so 11 → 1 and 10 → 0), as 総務省 defines it.
+    """
+    if len(first_five) != 5 or not first_five.isascii() or not first_five.isdigit():
+        raise ValueError("a 全国地方公共団体コード has five digits before its check digit")
     total = sum(int(d) * w for d, w in zip(first_five, (6, 5, 4, 3, 2), strict=True))
     return (11 - total % 11) % 10
+
+
+def is_local_government_code(code: str) -> bool:
+    """Whether ``code`` is six digits whose last is the check digit of the first five."""
+    if len(code) != 6 or not code.isascii() or not code.isdigit():
+        return False
+    return local_government_check_digit(code[:5]) == int(code[5])

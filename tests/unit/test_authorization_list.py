@@ -37,6 +37,13 @@ from chukan.permits import (
     sign_list,
     verify_signed_list,
 )
+from chukan.permits.sample_list import (
+    EVERY_CITY,
+    UNCONFIRMED_MARK,
+    expand_rules,
+    generate_rows,
+    load_table,
+)
 
 ISSUED = datetime(2025, 4, 1, tzinfo=UTC)
 EXPIRES = ISSUED + timedelta(days=30)
@@ -93,16 +100,57 @@ def sample() -> AuthorizationList:
 # -- the sample list ----------------------------------------------------------------
 
 
-def test_sample_list_chiba_provides_exactly_27_rows(sample: AuthorizationList) -> None:
+def test_sample_list_chiba_provides_under_exactly_its_27_items(sample: AuthorizationList) -> None:
     rows = sample.rows_for_provider(catalog.CHIBA_CITY)
-    assert len(rows) == 27
-    assert sorted(row.legal_basis for row in rows) == sorted(CHIBA_PROVIDES)
+    assert {row.legal_basis for row in rows} == CHIBA_PROVIDES
 
 
 def test_sample_list_chiba_queries_exactly_131_and_132(sample: AuthorizationList) -> None:
     rows = sample.rows_for_requester(catalog.CHIBA_CITY)
-    assert sorted(row.legal_basis for row in rows) == sorted(CHIBA_QUERIES)
-    assert len(sample.rows) == 29
+    assert {row.legal_basis for row in rows} == CHIBA_QUERIES
+    assert {row.provider for row in sample.rows if row.provider != catalog.CHIBA_CITY} == {
+        row.provider for row in rows
+    }
+
+
+def test_sample_list_every_city_of_chiba_prefecture_for_131_and_132(
+    sample: AuthorizationList,
+) -> None:
+    others = {city.code for city in catalog.CHIBA_PREFECTURE_CITIES} - {catalog.CHIBA_CITY}
+    assert len(others) == 36
+    for basis in CHIBA_QUERIES:
+        providers = {
+            row.provider
+            for row in sample.rows_for_requester(catalog.CHIBA_CITY)
+            if row.legal_basis == basis
+        }
+        assert providers == others, basis
+    requesters = {
+        row.requester
+        for row in sample.rows_for_provider(catalog.CHIBA_CITY)
+        if row.legal_basis == 132
+    }
+    assert requesters == others
+
+
+def test_sample_list_rows_are_sourced_or_marked(sample: AuthorizationList) -> None:
+    table = load_table()
+    assert set(table) == CHIBA_PROVIDES | CHIBA_QUERIES
+    for row in sample.rows:
+        entry = table[row.legal_basis]
+        assert row.note.startswith(UNCONFIRMED_MARK) is not entry.confirmed
+        assert catalog.AGENCY_NAMES[row.requester] in row.note
+    for entry in table.values():
+        assert entry.finding, entry.legal_basis
+        if entry.predecessor:
+            assert entry.source.startswith("番号法 別表第二"), entry.legal_basis
+        if entry.confirmed:
+            assert entry.source, entry.legal_basis
+
+
+def test_sample_list_has_no_duplicate_keys(sample: AuthorizationList) -> None:
+    keys = [row.key for row in sample.rows]
+    assert len(keys) == len(set(keys))
 
 
 def test_sample_list_demo_rows(sample: AuthorizationList) -> None:
@@ -142,8 +190,9 @@ def test_sample_list_rows_are_plausible(sample: AuthorizationList) -> None:
     for row in sample.rows:
         assert row.item_code in catalog.ITEMS_BY_CODE
         for agency in (row.requester, row.provider):
+            assert agency in catalog.AGENCY_NAMES
             if len(agency) == 6:
-                assert int(agency[5]) == catalog.local_government_check_digit(agency[:5])
+                assert catalog.is_local_government_code(agency)
             else:
                 assert len(agency) == 16
 
@@ -156,6 +205,26 @@ def test_sample_list_file_is_canonical_csv(sample: AuthorizationList) -> None:
         .read_bytes()
     )
     assert list_to_csv(sample) == data
+    generated = _list(*generate_rows())
+    assert list_to_csv(generated) == data, "regenerate: python -m chukan.permits.sample_list"
+
+
+def test_expand_rules_refuses_unknown_items_and_two_city_sets() -> None:
+    table = load_table()
+    rule = {
+        "legal_basis": "132",
+        "requester": EVERY_CITY,
+        "provider": catalog.CHIBA_CITY,
+        "business_code": catalog.LTC_BUSINESS,
+        "procedure_code": catalog.LTC_CERTIFICATION_PROCEDURE,
+        "item_code": catalog.CERTIFICATION.code,
+        "valid_from": "2020-04-01",
+    }
+    assert len(expand_rules([rule], table)) == 36
+    with pytest.raises(AuthorizationListError, match="not in the table"):
+        expand_rules([{**rule, "legal_basis": "999"}], table)
+    with pytest.raises(AuthorizationListError, match="only one party"):
+        expand_rules([{**rule, "provider": EVERY_CITY}], table)
 
 
 # -- round trips ----------------------------------------------------------------------
@@ -346,7 +415,7 @@ def test_find_needs_every_key_part(sample: AuthorizationList) -> None:
     ]
     assert sample.find(args[0], args[1], args[2], args[3], on) is not None
     for position, wrong in enumerate(
-        ["122033", catalog.FUNABASHI_CITY, catalog.LTC_PREMIUM_PROCEDURE, catalog.BENEFIT.code]
+        ["131016", catalog.FUNABASHI_CITY, catalog.LTC_PREMIUM_PROCEDURE, catalog.BENEFIT.code]
     ):
         changed = list(args)
         changed[position] = wrong
