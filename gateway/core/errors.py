@@ -329,7 +329,6 @@ HTTP_STATUS: Final[Mapping[str, int]] = {
     "not_found": 404,
     "conflict": 409,
     "message_replayed": 409,
-    "account_locked": 423,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "upstream_unavailable": 502,

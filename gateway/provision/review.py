@@ -425,15 +425,26 @@ async def staff_get_review(request: web.Request) -> web.Response:
     return await _get_review(request)
 
 
-async def _staff_decide(request: web.Request, approve: bool) -> web.Response:
+async def staff_decider(request: web.Request) -> Decider:
+    """The role check of a staff decision (JSON API and console alike): approvers only."""
     session = await require_staff(request, ROLE_APPROVER)
-    answer = await _decide(request, approve, Decider("staff", session.username))
+    return Decider("staff", session.username)
+
+
+async def audit_decision(request: web.Request, answer: dict[str, Any]) -> None:
+    """Put a staff decision (the review's JSON after it) on the audit trail."""
     await audit_staff(
         request,
-        "review.approve" if approve else "review.refuse",
+        "review.approve" if answer["status"] == "approved" else "review.refuse",
         target=answer["query_id"],
         detail={"outcome": answer["outcome"], "reason_code": answer["reason_code"]},
     )
+
+
+async def _staff_decide(request: web.Request, approve: bool) -> web.Response:
+    decider = await staff_decider(request)
+    answer = await _decide(request, approve, decider)
+    await audit_decision(request, answer)
     return web.json_response(answer)
 
 

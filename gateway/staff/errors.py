@@ -12,13 +12,16 @@ from chukan.gateway.core.errors import (
 
 
 class LoginFailedError(UnauthenticatedError):
-    """Unknown user, wrong password, expired or revoked account: one answer for all."""
+    """Unknown user, wrong password, locked, expired or revoked account: one answer for
+    all, so that it never tells whether a username exists."""
 
     code = "login_failed"
 
 
-class AccountLockedError(ForbiddenError):
-    code = "account_locked"
+class CsrfTokenInvalidError(ForbiddenError):
+    """A console form sent without its session's CSRF token, or with another one."""
+
+    code = "csrf_token_invalid"
 
 
 class SessionInvalidError(UnauthenticatedError):

@@ -6,8 +6,10 @@ run: :mod:`.sessions`; accounts: :mod:`.accounts`; the audit trail: :mod:`.audit
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
+import asyncpg
 import structlog
 from aiohttp import web
 
@@ -40,7 +42,13 @@ from chukan.gateway.staff.passwords import (
     verify_in_thread,
 )
 from chukan.gateway.staff.roles import ROLE_ADMIN, ROLE_AUDITOR, parse_roles
-from chukan.gateway.staff.sessions import audit_staff, log_in, log_out, require_staff
+from chukan.gateway.staff.sessions import (
+    StaffSession,
+    audit_staff,
+    log_in,
+    log_out,
+    require_staff,
+)
 
 log = structlog.get_logger("chukan.staff")
 
@@ -94,16 +102,22 @@ async def change_own_password(request: web.Request) -> web.Response:
 
 
 async def list_accounts(request: web.Request) -> web.Response:
-    await require_staff(request, ROLE_ADMIN)
+    await require_account_admin(request)
     rows = await all_accounts(request.config_dict[GATEWAY_STATE].pool)
     await audit_staff(request, "staff.account.list")
     return web.json_response({"accounts": [account_json(r) for r in rows]})
 
 
-async def post_account(request: web.Request) -> web.Response:
-    session = await require_staff(request, ROLE_ADMIN)
+async def require_account_admin(request: web.Request) -> StaffSession:
+    """The role check of every account-administration operation, API and console alike."""
+    return await require_staff(request, ROLE_ADMIN)
+
+
+async def new_account(
+    request: web.Request, session: StaffSession, data: Mapping[str, Any]
+) -> asyncpg.Record:
+    """Create an account from a request's fields (API: JSON; console: a form), audited."""
     state = request.config_dict[GATEWAY_STATE]
-    data = await read_json(request)
     username = check_username(require_str(data, "username", max_length=64))
     roles = parse_roles(data.get("roles"))
     display_name = check_display_name(data.get("display_name") or "")
@@ -124,11 +138,17 @@ async def post_account(request: web.Request) -> web.Response:
         await audit_staff(
             request, "staff.account.create", target=username, detail={"roles": roles}, conn=conn
         )
+    return row
+
+
+async def post_account(request: web.Request) -> web.Response:
+    session = await require_account_admin(request)
+    row = await new_account(request, session, await read_json(request))
     return web.json_response(account_json(row), status=201)
 
 
 async def get_account(request: web.Request) -> web.Response:
-    await require_staff(request, ROLE_ADMIN)
+    await require_account_admin(request)
     username = request.match_info["username"]
     row = await find_account(request.config_dict[GATEWAY_STATE].pool, username)
     if row is None:
@@ -138,7 +158,7 @@ async def get_account(request: web.Request) -> web.Response:
 
 async def patch_account(request: web.Request) -> web.Response:
     """Change roles, display name, expiry, password (reset) or clear a lockout."""
-    session = await require_staff(request, ROLE_ADMIN)
+    session = await require_account_admin(request)
     state = request.config_dict[GATEWAY_STATE]
     username = request.match_info["username"]
     data = await read_json(request)
@@ -156,10 +176,9 @@ async def patch_account(request: web.Request) -> web.Response:
     return web.json_response(account_json(row))
 
 
-async def revoke(request: web.Request) -> web.Response:
-    session = await require_staff(request, ROLE_ADMIN)
+async def revoke_as(request: web.Request, session: StaffSession, username: str) -> int:
+    """Revoke ``username`` and end its sessions (API and console), audited; sessions ended."""
     state = request.config_dict[GATEWAY_STATE]
-    username = request.match_info["username"]
     async with state.pool.acquire() as conn:
         ended = await revoke_account(conn, username, session.username)
         await audit_staff(
@@ -170,6 +189,13 @@ async def revoke(request: web.Request) -> web.Response:
             conn=conn,
         )
     log.info("staff_account_revoked", actor=session.username, sessions_ended=ended)
+    return ended
+
+
+async def revoke(request: web.Request) -> web.Response:
+    session = await require_account_admin(request)
+    username = request.match_info["username"]
+    ended = await revoke_as(request, session, username)
     return web.json_response({"username": username, "revoked": True, "sessions_ended": ended})
 
 

@@ -28,7 +28,6 @@ from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, utcnow
 from chukan.gateway.core.web import CALLER
 from chukan.gateway.staff.audit import audit
 from chukan.gateway.staff.errors import (
-    AccountLockedError,
     LoginFailedError,
     RoleRequiredError,
     SessionInvalidError,
@@ -58,6 +57,9 @@ class StaffSession:
 
 
 STAFF_SESSION: Final = web.RequestKey("staff_session", StaffSession)
+#: A session token the console took from its cookie (the JSON API takes only the
+#: ``Authorization`` header, so a cookie alone never opens it to a cross-site form).
+COOKIE_TOKEN: Final = web.RequestKey("staff_cookie_token", str)
 
 
 async def audit_staff(
@@ -81,9 +83,12 @@ async def audit_staff(
     )
 
 
-def _bearer(request: web.Request) -> str | None:
+def _session_token(request: web.Request) -> str | None:
+    """The bearer token of an API call, or the console's cookie token."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() if scheme == "Bearer" and token.strip() else None
+    if scheme == "Bearer" and token.strip():
+        return token.strip()
+    return request.get(COOKIE_TOKEN) or None
 
 
 async def require_staff(request: web.Request, *roles: str) -> StaffSession:
@@ -95,7 +100,7 @@ async def require_staff(request: web.Request, *roles: str) -> StaffSession:
         raise ValueError(f"unknown roles {sorted(unknown)}")
     state = request.config_dict[GATEWAY_STATE]
     config = state.config.staff
-    token = _bearer(request)
+    token = _session_token(request)
     operation = (
         f"{request.method} {request.match_info.route.resource.canonical}"
         if (request.match_info.route.resource is not None)
@@ -164,7 +169,10 @@ async def log_in(
     state: GatewayState, username: str, password: str, remote: str | None
 ) -> dict[str, Any]:
     """Check the password (locking the account after too many failures) and open a
-    session; every refusal is audited and answered alike (:class:`LoginFailedError`)."""
+    session.  Every refusal — unknown user, wrong password, locked, revoked or expired
+    account — is answered alike (401 :class:`LoginFailedError`, after the same scrypt
+    work), so the answer never tells whether a username exists; the audit trail keeps
+    the real reason."""
     config = state.config.staff
     row = await state.pool.fetchrow(
         "SELECT username, password_hash, revoked_at, expires_at, locked_until "
@@ -193,7 +201,10 @@ async def log_in(
         return await refuse("unknown_account", failed)
     now = utcnow()
     if row["locked_until"] is not None and row["locked_until"] > now:
-        return await refuse("locked", AccountLockedError("too many failed logins: try later"))
+        # Even the right password is refused while locked; the check runs all the same
+        # so that a locked account costs what any other attempt costs.
+        await verify_in_thread(password, row["password_hash"])
+        return await refuse("locked", failed)
     if not await verify_in_thread(password, row["password_hash"]):
         locked = await state.pool.fetchval(
             """UPDATE staff_accounts SET

@@ -295,16 +295,29 @@ async def test_repeated_failures_lock_the_account(
     for _ in range(3):
         status, body = await login(ops_gateway, user, "wrong-password-123")
         assert status == 401 and body["error"]["code"] == "login_failed"
-    status, body = await login(ops_gateway, user, password)  # right, but locked
-    assert status == 423 and body["error"]["code"] == "account_locked"
+    # Right, but locked: refused with the very answer a wrong password or an unknown
+    # user gets (it must not tell that the account exists); the trail keeps why.
+    status, locked_body = await login(ops_gateway, user, password)
+    assert status == 401 and locked_body == body
+    conn = await owner(ops_gateway)
+    try:
+        reasons = await conn.fetch(
+            "SELECT detail->>'reason' AS reason FROM audit_trail WHERE tenant = $1 "
+            "AND actor = $2 AND action = 'staff.login' AND outcome = 'refused' ORDER BY id",
+            OPS_AGENCY,
+            user,
+        )
+        assert [r["reason"] for r in reasons] == ["wrong_password"] * 2 + ["locked_now", "locked"]
+    finally:
+        await conn.close()
     status, _ = await ops_gateway.call(
         "PATCH", f"/staff/v1/accounts/{user}", token=admin, json={"unlock": True}
     )
     assert status == 200
     assert (await login(ops_gateway, user, password))[0] == 200
     # Unknown users get the same answer as wrong passwords.
-    status, body = await login(ops_gateway, "nobody-here", "wrong-password-123")
-    assert status == 401 and body["error"]["code"] == "login_failed"
+    status, unknown_body = await login(ops_gateway, "nobody-here", "wrong-password-123")
+    assert status == 401 and unknown_body == body
     assert "wrong-password-123" not in log_capture.getvalue()
 
 

@@ -1,0 +1,33 @@
+"""職員画面: the staff console at ``/staff/``, server-rendered (aiohttp-jinja2), no script.
+
+Pages: :mod:`.pages`; cookie, CSRF, headers and the page wrapper: :mod:`.security`;
+what pages compute (item fields, statistics charts): :mod:`.views`.  Templates and
+the style sheet live beside the code and install as package data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from chukan.gateway.staff.console.pages import add_routes
+from chukan.gateway.staff.console.security import page
+
+TEMPLATES: Final = Path(__file__).parent / "templates"
+
+
+def add_staff_routes(staff: web.Application) -> None:
+    """The console on the staff face, beside the JSON API (``/staff/v1/…``)."""
+    aiohttp_jinja2.setup(
+        staff,
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    add_routes(staff, page)
