@@ -4,8 +4,10 @@
    certification (認定情報) under 項 132;
 2. 千葉市 (the new city of person B) asks 船橋市 for B's premium basis
    (地方税 所得・課税) under 項 131;
-3. a query that is not on the authorization list is refused at the requester;
-4. 千葉市 sends its month-end 受給者異動連絡票 to the 国保連 simulator and prints
+3. 市川市, a third city started for the purpose (every city of 千葉県 is on the
+   list), asks 千葉市 for the certification of person C, who moved there;
+4. a query that is not on the authorization list is refused at the requester;
+5. 千葉市 sends its month-end 受給者異動連絡票 to the 国保連 simulator and prints
    the intake result, then ingests the 給付実績 国保連 returns;
 
 then it shows the provision records on each side and that the hub stored only
@@ -113,6 +115,30 @@ async def run_demo(server_url: str, work_dir: Path, out: TextIO = sys.stdout) ->
                 raise DemoFailedError("千葉市 did not receive B's premium basis intact")
             say("   result     decrypted by 千葉市, identical to 船橋市's 副本")
 
+            say("\n4b. 市川市 (a third city) queries 千葉市 for C's 認定情報 (項 132)")
+            ichikawa = await network.add_gateway(catalog.ICHIKAWA_CITY, "市川市")
+            c_chiba = synthetic_person(rng, "5")
+            c_ichikawa = SyntheticPerson(
+                synthetic_person(rng, "6").atena_id,
+                c_chiba.individual_number,
+                c_chiba.kana_name,
+                c_chiba.birth_year,
+            )
+            await demo.register(chiba, c_chiba)
+            await demo.register(ichikawa, c_ichikawa)
+            certification_c = certification_item(rng, dt.date.today())
+            await demo.store(chiba, c_chiba.atena_id, catalog.CERTIFICATION.code, certification_c)
+            third = await demo.query(
+                ichikawa,
+                c_ichikawa.atena_id,
+                catalog.LTC_CERTIFICATION_PROCEDURE,
+                catalog.CERTIFICATION.code,
+                catalog.CHIBA_CITY,
+            )
+            if third["status"] != "answered" or third["result"].encode() != certification_c:
+                raise DemoFailedError("市川市 did not receive C's certification intact")
+            say("   result     decrypted by 市川市, identical to 千葉市's 副本")
+
             say("\n5. A query with no row in the authorization list is refused at the requester")
             async with session.post(
                 chiba.url + "/internal/v1/queries",
@@ -132,7 +158,7 @@ async def run_demo(server_url: str, work_dir: Path, out: TextIO = sys.stdout) ->
             say("\n6. 情報提供等記録 per side")
             await demo.record_counts()
             say("\n7. What the hub stored")
-            await demo.hub_saw_only_ciphertext([certification, income])
+            await demo.hub_saw_only_ciphertext([certification, income, certification_c])
             await month_end_transmission(demo, rng, [a_chiba, b_chiba])
         say("\ndemo finished: both directions answered, records kept on every side")
     finally:
