@@ -23,6 +23,13 @@ DEFAULT_DELIVERY_GRACE: Final = dt.timedelta(hours=1)
 #: How long a conclusion is offered to its requester (pushed, and kept to be asked for).
 DEFAULT_ANSWER_RETENTION: Final = dt.timedelta(days=7)
 DEFAULT_DELIVERY_TIMEOUT: Final = 10.0
+#: The hub signs its record chain's head every N events or T seconds (the window a
+#: database superuser could rewrite before a signed, witnessed checkpoint covers it).
+DEFAULT_CHECKPOINT_EVERY: Final = 1000
+DEFAULT_CHECKPOINT_INTERVAL: Final = dt.timedelta(seconds=5)
+DEFAULT_CHECKPOINT_POLL: Final = 1.0
+#: The witness file's name in the hub's key folder, unless ``witness_file`` says otherwise.
+DEFAULT_WITNESS_FILE: Final = "records-witness.jsonl"
 HUB_OWNER: Final = "hub"
 HUB_DATABASE: Final = "chukan_hub"
 
@@ -53,6 +60,16 @@ class HubConfig:
     #: without it, start-up refuses a database with a migration pending (``chukan db
     #: migrate --component hub``).  The offline network sets it.
     migration_database_url: str | None = None
+    #: ``[records]``: checkpoints of the hub's record chain, and the witness file (JSON
+    #: lines outside the database) every checkpoint is appended to; None: in ``key_dir``.
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
+    checkpoint_interval: dt.timedelta = DEFAULT_CHECKPOINT_INTERVAL
+    checkpoint_poll: float = DEFAULT_CHECKPOINT_POLL
+    witness_file: Path | None = None
+
+    @property
+    def witness_path(self) -> Path:
+        return self.witness_file or self.key_dir / DEFAULT_WITNESS_FILE
 
     def __repr__(self) -> str:  # never print the passphrase or the admin token
         return f"HubConfig(database={self.database_url.rsplit('/', 1)[-1]!r}, port={self.port})"
