@@ -9,7 +9,8 @@ Three faces, each an aiohttp sub-application with its own middlewares:
 * ``/network/v1/...`` for the hub only (its client certificate, checked by the
   sub-application's middleware): provision requests with permits, answers to our
   own queries, refusals, pushed lists;
-* ``/staff/v1/...`` for the agency's staff (session and role, per handler).
+* ``/staff/v1/...`` for the agency's staff (session and role, per handler), and
+  ``/staff/`` the staff console (職員画面) over the same sessions and roles.
 
 ``/health``, ``/ready`` and ``/metrics`` stay on the root.  The root's
 middlewares (the access log with its request id and the metrics, then errors →
@@ -57,6 +58,7 @@ from chukan.gateway.query import routes as query
 from chukan.gateway.query.sweep import sweep_loop
 from chukan.gateway.records import routes as records
 from chukan.gateway.replica import routes as replica
+from chukan.gateway.staff import console
 from chukan.gateway.staff import routes as staff
 from chukan.keys.ring import KeyRing
 
@@ -217,6 +219,6 @@ def _network_face() -> web.Application:
 def _staff_face() -> web.Application:
     """Staff: each handler checks the session and the role it needs."""
     staff_app = web.Application(middlewares=[private_middleware])
-    for flow in (staff, review, records, ops):
+    for flow in (staff, review, records, ops, console):
         flow.add_staff_routes(staff_app)
     return staff_app
