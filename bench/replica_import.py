@@ -35,6 +35,7 @@ import concurrent.futures
 import datetime as dt
 import hashlib
 import logging
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -42,7 +43,15 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.harness import Figure, add_json_argument, database_server, print_figures, write_json
+from bench.harness import (
+    Figure,
+    Server,
+    add_json_argument,
+    database_server,
+    print_figures,
+    write_json,
+)
+from bench.servers import cpu_seconds, postgres_pids
 from chukan.codecs import catalog
 from chukan.gateway.core import db
 from chukan.gateway.core.logs import configure_logging
@@ -130,9 +139,11 @@ async def start_pool(workers: int) -> tuple[concurrent.futures.ProcessPoolExecut
 
 
 async def validated_import(
-    admin: asyncpg.Connection, tenant_url: str, path: Path, workers: int
-) -> tuple[float, dict[str, float]]:
-    """Items per second of one whole import (file to commit) and its phases in seconds."""
+    admin: asyncpg.Connection, tenant_url: str, path: Path, workers: int, data_dir: Path | None
+) -> tuple[float, dict[str, float], dict[str, float]]:
+    """Items per second of one whole import (file to commit), its phases in seconds and its
+    CPU per entry in µs: this process, the pool's workers, the embedded PostgreSQL (read
+    from ``/proc``: steadier than a rate on a shared machine, as it leaves out waiting)."""
     await admin.execute("TRUNCATE replica_items, replica_messages")
     await admin.execute("VACUUM ANALYZE replica_items")
     pool = None
@@ -142,14 +153,24 @@ async def validated_import(
         if workers:
             pool, pool_seconds = await start_pool(workers)
             print(f"  pool of {workers} processes started in {pool_seconds:.2f} s", flush=True)
+        parts: dict[str, list[int]] = {
+            "main": [os.getpid()],
+            "workers": []
+            if pool is None
+            else [p.pid for p in pool._processes.values() if p.pid is not None],
+            "PostgreSQL": postgres_pids(data_dir),
+        }
+        before = {name: cpu_seconds(pids) for name, pids in parts.items()}
         started = time.perf_counter()
         result = await import_file(conn, path, pool=pool, workers=workers)
         seconds = time.perf_counter() - started
+        used = {name: cpu_seconds(pids) - before[name] for name, pids in parts.items()}
         assert result.exit_code == 0, result.error or result.outcome
         assert result.outcome is not None
         stored = await conn.fetchval("SELECT count(*) FROM replica_items")
         assert stored == result.entries, (stored, result.entries)
-        return result.entries / seconds, result.outcome.timings
+        cpu = {name: value * 1e6 / result.entries for name, value in used.items()}
+        return result.entries / seconds, result.outcome.timings, cpu
     finally:
         await conn.close()
         if pool is not None:
@@ -189,9 +210,15 @@ def phases(timings: dict[str, float]) -> str:
     return ", ".join(f"{name[:-3]} {seconds:.2f} s" for name, seconds in timings.items())
 
 
+def cpu_split(cpu: dict[str, float]) -> str:
+    parts = " + ".join(f"{name} {value:.0f}" for name, value in cpu.items())
+    return f"CPU per entry {parts} = {sum(cpu.values()):.0f} µs"
+
+
 async def bench_size(
-    server_url: str, work: Path, entries: int, workers: int, *, thread: bool = True
+    server: Server, entries: int, workers: int, *, thread: bool = True
 ) -> list[Figure]:
+    server_url, work = server.url, server.work
     people = max(1, entries // 5)
     print(f"{size_label(entries)} entries over {people:,} people …", flush=True)
     admin_url, tenant_url, path = await prepare(server_url, work, entries, people)
@@ -203,12 +230,17 @@ async def bench_size(
         baseline = await bare_copy(admin, entries, people)
         print(f"  bare COPY {baseline:,.0f} rows/s", flush=True)
         rates: list[tuple[str, float]] = []
+        cpus: list[tuple[str, dict[str, float]]] = []
         counts = ([0] if thread or not workers else []) + ([workers] if workers else [])
         for count in counts:
             label = "1 thread" if count == 0 else f"{count} processes"
-            rate, timings = await validated_import(admin, tenant_url, path, count)
+            rate, timings, cpu = await validated_import(
+                admin, tenant_url, path, count, server.data_dir
+            )
             print(f"  {label}: {rate:,.0f} items/s ({phases(timings)})", flush=True)
+            print(f"    {cpu_split(cpu)}", flush=True)
             rates.append((label, rate))
+            cpus.append((label, cpu))
         again = await bare_copy(admin, entries, people)
         print(f"  bare COPY again {again:,.0f} rows/s", flush=True)
         baseline = max(baseline, again)
@@ -222,6 +254,11 @@ async def bench_size(
                     baseline=baseline,
                 )
             )
+        for label, cpu in cpus:
+            for name, value in cpu.items():
+                figures.append(
+                    Figure(f"{name} CPU per entry, {label}, {size_label(entries)}", value, "µs")
+                )
     finally:
         await admin.close()
         path.unlink()
@@ -232,7 +269,7 @@ async def bench(sizes: list[int], workers: int, *, thread: bool = True) -> list[
     async with database_server("chukan-bench-import-") as server:
         figures: list[Figure] = []
         for entries in sizes:
-            figures += await bench_size(server.url, server.work, entries, workers, thread=thread)
+            figures += await bench_size(server, entries, workers, thread=thread)
         await db.drop_database(server.url, DATABASE)
         return figures
 

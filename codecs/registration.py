@@ -280,20 +280,27 @@ class _Checked(Generic[_I]):
 
 
 def _check_record(
-    record: etree._Element, position: int, item_of: Callable[[str, etree._Element], _I]
+    record: etree._Element,
+    position: int,
+    item_of: Callable[[str, etree._Element], _I],
+    *,
+    validated: bool = False,
 ) -> _Checked[_I] | EntryRejection:
     """Check one entry on its own; every problem becomes a rejection, never an exception.
 
     ``item_of(code, element)`` validates the embedded item and returns its value (raising
     a :class:`CodecError` for a bad one): the typed item, or its canonical bytes.
+    ``validated``: the entry already passed ``registration.xsd`` (a whole slice was
+    validated at once, see :mod:`.registration_split`), so it is not validated again.
     """
     fields = _Fields(record)
-    schema = lxml_schema(REGISTRATION_XSD)
-    if not schema.validate(record):
-        error = schema_error(schema, "registration entry", record)
-        return _reject(
-            _readable_record_id(fields), error.code, error.message, position, error.where
-        )
+    if not validated:
+        schema = lxml_schema(REGISTRATION_XSD)
+        if not schema.validate(record):
+            error = schema_error(schema, "registration entry", record)
+            return _reject(
+                _readable_record_id(fields), error.code, error.message, position, error.where
+            )
     record_id = fields.raw("RecordIdentificationNumber") or ""  # the schema fixed its form
 
     segment = Segment(fields.text("SegmentOfRegistrationDelete"))

@@ -256,6 +256,7 @@ async def import_file(
                 pool=pool,
                 batch_size=batch_size,
                 depth=2 * workers + 2 if pool is not None else 4,
+                split=True,
             ) as source:
                 outcome = await apply_registration(
                     conn,

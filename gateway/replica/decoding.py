@@ -24,6 +24,7 @@ from chukan.codecs.registration import (
     StreamLimits,
     encode_record_batch,
 )
+from chukan.codecs.registration_split import encode_record_slice, warm_slices
 
 STAGING_COLUMNS: Final = (
     "position",
@@ -68,6 +69,9 @@ class DecodedBatch:
     rejections: list[EntryRejection]
     #: Input bytes read when the batch was cut (for progress reports).
     consumed: int = 0
+    #: Set on an empty batch that voids every batch before it: the message is being
+    #: decoded again from its start by the streaming parser (a byte-range split fell back).
+    restart: bool = False
 
     @property
     def entries(self) -> int:
@@ -94,8 +98,17 @@ def decode_batch(
     return collect(encode_record_batch(data, first_position, limits), first_position)
 
 
+def decode_slice(
+    data: bytes, first_position: int, expected: int, limits: StreamLimits = DEFAULT_STREAM_LIMITS
+) -> DecodedBatch:
+    """Validate the ``expected`` entries of one byte-range slice of a message (runs in a
+    worker process of the bulk import); raises ``SliceRefused`` to ask for a fall back."""
+    return collect(encode_record_slice(data, first_position, expected, limits), first_position)
+
+
 def warm_worker() -> None:
     """Process-pool initializer: compile every schema once, before the first batch."""
     lxml_schema(REGISTRATION_XSD)
     for spec in ITEM_CODES.values():
         lxml_schema(spec.xsd_file)
+    warm_slices()

@@ -57,12 +57,19 @@ from chukan.codecs.registration import (
     iter_registration_records,
     record_batch,
 )
+from chukan.codecs.registration_split import (
+    RecordSlice,
+    SliceRefused,
+    SplitUnsure,
+    split_registration,
+)
 from chukan.gateway.core import db
 from chukan.gateway.replica.decoding import (
     STAGING_COLUMNS,
     DecodedBatch,
     collect,
     decode_batch,
+    decode_slice,
 )
 from chukan.gateway.replica.errors import (
     FeedClosedError,
@@ -95,7 +102,12 @@ class _End:
     pass
 
 
-_FeedItem: TypeAlias = MessageHeader | DecodedBatch | _Pending | _Failure | _End
+class _Restart:
+    """Everything decoded so far is void: the streaming parser starts again (fall back)."""
+
+
+_FeedItem: TypeAlias = MessageHeader | DecodedBatch | _Pending | _Failure | _End | _Restart
+_RESTART: Final = DecodedBatch([], [], restart=True)
 
 
 class _Feed:
@@ -132,11 +144,11 @@ class _CountingReader:
     """Counts the bytes the parser has read, for progress reports."""
 
     def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
+        self.raw = raw
         self.count = 0
 
     def read(self, size: int = -1) -> bytes:
-        chunk = self._raw.read(size)
+        chunk = self.raw.read(size)
         self.count += len(chunk)
         return chunk
 
@@ -147,6 +159,13 @@ class RegistrationSource:
     Use as ``async with RegistrationSource(stream) as source``: ``await
     source.header()`` first, then ``async for batch in source.batches()``. Errors of
     the stream (hostile or broken XML, limits) are raised from those calls.
+
+    With ``split`` (and a seekable stream) the thread cuts the message by byte ranges
+    (:mod:`chukan.codecs.registration_split`) and does no XML work on the entries, which
+    are parsed and validated only where they are checked (the pool's processes). When
+    the split cannot vouch for the message, the stream is read again from its start by
+    the streaming parser, and ``batches()`` first yields a batch with ``restart`` set:
+    the consumer drops what it staged before.
     """
 
     def __init__(
@@ -157,8 +176,11 @@ class RegistrationSource:
         batch_size: int = DEFAULT_BATCH,
         limits: StreamLimits = DEFAULT_STREAM_LIMITS,
         depth: int = 4,
+        split: bool = False,
     ) -> None:
         self._reader = _CountingReader(stream)
+        self._split_bytes = split and stream.seekable()
+        self._start = stream.tell() if self._split_bytes else 0
         self._pool = pool
         self._batch_size = batch_size
         self._limits = limits
@@ -168,9 +190,23 @@ class RegistrationSource:
         self._task: asyncio.Future[None] | None = None
 
     async def __aenter__(self) -> RegistrationSource:
+        self._start_producer()
+        return self
+
+    def _start_producer(self) -> None:
         self._feed = _Feed(asyncio.get_running_loop(), self._depth)
         self._task = asyncio.ensure_future(asyncio.to_thread(self._produce, self._feed))
-        return self
+
+    async def _fall_back(self) -> None:
+        """Stop the byte-range split and decode the message again with the streaming parser."""
+        await self.aclose()
+        self._split_bytes = False
+        self._rewind()
+        self._start_producer()
+
+    def _rewind(self) -> None:
+        self._reader.raw.seek(self._start)
+        self._reader.count = 0
 
     async def __aexit__(
         self,
@@ -203,6 +239,13 @@ class RegistrationSource:
 
     def _run(self, feed: _Feed) -> None:
         stream = cast(BinaryIO, self._reader)
+        if self._split_bytes:
+            try:
+                self._slices(feed, stream)
+                return
+            except (SplitUnsure, SliceRefused):
+                self._rewind()
+                feed.put(_Restart())
         if self._pool is not None:
             self._split(feed, iter_registration_records(stream, self._limits), self._pool)
             return
@@ -244,6 +287,18 @@ class RegistrationSource:
             feed.put(_Pending(future, self._reader.count))
         feed.put(_End())
 
+    def _slices(self, feed: _Feed, stream: BinaryIO) -> None:
+        items = split_registration(stream, self._limits, batch_size=self._batch_size)
+        feed.put(cast(MessageHeader, next(items)))
+        for item in items:
+            assert isinstance(item, RecordSlice)
+            args = (item.data, item.first_position, item.count, self._limits)
+            if self._pool is not None:
+                feed.put(_Pending(self._pool.submit(decode_slice, *args), item.consumed))
+            else:
+                feed.put(dataclasses.replace(decode_slice(*args), consumed=item.consumed))
+        feed.put(_End())
+
     # event loop ---------------------------------------------------------------------
 
     async def _next(self) -> _FeedItem:
@@ -254,20 +309,30 @@ class RegistrationSource:
         return item
 
     async def header(self) -> MessageHeader:
-        item = await self._next()
-        assert isinstance(item, MessageHeader)
-        return item
+        while True:
+            item = await self._next()
+            if isinstance(item, MessageHeader):
+                return item
+            assert isinstance(item, _Restart), item  # the split fell back before the header
 
     async def batches(self) -> AsyncIterator[DecodedBatch]:
         while True:
             item = await self._next()
             if isinstance(item, _End):
                 return
-            if isinstance(item, _Pending):
-                batch = await asyncio.wrap_future(item.future)
+            if isinstance(item, _Restart):
+                yield _RESTART
+            elif isinstance(item, _Pending):
+                try:
+                    batch = await asyncio.wrap_future(item.future)
+                except SliceRefused:
+                    await self._fall_back()
+                    yield _RESTART
+                    continue
                 yield dataclasses.replace(batch, consumed=item.consumed)
             elif isinstance(item, DecodedBatch):
                 yield item
+            # a MessageHeader here is the one a fall back decodes again: already answered
 
 
 # -- applying ----------------------------------------------------------------------------
@@ -466,6 +531,10 @@ async def _apply(
         entries = 0
         rejections: list[EntryRejection] = []
         async for batch in source.batches():
+            if batch.restart:  # decoded again from the start: what was staged is void
+                await conn.execute("TRUNCATE replica_staging")
+                entries = 0
+                rejections.clear()
             entries += batch.entries
             rejections.extend(batch.rejections)
             if batch.rows:

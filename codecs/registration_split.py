@@ -1,0 +1,474 @@
+"""Registration messages split by byte ranges: the bulk import's main process does no XML work.
+
+:func:`split_registration` reads a message as bytes. It parses only the head (prolog, root,
+``MessageHeader``, the ``MessageBody`` start tag) with the hardened parser and the checks of
+:func:`~.registration.iter_registration`. It then cuts the body into slices at ``Record`` end
+tags found by a byte search, each slice being whole entries. :func:`encode_record_slice`, run
+in a worker process, parses one slice (wrapped in an element that declares the body's
+namespaces) with the same hardened parser, validates every entry and every item in one call
+against one schema, and checks each entry as :func:`~.registration.iter_registration_encoded`
+does.
+
+**Why this gives exactly the streaming parser's result.** A byte search cannot tell an end
+tag from the same text in a comment, a CDATA section or a nested element. It does not need
+to: every slice must parse on its own as whitespace and ``Record`` elements only, exactly as
+many as the search counted. Then every cut lies between two top-level entries, so the body
+is the concatenation of the slices and parses as they do. Whatever is not plainly so raises
+:class:`SplitUnsure` (splitter) or :class:`SliceRefused` (worker): a cut inside a comment or
+a nested element, an entry near the size limit, more than ``max_bytes``, anything odd in the
+head or after the body, forbidden markup, a limit broken. The caller then decodes the whole
+message again with the streaming parser, which refuses it (with the code it always gave) or
+accepts it. Refusals cost at most twice the bounded work; ordinary messages never fall back.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Final, cast
+from xml.sax.saxutils import quoteattr
+
+from lxml import etree
+
+from .errors import CodecError
+from .item_schema import XSD_DIR, lxml_schema
+from .item_stream import GuardedReader
+from .items import (
+    _DECLARATION,
+    _LAYOUTS,
+    ITEM_CODES,
+    ITEM_NAMESPACE,
+    _canonical_group,
+    _check_root,
+    encode_item,
+    item_from_element,
+    item_spec,
+)
+from .registration import (
+    _BODY,
+    _HEADER,
+    _RECORD,
+    _ROOT,
+    DEFAULT_STREAM_LIMITS,
+    REGISTRATION_NAMESPACE,
+    REGISTRATION_XSD,
+    EncodedEntry,
+    EntryRejection,
+    MessageHeader,
+    StreamLimits,
+    _blank,
+    _check_record,
+    _Checked,
+    _decode_header,
+    _encode_record,
+    _on_part_start,
+    _on_root_start,
+    _over_budget,
+    _StreamState,
+)
+from .xmlsafe import (
+    HARDENED_OPTIONS,
+    XINCLUDE_TAG,
+    XmlLimits,
+    check_markup,
+    check_prolog,
+    forbidden_node,
+)
+
+#: Entries this close to ``max_entry_bytes`` are left to the streaming parser, whose own
+#: measure is exact only to within a few of its 32 KiB reads.
+ENTRY_MARGIN: Final = 128 * 1024
+#: Bytes read at a time.
+READ_BYTES: Final = 256 * 1024
+_WS: Final = rb"[ \t\r\n]*"
+_NAME: Final = rb"[A-Za-z_][A-Za-z0-9_.\-]*"
+_FIRST_RECORD: Final = re.compile(_WS + rb"<((?:" + _NAME + rb":)?Record)[ \t\r\n/>]")
+_BODY_TAG: Final = re.compile(rb"<(?:" + _NAME + rb":)?MessageBody(?=[ \t\r\n/>])")
+_BODY_START: Final = re.compile(
+    rb"<((?:"
+    + _NAME
+    + rb":)?MessageBody)(?:[ \t\r\n]+"
+    + _NAME
+    + rb"(?::"
+    + _NAME
+    + rb")?"
+    + _WS
+    + rb"="
+    + _WS
+    + rb"(?:\"[^\"<]*\"|'[^'<]*'))*"
+    + _WS
+    + rb">"
+)
+_XML_DECLARATION: Final = re.compile(rb"(?:\xef\xbb\xbf)?<\?xml[^<>]*\?>")
+_SLICE_LOCAL: Final = "RecordSlice"
+_SLICE: Final = f"{{{REGISTRATION_NAMESPACE}}}{_SLICE_LOCAL}"
+
+
+class SplitUnsure(Exception):  # noqa: N818 -- a signal to fall back, not an error
+    """The byte-range split cannot vouch for this message: decode it with the streaming parser."""
+
+
+class SliceRefused(Exception):  # noqa: N818 -- a signal to fall back, not an error
+    """A slice is not whole entries as the splitter counted: decode with the streaming parser."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSlice:
+    """Consecutive entries of a message as one standalone document (see the module docstring)."""
+
+    #: 1-based position of the slice's first entry in the message body.
+    first_position: int
+    #: Entries (``Record`` end tags) the splitter counted in the slice.
+    count: int
+    #: The slice wrapped in a ``RecordSlice`` element declaring the body's namespaces.
+    data: bytes
+    #: Bytes of the message read when the slice was cut (for progress reports).
+    consumed: int
+
+
+def _wrapper(nsmap: dict[str | None, str]) -> tuple[bytes, bytes]:
+    """Start and end tag of a slice's wrapper: the body's in-scope namespaces, and its own
+    element under a prefix the body does not use."""
+    prefix = next(f"s{n}" for n in range(len(nsmap) + 1) if f"s{n}" not in nsmap)
+    declarations = [f" xmlns:{prefix}={quoteattr(REGISTRATION_NAMESPACE, _ATTR_ENTITIES)}"]
+    for name, uri in nsmap.items():
+        attr = "xmlns" if name is None else f"xmlns:{name}"
+        declarations.append(f" {attr}={quoteattr(uri, _ATTR_ENTITIES)}")
+    tag = f"{prefix}:{_SLICE_LOCAL}"
+    return f"<{tag}{''.join(declarations)}>".encode(), f"</{tag}>".encode()
+
+
+_ATTR_ENTITIES: Final = {"\t": "&#9;", "\n": "&#10;", "\r": "&#13;"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    header: MessageHeader
+    nsmap: dict[str | None, str]
+    root_name: bytes
+    body_name: bytes
+    #: Offset of the first byte after the body's start tag.
+    body_offset: int
+
+
+def _read_head(data: bytes, limits: StreamLimits) -> _Head:
+    """Prolog, root, header and body start tag, checked as the streaming parser checks them.
+
+    ``data`` holds at least the body's start tag. Anything unusual raises SplitUnsure.
+    """
+    found = _BODY_TAG.search(data)
+    if found is None:
+        raise SplitUnsure("no MessageBody start tag in the head")
+    start = _BODY_START.match(data, found.start())
+    if start is None:
+        raise SplitUnsure("the MessageBody start tag is not plain")
+    head = data[: start.end()]
+    # No comment, CDATA section, DTD or processing instruction (but the XML declaration):
+    # then every "<" of the head starts a tag, and the first MessageBody tag is the body's.
+    declaration = _XML_DECLARATION.match(head)
+    if b"<!" in head or b"<?" in head[declaration.end() if declaration else 0 :]:
+        raise SplitUnsure("the head holds markup the splitter does not read")
+    reader = GuardedReader(io.BytesIO(head), limits.max_bytes, part_bytes=limits.max_entry_bytes)
+    parser = etree.XMLPullParser(
+        events=("start", "end", "pi"),
+        tag=(_ROOT, _HEADER, _BODY, _RECORD, XINCLUDE_TAG),
+        recover=False,
+        **HARDENED_OPTIONS,
+    )
+    state = _StreamState()
+    header: MessageHeader | None = None
+    try:
+        while chunk := reader.read(32 * 1024):
+            parser.feed(chunk)
+            for event, node in parser.read_events():
+                element = cast(etree._Element, node)
+                if event != "end" and forbidden_node(element) is not None:
+                    raise SplitUnsure("forbidden markup in the head")
+                tag = element.tag
+                if event == "start":
+                    if state.root is None:
+                        _on_root_start(element)
+                        state.root = element
+                    elif tag in (_HEADER, _BODY):
+                        _on_part_start(element, state, reader)
+                        if tag == _BODY:
+                            if header is None or state.root.prefix != element.prefix:
+                                raise SplitUnsure("unexpected head")
+                            root_name = (
+                                _ROOT_LOCAL
+                                if state.root.prefix is None
+                                else f"{state.root.prefix}:{_ROOT_LOCAL}"
+                            )
+                            return _Head(
+                                header,
+                                dict(element.nsmap),
+                                root_name.encode(),
+                                start.group(1),
+                                start.end(),
+                            )
+                    else:
+                        raise SplitUnsure("unexpected element in the head")
+                elif tag == _HEADER:
+                    state.in_header = False
+                    header = _decode_header(element)
+    except (CodecError, etree.XMLSyntaxError, ValueError):
+        raise SplitUnsure("the head is refused") from None
+    raise SplitUnsure("the head ends before the body")
+
+
+_ROOT_LOCAL: Final = _ROOT.rpartition("}")[2]
+
+
+def split_registration(
+    stream: BinaryIO,
+    limits: StreamLimits = DEFAULT_STREAM_LIMITS,
+    *,
+    batch_size: int = 1000,
+    batch_bytes: int = 1024 * 1024,
+) -> Iterator[MessageHeader | RecordSlice]:
+    """The header, then slices of at most ``batch_size`` entries (and about ``batch_bytes``).
+
+    Raises :class:`SplitUnsure` whenever the message must be decoded by the streaming
+    parser instead (see the module docstring); reads at most one entry's room beyond
+    what it has vouched for.
+    """
+    room = limits.max_entry_bytes - ENTRY_MARGIN
+    if room <= 0:
+        raise SplitUnsure("entries too small for the splitter's margin")
+    data = b""
+    total = 0
+    while True:
+        chunk = stream.read(READ_BYTES)
+        if not isinstance(chunk, bytes):
+            raise SplitUnsure("the source does not yield bytes")
+        total += len(chunk)
+        data += chunk
+        if _BODY_START.search(data) is not None or not chunk or len(data) > room:
+            break
+    if total > limits.max_bytes:
+        raise SplitUnsure("message over max_bytes")
+    head = _read_head(data, limits)
+    yield head.header
+    opening, closing = _wrapper(head.nsmap)
+    buffer = data[head.body_offset :]
+    del data
+    # Entries are cut at their end tag written as the first entry's start tag names it
+    # (``</Record>``, ``</r:Record>``): one byte search per entry.  Entries that name it
+    # otherwise are miscounted, and their slice falls back (see the module docstring).
+    first = _FIRST_RECORD.match(buffer)
+    if first is None:
+        raise SplitUnsure("the body does not start with a plain Record start tag")
+    end_tag = b"</" + first.group(1) + b">"
+    position = 1
+    base = 0  # start of the slice being cut, in buffer
+    count = 0  # entries in buffer[base:cut]
+    cut = 0  # end of the last entry found
+    scan = 0
+    ended = False
+    while True:
+        found = buffer.find(end_tag, scan)
+        if found >= 0:
+            end = found + len(end_tag)
+            if end - cut > room:
+                raise SplitUnsure("an entry near or over max_entry_bytes")
+            cut = scan = end
+            count += 1
+            if count >= batch_size or cut - base >= batch_bytes:
+                yield RecordSlice(position, count, opening + buffer[base:cut] + closing, total)
+                position += count
+                base = cut
+                count = 0
+            continue
+        if len(buffer) - cut > room:
+            raise SplitUnsure("an entry near or over max_entry_bytes")
+        if ended:
+            break
+        chunk = stream.read(READ_BYTES)
+        if not isinstance(chunk, bytes):
+            raise SplitUnsure("the source does not yield bytes")
+        total += len(chunk)
+        if total > limits.max_bytes:
+            raise SplitUnsure("message over max_bytes")
+        scan = max(cut, len(buffer) - len(end_tag)) - base
+        buffer = buffer[base:] + chunk
+        cut -= base
+        base = 0
+        ended = not chunk
+    tail = re.compile(
+        _WS
+        + rb"</"
+        + re.escape(head.body_name)
+        + _WS
+        + rb">"
+        + _WS
+        + rb"</"
+        + re.escape(head.root_name)
+        + _WS
+        + rb">"
+        + _WS
+    )
+    if tail.fullmatch(buffer, cut) is None or position + count == 1:
+        raise SplitUnsure("the body does not end as the splitter expects")
+    if count:
+        yield RecordSlice(position, count, opening + buffer[base:cut] + closing, total)
+
+
+# ------------------------------------------------------------------ worker side
+
+_local = threading.local()
+
+
+def _items_schema_document() -> bytes:
+    includes = "".join(
+        f'<xs:include schemaLocation="{file}"/>'
+        for file in sorted({spec.xsd_file for spec in ITEM_CODES.values()})
+    )
+    return (
+        '<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema" '
+        f'targetNamespace="{ITEM_NAMESPACE}" elementFormDefault="qualified">'
+        f"{includes}</xs:schema>"
+    ).encode()
+
+
+_ITEMS_XSD: Final = "slice_items.xsd"
+
+
+class _Resolver(etree.Resolver):
+    def resolve(  # type: ignore[override]  # lxml passes the context (not in its stubs)
+        self, system_url: str, public_id: str, context: Any
+    ) -> Any:
+        if system_url.endswith(_ITEMS_XSD):
+            return self.resolve_string(
+                _items_schema_document(), context, base_url=str(XSD_DIR / _ITEMS_XSD)
+            )
+        return None
+
+
+def slice_schema() -> etree.XMLSchema | None:
+    """``registration.xsd`` with a ``RecordSlice`` of entries and every embedded item
+    validated strictly against the item XSDs; ``None`` if it cannot be built (then each
+    entry and item is validated on its own). Compiled once per thread."""
+    if hasattr(_local, "schema"):
+        schema: etree.XMLSchema | None = _local.schema
+        return schema
+    schema = None
+    text = (XSD_DIR / REGISTRATION_XSD).read_text(encoding="utf-8")
+    skip = 'processContents="skip"'
+    if text.count(skip) == 1 and text.count("</xs:schema>") == 1:
+        opening = text.index(">", text.index("<xs:schema")) + 1
+        text = (
+            text[:opening]
+            + f'<xs:import namespace="{ITEM_NAMESPACE}" schemaLocation="{_ITEMS_XSD}"/>'
+            + text[opening:].replace(skip, 'processContents="strict"')
+        ).replace(
+            "</xs:schema>",
+            f'<xs:element name="{_SLICE_LOCAL}"><xs:complexType><xs:sequence>'
+            '<xs:element ref="r:Record" maxOccurs="unbounded"/>'
+            "</xs:sequence></xs:complexType></xs:element></xs:schema>",
+        )
+        parser = etree.XMLParser(
+            resolve_entities=False, no_network=True, load_dtd=False, remove_comments=True
+        )
+        parser.resolvers.add(_Resolver())
+        try:
+            document = etree.fromstring(text.encode(), parser, base_url=str(XSD_DIR / "slice.xsd"))
+            schema = etree.XMLSchema(document)
+        except (etree.XMLSchemaParseError, etree.XMLSyntaxError):
+            schema = None
+    _local.schema = schema
+    return schema
+
+
+def _canonical_validated(code: str, root: etree._Element) -> bytes:
+    """:func:`~.items.canonical_item_from_element` for an item the slice schema validated
+    (its root is checked here: that schema accepts any item's root)."""
+    spec = item_spec(code)
+    _check_root(spec, root)
+    try:
+        text = _canonical_group(_LAYOUTS[spec.item_type], root, root=True)
+    except (ValueError, TypeError):
+        text = None
+    if text is None:
+        return encode_item(item_from_element(code, root))
+    return (_DECLARATION + text).encode("utf-8")
+
+
+def _encode_validated(record: etree._Element, position: int) -> EncodedEntry | EntryRejection:
+    """:func:`~.registration._encode_record` for an entry the slice schema validated."""
+    checked = _check_record(record, position, _canonical_validated, validated=True)
+    if isinstance(checked, EntryRejection):
+        return checked
+    return _encoded(checked)
+
+
+def _encoded(checked: _Checked[bytes]) -> EncodedEntry:
+    return EncodedEntry(
+        record_id=checked.record_id,
+        segment=checked.segment,
+        integrated_address_number=checked.fields.text("IntegratedAddressNumber"),
+        item_code=checked.item_code,
+        data_set_record_key=checked.fields.text("DataSetRecordKey"),
+        major_version=checked.major_version,
+        publication_date=checked.publication_date,
+        published_end_date=checked.published_end_date,
+        content=checked.item,
+    )
+
+
+_PARSER_OPTIONS: Final = {**HARDENED_OPTIONS, "remove_comments": False}
+
+
+def encode_record_slice(
+    data: bytes, first_position: int, expected: int, limits: StreamLimits = DEFAULT_STREAM_LIMITS
+) -> list[EncodedEntry | EntryRejection]:
+    """Check the entries of one :class:`RecordSlice`: one result per entry, as
+    :func:`~.registration.iter_registration_encoded` gives them.
+
+    Raises :class:`SliceRefused` when the slice is not ``expected`` whole entries or
+    holds anything the streaming parser would refuse.
+    """
+    # The same refusals as the streaming parser's reader and parser (DTDs and entity
+    # declarations, UTF-8, processing instructions, XInclude), bounded by the slice size.
+    try:
+        check_prolog(data, XmlLimits(max_bytes=max(len(data), 1)))
+        # Comments are dropped as the streaming parser drops them; without any, the
+        # parser that keeps them is a little faster and gives the same tree.
+        options = HARDENED_OPTIONS if b"<!--" in data else _PARSER_OPTIONS
+        root = etree.fromstring(data, parser=etree.XMLParser(**options))
+        check_markup(root)
+    except (CodecError, etree.XMLSyntaxError, ValueError):
+        raise SliceRefused("the slice does not parse as the streaming parser would") from None
+    if root.tag != _SLICE or len(root.attrib) or not _blank(root.text):
+        raise SliceRefused("the slice is not whole entries")
+    records = list(root)
+    if len(records) != expected:
+        raise SliceRefused("the slice holds another number of entries than counted")
+    over_budget = _over_budget(limits.max_depth, limits.max_entry_elements)
+    for record in records:
+        if record.tag != _RECORD or not _blank(record.tail) or over_budget(record):
+            raise SliceRefused("the slice holds something else than entries within limits")
+    schema = slice_schema()
+    encode = _encode_validated if schema is not None and schema.validate(root) else _encode_record
+    return [encode(record, position) for position, record in enumerate(records, first_position)]
+
+
+def warm_slices() -> None:
+    """Compile the schemas a slice needs (process-pool initializer)."""
+    slice_schema()
+    lxml_schema(REGISTRATION_XSD)
+    for spec in ITEM_CODES.values():
+        lxml_schema(spec.xsd_file)
+
+
+__all__ = [
+    "RecordSlice",
+    "SliceRefused",
+    "SplitUnsure",
+    "encode_record_slice",
+    "slice_schema",
+    "split_registration",
+    "warm_slices",
+]
