@@ -90,15 +90,21 @@ async def _sign_if_due(
         last_seq, prev = (last["seq"], last["hash"]) if last else (0, genesis_hash())
         if head["seq"] <= last_seq:
             return None
+        if not force:  # due? (counted by the chain's index, the events not read yet)
+            pending = await conn.fetchrow(
+                "SELECT count(*) AS n, min(recorded_at) AS oldest FROM hub_record_events "
+                "WHERE seq > $1",
+                last_seq,
+            )
+            assert pending is not None
+            oldest = pending["oldest"]
+            if pending["n"] < every and (oldest is None or utcnow() - oldest < interval):
+                return None
         rows = await conn.fetch(
             f"SELECT {ROW_COLUMNS} FROM hub_record_events "  # noqa: S608 -- fixed columns
             "WHERE seq > $1 ORDER BY seq, id",
             last_seq,
         )
-        if not force and len(rows) < every:
-            oldest = rows[0]["recorded_at"] if rows else None
-            if oldest is None or utcnow() - oldest < interval:
-                return None
         bad = verify_segment(
             rows, after_seq=last_seq, prev_hash=prev, head_seq=head["seq"], head_hash=head["hash"]
         )
