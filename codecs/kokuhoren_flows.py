@@ -596,6 +596,7 @@ class FlowSpec(Generic[T]):
     data_type: str
     exchange_id: str
     direction: str  # "to_kokuhoren" or "to_insurer"
+    item_type: type[T]
     row_type: type[Any]
     columns: tuple[Column, ...]
     check: Callable[[Any, YearMonth | None], list[KokuhorenCsvError]]
@@ -757,6 +758,7 @@ BENEFIT_PLAN: Final[FlowSpec[BenefitPlan]] = FlowSpec(
     data_type="821",
     exchange_id="8221",
     direction="to_kokuhoren",
+    item_type=BenefitPlan,
     row_type=_PlanRow,
     columns=_PLAN_COLUMNS,
     check=_check_plan_row,
@@ -768,6 +770,7 @@ REIMBURSEMENT: Final[FlowSpec[Reimbursement]] = FlowSpec(
     data_type="911",
     exchange_id="9111",
     direction="to_kokuhoren",
+    item_type=Reimbursement,
     row_type=Reimbursement,
     columns=_REIMBURSEMENT_COLUMNS,
     check=_check_reimbursement,
@@ -779,6 +782,7 @@ COLLECTION_REQUEST: Final[FlowSpec[CollectionRequest]] = FlowSpec(
     data_type="951",
     exchange_id="9511",
     direction="to_kokuhoren",
+    item_type=CollectionRequest,
     row_type=CollectionRequest,
     columns=_REQUEST_COLUMNS,
     check=_check_request,
@@ -790,6 +794,7 @@ COLLECTION_RESULT: Final[FlowSpec[CollectionResult]] = FlowSpec(
     data_type="952",
     exchange_id="9521",
     direction="to_insurer",
+    item_type=CollectionResult,
     row_type=CollectionResult,
     columns=_RESULT_COLUMNS,
     check=_check_result,

@@ -429,8 +429,24 @@ async def transmission_json(state: GatewayState, transmission_id: int) -> dict[s
             transmission_id,
         )
         by_number = {c["record_number"]: c["change_id"] for c in changes}
+        flows = await state.pool.fetch(
+            "SELECT first_record, last_record, record_id FROM kokuhoren_flow_records "
+            "WHERE transmission_id = $1",
+            transmission_id,
+        )
         for error in intake["errors"]:
-            error["change_id"] = by_number.get(error["record_number"])
+            number = error["record_number"]
+            if flows:
+                error["record_id"] = next(
+                    (
+                        f["record_id"]
+                        for f in flows
+                        if number is not None and f["first_record"] <= number <= f["last_record"]
+                    ),
+                    None,
+                )
+            else:
+                error["change_id"] = by_number.get(number)
     return {
         "transmission_id": row["id"],
         "job_id": row["job_id"],

@@ -4,6 +4,11 @@
 * ``POST /internal/v1/kokuhoren/transmissions`` ``{"month": "YYYYMM", "kind": ...}``
 * ``GET  /internal/v1/kokuhoren/transmissions/{id}[?wait=s]``
 * ``POST /internal/v1/kokuhoren/transmissions/{id}/resend`` (the same file, same number)
+* ``POST /internal/v1/kokuhoren/flows/{flow}/records`` ``{"records": [...]}`` — ``flow``
+  ``benefit_plan`` (給付管理票), ``reimbursement`` (償還払い実績) or ``special_collection``
+  (特別徴収依頼); ``GET`` the same path (``?month=YYYYMM``) lists them with their intake
+  (and 特別徴収結果)
+* ``POST /internal/v1/kokuhoren/transmissions`` also takes those flows as ``kind``
 * ``POST /internal/v1/kokuhoren/returns`` ``{"month": "YYYYMM"}``
 * ``GET  /internal/v1/kokuhoren/returns/{job_id}[?wait=s]``
 
@@ -40,6 +45,13 @@ from chukan.gateway.kokuhoren.changes import (
     transmission_json,
 )
 from chukan.gateway.kokuhoren.errors import KokuhorenNotConfiguredError
+from chukan.gateway.kokuhoren.flow_json import OUTGOING
+from chukan.gateway.kokuhoren.flows import (
+    build_flow_transmission,
+    flow_records_json,
+    flow_spec,
+    store_records,
+)
 from chukan.gateway.kokuhoren.transmission import MailboxClient
 
 MAX_CHANGES_PER_REQUEST: Final = 1000
@@ -110,8 +122,15 @@ async def post_transmission(request: web.Request) -> web.Response:
     data = await read_json(request)
     month = parse_month(data.get("month"))
     kind = data.get("kind", "change")
+    if isinstance(kind, str) and kind in OUTGOING:
+        body = await build_flow_transmission(
+            state, client, insurer, month, OUTGOING[kind], system.system_id
+        )
+        return web.json_response(body, status=202)
     if kind not in KIND_DATA_TYPES:
-        raise ValidationError("kind must be 'change' or 'correction'")
+        raise ValidationError(
+            "kind must be 'change', 'correction', " + ", ".join(f"'{k}'" for k in OUTGOING)
+        )
     body = await build_transmission(state, client, insurer, month, kind, system.system_id)
     return web.json_response(body, status=202)
 
@@ -144,6 +163,33 @@ async def post_resend(request: web.Request) -> web.Response:
     transmission_id = _id(request, "transmission_id")
     body = await resend_transmission(state, client, transmission_id, system.system_id)
     return web.json_response(body, status=202)
+
+
+async def post_flow_records(request: web.Request) -> web.Response:
+    """Store records of one flow for the next file of that flow; all of the batch or none."""
+    system = await authorize(request, OP_KOKUHOREN_TRANSMIT)
+    state = request.config_dict[GATEWAY_STATE]
+    insurer = insurer_number(state)
+    spec = flow_spec(request.match_info["flow"])
+    data = await read_json(request, limit=MAX_CHANGES_BODY)
+    items = data.get("records")
+    if not isinstance(items, list) or not items:
+        raise ValidationError("records must be a non-empty list")
+    if len(items) > MAX_CHANGES_PER_REQUEST:
+        raise ValidationError(f"at most {MAX_CHANGES_PER_REQUEST} records per request")
+    body = await store_records(state, spec, items, insurer, system.system_id)
+    return web.json_response(body, status=201 if body["stored"] else 200)
+
+
+async def get_flow_records(request: web.Request) -> web.Response:
+    """The records of one flow with status, intake result and (特別徴収) results."""
+    await authorize(request, OP_KOKUHOREN_TRANSMIT)
+    state = request.config_dict[GATEWAY_STATE]
+    spec = flow_spec(request.match_info["flow"])
+    month = request.query.get("month")
+    if month is not None:
+        month = str(parse_month(month))
+    return web.json_response(await flow_records_json(state, spec, month))
 
 
 async def post_returns(request: web.Request) -> web.Response:
@@ -216,5 +262,7 @@ def add_internal_routes(internal: web.Application) -> None:
     internal.router.add_post("/v1/kokuhoren/transmissions", post_transmission)
     internal.router.add_get("/v1/kokuhoren/transmissions/{transmission_id}", get_transmission)
     internal.router.add_post("/v1/kokuhoren/transmissions/{transmission_id}/resend", post_resend)
+    internal.router.add_post("/v1/kokuhoren/flows/{flow}/records", post_flow_records)
+    internal.router.add_get("/v1/kokuhoren/flows/{flow}/records", get_flow_records)
     internal.router.add_post("/v1/kokuhoren/returns", post_returns)
     internal.router.add_get("/v1/kokuhoren/returns/{job_id}", get_returns)

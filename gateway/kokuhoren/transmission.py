@@ -24,6 +24,7 @@ import aiohttp
 import structlog
 
 from chukan.codecs.errors import CodecError
+from chukan.codecs.kokuhoren_flows import COLLECTION_RESULT
 from chukan.codecs.kokuhoren_returns import decode_benefit_file, parse_benefit_file_name
 from chukan.gateway.core import db
 from chukan.gateway.core.config import KokuhorenLink
@@ -310,6 +311,24 @@ async def _record_intake(
             list(refused),
             list(refused.values()),
         )
+        await conn.execute(
+            """UPDATE kokuhoren_flow_records f
+               SET intake_status = CASE WHEN $2 OR r.code IS NOT NULL
+                                        THEN 'rejected' ELSE 'accepted' END,
+                   intake_code = CASE WHEN $2 THEN COALESCE(r.code, $3) ELSE r.code END
+               FROM (SELECT f2.id,
+                            (SELECT e.code
+                             FROM unnest($4::int[], $5::text[]) AS e(record_number, code)
+                             WHERE e.record_number BETWEEN f2.first_record AND f2.last_record
+                             ORDER BY e.record_number LIMIT 1) AS code
+                     FROM kokuhoren_flow_records f2 WHERE f2.transmission_id = $1) AS r
+               WHERE f.id = r.id""",
+            transmission_id,
+            whole_file,
+            file_code,
+            list(refused),
+            list(refused.values()),
+        )
         await finish_job(
             conn,
             job_id,
@@ -329,6 +348,22 @@ async def _record_intake(
         duplicate=duplicate,
         error_codes=sorted({e.code for e in intake.errors}),
     )
+
+
+async def apply_benefits_to_replica(state: GatewayState) -> dict[str, int]:
+    """Apply 給付実績 files not yet in the 副本 (see :mod:`~chukan.gateway.kokuhoren.benefits`)."""
+    from chukan.gateway.kokuhoren.benefits import apply_pending_benefits
+
+    return await apply_pending_benefits(state)
+
+
+async def store_collection_results(
+    state: GatewayState, job_id: int, month: str, envelope: FileEnvelope, content: bytes
+) -> int:
+    """Store a 特別徴収結果 file (see :mod:`~chukan.gateway.kokuhoren.benefits`)."""
+    from chukan.gateway.kokuhoren.benefits import store_collection_file
+
+    return await store_collection_file(state, job_id, month, envelope, content)
 
 
 async def ingest_returns(state: GatewayState, client: MailboxClient, job_id: int) -> None:
@@ -354,6 +389,7 @@ async def ingest_returns(state: GatewayState, client: MailboxClient, job_id: int
             records = await _store_return(state, job_id, month, envelope, content)
             counts["files"] += 1
             counts["records"] += records
+        counts |= await apply_benefits_to_replica(state)
         await finish_job(state.pool, job_id, counts)
         log.info("kokuhoren_returns_ingested", job_id=job_id, month=month, **counts)
 
@@ -366,6 +402,8 @@ async def ingest_returns(state: GatewayState, client: MailboxClient, job_id: int
 async def _store_return(
     state: GatewayState, job_id: int, month: str, envelope: FileEnvelope, content: bytes
 ) -> int:
+    if envelope.file_name.startswith(f"10_{COLLECTION_RESULT.data_type}"):
+        return await store_collection_results(state, job_id, month, envelope, content)
     insurer, name_month = parse_benefit_file_name(envelope.file_name)
     if len(content) > THREAD_THRESHOLD:
         file = await asyncio.to_thread(decode_benefit_file, content)

@@ -48,6 +48,7 @@ from chukan.simulators.errors import (
     FileUnknownError,
 )
 from chukan.simulators.kokuhoren.auth import authenticate_insurer
+from chukan.simulators.kokuhoren.flows import flow_intake, is_flow_file
 from chukan.simulators.kokuhoren.params import file_number
 from chukan.simulators.kokuhoren.rules import Register, Review, key_of, review_file
 from chukan.simulators.kokuhoren.state import (
@@ -102,7 +103,10 @@ async def receive_file(request: web.Request) -> web.Response:
             return signed_json(
                 state, {"duplicate": True, "intake": json.loads(existing["intake_result"])}
             )
-        intake = await _intake(conn, state, insurer.insurer_number, envelope, content)
+        if is_flow_file(envelope.file_name):
+            intake = await flow_intake(conn, state, insurer.insurer_number, envelope, content)
+        else:
+            intake = await _intake(conn, state, insurer.insurer_number, envelope, content)
     log.info(
         "kokuhoren_file_received",
         insurer=insurer.insurer_number,
