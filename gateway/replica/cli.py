@@ -265,6 +265,7 @@ async def import_file(
                     stored_by=stored_by,
                     job_id=job_id,
                     on_batch=on_batch,
+                    apply_ahead=True,
                 )
     except (CodecError, MessageIdReusedError) as exc:
         seconds = time.perf_counter() - started

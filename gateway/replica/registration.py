@@ -42,6 +42,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any, BinaryIO, Final, TypeAlias, cast
 
+import asyncpg
 import structlog
 
 from chukan.codecs.registration import (
@@ -427,6 +428,141 @@ _APPLY: Final = """
     FROM inserted"""
 
 
+#: Each batch as it arrives, while the next ones are decoded: its rows, then the same rows
+#: appended to the staging table (which the checks of a message that is not applied read).
+_BATCH_DDL: Final = "CREATE TEMP TABLE replica_batch (LIKE replica_staging) ON COMMIT DROP"
+_BATCH_TO_STAGING: Final = "INSERT INTO replica_staging SELECT * FROM replica_batch"
+
+#: One batch applied ahead of the checks (see _apply): versions continue per record key after
+#: its last stored version, which includes the earlier batches of the same message (read in
+#: one index scan before the statement inserts; its own rows are numbered in message order).
+_APPLY_BATCH: Final = """
+    WITH known AS (
+        SELECT r.atena_id, r.item_code, r.record_key, max(r.version) AS version
+        FROM replica_items r
+        WHERE r.atena_id = ANY (ARRAY(SELECT DISTINCT atena_id FROM replica_batch))
+        GROUP BY r.atena_id, r.item_code, r.record_key),
+    inserted AS (
+        INSERT INTO replica_items (tenant, atena_id, item_code, record_key, version,
+                                   valid_from, valid_to, deleted, content, digest, record_id,
+                                   message_id, stored_by)
+        SELECT (SELECT chukan_tenant()), s.atena_id, s.item_code, s.record_key,
+               COALESCE(k.version, 0)
+                 + row_number() OVER (PARTITION BY s.atena_id, s.item_code, s.record_key
+                                      ORDER BY s.position),
+               s.valid_from, s.valid_to, s.deleted, s.content, s.digest,
+               s.record_id, $1, $2
+        FROM replica_batch s
+        LEFT JOIN known k
+               ON k.atena_id = s.atena_id AND k.item_code = s.item_code
+              AND k.record_key = s.record_key
+        RETURNING deleted)
+    SELECT count(*) FILTER (WHERE NOT deleted) AS registered,
+           count(*) FILTER (WHERE deleted) AS deleted
+    FROM inserted"""
+
+#: The one check the constraints of replica_items do not make for the batches applied ahead:
+#: a deletion naming a record key that had no version before this message (its own rows
+#: carry its MSGID) nor a registration earlier in it.
+_UNKNOWN_DELETION: Final = """
+    SELECT EXISTS (
+        SELECT 1 FROM replica_staging s
+        WHERE s.deleted
+          AND NOT EXISTS (SELECT 1 FROM replica_items r
+                          WHERE r.atena_id = s.atena_id AND r.item_code = s.item_code
+                            AND r.record_key = s.record_key
+                            AND r.message_id IS DISTINCT FROM $1)
+          AND NOT EXISTS (SELECT 1 FROM replica_staging e
+                          WHERE e.atena_id = s.atena_id AND e.item_code = s.item_code
+                            AND e.record_key = s.record_key AND NOT e.deleted
+                            AND e.position < s.position))"""
+
+
+class _Ahead:
+    """Batches applied to replica_items as they arrive, before the message is checked whole.
+
+    The per-tenant lock keeps every other writer out, and the constraints of replica_items
+    make the checks of person (foreign key) and RecordIdentificationNumber (unique); when a
+    batch breaks one, has rejected entries, or the whole message turns out to have any
+    problem, the rows applied ahead are deleted and the message goes the checked way
+    (staging, set-based checks, one INSERT … SELECT), which names every rejected entry.
+    """
+
+    def __init__(self, conn: db.Conn, message_id: str, stored_by: str, active: bool) -> None:
+        self.conn = conn
+        self.message_id = message_id
+        self.stored_by = stored_by
+        self.active = active
+        self.created = False
+        self.applied = False
+        self.registered = 0
+        self.deleted = 0
+
+    async def start(self) -> None:
+        if self.active:
+            if not self.created:
+                await self.conn.execute(_BATCH_DDL)
+                self.created = True
+            # known reads replica_items by 宛名番号; statistics of a table analyzed empty must
+            # not turn that into a scan per batch of everything inserted so far.
+            await self.conn.execute("SET LOCAL enable_seqscan = off")
+
+    async def stage(self, batch: DecodedBatch) -> None:
+        if batch.rejections:
+            await self.abandon()
+        if not batch.rows:
+            return
+        if not self.active:
+            await self.conn.copy_records_to_table(
+                "replica_staging", records=batch.rows, columns=STAGING_COLUMNS
+            )
+            return
+        await self.conn.execute("TRUNCATE replica_batch")
+        await self.conn.copy_records_to_table(
+            "replica_batch", records=batch.rows, columns=STAGING_COLUMNS
+        )
+        await self.conn.execute(_BATCH_TO_STAGING)
+        await self.conn.execute("SAVEPOINT replica_batch")
+        try:
+            counts = await self.conn.fetchrow(_APPLY_BATCH, self.message_id, self.stored_by)
+        except asyncpg.IntegrityConstraintViolationError:
+            await self.conn.execute("ROLLBACK TO SAVEPOINT replica_batch")
+            await self.conn.execute("RELEASE SAVEPOINT replica_batch")
+            await self.abandon()
+            return
+        await self.conn.execute("RELEASE SAVEPOINT replica_batch")
+        assert counts is not None
+        self.applied = True
+        self.registered += counts["registered"]
+        self.deleted += counts["deleted"]
+
+    async def restart(self, active: bool) -> None:
+        await self.abandon()
+        self.active = active
+        await self.start()
+
+    async def abandon(self) -> None:
+        """Undo what was applied ahead; the message goes the checked way."""
+        if self.applied:
+            await self.conn.execute(
+                "DELETE FROM replica_items WHERE message_id = $1", self.message_id
+            )
+        if self.active:
+            await self.conn.execute("SET LOCAL enable_seqscan = on")
+        self.active = self.applied = False
+        self.registered = self.deleted = 0
+
+    async def finish(self) -> dict[str, int] | None:
+        """The counts when every batch was applied and nothing is wrong with the message."""
+        if not self.active:
+            return None
+        await self.conn.execute("SET LOCAL enable_seqscan = on")
+        if self.deleted and await self.conn.fetchval(_UNKNOWN_DELETION, self.message_id):
+            await self.abandon()
+            return None
+        return {"registered": self.registered, "deleted": self.deleted}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class RegistrationOutcome:
     """The answer to a message: HTTP status and JSON body, as stored for replays."""
@@ -478,18 +614,23 @@ async def apply_registration(
     stored_by: str,
     job_id: int | None = None,
     on_batch: Callable[[DecodedBatch, int], None] | None = None,
+    apply_ahead: bool = False,
 ) -> RegistrationOutcome:
     """Apply one message whole or not at all (see the module docstring).
 
     ``conn`` must be a tenant session; ``on_batch(batch, entries_so_far)`` is called
-    as batches are staged (progress).
+    as batches are staged (progress). ``apply_ahead``: insert each batch into the replica
+    as it arrives (PostgreSQL works while the next batches are decoded) and check the
+    message whole at the end, undoing them on any problem (see :class:`_Ahead`).
     """
     header = await source.header()
     replay = await stored_outcome(conn, header.message_id, body_sha256)
     if replay is not None:
         return replay
     try:
-        return await _apply(conn, header, source, body_sha256, stored_by, job_id, on_batch)
+        return await _apply(
+            conn, header, source, body_sha256, stored_by, job_id, on_batch, apply_ahead
+        )
     except RegistrationRacedError:
         replay = await stored_outcome(conn, header.message_id, body_sha256)
         assert replay is not None
@@ -504,6 +645,7 @@ async def _apply(
     stored_by: str,
     job_id: int | None,
     on_batch: Callable[[DecodedBatch, int], None] | None,
+    apply_ahead: bool,
 ) -> RegistrationOutcome:
     test_mode = header.mode is MessageMode.TEST
     timings: dict[str, float] = {}
@@ -528,38 +670,44 @@ async def _apply(
             if reception is None:
                 raise RegistrationRacedError("another transaction stored this MSGID first")
         await conn.execute(_STAGING_DDL)
+        ahead = _Ahead(conn, header.message_id, stored_by, active=apply_ahead and not test_mode)
+        await ahead.start()
         entries = 0
         rejections: list[EntryRejection] = []
         async for batch in source.batches():
             if batch.restart:  # decoded again from the start: what was staged is void
                 await conn.execute("TRUNCATE replica_staging")
+                await ahead.restart(apply_ahead and not test_mode)
                 entries = 0
                 rejections.clear()
             entries += batch.entries
             rejections.extend(batch.rejections)
-            if batch.rows:
-                await conn.copy_records_to_table(
-                    "replica_staging", records=batch.rows, columns=STAGING_COLUMNS
-                )
+            await ahead.stage(batch)
             if on_batch is not None:
                 on_batch(batch, entries)
         timings["stage_ms"] = time.perf_counter() - started
+        applied = await ahead.finish()
         # Statistics of the columns the checks and the apply join and sort on (those of
         # the item bytes would cost as much again and are never used).
-        await conn.execute(
-            "ANALYZE replica_staging (position, record_id, deleted, atena_id, item_code,"
-            " record_key)"
-        )
-        await conn.execute(_KNOWN)
-        await conn.execute("ANALYZE replica_known")
-        # Sorting staged rows (with their content) for version numbering stays in memory.
-        await conn.execute("SET LOCAL work_mem = '64MB'")
-        for row in await conn.fetch(_CHECKS):
-            rejections.append(
-                EntryRejection(
-                    row["record_id"], row["code"], row["message"], row["position"], row["place"]
-                )
+        if applied is None:
+            await conn.execute(
+                "ANALYZE replica_staging (position, record_id, deleted, atena_id, item_code,"
+                " record_key)"
             )
+            await conn.execute(_KNOWN)
+            await conn.execute("ANALYZE replica_known")
+            # Sorting staged rows (with their content) for version numbering stays in memory.
+            await conn.execute("SET LOCAL work_mem = '64MB'")
+            for row in await conn.fetch(_CHECKS):
+                rejections.append(
+                    EntryRejection(
+                        row["record_id"],
+                        row["code"],
+                        row["message"],
+                        row["position"],
+                        row["place"],
+                    )
+                )
         timings["check_ms"] = time.perf_counter() - started - timings["stage_ms"]
         body: dict[str, Any] = {
             "message_id": header.message_id,
@@ -582,12 +730,16 @@ async def _apply(
                 "rejected": [rejection_json(r) for r in rejections],
             }
         else:
+            counts: asyncpg.Record | dict[str, int] | None
             if test_mode:
                 counts = await conn.fetchrow(
                     "SELECT count(*) FILTER (WHERE NOT deleted) AS registered, "
                     "count(*) FILTER (WHERE deleted) AS deleted FROM replica_staging"
                 )
                 status, outcome = 200, "validated"
+            elif applied is not None:
+                counts = applied
+                status, outcome = 201, "accepted"
             else:
                 counts = await conn.fetchrow(_APPLY, header.message_id, stored_by)
                 status, outcome = 201, "accepted"
