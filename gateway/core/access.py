@@ -5,7 +5,8 @@ holding the operation as a role) or, without one, a configured bearer token
 (:func:`authorize`, called by each handler with its operation).  The network
 face is guarded by :func:`hub_only_middleware`, the ``/network`` sub-application's
 middleware: no client certificate → 401, a certificate that is not the hub's →
-403.  Every refusal is recorded in ``access_refusals`` with the caller's identity.
+403.  Every refusal is counted in ``access_refusals`` with the caller's identity (one
+row a minute per caller, peer, operation and code; 429 past a limit: :mod:`.refusals`).
 Without TLS configured (plain-HTTP benchmark baseline) the hub check is skipped.
 """
 
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from chukan.gateway.core.config import SystemCredential
 from chukan.gateway.core.errors import ForbiddenError, GatewayError, UnauthenticatedError
+from chukan.gateway.core.refusals import REFUSAL_COUNTED, record_refusal
 from chukan.gateway.core.state import GATEWAY_STATE, GatewayState
 from chukan.gateway.core.tls import identity_label, parse_system_subject, peer_identity
 from chukan.gateway.core.web import CALLER, Handler
@@ -33,18 +35,15 @@ NETWORK_OPERATION: Final = "network"
 async def refuse(
     state: GatewayState, request: web.Request, caller: str | None, op: str, exc: GatewayError
 ) -> NoReturn:
-    """Record the refusal of ``caller`` for ``op`` (kept for audit), then raise it."""
-    await state.pool.execute(
-        "INSERT INTO access_refusals (caller, operation, status, code, remote) "
-        "VALUES ($1, $2, $3, $4, $5)",
-        caller,
-        op,
-        exc.status,
-        exc.code,
-        request.remote,
+    """Count the refusal of ``caller`` for ``op`` (kept for audit, one row a minute per
+    caller, peer, operation and code), then raise it — or 429 ``rate_limited`` when the
+    peer was refused too often this minute (:mod:`.refusals`)."""
+    answer = await record_refusal(
+        state.pool, caller=caller, operation=op, remote=request.remote, exc=exc
     )
-    log.warning("access_refused", caller=caller, operation=op, code=exc.code)
-    raise exc
+    request[REFUSAL_COUNTED] = True
+    log.warning("access_refused", caller=caller, operation=op, code=answer.code)
+    raise answer
 
 
 async def _presented_certificate(

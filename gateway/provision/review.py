@@ -52,7 +52,7 @@ from chukan.gateway.records.store import RecordEntry, write_record
 from chukan.gateway.replica.errors import ReplicaInconsistentError
 from chukan.gateway.replica.items import provision_document
 from chukan.gateway.staff.roles import ROLE_APPROVER, ROLE_AUDITOR
-from chukan.gateway.staff.sessions import audit_staff, require_staff
+from chukan.gateway.staff.sessions import StaffSession, audit_staff, require_staff
 from chukan.keys import public_encryption_key, seal
 
 log = structlog.get_logger("chukan.gateway")
@@ -338,7 +338,8 @@ async def list_reviews(request: web.Request) -> web.Response:
     return await _list_reviews(request)
 
 
-async def _list_reviews(request: web.Request) -> web.Response:
+async def _list_reviews(request: web.Request, session: StaffSession | None = None) -> web.Response:
+    """The queue; for staff, only the items their office's item classes reach."""
     state = request.config_dict[GATEWAY_STATE]
     wanted = request.query.get("status", "pending")
     if wanted not in (*REVIEW_STATUSES, "all"):
@@ -349,7 +350,11 @@ async def _list_reviews(request: web.Request) -> web.Response:
             "ORDER BY requested_at LIMIT 1000",
             wanted,
         )
-        reviews = [_row_json(r, await _records(conn, list(r["replica_ids"]))) for r in rows]
+        reviews = [
+            _row_json(r, await _records(conn, list(r["replica_ids"])))
+            for r in rows
+            if session is None or session.sees(r["item_code"])
+        ]
     return web.json_response({"reviews": reviews})
 
 
@@ -414,20 +419,32 @@ async def refuse_review(request: web.Request) -> web.Response:
 
 async def staff_list_reviews(request: web.Request) -> web.Response:
     """``GET /staff/v1/review``: approvers and auditors see the queue."""
-    await require_staff(request, ROLE_APPROVER, ROLE_AUDITOR)
-    return await _list_reviews(request)
+    session = await require_staff(request, ROLE_APPROVER, ROLE_AUDITOR)
+    return await _list_reviews(request, session)
 
 
 async def staff_get_review(request: web.Request) -> web.Response:
     """``GET /staff/v1/review/{query_id}``: one held provision and the document it would send."""
-    await require_staff(request, ROLE_APPROVER, ROLE_AUDITOR)
+    session = await require_staff(request, ROLE_APPROVER, ROLE_AUDITOR)
+    await _require_in_scope(request, session)
     await audit_staff(request, "review.read", target=_query_id(request))
     return await _get_review(request)
+
+
+async def _require_in_scope(request: web.Request, session: StaffSession) -> None:
+    """A held provision of an item outside the staff member's item classes is, for them,
+    no held provision at all (404 ``review_unknown``, as for an unknown query id)."""
+    item_code = await request.config_dict[GATEWAY_STATE].pool.fetchval(
+        "SELECT item_code FROM review_queue WHERE query_id = $1", _query_id(request)
+    )
+    if item_code is None or not session.sees(item_code):
+        raise ReviewUnknownError("no held provision with this query id")
 
 
 async def staff_decider(request: web.Request) -> Decider:
     """The role check of a staff decision (JSON API and console alike): approvers only."""
     session = await require_staff(request, ROLE_APPROVER)
+    await _require_in_scope(request, session)
     return Decider("staff", session.username)
 
 

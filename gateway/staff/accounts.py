@@ -21,7 +21,17 @@ from chukan.gateway.core.settings import StaffConfig
 from chukan.gateway.core.state import utcnow
 from chukan.gateway.core.web import require_str
 from chukan.gateway.staff.audit import audit
-from chukan.gateway.staff.errors import AccountExistsError, AccountUnknownError
+from chukan.gateway.staff.errors import (
+    AccountExistsError,
+    AccountUnknownError,
+    OfficeUnknownError,
+)
+from chukan.gateway.staff.offices import (
+    CENTRAL_OFFICE,
+    check_office_code,
+    ensure_offices,
+    parse_item_classes,
+)
 from chukan.gateway.staff.passwords import (
     MAX_PASSWORD_LENGTH,
     check_password_strength,
@@ -34,11 +44,14 @@ log = structlog.get_logger("chukan.staff")
 USERNAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9._-]{1,63}$")
 MAX_DISPLAY_NAME: Final = 200
 #: What a request may change of an account (``PATCH``).
-CHANGEABLE: Final = frozenset({"roles", "display_name", "expires_at", "password", "unlock"})
+CHANGEABLE: Final = frozenset(
+    {"roles", "display_name", "expires_at", "password", "unlock", "office", "item_classes"}
+)
 
 ACCOUNT_COLUMNS: Final = (
     "username, display_name, roles, created_at, created_by, expires_at, revoked_at, "
-    "revoked_by, failed_logins, locked_until, last_login_at, password_changed_at"
+    "revoked_by, failed_logins, locked_until, last_login_at, password_changed_at, office, "
+    "item_classes"
 )
 
 
@@ -48,6 +61,7 @@ def account_json(row: asyncpg.Record) -> dict[str, Any]:
         value = row[key]
         out[key] = value.isoformat() if isinstance(value, dt.datetime) else value
     out["roles"] = sorted(row["roles"])
+    out["item_classes"] = sorted(row["item_classes"]) if row["item_classes"] is not None else None
     return out
 
 
@@ -92,21 +106,30 @@ async def create_account(
     created_by: str | None,
     display_name: str = "",
     expires_at: dt.datetime | None = None,
+    office: str = CENTRAL_OFFICE,
+    item_classes: list[str] | None = None,
 ) -> asyncpg.Record:
+    """A new account of ``office`` (the default offices are seeded first: a tenant's first
+    account may come from the command line before any gateway started)."""
+    await ensure_offices(conn)
     try:
         row = await conn.fetchrow(
             f"""INSERT INTO staff_accounts (username, display_name, roles, password_hash,
-                    created_by, expires_at)
-                VALUES ($1, $2, $3, $4, $5, $6) RETURNING {ACCOUNT_COLUMNS}""",  # noqa: S608
+                    created_by, expires_at, office, item_classes)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {ACCOUNT_COLUMNS}""",  # noqa: S608
             username,
             display_name,
             roles,
             password_hash,
             created_by,
             expires_at,
+            office,
+            item_classes,
         )
     except asyncpg.UniqueViolationError:
         raise AccountExistsError(f"account {username} already exists") from None
+    except asyncpg.ForeignKeyViolationError:
+        raise OfficeUnknownError(f"no office {office}") from None
     assert row is not None
     return row
 
@@ -167,6 +190,10 @@ async def plan_update(data: Mapping[str, Any], config: StaffConfig, username: st
         update.put("display_name", check_display_name(data["display_name"]))
     if "expires_at" in data:
         update.put("expires_at", parse_expiry(data["expires_at"]))
+    if "office" in data:
+        update.put("office", check_office_code(data["office"]))
+    if "item_classes" in data:
+        update.put("item_classes", parse_item_classes(data["item_classes"]))
     if data.get("unlock") is True:
         update.assignments.append("failed_logins = 0, locked_until = NULL")
     elif "unlock" in data and data["unlock"] is not False:
@@ -182,12 +209,15 @@ async def plan_update(data: Mapping[str, Any], config: StaffConfig, username: st
 
 
 async def update_account(conn: db.Executor, update: AccountUpdate) -> asyncpg.Record:
-    row = await conn.fetchrow(
-        f"UPDATE staff_accounts SET {', '.join(update.assignments)} "  # noqa: S608
-        f"WHERE username = $1 RETURNING {ACCOUNT_COLUMNS}",
-        update.username,
-        *update.args,
-    )
+    try:
+        row = await conn.fetchrow(
+            f"UPDATE staff_accounts SET {', '.join(update.assignments)} "  # noqa: S608
+            f"WHERE username = $1 RETURNING {ACCOUNT_COLUMNS}",
+            update.username,
+            *update.args,
+        )
+    except asyncpg.ForeignKeyViolationError:
+        raise OfficeUnknownError("no such office") from None
     if row is None:
         raise AccountUnknownError(f"no account {update.username}")
     return row
@@ -238,12 +268,15 @@ async def revoke_account(conn: db.Conn, username: str, by: str | None) -> int:
 async def ensure_initial_admin(conn: db.Executor, config: StaffConfig) -> bool:
     """Create the configured initial administrator when the tenant has no live admin."""
     admin = config.initial_admin
+    await ensure_offices(conn)
     if admin is None:
         return False
     check_username(admin.username)
     created = await conn.fetchval(
-        """INSERT INTO staff_accounts (username, display_name, roles, password_hash, created_by)
-           SELECT $1, 'initial administrator', ARRAY['admin'], $2, 'configuration'
+        """INSERT INTO staff_accounts (username, display_name, roles, password_hash, created_by,
+                                       office)
+           SELECT $1, 'initial administrator', ARRAY['admin'], $2, 'configuration',
+                  'kaigo-hoken-kanri'
            WHERE NOT EXISTS (SELECT 1 FROM staff_accounts
                              WHERE 'admin' = ANY (roles) AND revoked_at IS NULL)
            ON CONFLICT DO NOTHING RETURNING 1""",

@@ -44,3 +44,17 @@ class AccountUnknownError(NotFoundError):
 
 class WeakPasswordError(ValidationError):
     code = "password_too_weak"
+
+
+class OfficeExistsError(ConflictError):
+    code = "office_exists"
+
+
+class OfficeUnknownError(NotFoundError):
+    code = "office_unknown"
+
+
+class OfficeScopeError(ForbiddenError):
+    """An administrator of one office acting on another office's account, or on offices."""
+
+    code = "office_scope"

@@ -3,7 +3,10 @@
 * Sessions are random opaque bearer tokens stored as SHA-256 digests; a
   session ends after ``idle_timeout`` without use, after ``session_lifetime``,
   at logout, or at once when its account is revoked or expires.
-* Repeated failed logins lock the account for ``lockout``.
+* Repeated failed logins lock the account for ``lockout``; failed logins and refusals
+  of nobody known are counted per source and minute and answered 429 past a limit
+  (:mod:`chukan.gateway.core.refusals`).
+* A session carries its account's office and item-class scope (:mod:`.offices`).
 
 Every flow protects its staff handlers with :func:`require_staff`::
 
@@ -24,6 +27,8 @@ from aiohttp import web
 
 from chukan.gateway.core import db
 from chukan.gateway.core.errors import GatewayError
+from chukan.gateway.core.oplog import OFFICE
+from chukan.gateway.core.refusals import REFUSAL_COUNTED, check_peer, record_refusal
 from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, utcnow
 from chukan.gateway.core.web import CALLER
 from chukan.gateway.staff.audit import audit
@@ -32,12 +37,15 @@ from chukan.gateway.staff.errors import (
     RoleRequiredError,
     SessionInvalidError,
 )
+from chukan.gateway.staff.offices import CENTRAL_OFFICE, effective_classes, visible
 from chukan.gateway.staff.passwords import dummy_hash, verify_in_thread
 from chukan.gateway.staff.roles import ROLES
 
 log = structlog.get_logger("chukan.staff")
 
 TOKEN_BYTES: Final = 32
+#: The operation failed logins are counted under in ``access_refusals`` (per source).
+LOGIN_OPERATION: Final = "staff.login"
 
 
 def token_sha256(token: str) -> bytes:
@@ -51,9 +59,18 @@ class StaffSession:
     roles: frozenset[str]
     display_name: str
     token_sha256: bytes
+    #: The account's office (所属) and whether it is the central one (介護保険管理課).
+    office: str = CENTRAL_OFFICE
+    central: bool = True
+    #: The item classes the account reaches (its office's, narrowed by its own); None = all.
+    scope: frozenset[str] | None = None
 
     def has(self, *roles: str) -> bool:
         return bool(self.roles.intersection(roles))
+
+    def sees(self, item_code: str) -> bool:
+        """Whether this staff member's item classes include ``item_code``'s."""
+        return visible(self.scope, item_code)
 
 
 STAFF_SESSION: Final = web.RequestKey("staff_session", StaffSession)
@@ -79,7 +96,7 @@ async def audit_staff(
         action=action,
         target=target,
         remote=request.remote,
-        detail=detail,
+        detail={"office": session.office, **(detail or {})},
     )
 
 
@@ -108,17 +125,22 @@ async def require_staff(request: web.Request, *roles: str) -> StaffSession:
     )
     if token is None:
         await _refuse(request, None, operation, "no_session")
-        raise SessionInvalidError("log in first: a staff session token is required")
+        raise await _count_refusal(
+            request,
+            operation,
+            SessionInvalidError("log in first: a staff session token is required"),
+        )
     digest = token_sha256(token)
     row = await state.pool.fetchrow(
         """UPDATE staff_sessions s SET last_seen_at = now()
-           FROM staff_accounts a
+           FROM staff_accounts a JOIN offices o ON o.tenant = a.tenant AND o.code = a.office
            WHERE s.token_sha256 = $1 AND s.ended_at IS NULL
              AND s.last_seen_at > now() - $2::interval
              AND s.created_at > now() - $3::interval
              AND a.tenant = s.tenant AND a.username = s.username AND a.revoked_at IS NULL
              AND (a.expires_at IS NULL OR a.expires_at > now())
-           RETURNING s.username, a.roles, a.display_name""",
+           RETURNING s.username, a.roles, a.display_name, a.office, o.central,
+                     o.item_classes AS office_classes, a.item_classes""",
         digest,
         config.idle_timeout,
         config.session_lifetime,
@@ -138,20 +160,49 @@ async def require_staff(request: web.Request, *roles: str) -> StaffSession:
             config.session_lifetime,
         )
         username, _, why = (reason or ":unknown_or_ended").partition(":")
-        await _refuse(request, username or None, operation, f"session_{why}")
-        raise SessionInvalidError("the session is unknown or has ended: log in again")
-    session = StaffSession(row["username"], frozenset(row["roles"]), row["display_name"], digest)
+        ended = SessionInvalidError("the session is unknown or has ended: log in again")
+        if not username:  # an unknown or already ended token: counted, not a row each
+            await _refuse(request, None, operation, f"session_{why}")
+            raise await _count_refusal(request, operation, ended)
+        await _refuse(request, username, operation, f"session_{why}")
+        raise ended
+    session = StaffSession(
+        row["username"],
+        frozenset(row["roles"]),
+        row["display_name"],
+        digest,
+        office=row["office"],
+        central=row["central"],
+        scope=effective_classes(row["office_classes"], row["item_classes"]),
+    )
     request[STAFF_SESSION] = session
     request[CALLER] = f"staff:{session.username}"
+    request[OFFICE] = session.office
     if roles and not session.has(*roles):
         await _refuse(request, session.username, operation, "role_required", roles=list(roles))
         raise RoleRequiredError(f"this needs one of the roles {', '.join(roles)}")
     return session
 
 
+async def _count_refusal(request: web.Request, operation: str, exc: GatewayError) -> GatewayError:
+    """A refusal of nobody known (no or an unknown session): counted per peer and minute
+    in ``access_refusals``; 429 ``rate_limited`` past the limit (:mod:`..core.refusals`)."""
+    request[REFUSAL_COUNTED] = True
+    return await record_refusal(
+        request.config_dict[GATEWAY_STATE].pool,
+        caller=None,
+        operation=f"staff {operation}",
+        remote=request.remote,
+        exc=exc,
+    )
+
+
 async def _refuse(
     request: web.Request, actor: str | None, operation: str, reason: str, **detail: Any
 ) -> None:
+    if actor is None:
+        log.warning("staff_refused", actor=None, operation=operation, reason=reason)
+        return  # counted by _count_refusal (one row a minute per peer, not one each)
     await audit(
         request.config_dict[GATEWAY_STATE].pool,
         actor_kind="staff",
@@ -174,6 +225,9 @@ async def log_in(
     work), so the answer never tells whether a username exists; the audit trail keeps
     the real reason."""
     config = state.config.staff
+    failed = LoginFailedError("user name or password is wrong, or the account is not usable")
+    # Limited per source before any password work (per account: the lockout below).
+    await check_peer(state.pool, caller=None, operation=LOGIN_OPERATION, remote=remote, exc=failed)
     row = await state.pool.fetchrow(
         "SELECT username, password_hash, revoked_at, expires_at, locked_until "
         "FROM staff_accounts WHERE username = $1",
@@ -181,6 +235,9 @@ async def log_in(
     )
 
     async def refuse(reason: str, exc: GatewayError) -> NoReturn:
+        answer = await record_refusal(
+            state.pool, caller=None, operation=LOGIN_OPERATION, remote=remote, exc=exc
+        )
         await audit(
             state.pool,
             actor_kind="staff",
@@ -192,9 +249,8 @@ async def log_in(
             detail={"reason": reason},
         )
         log.warning("staff_login_refused", reason=reason)
-        raise exc
+        raise answer
 
-    failed = LoginFailedError("user name or password is wrong, or the account is not usable")
     if row is None:
         # Same cost as a real check, so timing does not tell which accounts exist.
         await verify_in_thread(password, dummy_hash(config))

@@ -149,6 +149,7 @@ async def test_each_page_enforces_the_roles_of_its_api(
             "display_name": "新規 職員",
             "password": "Long-enough-passw0rd",
             "roles": ["approver", "auditor"],
+            "office": "chuo",
         },
     )
     assert status == 303

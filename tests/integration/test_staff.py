@@ -49,7 +49,13 @@ async def make_account(api: Any, admin: str, roles: list[str], **extra: Any) -> 
         "POST",
         "/staff/v1/accounts",
         token=admin,
-        json={"username": username, "password": password, "roles": roles, **extra},
+        json={
+            "username": username,
+            "password": password,
+            "roles": roles,
+            "office": "kaigo-hoken-kanri",
+            **extra,
+        },
     )
     assert status == 201, body
     return username, password
@@ -138,7 +144,12 @@ async def test_account_crud_validates_and_never_half_applies(ops_gateway: Any, a
         "POST",
         "/staff/v1/accounts",
         token=admin,
-        json={"username": user, "password": new_password(), "roles": ["auditor"]},
+        json={
+            "username": user,
+            "password": new_password(),
+            "roles": ["auditor"],
+            "office": "kaigo-hoken-kanri",
+        },
     )
     assert status == 409 and body["error"]["code"] == "account_exists"
     for payload, code in (
@@ -156,7 +167,10 @@ async def test_account_crud_validates_and_never_half_applies(ops_gateway: Any, a
         ),
     ):
         status, body = await ops_gateway.call(
-            "POST", "/staff/v1/accounts", token=admin, json=payload
+            "POST",
+            "/staff/v1/accounts",
+            token=admin,
+            json={"office": "kaigo-hoken-kanri", **payload},
         )
         assert status == 422, body
         assert body["error"]["code"] == (code or "validation_failed")

@@ -19,6 +19,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from chukan.gateway.core.errors import PersonUnknownError, ValidationError
+from chukan.gateway.core.refusals import REFUSAL_COUNTED
 from chukan.gateway.core.state import GATEWAY_STATE, utcnow
 from chukan.gateway.core.validation import ATENA_PATTERN, QUERY_ID_PATTERN
 from chukan.gateway.ops import routes as ops
@@ -41,9 +42,10 @@ from chukan.gateway.staff.console.security import (
     set_cookie,
 )
 from chukan.gateway.staff.errors import LoginFailedError
+from chukan.gateway.staff.offices import ITEM_CLASS_LABELS, all_offices, visible_codes
 from chukan.gateway.staff.passwords import MAX_PASSWORD_LENGTH
 from chukan.gateway.staff.roles import ROLE_ADMIN, ROLE_APPROVER, ROLE_AUDITOR, ROLES
-from chukan.gateway.staff.sessions import audit_staff, log_in, log_out, require_staff
+from chukan.gateway.staff.sessions import STAFF_SESSION, audit_staff, log_out, require_staff
 
 #: Who searches provision records: the disclosure API's role (the same records).
 RECORD_READERS: Final = (ROLE_AUDITOR,)
@@ -101,8 +103,9 @@ async def login(request: web.Request) -> web.Response:
             raise LoginFailedError("user name and password are required")
         if len(password) > MAX_PASSWORD_LENGTH:
             raise LoginFailedError("password too long")
-        answer = await log_in(state, username, password, request.remote)
+        answer = await staff_api.logged_in(request, state, username, password)
     except LoginFailedError:
+        request[REFUSAL_COUNTED] = True
         return render(
             request, "login.html", {"failed": True, "message": FAILED_LOGIN_MESSAGE}, status=401
         )
@@ -206,7 +209,7 @@ def _atena(value: str) -> str:
 async def record_search(request: web.Request) -> web.Response:
     """Provision records by person (宛名番号), period (requested, in the statistics' time
     zone) and outcome, newest first."""
-    await require_staff(request, *RECORD_READERS)
+    session = await require_staff(request, *RECORD_READERS)
     state = request.config_dict[GATEWAY_STATE]
     tz = state.config.ops.statistics_time_zone
     query = request.query
@@ -226,6 +229,7 @@ async def record_search(request: web.Request) -> web.Response:
              AND recorded_at >= $1::date::timestamp AT TIME ZONE $3
              AND ($4::text IS NULL OR atena_id = $4)
              AND ($5::text IS NULL OR outcome = $5)
+             AND ($7::text[] IS NULL OR item_code = ANY ($7))
            ORDER BY requested_at DESC, seq DESC LIMIT $6""",
         first,
         last,
@@ -233,6 +237,7 @@ async def record_search(request: web.Request) -> web.Response:
         atena_id,
         outcome,
         MAX_RECORD_ROWS,
+        visible_codes(session.scope),
     )
     await audit_staff(
         request,
@@ -327,7 +332,7 @@ async def jobs_page(request: web.Request) -> web.Response:
 
 
 async def replica_page(request: web.Request) -> web.Response:
-    await require_staff(request, *REPLICA_READERS)
+    session = await require_staff(request, *REPLICA_READERS)
     atena_id = request.query.get("atena_id")
     if not atena_id:
         return render(request, "replica.html", {"atena_id": "", "items": None})
@@ -345,6 +350,7 @@ async def replica_page(request: web.Request) -> web.Response:
                 "ORDER BY item_code",
                 atena_id,
             )
+            if session.sees(r["item_code"])  # the office's item classes only
         ]
         for code in codes:
             history = await item_history(conn, atena_id, code, on)
@@ -373,13 +379,34 @@ async def replica_page(request: web.Request) -> web.Response:
 # -- accounts -----------------------------------------------------------------------------------
 
 
+async def _office_names(request: web.Request) -> dict[str, str]:
+    rows = await all_offices(request.config_dict[GATEWAY_STATE].pool)
+    return {r["code"]: r["name"] for r in rows}
+
+
 async def accounts_page(request: web.Request) -> web.Response:
     answer = api_json(await staff_api.list_accounts(request))
+    session = request[STAFF_SESSION]
+    names = await _office_names(request)
+    offices = names if session.central else {session.office: names[session.office]}
     return render(
         request,
         "accounts.html",
-        {"accounts": answer["accounts"], "all_roles": ROLES, "role_labels": views.ROLE_LABELS},
+        {
+            "accounts": answer["accounts"],
+            "all_roles": ROLES,
+            "role_labels": views.ROLE_LABELS,
+            "offices": offices,
+            "office_names": names,
+            "item_classes": ITEM_CLASS_LABELS,
+        },
     )
+
+
+def _classes_of(form: Any) -> list[str] | None:
+    """Item classes ticked on a form; none ticked = no narrowing (the office's)."""
+    ticked = [c for c in form.getall("item_classes", []) if isinstance(c, str)]
+    return ticked or None
 
 
 async def account_create(request: web.Request) -> web.Response:
@@ -391,6 +418,8 @@ async def account_create(request: web.Request) -> web.Response:
         "password": form.get("password"),
         "roles": [r for r in form.getall("roles", []) if isinstance(r, str)],
         "expires_at": form.get("expires_at") or None,
+        "office": form.get("office"),
+        "item_classes": _classes_of(form),
     }
     await staff_api.new_account(request, session, data)
     return redirect(BASE + "accounts")
@@ -402,10 +431,77 @@ async def account_revoke(request: web.Request) -> web.Response:
     return redirect(BASE + "accounts")
 
 
+async def account_office(request: web.Request) -> web.Response:
+    """Move an account to another office and/or set its own item classes."""
+    session = await staff_api.require_account_admin(request)
+    form = await request.post()
+    data = {"office": form.get("office"), "item_classes": _classes_of(form)}
+    await staff_api.change_account(request, session, request.match_info["username"], data)
+    return redirect(BASE + "accounts")
+
+
 async def account_review_page(request: web.Request) -> web.Response:
     report = api_json(await staff_api.account_review(request))
     return render(
-        request, "account_review.html", {"report": report, "role_labels": views.ROLE_LABELS}
+        request,
+        "account_review.html",
+        {
+            "report": report,
+            "role_labels": views.ROLE_LABELS,
+            "office_names": await _office_names(request),
+        },
+    )
+
+
+# -- offices, operation log ---------------------------------------------------------------------
+
+
+async def offices_page(request: web.Request) -> web.Response:
+    session = await require_staff(request)
+    answer = api_json(await staff_api.list_offices(request))
+    return render(
+        request,
+        "offices.html",
+        {
+            "offices": answer["offices"],
+            "item_classes": ITEM_CLASS_LABELS,
+            "can_edit": session.central and session.has(ROLE_ADMIN),
+        },
+    )
+
+
+async def office_create(request: web.Request) -> web.Response:
+    session = await staff_api.require_office_admin(request)
+    form = await request.post()
+    data = {"code": form.get("code"), "name": form.get("name"), "item_classes": _classes_of(form)}
+    await staff_api.new_office(request, session, data)
+    return redirect(BASE + "offices")
+
+
+async def office_update(request: web.Request) -> web.Response:
+    session = await staff_api.require_office_admin(request)
+    form = await request.post()
+    data = {"name": form.get("name"), "item_classes": _classes_of(form)}
+    await staff_api.change_office(request, session, request.match_info["code"], data)
+    return redirect(BASE + "offices")
+
+
+async def operations_page(request: web.Request) -> web.Response:
+    """操作内容の記録 (auditor): the staff API's query, as a filterable table."""
+    rows = await staff_api.operations_query(request)
+    query = request.query
+    return render(
+        request,
+        "operations.html",
+        {
+            "rows": rows,
+            "filters": {
+                k: query.get(k, "")
+                for k in ("from", "to", "caller", "operation", "target", "office")
+            },
+            "office_names": await _office_names(request),
+            "outcomes": views.OPERATION_OUTCOME_LABELS,
+        },
     )
 
 
@@ -421,15 +517,15 @@ async def long_sessions(request: web.Request) -> web.Response:
     if not 0 <= hours <= 24 * 366:
         raise ValidationError("hours must be between 0 and 8784")
     rows = await state.pool.fetch(
-        """SELECT s.username, a.display_name, a.roles, s.remote, s.created_at, s.last_seen_at,
-                  now() - s.created_at AS logged_on
+        """SELECT s.username, a.display_name, a.roles, a.office, s.remote, s.created_at,
+                  s.last_seen_at, now() - s.created_at AS logged_on
            FROM staff_sessions s JOIN staff_accounts a
              ON a.tenant = s.tenant AND a.username = s.username
            WHERE s.ended_at IS NULL AND a.revoked_at IS NULL
              AND s.created_at <= now() - $1::interval
              AND s.last_seen_at > now() - $2::interval
              AND s.created_at > now() - $3::interval
-           ORDER BY s.created_at""",
+           ORDER BY a.office, s.created_at""",
         dt.timedelta(hours=hours),
         config.idle_timeout,
         config.session_lifetime,
@@ -440,6 +536,8 @@ async def long_sessions(request: web.Request) -> web.Response:
         "sessions.html",
         {
             "rows": rows,
+            "groups": views.group_by([dict(r) for r in rows], "office"),
+            "office_names": await _office_names(request),
             "hours": hours,
             "generated_at": utcnow(),
             "role_labels": views.ROLE_LABELS,
@@ -467,7 +565,12 @@ def add_routes(staff: web.Application, page: Any) -> None:
         ("GET", "/accounts", accounts_page),
         ("POST", "/accounts", account_create),
         ("POST", "/accounts/{username}/revoke", account_revoke),
+        ("POST", "/accounts/{username}/office", account_office),
         ("GET", "/accounts/review", account_review_page),
         ("GET", "/sessions", long_sessions),
+        ("GET", "/offices", offices_page),
+        ("POST", "/offices", office_create),
+        ("POST", "/offices/{code}", office_update),
+        ("GET", "/operations", operations_page),
     ):
         staff.router.add_route(method, path, page(handler))

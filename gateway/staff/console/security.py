@@ -27,6 +27,7 @@ import structlog
 from aiohttp import web
 
 from chukan.gateway.core.errors import GatewayError
+from chukan.gateway.core.oplog import ANSWER_CODE
 from chukan.gateway.staff.errors import CsrfTokenInvalidError, RoleRequiredError
 from chukan.gateway.staff.errors import SessionInvalidError as _SessionInvalid
 from chukan.gateway.staff.sessions import COOKIE_TOKEN, STAFF_SESSION
@@ -131,6 +132,7 @@ ERROR_TITLES: Final[Mapping[int, str]] = {
     400: "入力に誤りがあります",
     401: "ログインが必要です",
     403: "この操作は許可されていません",
+    429: "しばらくしてから再度お試しください",
     404: "見つかりません",
     409: "すでに処理されています",
     422: "入力に誤りがあります",
@@ -167,6 +169,7 @@ def page(handler: Handler) -> Handler:
                 clear_cookie(response, SESSION_COOKIE)
         except GatewayError as exc:
             status, code = exc.wire()
+            request[ANSWER_CODE] = code  # the operation log's code of a refused page
             if isinstance(exc, RoleRequiredError):
                 message = "この画面・操作に必要な役割がありません。"
             else:
@@ -177,6 +180,9 @@ def page(handler: Handler) -> Handler:
                 {"title": ERROR_TITLES.get(status, "エラー"), "code": code, "message": message},
                 status=status,
             )
+            retry_after = getattr(exc, "retry_after", None)  # 429 rate_limited
+            if retry_after is not None:
+                response.headers["Retry-After"] = str(retry_after)
         if fresh_login_token is not None:
             set_cookie(response, LOGIN_COOKIE, fresh_login_token)
         return secure(response)

@@ -38,6 +38,11 @@ ROLE_LABELS: Final[Mapping[str, str]] = {
     "admin": "管理者",
 }
 RECORD_ROLE_LABELS: Final[Mapping[str, str]] = {"requester": "照会", "provider": "提供"}
+OPERATION_OUTCOME_LABELS: Final[Mapping[str, str]] = {
+    "ok": "成功",
+    "refused": "拒否",
+    "failed": "失敗",
+}
 JOB_STATUS_LABELS: Final[Mapping[str, str]] = {
     "pending": "待機中",
     "running": "実行中",
@@ -171,3 +176,13 @@ def chart_label(dimension: str, value: str) -> str:
     if dimension == "outcome":
         return OUTCOME_LABELS.get(value, value)
     return value
+
+
+def group_by(
+    rows: Iterable[Mapping[str, Any]], key: str
+) -> list[tuple[Any, list[Mapping[str, Any]]]]:
+    """``rows`` in groups of equal ``key`` (first-seen order), e.g. sessions per office."""
+    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row[key], []).append(row)
+    return list(groups.items())
