@@ -71,6 +71,18 @@ async def witnessed_gateway(
     return Api(http, network.gateways[code])
 
 
+@pytest.fixture
+async def retire(network: Network) -> Any:
+    """Gateways a test tampered with (or speaks for) are stopped and forgotten at its end:
+    the rest of the session neither meets their alarms nor expects them to answer."""
+    started: list[str] = []
+    yield started
+    for code in started:
+        gateway = network.gateways.pop(code, None)
+        if gateway is not None:
+            await gateway.server.stop()
+
+
 def new_code() -> str:
     return "1299" + "".join(secrets.choice("0123456789") for _ in range(2))
 
@@ -190,9 +202,10 @@ async def insider(api: Any) -> asyncpg.Connection:
 
 
 async def test_a_rewritten_and_rehashed_record_is_named_by_the_witness_online_and_offline(
-    network: Network, http: Any, tmp_path: Path
+    network: Network, http: Any, tmp_path: Path, retire: list[str]
 ) -> None:
     api = await witnessed_gateway(network, http, new_code())
+    retire.append(api.gateway.config.agency_code)
     tenant = api.gateway.config.agency_code
     await write_burst(api, 6)
     await all_witnessed(api)  # small windows: witnessed within seconds
@@ -247,9 +260,10 @@ async def test_a_rewritten_and_rehashed_record_is_named_by_the_witness_online_an
 
 
 async def test_deleted_checkpoints_and_a_rehashed_chain_are_refused_and_stop_the_gateway(
-    network: Network, http: Any, tmp_path: Path
+    network: Network, http: Any, tmp_path: Path, retire: list[str]
 ) -> None:
     api = await witnessed_gateway(network, http, new_code())
+    retire.append(api.gateway.config.agency_code)
     tenant = api.gateway.config.agency_code
     await write_burst(api, 8)
     await all_witnessed(api)
@@ -313,9 +327,10 @@ async def record_id(api: Any, seq: int) -> int:
 
 
 async def test_a_deleted_and_an_inserted_row_between_witnessed_checkpoints_are_named(
-    network: Network, http: Any, tmp_path: Path
+    network: Network, http: Any, tmp_path: Path, retire: list[str]
 ) -> None:
     api = await witnessed_gateway(network, http, new_code())
+    retire.append(api.gateway.config.agency_code)
     tenant = api.gateway.config.agency_code
     await write_burst(api, 4)
     await all_witnessed(api)
@@ -365,6 +380,7 @@ async def test_the_hub_witness_endpoint(network: Network, http: Any) -> None:
     api = await witnessed_gateway(network, http, new_code())
     code = api.gateway.config.agency_code
     signer = api.gateway.state.keys.signing
+    network.gateways.pop(code)
     await api.gateway.server.stop()  # the test speaks for the agency from here on
     hub = network.hub.app[HUB_STATE]
     last = await hub.pool.fetchval(
