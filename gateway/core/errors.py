@@ -263,6 +263,17 @@ class BusyError(UnavailableError):
         self.retry_after = retry_after
 
 
+class RateLimitedError(GatewayError):
+    """This peer was refused too often this minute (:mod:`.refusals`): wait ``retry_after``
+    seconds (sent as ``Retry-After``)."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ConclusionConflictError(ConflictError):
     """An answer that contradicts the one conclusion a query already has."""
 
@@ -331,6 +342,7 @@ HTTP_STATUS: Final[Mapping[str, int]] = {
     "message_replayed": 409,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
+    "rate_limited": 429,
     "upstream_unavailable": 502,
     "upstream_refused": 502,
     "kokuhoren_refused": 502,

@@ -22,25 +22,10 @@ from typing import Final
 from aiohttp import web
 
 from chukan.gateway.core import db
-from chukan.gateway.core.errors import GatewayError
+from chukan.gateway.core.errors import GatewayError, RateLimitedError
 
 #: Refusals of one peer a minute before its further refusals are answered 429.
 REFUSALS_PER_MINUTE: Final = 30
-
-
-class RateLimitedError(GatewayError):
-    """This peer was refused too often this minute: wait ``Retry-After`` seconds."""
-
-    code = "rate_limited"
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    @property
-    def status(self) -> int:
-        return 429
-
 
 _RECORD_SQL: Final = """
 WITH prior AS (

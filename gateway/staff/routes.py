@@ -14,9 +14,9 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from chukan.gateway.core.errors import ValidationError
+from chukan.gateway.core.errors import RateLimitedError, ValidationError
 from chukan.gateway.core.oplog import note_target, read_operations
-from chukan.gateway.core.refusals import REFUSAL_COUNTED, RateLimitedError
+from chukan.gateway.core.refusals import REFUSAL_COUNTED
 from chukan.gateway.core.state import GATEWAY_STATE, GatewayState
 from chukan.gateway.core.web import CALLER, read_json, require_str
 from chukan.gateway.staff.accounts import (
