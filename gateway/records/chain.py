@@ -155,6 +155,10 @@ class VerifyReport:
     #: witnessed seq, the unwitnessed tail).
     witnessed: bool = False
     witness: dict[str, Any] | None = None
+    #: Where the walk began after records past retention were disposed of (the chain
+    #: base), and how many older records around that boundary were left unwalked.
+    base_seq: int | None = None
+    records_before_base: int = 0
 
     @property
     def ok(self) -> bool:
@@ -169,6 +173,8 @@ class VerifyReport:
             "checkpoints": self.checkpoints,
             "last_checkpoint_seq": self.last_checkpoint_seq,
             "keys_trusted": self.keys_trusted,
+            "base_seq": self.base_seq,
+            "records_before_base": self.records_before_base,
             "witnessed": self.witnessed,
             **(
                 {"witness": self.witness}

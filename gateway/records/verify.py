@@ -23,6 +23,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
 
+import asyncpg
 import structlog
 
 from chukan.gateway.core import db
@@ -36,11 +37,13 @@ from chukan.gateway.records.chain import (
     Issue,
     VerifyReport,
     canonical_record,
+    checkpoint_message,
     genesis_hash,
 )
+from chukan.gateway.records.retention import RETENTION_YEARS
 from chukan.gateway.records.witness_format import Receipt
 from chukan.gateway.records.witnessed import WitnessCheck
-from chukan.keys import PublicSigningKey
+from chukan.keys import PublicSigningKey, public_signing_key
 
 log = structlog.get_logger("chukan.records")
 
@@ -376,13 +379,23 @@ async def verify_chain(
         )
         report.head_seq = head["seq"] if head else None
         walk = ChainWalk(tenant, report, report.head_seq, genesis_hash(tenant))
+        base = await _chain_base(conn, tenant, trusted_keys, report)
+        if base is not None:  # records past retention were disposed of: walk from the base
+            walk.prev_hash, walk.prev_hex = base["hash"], base["hash"].hex()
+            walk.expected, walk.last_seq = base["seq"] + 1, base["seq"]
+            walk.previous_checkpoint = base["seq"]
+            if check is not None:
+                check.base_seq = base["seq"]
+        start = None if base is None else base["seq"]
         if check is not None:
             walk.observer = check.row
         reader = CopyReader(walk, tick)
-        # Ranges of seq: the first and the last open-ended, so rows numbered below 1 or
-        # beyond the head are read too.
-        bounds = list(range(RANGE, report.head_seq or 0, RANGE))
-        for low, high in zip([None, *bounds], [*bounds, None], strict=True):
+        # Ranges of seq: the first (from the base, if any) and the last open-ended, so rows
+        # numbered below 1 or beyond the head are read too.
+        bounds = [
+            b for b in range(RANGE, report.head_seq or 0, RANGE) if start is None or b > start
+        ]
+        for low, high in zip([start, *bounds], [*bounds, None], strict=True):
             checkpoints = await conn.fetch(
                 "SELECT * FROM record_checkpoints WHERE tenant = $1 "
                 "AND ($2::bigint IS NULL OR seq > $2) AND ($3::bigint IS NULL OR seq <= $3) "
@@ -425,6 +438,66 @@ async def verify_chain(
         issues=len(report.issues),
     )
     return report
+
+
+async def _chain_base(
+    conn: db.Conn,
+    tenant: str,
+    trusted_keys: Mapping[str, PublicSigningKey] | None,
+    report: VerifyReport,
+) -> asyncpg.Record | None:
+    """The tenant's chain base, left by the disposal of records past retention
+    (:mod:`~chukan.gateway.records.retention`), with its own findings: a base no signed
+    checkpoint vouches for (``base_unvouched``), or one for records younger than the
+    retention (``base_premature``: a month dropped early).  None: walk from genesis."""
+    base = await conn.fetchrow(
+        "SELECT b.seq, b.hash, b.disposed_through, now() - make_interval(years => $2) "
+        "AS cutoff FROM record_chain_bases b WHERE b.tenant = $1 ORDER BY b.seq DESC LIMIT 1",
+        tenant,
+        RETENTION_YEARS,
+    )
+    if base is None:
+        return None
+    report.base_seq = base["seq"]
+    report.records_before_base = await conn.fetchval(
+        "SELECT count(*) FROM provision_records WHERE tenant = $1 AND seq <= $2",
+        tenant,
+        base["seq"],
+    )
+    checkpoint = await conn.fetchrow(
+        "SELECT * FROM record_checkpoints WHERE tenant = $1 AND seq = $2", tenant, base["seq"]
+    )
+    keys = trusted_keys
+    if keys is None and checkpoint is not None:
+        keys = {
+            checkpoint["key_id"]: public_signing_key(checkpoint["key_id"], checkpoint["public_key"])
+        }
+    key = None if checkpoint is None or keys is None else keys.get(checkpoint["key_id"])
+    vouched = False
+    if checkpoint is not None and key is not None and checkpoint["hash"] == base["hash"]:
+        message = checkpoint_message(
+            tenant, checkpoint["seq"], checkpoint["hash"], checkpoint["signed_at"]
+        )
+        try:
+            key.verify(message, checkpoint["signature"])
+            vouched = True
+        except Exception:  # any failure of the signature is the finding
+            vouched = False
+    if not vouched:
+        report.issues.append(
+            Issue("base_unvouched", base["seq"], None, "no signed checkpoint has the base's hash")
+        )
+    if base["disposed_through"] > base["cutoff"]:
+        report.issues.append(
+            Issue(
+                "base_premature",
+                base["seq"],
+                None,
+                f"records up to {base['disposed_through'].isoformat()} were disposed of "
+                f"before their {RETENTION_YEARS} years",
+            )
+        )
+    return base
 
 
 async def _unwitnessed_tail(

@@ -155,6 +155,9 @@ class WitnessCheck:
     last_seq: int = 0
     receipts: int = 0
     first_differing: int | None = None
+    #: The chain's base after a disposal (retention): receipts up to it are only linked up
+    #: and signature-checked, and a segment reaching back past it is not compared.
+    base_seq: int = 0
 
     def add(self, receipt: Receipt) -> None:
         """The next receipt, in ``seq`` order (before the walk reaches its records)."""
@@ -174,7 +177,9 @@ class WitnessCheck:
         if problem is not None:
             self.report.issues.append(problem)
             return
-        if receipt.records:
+        if receipt.seq <= self.base_seq:
+            return
+        if receipt.records and receipt.after_seq >= self.base_seq:
             self.segments.append(receipt)
         self.heads.append(receipt)
 

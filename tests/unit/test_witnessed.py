@@ -46,9 +46,7 @@ def record(seq: int, atena: str | None = None) -> dict[str, Any]:
 
 
 def rows_of(records: list[dict[str, Any]], first_id: int = 100) -> list[SegmentRow]:
-    return [
-        SegmentRow(r["seq"], first_id + i, canonical_record(r)) for i, r in enumerate(records)
-    ]
+    return [SegmentRow(r["seq"], first_id + i, canonical_record(r)) for i, r in enumerate(records)]
 
 
 def witnessed(after: int, count: int) -> list[bytes]:
@@ -153,3 +151,23 @@ def test_exchanges_go_on_within_the_grace_and_stop_on_an_alarm() -> None:
     assert "broken" in (broken.refusal(grace) or "")
     witnessed_all = dataclasses.replace(late, witnessed_seq=10, last_success_at=late.now)
     assert witnessed_all.refusal(grace) is None and witnessed_all.check(grace)["ok"]
+
+
+def test_after_a_disposal_receipts_up_to_the_base_are_only_linked() -> None:
+    """Records up to the chain base were disposed of (retention): their receipts still link
+    up and are signature-checked, but no segment reaching past the base is compared."""
+    hub, signer = generate_signing_key("hub"), generate_signing_key(TENANT)
+    report = VerifyReport(TENANT)
+    check = WitnessCheck(TENANT, report, {hub.key_id: hub.public})
+    check.base_seq = 4
+    receipts = [_receipt(0, 3, hub, signer)[1], _receipt(3, 3, hub, signer)[1]]
+    receipts.append(_receipt(6, 2, hub, signer)[1])
+    for receipt in receipts:
+        check.add(receipt)
+    for row in rows_of([record(s) for s in range(5, 9)]):  # 1-4 are gone
+        check.row(row.seq, row.id, row.canonical)
+    check.close_through(None)
+    assert report.issues == []
+    assert [r.seq for r in check.heads] == [6, 8]
+    check.check_heads(None, {6: b"\x01" * 32, 8: b"\x01" * 32}, {6: b"\x01" * 32, 8: b"\x01" * 32})
+    assert report.issues == []
