@@ -49,10 +49,9 @@ ENVELOPE_KEYS: Final = frozenset({"record_id"})
 MAX_LINES: Final = 98
 
 
-class _FieldProblemError(Exception):
-    def __init__(self, field: str, code: str, message: str) -> None:
-        super().__init__(message)
-        self.problem = FieldProblem(field, code, message)
+def _problem(field: str, code: str, message: str) -> RecordInvalidError:
+    """One field's problem as the error the API answers with (defined in the errors module)."""
+    return RecordInvalidError([FieldProblem(field, code, message)])
 
 
 def _convert(tp: Any, value: Any, path: str) -> Any:
@@ -63,50 +62,46 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             return None
         return _convert(inner[0], value, path)
     if value is None:
-        raise _FieldProblemError(path, "field_missing", "is required")
+        raise _problem(path, "field_missing", "is required")
     if origin is tuple:
         (element, _) = typing.get_args(tp)
         if not isinstance(value, list) or not 1 <= len(value) <= MAX_LINES:
-            raise _FieldProblemError(
-                path, "field_invalid", f"must be a list of 1 to {MAX_LINES} entries"
-            )
+            raise _problem(path, "field_invalid", f"must be a list of 1 to {MAX_LINES} entries")
         return tuple(_convert(element, v, f"{path}[{i}]") for i, v in enumerate(value))
     if tp is YearMonth:
         if not isinstance(value, str) or not _MONTH.fullmatch(value):
-            raise _FieldProblemError(path, "field_invalid", "must be a month YYYYMM")
+            raise _problem(path, "field_invalid", "must be a month YYYYMM")
         try:
             return YearMonth(int(value[:4]), int(value[4:]))
         except ValueError:
-            raise _FieldProblemError(path, "field_invalid", "is not a real month") from None
+            raise _problem(path, "field_invalid", "is not a real month") from None
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, Mapping):
-            raise _FieldProblemError(path, "field_invalid", "must be an object")
+            raise _problem(path, "field_invalid", "must be an object")
         return _build(tp, value, path + ".")
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         if not isinstance(value, str):
-            raise _FieldProblemError(path, "field_invalid", "must be a code string")
+            raise _problem(path, "field_invalid", "must be a code string")
         try:
             return tp(value)
         except ValueError:
-            raise _FieldProblemError(path, "code_unknown", "is not in the code list") from None
+            raise _problem(path, "code_unknown", "is not in the code list") from None
     if tp is dt.date:
         if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
-            raise _FieldProblemError(path, "field_invalid", "must be a date YYYY-MM-DD")
+            raise _problem(path, "field_invalid", "must be a date YYYY-MM-DD")
         try:
             return dt.date.fromisoformat(value)
         except ValueError:
-            raise _FieldProblemError(path, "field_invalid", "is not a real date") from None
+            raise _problem(path, "field_invalid", "is not a real date") from None
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 10**10:
-            raise _FieldProblemError(path, "field_invalid", "must be a non-negative integer")
+            raise _problem(path, "field_invalid", "must be a non-negative integer")
         return value
     if tp is str:
         if not isinstance(value, str) or len(value) > 64:
-            raise _FieldProblemError(
-                path, "field_invalid", "must be a string of at most 64 characters"
-            )
+            raise _problem(path, "field_invalid", "must be a string of at most 64 characters")
         return value
-    raise _FieldProblemError(path, "field_invalid", "has an unsupported type")  # pragma: no cover
+    raise _problem(path, "field_invalid", "has an unsupported type")  # pragma: no cover
 
 
 def _build(cls: type[Any], data: Mapping[str, Any], prefix: str = "") -> Any:
@@ -122,8 +117,6 @@ def _build(cls: type[Any], data: Mapping[str, Any], prefix: str = "") -> Any:
     for name in names:
         try:
             values[name] = _convert(hints[name], data.get(name), prefix + name)
-        except _FieldProblemError as exc:
-            problems.append(exc.problem)
         except RecordInvalidError as exc:
             problems.extend(exc.problems)
     if problems:
