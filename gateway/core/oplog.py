@@ -96,6 +96,10 @@ OPERATIONS: Final[Mapping[tuple[str, str], Operation | None]] = {
     ("POST", "/internal/v1/kokuhoren/transmissions/{transmission_id}/resend"): _op(
         "kokuhoren.resend", "path:transmission_id"
     ),
+    ("POST", "/internal/v1/kokuhoren/flows/{flow}/records"): _op(
+        "kokuhoren.flow.records", "path:flow"
+    ),
+    ("GET", "/internal/v1/kokuhoren/flows/{flow}/records"): _op("kokuhoren.flow.read", "path:flow"),
     ("POST", "/internal/v1/kokuhoren/returns"): _op("kokuhoren.returns", "json:job_id"),
     ("GET", "/internal/v1/kokuhoren/returns/{job_id}"): _op(
         "kokuhoren.returns.read", "path:job_id"
