@@ -9,7 +9,10 @@ chaining trigger, the checkpoints are signed by the product's checkpointer code.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import io
+import json
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -19,7 +22,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from chukan.gateway.cli import admin as admin_cli
 from chukan.gateway.cli.admin import tenant_connection
+from chukan.gateway.cli.main import GATEWAY_DATABASE
 from chukan.gateway.core import db
 from chukan.gateway.records.checkpoints import checkpoint_now
 from chukan.gateway.records.retention import dispose_expired_records
@@ -118,6 +123,16 @@ async def _checkpoint(url: str, tenant: str, signer: SigningKeyPair) -> int:
         await conn.close()
 
 
+async def _cli(url: str, *argv: str) -> tuple[int, str]:
+    parser = argparse.ArgumentParser(prog="chukan")
+    admin_cli.add_commands(
+        parser.add_subparsers(dest="command", required=True), database_default=GATEWAY_DATABASE
+    )
+    out = io.StringIO()
+    status = await admin_cli.run(parser.parse_args(argv), url, out, io.StringIO())
+    return status, out.getvalue()
+
+
 async def _verify(url: str, tenant: str, signer: SigningKeyPair) -> dict[str, Any]:
     conn = await tenant_connection(url, tenant)
     try:
@@ -151,12 +166,16 @@ async def test_months_past_retention_are_disposed_and_the_rest_still_verifies(
         assert [p.blocked_by for p in blocked.partitions if not p.dropped] == [(uncovered,)]
         await _checkpoint(old_server, uncovered, uncovered_key)
 
-        disposal = await dispose_expired_records(owner)
-        months = [p.partition for p in disposal.dropped]
+        # The operator's command (the deletion job runs the same function).
+        status, output = await _cli(old_server, "records", "dispose", "--tenant", covered)
+        assert status == 0, output
+        disposal = json.loads(output)
+        dropped = [p for p in disposal["partitions"] if p["dropped"]]
+        months = [p["partition"] for p in dropped]
         assert months and all(p.startswith("provision_records_p201") for p in months)
-        bases = {t: b for p in disposal.dropped for t, b in p.bases.items()}
+        bases = {t: (b["base_seq"], b["records"]) for p in dropped for t, b in p["bases"].items()}
         assert bases == {covered: (old_base, 5), uncovered: (3, 3)}
-        assert disposal.records == 8
+        assert disposal["records_disposed"] == 8
         left = {
             r["relname"]
             for r in await owner.fetch(
