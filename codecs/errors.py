@@ -190,3 +190,17 @@ class StopDecodingError(CodecError):
     """The lenient 国保連 decoder has collected enough errors (control flow, never escapes)."""
 
     code: ClassVar[str] = "csv_decoding_stopped"
+
+
+class SplitUnsureError(CodecError):
+    """The byte-range split of a registration message cannot vouch for it (control flow:
+    the caller decodes the message with the streaming parser instead; never escapes)."""
+
+    code: ClassVar[str] = "registration_split_unsure"
+
+
+class SliceRefusedError(CodecError):
+    """A byte-range slice of a registration message is not the whole entries the split
+    counted (control flow: the caller falls back to the streaming parser; never escapes)."""
+
+    code: ClassVar[str] = "registration_slice_refused"

@@ -13,10 +13,11 @@ does.
 tag from the same text in a comment, a CDATA section or a nested element. It does not need
 to: every slice must parse on its own as whitespace and ``Record`` elements only, exactly as
 many as the search counted. Then every cut lies between two top-level entries, so the body
-is the concatenation of the slices and parses as they do. Whatever is not plainly so raises
-:class:`SplitUnsure` (splitter) or :class:`SliceRefused` (worker): a cut inside a comment or
-a nested element, an entry near the size limit, more than ``max_bytes``, anything odd in the
-head or after the body, forbidden markup, a limit broken. The caller then decodes the whole
+is the concatenation of the slices and parses as they do. Whatever is not plainly so
+raises :class:`~.errors.SplitUnsureError` (splitter) or :class:`~.errors.SliceRefusedError`
+(worker): a cut inside a comment or a nested element, an entry near the size limit, more
+than ``max_bytes``, anything odd in the head or after the body, forbidden markup, a limit
+broken. The caller then decodes the whole
 message again with the streaming parser, which refuses it (with the code it always gave) or
 accepts it. Refusals cost at most twice the bounded work; ordinary messages never fall back.
 """
@@ -33,7 +34,7 @@ from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
-from .errors import CodecError
+from .errors import CodecError, SliceRefusedError, SplitUnsureError
 from .item_schema import XSD_DIR, lxml_schema
 from .item_stream import GuardedReader
 from .items import (
@@ -107,14 +108,6 @@ _SLICE_LOCAL: Final = "RecordSlice"
 _SLICE: Final = f"{{{REGISTRATION_NAMESPACE}}}{_SLICE_LOCAL}"
 
 
-class SplitUnsure(Exception):  # noqa: N818 -- a signal to fall back, not an error
-    """The byte-range split cannot vouch for this message: decode it with the streaming parser."""
-
-
-class SliceRefused(Exception):  # noqa: N818 -- a signal to fall back, not an error
-    """A slice is not whole entries as the splitter counted: decode with the streaming parser."""
-
-
 @dataclass(frozen=True, slots=True)
 class RecordSlice:
     """Consecutive entries of a message as one standalone document (see the module docstring)."""
@@ -157,20 +150,20 @@ class _Head:
 def _read_head(data: bytes, limits: StreamLimits) -> _Head:
     """Prolog, root, header and body start tag, checked as the streaming parser checks them.
 
-    ``data`` holds at least the body's start tag. Anything unusual raises SplitUnsure.
+    ``data`` holds at least the body's start tag. Anything unusual raises SplitUnsureError.
     """
     found = _BODY_TAG.search(data)
     if found is None:
-        raise SplitUnsure("no MessageBody start tag in the head")
+        raise SplitUnsureError("no MessageBody start tag in the head")
     start = _BODY_START.match(data, found.start())
     if start is None:
-        raise SplitUnsure("the MessageBody start tag is not plain")
+        raise SplitUnsureError("the MessageBody start tag is not plain")
     head = data[: start.end()]
     # No comment, CDATA section, DTD or processing instruction (but the XML declaration):
     # then every "<" of the head starts a tag, and the first MessageBody tag is the body's.
     declaration = _XML_DECLARATION.match(head)
     if b"<!" in head or b"<?" in head[declaration.end() if declaration else 0 :]:
-        raise SplitUnsure("the head holds markup the splitter does not read")
+        raise SplitUnsureError("the head holds markup the splitter does not read")
     reader = GuardedReader(io.BytesIO(head), limits.max_bytes, part_bytes=limits.max_entry_bytes)
     parser = etree.XMLPullParser(
         events=("start", "end", "pi"),
@@ -186,7 +179,7 @@ def _read_head(data: bytes, limits: StreamLimits) -> _Head:
             for event, node in parser.read_events():
                 element = cast(etree._Element, node)
                 if event != "end" and forbidden_node(element) is not None:
-                    raise SplitUnsure("forbidden markup in the head")
+                    raise SplitUnsureError("forbidden markup in the head")
                 tag = element.tag
                 if event == "start":
                     if state.root is None:
@@ -196,7 +189,7 @@ def _read_head(data: bytes, limits: StreamLimits) -> _Head:
                         _on_part_start(element, state, reader)
                         if tag == _BODY:
                             if header is None or state.root.prefix != element.prefix:
-                                raise SplitUnsure("unexpected head")
+                                raise SplitUnsureError("unexpected head")
                             root_name = (
                                 _ROOT_LOCAL
                                 if state.root.prefix is None
@@ -210,13 +203,13 @@ def _read_head(data: bytes, limits: StreamLimits) -> _Head:
                                 start.end(),
                             )
                     else:
-                        raise SplitUnsure("unexpected element in the head")
+                        raise SplitUnsureError("unexpected element in the head")
                 elif tag == _HEADER:
                     state.in_header = False
                     header = _decode_header(element)
     except (CodecError, etree.XMLSyntaxError, ValueError):
-        raise SplitUnsure("the head is refused") from None
-    raise SplitUnsure("the head ends before the body")
+        raise SplitUnsureError("the head is refused") from None
+    raise SplitUnsureError("the head ends before the body")
 
 
 _ROOT_LOCAL: Final = _ROOT.rpartition("}")[2]
@@ -231,25 +224,25 @@ def split_registration(
 ) -> Iterator[MessageHeader | RecordSlice]:
     """The header, then slices of at most ``batch_size`` entries (and about ``batch_bytes``).
 
-    Raises :class:`SplitUnsure` whenever the message must be decoded by the streaming
+    Raises :class:`SplitUnsureError` whenever the message must be decoded by the streaming
     parser instead (see the module docstring); reads at most one entry's room beyond
     what it has vouched for.
     """
     room = limits.max_entry_bytes - ENTRY_MARGIN
     if room <= 0:
-        raise SplitUnsure("entries too small for the splitter's margin")
+        raise SplitUnsureError("entries too small for the splitter's margin")
     data = b""
     total = 0
     while True:
         chunk = stream.read(READ_BYTES)
         if not isinstance(chunk, bytes):
-            raise SplitUnsure("the source does not yield bytes")
+            raise SplitUnsureError("the source does not yield bytes")
         total += len(chunk)
         data += chunk
         if _BODY_START.search(data) is not None or not chunk or len(data) > room:
             break
     if total > limits.max_bytes:
-        raise SplitUnsure("message over max_bytes")
+        raise SplitUnsureError("message over max_bytes")
     head = _read_head(data, limits)
     yield head.header
     opening, closing = _wrapper(head.nsmap)
@@ -260,7 +253,7 @@ def split_registration(
     # otherwise are miscounted, and their slice falls back (see the module docstring).
     first = _FIRST_RECORD.match(buffer)
     if first is None:
-        raise SplitUnsure("the body does not start with a plain Record start tag")
+        raise SplitUnsureError("the body does not start with a plain Record start tag")
     end_tag = b"</" + first.group(1) + b">"
     position = 1
     base = 0  # start of the slice being cut, in buffer
@@ -273,7 +266,7 @@ def split_registration(
         if found >= 0:
             end = found + len(end_tag)
             if end - cut > room:
-                raise SplitUnsure("an entry near or over max_entry_bytes")
+                raise SplitUnsureError("an entry near or over max_entry_bytes")
             cut = scan = end
             count += 1
             if count >= batch_size or cut - base >= batch_bytes:
@@ -283,15 +276,15 @@ def split_registration(
                 count = 0
             continue
         if len(buffer) - cut > room:
-            raise SplitUnsure("an entry near or over max_entry_bytes")
+            raise SplitUnsureError("an entry near or over max_entry_bytes")
         if ended:
             break
         chunk = stream.read(READ_BYTES)
         if not isinstance(chunk, bytes):
-            raise SplitUnsure("the source does not yield bytes")
+            raise SplitUnsureError("the source does not yield bytes")
         total += len(chunk)
         if total > limits.max_bytes:
-            raise SplitUnsure("message over max_bytes")
+            raise SplitUnsureError("message over max_bytes")
         scan = max(cut, len(buffer) - len(end_tag)) - base
         buffer = buffer[base:] + chunk
         cut -= base
@@ -311,7 +304,7 @@ def split_registration(
         + _WS
     )
     if tail.fullmatch(buffer, cut) is None or position + count == 1:
-        raise SplitUnsure("the body does not end as the splitter expects")
+        raise SplitUnsureError("the body does not end as the splitter expects")
     if count:
         yield RecordSlice(position, count, opening + buffer[base:cut] + closing, total)
 
@@ -427,7 +420,7 @@ def encode_record_slice(
     """Check the entries of one :class:`RecordSlice`: one result per entry, as
     :func:`~.registration.iter_registration_encoded` gives them.
 
-    Raises :class:`SliceRefused` when the slice is not ``expected`` whole entries or
+    Raises :class:`SliceRefusedError` when the slice is not ``expected`` whole entries or
     holds anything the streaming parser would refuse.
     """
     # The same refusals as the streaming parser's reader and parser (DTDs and entity
@@ -440,16 +433,16 @@ def encode_record_slice(
         root = etree.fromstring(data, parser=etree.XMLParser(**options))
         check_markup(root)
     except (CodecError, etree.XMLSyntaxError, ValueError):
-        raise SliceRefused("the slice does not parse as the streaming parser would") from None
+        raise SliceRefusedError("the slice does not parse as the streaming parser would") from None
     if root.tag != _SLICE or len(root.attrib) or not _blank(root.text):
-        raise SliceRefused("the slice is not whole entries")
+        raise SliceRefusedError("the slice is not whole entries")
     records = list(root)
     if len(records) != expected:
-        raise SliceRefused("the slice holds another number of entries than counted")
+        raise SliceRefusedError("the slice holds another number of entries than counted")
     over_budget = _over_budget(limits.max_depth, limits.max_entry_elements)
     for record in records:
         if record.tag != _RECORD or not _blank(record.tail) or over_budget(record):
-            raise SliceRefused("the slice holds something else than entries within limits")
+            raise SliceRefusedError("the slice holds something else than entries within limits")
     schema = slice_schema()
     encode = _encode_validated if schema is not None and schema.validate(root) else _encode_record
     return [encode(record, position) for position, record in enumerate(records, first_position)]
@@ -465,8 +458,8 @@ def warm_slices() -> None:
 
 __all__ = [
     "RecordSlice",
-    "SliceRefused",
-    "SplitUnsure",
+    "SliceRefusedError",
+    "SplitUnsureError",
     "encode_record_slice",
     "slice_schema",
     "split_registration",

@@ -60,8 +60,8 @@ from chukan.codecs.registration import (
 )
 from chukan.codecs.registration_split import (
     RecordSlice,
-    SliceRefused,
-    SplitUnsure,
+    SliceRefusedError,
+    SplitUnsureError,
     split_registration,
 )
 from chukan.gateway.core import db
@@ -244,7 +244,7 @@ class RegistrationSource:
             try:
                 self._slices(feed, stream)
                 return
-            except (SplitUnsure, SliceRefused):
+            except (SplitUnsureError, SliceRefusedError):
                 self._rewind()
                 feed.put(_Restart())
         if self._pool is not None:
@@ -326,7 +326,7 @@ class RegistrationSource:
             elif isinstance(item, _Pending):
                 try:
                     batch = await asyncio.wrap_future(item.future)
-                except SliceRefused:
+                except SliceRefusedError:
                     await self._fall_back()
                     yield _RESTART
                     continue

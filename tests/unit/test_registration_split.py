@@ -35,8 +35,8 @@ from chukan.codecs.registration import (
 from chukan.codecs.registration_split import (
     ENTRY_MARGIN,
     RecordSlice,
-    SliceRefused,
-    SplitUnsure,
+    SliceRefusedError,
+    SplitUnsureError,
     encode_record_slice,
     slice_schema,
     split_registration,
@@ -63,7 +63,7 @@ def split(data: bytes, limits: StreamLimits, batch_size: int) -> tuple[Outcome, 
             assert isinstance(part, RecordSlice)
             assert 1 <= part.count <= batch_size
             results += encode_record_slice(part.data, part.first_position, part.count, limits)
-    except (SplitUnsure, SliceRefused):
+    except (SplitUnsureError, SliceRefusedError):
         return reference(data, limits), True
     return results, False
 
@@ -255,7 +255,7 @@ def test_hostile_messages_are_refused_as_before_within_bounds(
             if isinstance(part, RecordSlice):
                 encode_record_slice(part.data, part.first_position, part.count, limits)
 
-    with pytest.raises((SplitUnsure, SliceRefused)):
+    with pytest.raises((SplitUnsureError, SliceRefusedError)):
         drain()
     assert source.handed <= min(
         len(data), min(limits.max_bytes, limits.max_entry_bytes) + 2 * 256 * 1024
