@@ -9,7 +9,7 @@ statement, the same cost as the insert it replaces — and an auditor still sees
 was refused, how often (``count``) and when (``refused_at`` … ``last_at``).  The
 counter lives in the database, so every process of an agency shares it.
 
-A peer (the remote address) refused ``REFUSALS_PER_MINUTE`` times within the current
+A peer (the remote address) refused ``REFUSALS_PER_MINUTE`` (60) times within the current
 minute gets 429 ``rate_limited`` with ``Retry-After`` (the seconds left of the minute)
 for every further refusal, counted under that code.  Staff logins check the same
 counter per source before the password's scrypt work (:func:`check_peer`).
@@ -25,7 +25,7 @@ from chukan.gateway.core import db
 from chukan.gateway.core.errors import GatewayError, RateLimitedError
 
 #: Refusals of one peer a minute before its further refusals are answered 429.
-REFUSALS_PER_MINUTE: Final = 30
+REFUSALS_PER_MINUTE: Final = 60
 
 _RECORD_SQL: Final = """
 WITH prior AS (

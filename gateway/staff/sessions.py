@@ -124,12 +124,11 @@ async def require_staff(request: web.Request, *roles: str) -> StaffSession:
         else request.path
     )
     if token is None:
+        # Nothing presented at all (e.g. the console opened before logging in): nothing
+        # was attempted, so nothing is written (a flood of these costs no row) or limited.
         await _refuse(request, None, operation, "no_session")
-        raise await _count_refusal(
-            request,
-            operation,
-            SessionInvalidError("log in first: a staff session token is required"),
-        )
+        request[REFUSAL_COUNTED] = True
+        raise SessionInvalidError("log in first: a staff session token is required")
     digest = token_sha256(token)
     row = await state.pool.fetchrow(
         """UPDATE staff_sessions s SET last_seen_at = now()

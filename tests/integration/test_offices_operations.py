@@ -318,7 +318,10 @@ async def test_a_flood_of_unauthenticated_requests_is_counted_not_written_row_by
 
         async def one(i: int) -> None:
             path = "/internal/v1/records" if i % 2 else "/staff/v1/accounts"
-            async with session.get(chiba.gateway.url + path) as response:
+            # An unknown staff session token counts; no credentials at all on the staff
+            # face count nothing (nothing was attempted) and are tested below.
+            headers = {} if i % 2 else {"Authorization": f"Bearer nope{i}"}
+            async with session.get(chiba.gateway.url + path, headers=headers) as response:
                 statuses.append(response.status)
                 request_ids.append(response.headers["X-Request-Id"])
                 if response.status == 429:
@@ -350,6 +353,13 @@ async def test_a_flood_of_unauthenticated_requests_is_counted_not_written_row_by
         peer,
     )
     assert audited == 0
+    # No credentials at all on the staff face: refused, and nothing written anywhere.
+    before = await pool.fetchval("SELECT coalesce(sum(count), 0) FROM access_refusals")
+    async with _client_from("127.0.0.4", network) as session:
+        for _ in range(5):
+            async with session.get(chiba.gateway.url + "/staff/v1/me") as response:
+                assert response.status == 401
+    assert await pool.fetchval("SELECT coalesce(sum(count), 0) FROM access_refusals") == before
 
 
 async def test_staff_logins_are_limited_per_source(chiba: Any, network: Any) -> None:
