@@ -59,7 +59,7 @@ async def test_the_internal_api_answers_as_documented(
         ca.write_bytes(network.pki.ca_pem)
         command += ["--tls-verify", str(ca)]
     process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path
     )
     output, _ = await asyncio.wait_for(process.communicate(), timeout=900)
     text = output.decode("utf-8", "replace")
