@@ -28,7 +28,7 @@ from typing import Final
 import structlog
 from aiohttp import web
 
-from chukan.gateway import network_face
+from chukan.gateway import network_face, openapi
 from chukan.gateway.authlist import sync as authlist
 from chukan.gateway.authlist.sync import LIST_SYNC, ListSync, list_sync_context
 from chukan.gateway.core import db
@@ -45,6 +45,7 @@ from chukan.gateway.core.keyring import (
     ring_watch_context,
 )
 from chukan.gateway.core.notices import NOTICES, Listener, listener_context
+from chukan.gateway.core.oplog import operation_log_middleware, oplog_context
 from chukan.gateway.core.retry import backoff_delay
 from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, utcnow
 from chukan.gateway.core.tls import client_session
@@ -175,6 +176,7 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
 
     # Background work, in start order (each needs the state the first one opens).
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(oplog_context)  # 操作内容の記録 of the internal and staff faces
     app.cleanup_ctx.append(ring_watch_context)
     app.cleanup_ctx.append(list_sync_context)
     app.cleanup_ctx.append(provision_batch_context)
@@ -189,6 +191,7 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     app.add_subapp("/internal", _internal_face())
     app.add_subapp("/network", _network_face())
     app.add_subapp("/staff", _staff_face())
+    app.router.add_get("/openapi.json", openapi.serve_document)
     return app
 
 
@@ -202,7 +205,7 @@ async def _stopping(app: web.Application) -> None:
 
 def _internal_face() -> web.Application:
     """Core systems: each handler authorizes its operation (certificate or token)."""
-    internal = web.Application(middlewares=[private_middleware])
+    internal = web.Application(middlewares=[private_middleware, operation_log_middleware])
     for flow in (persons, replica, query, review, records, kokuhoren, ops, authlist):
         flow.add_internal_routes(internal)
     return internal
@@ -218,7 +221,7 @@ def _network_face() -> web.Application:
 
 def _staff_face() -> web.Application:
     """Staff: each handler checks the session and the role it needs."""
-    staff_app = web.Application(middlewares=[private_middleware])
+    staff_app = web.Application(middlewares=[private_middleware, operation_log_middleware])
     for flow in (staff, review, records, ops, console):
         flow.add_staff_routes(staff_app)
     return staff_app

@@ -17,6 +17,8 @@ from chukan.gateway.core.web import SIGNATURE_HEADER, read_xml
 from chukan.gateway.provision.batch import PROVISION_BATCHES
 from chukan.gateway.provision.provide import provide_once
 from chukan.gateway.query.answers import apply_conclusion
+from chukan.gateway.records.reconcile import list_records
+from chukan.gateway.records.witnessing import require_recording
 
 
 async def receive_message(request: web.Request) -> web.Response:
@@ -28,6 +30,7 @@ async def receive_message(request: web.Request) -> web.Response:
     body = envelope.body
     if isinstance(body, ProvisionRequest) and header.sender == HUB:
         require_list(state)  # 503 before anything is claimed: the hub retries
+        await require_recording(state)  # likewise while records cannot be witnessed
         return await provide_once(state, envelope, body, request.config_dict[PROVISION_BATCHES])
     # An answer or a refusal concludes one of our open queries, once: bound to that
     # query (and its permit, in the sealed payload's associated data) and signed, a
@@ -39,3 +42,5 @@ async def receive_message(request: web.Request) -> web.Response:
 def add_network_routes(network: web.Application) -> None:
     """Routes on the hub's ``/network`` face (paths relative to its prefix)."""
     network.router.add_post("/v1/messages", receive_message)
+    # The hub's reconciliation of this agency's records with its own (hub certificate only).
+    network.router.add_get("/v1/records", list_records)

@@ -167,8 +167,9 @@ def add_serve_command(
     serve_help: str,
     description: str,
     migrate_help: str,
-) -> None:
-    """Add ``chukan <command> serve`` with the options every server takes (in its ``--help``)."""
+) -> Any:
+    """Add ``chukan <command> serve`` with the options every server takes (in its ``--help``);
+    returns the command's sub-parsers, for its other actions."""
     group = commands.add_parser(command, help=group_help)
     actions = group.add_subparsers(dest="action", required=True)
     parser = actions.add_parser("serve", help=serve_help, description=description)
@@ -200,6 +201,7 @@ def add_serve_command(
         help="on SIGTERM/SIGINT, how long in-flight requests may still run before they are "
         f"cancelled (default {DEFAULT_SHUTDOWN_TIMEOUT:g})",
     )
+    return actions
 
 
 async def run_until_signal(start: Callable[[], Awaitable[RunningServer]], *, name: str) -> None:

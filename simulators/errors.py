@@ -23,6 +23,29 @@ class PeerMismatchError(ForbiddenError):
     code = "peer_mismatch"
 
 
+# -- hub: the witness of agencies' record checkpoints ---------------------------------------
+
+
+class WitnessSignatureInvalidError(ForbiddenError):
+    """A checkpoint not signed by one of the agency's registered signing keys."""
+
+    code = "witness_signature_invalid"
+
+
+class WitnessOutOfSequenceError(ConflictError):
+    """A checkpoint whose segment does not follow the last one witnessed for the agency:
+    checkpoints deleted, or a chain rewritten from an earlier point (an alarm)."""
+
+    code = "witness_out_of_sequence"
+
+
+class WitnessConflictError(ConflictError):
+    """A checkpoint at a ``seq`` already witnessed with another hash, signature or
+    records: the agency's chain was rewritten after it was witnessed (an alarm)."""
+
+    code = "witness_conflict"
+
+
 # -- hub: enrolment credentials and the hub's own secrets ---------------------------------
 
 

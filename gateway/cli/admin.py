@@ -14,6 +14,7 @@ that reads personal records or changes accounts is written to the audit trail
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import getpass
 import json
@@ -27,6 +28,7 @@ from typing import Any, TextIO
 
 import asyncpg
 
+from chukan.gateway.cli import records_witness
 from chukan.gateway.cli.errors import AdminCommandError
 from chukan.gateway.core import db
 from chukan.gateway.core.errors import GatewayError
@@ -43,6 +45,8 @@ from chukan.gateway.ops.purge import run_purge_job
 from chukan.gateway.ops.statistics import STATISTICS_FIELDS, parse_period, statistics
 from chukan.gateway.records.checkpoints import checkpoint_now, latest_checkpoint
 from chukan.gateway.records.disclosure import disclose, disclosure_csv
+from chukan.gateway.records.reconcile import add_reconcile_parser
+from chukan.gateway.records.retention import dispose_expired_records
 from chukan.gateway.records.store import ensure_partitions
 from chukan.gateway.records.verify import verify_chain
 from chukan.gateway.staff.accounts import (
@@ -56,12 +60,17 @@ from chukan.gateway.staff.accounts import (
 )
 from chukan.gateway.staff.api import to_csv
 from chukan.gateway.staff.audit import audit as audit_event
+from chukan.gateway.staff.operations_cli import (
+    add_operation_filters,
+    list_operations,
+    operation_filters,
+)
 from chukan.gateway.staff.passwords import check_password_strength, hash_with
 from chukan.gateway.staff.roles import ROLE_ADMIN
 from chukan.keys import KeysError, PublicSigningKey, b64d, public_signing_key
 from chukan.keys.ring import KeyRing
 
-COMMANDS = ("records", "staff", "ops")
+COMMANDS = ("records", "staff", "ops", "operations")
 
 
 def add_commands(commands: Any, *, database_default: str) -> None:
@@ -98,6 +107,9 @@ def add_commands(commands: Any, *, database_default: str) -> None:
         action="store_true",
         help="no progress lines on stderr (by default one every 100,000 records)",
     )
+    records_witness.add_verify_arguments(verify)
+    records_witness.add_receipts_command(rec_cmds, common)
+    add_reconcile_parser(rec_cmds)  # --config: run by cli.main without a database URL
     disclosure = rec_cmds.add_parser("disclose", help="every record about one person")
     common(disclosure)
     disclosure.add_argument("--atena-id", required=True)
@@ -106,6 +118,12 @@ def add_commands(commands: Any, *, database_default: str) -> None:
     checkpoint = rec_cmds.add_parser("checkpoint", help="sign a checkpoint of the chain now")
     common(checkpoint)
     checkpoint.add_argument("--key-dir", type=Path, required=True)
+    dispose = rec_cmds.add_parser(
+        "dispose",
+        help="drop the months of records past their seven years (every tenant's), "
+        "each tenant's chain then verified from its base",
+    )
+    common(dispose)
     partitions = rec_cmds.add_parser("partitions", help="create monthly partitions ahead")
     common(partitions, tenant=False)
     partitions.add_argument("--months", type=int, default=4)
@@ -146,6 +164,12 @@ def add_commands(commands: Any, *, database_default: str) -> None:
     jobs = op_cmds.add_parser("jobs", help="recent jobs")
     common(jobs)
     jobs.add_argument("--kind")
+
+    opl = commands.add_parser("operations", help="the operation log (操作内容の記録)")
+    opl_cmds = opl.add_subparsers(dest="action", required=True)
+    opl_list = opl_cmds.add_parser("list", help="operations, newest first, as JSON")
+    common(opl_list)
+    add_operation_filters(opl_list)
 
 
 async def tenant_connection(url: str, tenant: str) -> asyncpg.Connection:
@@ -275,8 +299,22 @@ async def _tenant_command(
 
     if (command, action) == ("records", "verify"):
         progress = None if args.no_progress else verify_progress(tenant, sys.stderr)
-        report = await verify_chain(conn, tenant, _trusted_keys(args), progress=progress)
-        await audit("records.verify", None, {"ok": report.ok, "issues": len(report.issues)})
+        async with contextlib.AsyncExitStack() as stack:
+            receipts, hub_keys, window = await records_witness.receipt_source(args, stack)
+            report = await verify_chain(
+                conn,
+                tenant,
+                _trusted_keys(args),
+                progress=progress,
+                receipts=receipts,
+                hub_keys=hub_keys,
+                window=window,
+            )
+        await audit(
+            "records.verify",
+            None,
+            {"ok": report.ok, "issues": len(report.issues), "witnessed": report.witnessed},
+        )
         _json(out, report.to_json())
         return 0 if report.ok else 1
     if (command, action) == ("records", "disclose"):
@@ -304,6 +342,20 @@ async def _tenant_command(
                     "checkpoint": checkpoint.to_json() if checkpoint else None,
                 },
             )
+        return 0
+    if (command, action) == ("records", "receipts"):
+        written = await records_witness.export_receipts(args)
+        await audit("records.receipts.export", None, {"receipts": written})
+        _json(out, {"receipts": written, "out": str(args.out)})
+        return 0
+    if (command, action) == ("records", "dispose"):
+        disposal = await dispose_expired_records(conn)
+        await audit(
+            "records.dispose",
+            None,
+            {"partitions": len(disposal.dropped), "records": disposal.records},
+        )
+        _json(out, disposal.to_json())
         return 0
     if (command, action) == ("records", "checkpoint"):
         signer = _load_ring(args.key_dir, tenant).current_signing(dt.datetime.now(dt.UTC))
@@ -373,6 +425,10 @@ async def _tenant_command(
             out.write(to_csv(rows, STATISTICS_FIELDS))
         else:
             _json(out, {"from": str(first), "to": str(last), "rows": rows})
+        return 0
+    if (command, action) == ("operations", "list"):
+        _json(out, {"operations": await list_operations(conn, args)})
+        await audit("operations.read", args.target, operation_filters(args))
         return 0
     if (command, action) == ("ops", "jobs"):
         jobs = await list_jobs(conn, kind=args.kind)

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from chukan.gateway.cli import admin as admin_cli
+from chukan.gateway.cli import backup as backup_cli
 from chukan.gateway.cli import db as db_cli
 from chukan.gateway.cli import pki as pki_cli
 from chukan.gateway.cli import serve as serve_cli
 from chukan.gateway.cli.keys import add_keys_parser, run_keys
 from chukan.gateway.core import db
+from chukan.gateway.records.reconcile import run_reconcile
 from chukan.gateway.replica import cli as replica_cli
 from chukan.gateway.serve import DEFAULT_SERVER_LOG_LEVEL, LOG_LEVELS, log_level
 
@@ -63,6 +65,7 @@ def add_commands(commands: Any) -> None:
     add_keys_parser(commands)
     pki_cli.add_commands(commands)
     serve_cli.add_commands(commands)
+    backup_cli.add_commands(commands)
 
 
 def run(args: argparse.Namespace) -> int | None:
@@ -79,6 +82,8 @@ def run(args: argparse.Namespace) -> int | None:
         return db_cli.run(args)
     if args.command == serve_cli.COMMAND:
         return serve_cli.run(args)
+    if args.command in backup_cli.COMMANDS:
+        return backup_cli.run(args)
     return None
 
 
@@ -86,6 +91,8 @@ def _admin(args: argparse.Namespace) -> int:
     """``records``, ``staff`` and ``ops``: against the gateway database (see admin_cli)."""
     if args.command == "staff" and args.action == "hash-password":
         return asyncio.run(admin_cli.run(args, "", sys.stdout, sys.stdin))
+    if args.command == "records" and args.action == "reconcile":  # its own --config
+        return run_reconcile(args, sys.stdout, sys.stderr)
     embedded = None
     url = args.database_url
     if not url:

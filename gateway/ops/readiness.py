@@ -23,6 +23,7 @@ from chukan.gateway.core.keyring import ring_path
 from chukan.gateway.core.keystore import AgencyKeys
 from chukan.gateway.core.probes import ready_answer, timed
 from chukan.gateway.core.state import GATEWAY_STATE, GatewayState
+from chukan.gateway.records.witnessing import records_check
 from chukan.keys import KeysError
 from chukan.keys.ring import ring_from_bytes
 
@@ -99,6 +100,13 @@ async def ready(request: web.Request) -> web.Response:
     except AuthorizationListUnavailableError as exc:  # the same reason queries are refused with
         authorization = {"ok": False, "reason": exc.reason}
     keys = await timed(asyncio.to_thread(check_key_ring, state.config, state.keys), timeout)
+    records = await timed(records_check(state), timeout)
     return ready_answer(
-        {"database": database, "hub": hub, "authorization_list": authorization, "keys": keys}
+        {
+            "database": database,
+            "hub": hub,
+            "authorization_list": authorization,
+            "keys": keys,
+            "records": records,
+        }
     )

@@ -32,6 +32,7 @@ from chukan.gateway.query.lifecycle import (
     send_query,
     submitted,
 )
+from chukan.gateway.records.witnessing import require_recording
 from chukan.permits import NotAuthorizedError
 
 log = structlog.get_logger("chukan.gateway")
@@ -44,6 +45,7 @@ async def submit_query(request: web.Request) -> web.Response:
     """情報照会: accepted at once with a query id; sent to the hub in the background."""
     system = await authorize(request, OP_SUBMIT_QUERY)
     state = request.config_dict[GATEWAY_STATE]
+    await require_recording(state)  # 503 records_unwitnessed: see docs/records.md
     data = await read_json(request)
     atena_id = atena_id_value(require_str(data, "atena_id", max_length=15))
     procedure = require_str(data, "procedure_code", max_length=16)

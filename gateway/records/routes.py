@@ -60,7 +60,7 @@ async def records_context(app: web.Application) -> AsyncIterator[None]:
 async def get_disclosure(request: web.Request) -> web.Response:
     """Every query and provision about one person (auditor); ``?format=json|csv``;
     ``?audience=person`` leaves out records flagged non-disclosure (不開示)."""
-    await require_staff(request, ROLE_AUDITOR)
+    session = await require_staff(request, ROLE_AUDITOR)
     state = request.config_dict[GATEWAY_STATE]
     atena_id = request.match_info["atena_id"]
     if not ATENA_PATTERN.match(atena_id):
@@ -72,6 +72,7 @@ async def get_disclosure(request: web.Request) -> web.Response:
     tenant = state.config.agency_code
     async with state.pool.acquire() as conn, conn.transaction():
         rows = await disclose(conn, tenant, atena_id, include_non_disclosed=audience == "auditor")
+        rows = [r for r in rows if session.sees(r["item_code"])]  # the office's item classes
         checkpoint = await latest_checkpoint(conn, tenant)
         # The disclosure itself is on the record, in the same transaction.
         await audit_staff(

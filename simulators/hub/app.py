@@ -22,7 +22,18 @@ from chukan.gateway.core.keystore import load_or_create_keys
 from chukan.gateway.core.notices import NOTICES, Listener, listener_context
 from chukan.gateway.core.tls import client_session
 from chukan.gateway.core.web import access_log_middleware, error_middleware
-from chukan.simulators.hub import auth, enrolment, lists, messages, records, registry, worker
+from chukan.simulators.hub import (
+    auth,
+    checkpoints,
+    enrolment,
+    lists,
+    messages,
+    reconcile,
+    records,
+    registry,
+    witness,
+    worker,
+)
 from chukan.simulators.hub.config import HUB_OWNER, HubConfig
 from chukan.simulators.hub.probes import caller_middleware, setup_probes
 from chukan.simulators.hub.state import HUB_STATE, HubState, load_secret
@@ -63,6 +74,7 @@ def create_hub_app(config: HubConfig) -> web.Application:
             app[HUB_STATE] = state
             worker.start_worker(state)
             stack.push_async_callback(worker.stop_worker, state)
+            await stack.enter_async_context(checkpoints.running_checkpointer(state))
             log.info("hub_started", signing_key=keys.signing.key_id)
             yield
         log.info("hub_stopped")
@@ -87,4 +99,6 @@ def create_hub_app(config: HubConfig) -> web.Application:
     app.router.add_get("/network/v1/hub-key", registry.hub_key)
     app.router.add_get("/network/v1/authorization-list", lists.authorization_list)
     app.router.add_post("/network/v1/messages", messages.receive_message)
+    app.router.add_get("/network/v1/records", reconcile.list_records)
+    witness.add_routes(app)
     return app

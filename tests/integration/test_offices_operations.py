@@ -175,6 +175,8 @@ async def test_the_levy_office_sees_levy_items_only(
     assert status == 200 and premium in page and certification not in page
     status, page, _ = await browser.get(f"/staff/records?atena_id={here.atena_id}")
     assert status == 200 and body["query_id"] not in page and "該当する記録はありません" in page
+    status, page, _ = await browser.get(f"/staff/disclosure/{here.atena_id}")
+    assert status == 200 and f"<td>{certification} " not in page  # the provision of 0201
     other = Browser(chiba.gateway, network.anonymous_ssl())
     try:
         assert (await other.login(central, central_password))[0] == 303
@@ -182,6 +184,8 @@ async def test_the_levy_office_sees_levy_items_only(
         assert status == 200 and premium in page and certification in page
         status, page, _ = await other.get(f"/staff/records?atena_id={here.atena_id}")
         assert status == 200 and body["query_id"] in page
+        status, page, _ = await other.get(f"/staff/disclosure/{here.atena_id}")
+        assert status == 200 and f"<td>{certification} " in page
     finally:
         await other.close()
     # The operation log names the office of each page's reader.

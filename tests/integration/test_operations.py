@@ -50,7 +50,12 @@ async def staff_token(api: Any, roles: list[str]) -> str:
         "POST",
         "/staff/v1/accounts",
         token=admin,
-        json={"username": username, "password": password, "roles": roles},
+        json={
+            "username": username,
+            "password": password,
+            "roles": roles,
+            "office": "kaigo-hoken-kanri",
+        },
     )
     assert status == 201
     _, body = await api.call(
@@ -233,7 +238,7 @@ async def test_health_and_ready(ops_gateway: Any) -> None:
     status, body = await ops_gateway.call("GET", "/ready")
     assert status == 200, body
     assert body["status"] == "ready"
-    assert set(body["checks"]) == {"database", "hub", "authorization_list", "keys"}
+    assert set(body["checks"]) == {"database", "hub", "authorization_list", "keys", "records"}
     state = ops_gateway.gateway.state
     listed, hub_url = state.authorization_list, state.hub.base_url
     try:

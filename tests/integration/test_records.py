@@ -471,7 +471,12 @@ async def test_disclosure_to_an_auditor_is_complete_and_itself_recorded(
         "POST",
         "/staff/v1/accounts",
         token=admin_token,
-        json={"username": auditor_name, "password": auditor_password, "roles": ["auditor"]},
+        json={
+            "username": auditor_name,
+            "password": auditor_password,
+            "roles": ["auditor"],
+            "office": "kaigo-hoken-kanri",
+        },
     )
     assert status == 201
     status, body = await chiba.call(

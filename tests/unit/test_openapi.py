@@ -35,9 +35,9 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     document = openapi.document()
     validate(document)  # raises on any violation of the OpenAPI 3.1 schema
     assert document["openapi"] == "3.1.0"
-    codes = document["components"]["schemas"]["Error"]["properties"]["error"]["properties"][
-        "code"
-    ]["enum"]
+    codes = document["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"][
+        "enum"
+    ]
     # The codes the README could not keep up with are all listed.
     assert {
         "bad_request",
