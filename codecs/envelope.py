@@ -61,10 +61,46 @@ class AcquisitionResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class ResidentCodeRequest:
+    """J-LIS: 住民票コード → single-use 処理通番 (answered by an :class:`AcquisitionResponse`).
+
+    The 処理通番 then takes the 取得番号's place in :class:`CodeRequest`.  The 個人番号,
+    when given, only lets the simulated J-LIS link the two (its 本人確認情報 hold both);
+    neither value is stored or logged.
+    """
+
+    resident_code: str
+    individual_number: str | None = None
+
+    def __repr__(self) -> str:  # keep the 住民票コード and 個人番号 out of logs
+        return "ResidentCodeRequest(<redacted>)"
+
+
+@dataclass(frozen=True, slots=True)
 class CodeRequest:
-    """取得番号 → this agency's 符号."""
+    """取得番号 (or 処理通番) → this agency's 符号."""
 
     acquisition_number: str
+
+
+@dataclass(frozen=True, slots=True)
+class PersonNotice:
+    """Agency → hub: one of its 符号 is ended (unregistered) or merged into another."""
+
+    notice_id: str
+    kind: Literal["unregistered", "merged"]
+    person_code: str
+    successor_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PersonNoticeReceipt:
+    """Hub → agency: the notice is applied (the same receipt for a repeated notice)."""
+
+    notice_id: str
+    kind: Literal["unregistered", "merged"]
+    person_code: str
+    received_at: dt.datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +171,11 @@ class ConclusionRequest:
 Body = (
     AcquisitionRequest
     | AcquisitionResponse
+    | ResidentCodeRequest
     | CodeRequest
     | CodeResponse
+    | PersonNotice
+    | PersonNoticeReceipt
     | QueryRequest
     | ProvisionRequest
     | ProvisionAnswer
@@ -187,10 +226,25 @@ def _fill_body(parent: etree._Element, body: Body) -> None:
         case AcquisitionResponse():
             _sub(element, "AcquisitionNumber", body.acquisition_number)
             _sub(element, "ExpiresAt", _timestamp(body.expires_at))
+        case ResidentCodeRequest():
+            _sub(element, "ResidentCode", body.resident_code)
+            if body.individual_number is not None:
+                _sub(element, "IndividualNumber", body.individual_number)
         case CodeRequest():
             _sub(element, "AcquisitionNumber", body.acquisition_number)
         case CodeResponse():
             _sub(element, "PersonCode", body.person_code)
+        case PersonNotice():
+            _sub(element, "NoticeId", body.notice_id)
+            _sub(element, "Kind", body.kind)
+            _sub(element, "PersonCode", body.person_code)
+            if body.successor_code is not None:
+                _sub(element, "SuccessorCode", body.successor_code)
+        case PersonNoticeReceipt():
+            _sub(element, "NoticeId", body.notice_id)
+            _sub(element, "Kind", body.kind)
+            _sub(element, "PersonCode", body.person_code)
+            _sub(element, "ReceivedAt", _timestamp(body.received_at))
         case QueryRequest():
             _sub(element, "QueryId", body.query_id)
             _sub(element, "RequesterPersonCode", body.requester_person_code)
@@ -318,8 +372,31 @@ def _decode_body(element: etree._Element) -> Body:
         return AcquisitionResponse(
             _text(element, "AcquisitionNumber"), _datetime(_text(element, "ExpiresAt"))
         )
+    if kind == "ResidentCodeRequest":
+        return ResidentCodeRequest(
+            _text(element, "ResidentCode"), _optional(element, "IndividualNumber")
+        )
     if kind == "CodeRequest":
         return CodeRequest(_text(element, "AcquisitionNumber"))
+    if kind in ("PersonNotice", "PersonNoticeReceipt"):
+        notice_kind = _text(element, "Kind")
+        assert notice_kind in ("unregistered", "merged")  # guaranteed by the schema
+        literal: Literal["unregistered", "merged"] = (
+            "merged" if notice_kind == "merged" else "unregistered"
+        )
+        if kind == "PersonNotice":
+            successor = _optional(element, "SuccessorCode")
+            if (literal == "merged") != (successor is not None):
+                raise XmlStructureError("a merge notice, and only one, names the successor 符号")
+            return PersonNotice(
+                _text(element, "NoticeId"), literal, _text(element, "PersonCode"), successor
+            )
+        return PersonNoticeReceipt(
+            _text(element, "NoticeId"),
+            literal,
+            _text(element, "PersonCode"),
+            _datetime(_text(element, "ReceivedAt")),
+        )
     if kind == "CodeResponse":
         return CodeResponse(_text(element, "PersonCode"))
     if kind == "QueryRequest":
@@ -422,10 +499,13 @@ __all__ = [
     "ConclusionRequest",
     "Envelope",
     "Header",
+    "PersonNotice",
+    "PersonNoticeReceipt",
     "ProvisionAnswer",
     "ProvisionRequest",
     "QueryRefusal",
     "QueryRequest",
+    "ResidentCodeRequest",
     "body_digest_bytes",
     "build_body",
     "decode_message",
