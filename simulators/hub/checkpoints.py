@@ -12,6 +12,11 @@ A database superuser who rewrites events and re-hashes the chain must delete the
 checkpoints that no longer match; the witness file still holds them.  The
 checkpointer then refuses to sign (``hub_witness_mismatch``, an error event) and
 ``chukan hub records verify`` names the events that changed.
+
+What a pass finds wrong (a segment that does not verify, a witness file that disagrees
+or cannot be written) is also kept in the database (:mod:`.record_status`): ``/ready``
+and ``/metrics`` of every hub process show it, and no new query is routed until a pass
+finds it repaired.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ import structlog
 
 from chukan.gateway.core import db
 from chukan.gateway.records.chain import ChainRow, ChainWalk, Issue, VerifyReport
+from chukan.gateway.records.errors import ChainBrokenError
 from chukan.keys import PublicSigningKey, SigningKeyPair
+from chukan.simulators.hub import record_status
 from chukan.simulators.hub.chain import (
     HUB_CHAIN,
     ROW_COLUMNS,
@@ -69,27 +76,39 @@ async def make_checkpoint(
     force: bool = False,
 ) -> int | None:
     """Sign the chain head if due (``every`` unsigned events, the oldest older than
-    ``interval``, or ``force``), once its segment verifies; the ``seq`` signed, or None."""
+    ``interval``, or ``force``), once its segment verifies; the ``seq`` signed, or None.
+
+    A segment that does not verify is an alarm in the database (``hub_record_alarms``:
+    new queries are refused) until a pass finds it sound again."""
     try:
-        return await _sign_if_due(conn, signer, every, interval, force=force)
+        verified, signed = await _sign_if_due(conn, signer, every, interval, force=force)
     except asyncpg.SerializationError:
         return None  # another hub process signed this very head after our snapshot
+    except ChainBrokenError as exc:
+        log.error("hub_record_chain_broken", seq=exc.seq, detail=str(exc))
+        await record_status.note_failing(
+            conn, record_status.CHAIN, record_status.CHAIN_BROKEN, exc.seq, str(exc)
+        )
+        return None
+    if verified:
+        await record_status.note_ok(conn, record_status.CHAIN)
+    return signed
 
 
 async def _sign_if_due(
     conn: db.Conn, signer: SigningKeyPair, every: int, interval: dt.timedelta, *, force: bool
-) -> int | None:
+) -> tuple[bool, int | None]:
+    """(whether the unsigned segment was checked and verified, the ``seq`` signed)."""
     async with conn.transaction(isolation="repeatable_read"):
         head = await conn.fetchrow("SELECT seq, hash FROM hub_record_chain_head")
         last = await conn.fetchrow(
             "SELECT seq, hash FROM hub_record_checkpoints ORDER BY seq DESC LIMIT 1"
         )
         if head is None:
-            log.error("hub_record_chain_broken", seq=None, detail="chain head missing")
-            return None
+            raise ChainBrokenError("the chain head is missing")
         last_seq, prev = (last["seq"], last["hash"]) if last else (0, genesis_hash())
         if head["seq"] <= last_seq:
-            return None
+            return False, None
         if not force:  # due? (counted by the chain's index, the events not read yet)
             pending = await conn.fetchrow(
                 "SELECT count(*) AS n, min(recorded_at) AS oldest FROM hub_record_events "
@@ -99,7 +118,7 @@ async def _sign_if_due(
             assert pending is not None
             oldest = pending["oldest"]
             if pending["n"] < every and (oldest is None or utcnow() - oldest < interval):
-                return None
+                return False, None
         rows = await conn.fetch(
             f"SELECT {ROW_COLUMNS} FROM hub_record_events "  # noqa: S608 -- fixed columns
             "WHERE seq > $1 ORDER BY seq, id",
@@ -109,8 +128,9 @@ async def _sign_if_due(
             rows, after_seq=last_seq, prev_hash=prev, head_seq=head["seq"], head_hash=head["hash"]
         )
         if bad is not None:
-            log.error("hub_record_chain_broken", seq=bad, after_seq=last_seq)
-            return None
+            raise ChainBrokenError(
+                f"events after checkpoint {last_seq} do not verify from seq {bad} on", seq=bad
+            )
         signed_at = utcnow()
         signature = signer.sign(checkpoint_message(head["seq"], head["hash"], signed_at))
         inserted = await conn.fetchval(
@@ -126,9 +146,9 @@ async def _sign_if_due(
             signature,
         )
     if not inserted:
-        return None
+        return True, None
     log.info("hub_record_checkpoint_signed", seq=head["seq"], key_id=signer.key_id)
-    return int(head["seq"])
+    return True, int(head["seq"])
 
 
 # -- the witness file -------------------------------------------------------------------------
@@ -188,24 +208,63 @@ def append_witness(path: Path, entries: Sequence[WitnessEntry], after_seq: int) 
     return True
 
 
+def probe_writable(path: Path) -> None:
+    """Open the witness file for appending (creating it, durably, if need be), writing
+    nothing: an ``OSError`` here means no checkpoint could be witnessed now."""
+    created = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+    if created:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
 async def sync_witness(conn: db.Conn, path: Path) -> bool:
     """Append to the witness file the checkpoints it lacks; False when the database no
-    longer holds what the file witnessed (an alarm: nothing is appended, or signed)."""
-    last = await asyncio.to_thread(last_witnessed, path)
+    longer holds what the file witnessed, or the file cannot be written (alarms, kept in
+    ``hub_record_alarms`` until a pass finds the file sound again: nothing is appended,
+    or signed, meanwhile)."""
+    source = record_status.witness_source(path)
+    try:
+        await asyncio.to_thread(probe_writable, path)
+        witnessed, mismatch = await _sync_witness(conn, path)
+    except OSError as exc:
+        detail = f"{type(exc).__name__}: {exc.strerror or 'cannot be written'}"
+        log.error("hub_witness_unwritable", file=path.name, detail=detail)
+        await record_status.note_failing(
+            conn, source, record_status.WITNESS_UNWRITABLE, None, f"{path.name}: {detail}"
+        )
+        return False
+    if mismatch is not None:
+        log.error("hub_witness_mismatch", seq=witnessed, detail=mismatch)
+        await record_status.note_failing(
+            conn, source, record_status.WITNESS_MISMATCH, witnessed, mismatch
+        )
+        return False
+    await record_status.note_ok(conn, source, witnessed)
+    return True
+
+
+async def _sync_witness(conn: db.Conn, path: Path) -> tuple[int, str | None]:
+    """(the last ``seq`` the file witnesses, why it disagrees with the database or None)."""
+    try:
+        last = await asyncio.to_thread(last_witnessed, path)
+    except ValueError as exc:  # not the hub's writing: the file was tampered with
+        return 0, f"the witness file's last line cannot be read ({exc})"
     last_seq = 0 if last is None else last.seq
     if last is not None:
         stored = await conn.fetchrow(
             "SELECT hash FROM hub_record_checkpoints WHERE seq = $1", last.seq
         )
         if stored is None or stored["hash"] != last.hash:
-            log.error(
-                "hub_witness_mismatch",
-                seq=last.seq,
-                detail="the witnessed checkpoint is "
+            return last.seq, (
+                "the witnessed checkpoint is "
                 + ("missing from" if stored is None else "different in")
-                + " the database",
+                + " the database"
             )
-            return False
     checkpoints = await conn.fetch(
         "SELECT * FROM hub_record_checkpoints WHERE seq > $1 ORDER BY seq LIMIT $2",
         last_seq,
@@ -215,8 +274,7 @@ async def sync_witness(conn: db.Conn, path: Path) -> bool:
     previous = last_seq
     for cp in checkpoints:
         if cp["after_seq"] != previous:
-            log.error("hub_witness_mismatch", seq=cp["seq"], detail="checkpoints missing")
-            return False
+            return cp["seq"], "checkpoints missing"
         rows = await conn.fetch(
             "SELECT seq, query_id, kind, permit_id, requester, provider, business_code, "
             "procedure_code, item_code, legal_basis, requester_person_code, "
@@ -229,10 +287,11 @@ async def sync_witness(conn: db.Conn, path: Path) -> bool:
         entries.append(witness_entry(cp, rows))
         previous = cp["seq"]
     if not entries:
-        return True
-    if await asyncio.to_thread(append_witness, path, entries, last_seq):
-        log.info("hub_record_checkpoints_witnessed", seq=previous, file=path.name)
-    return True
+        return last_seq, None
+    if not await asyncio.to_thread(append_witness, path, entries, last_seq):
+        return last_seq, None  # another process appended meanwhile: the next pass looks
+    log.info("hub_record_checkpoints_witnessed", seq=previous, file=path.name)
+    return previous, None
 
 
 async def checkpoint_pass(state: HubState, *, force: bool = False) -> int | None:

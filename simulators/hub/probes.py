@@ -2,13 +2,15 @@
 
 * ``/health``: liveness and the database (``SELECT 1`` with a deadline).
 * ``/ready``: the database answers, the outbox is not backed up (due deliveries:
-  pending, their time come, nobody delivering them) and the authorization list
-  in force has not expired; 503 with the failing checks otherwise.
+  pending, their time come, nobody delivering them), the authorization list
+  in force has not expired and the hub's records are sound (no alarm of
+  :mod:`~chukan.simulators.hub.record_status`); 503 with the failing checks otherwise.
 * ``/metrics``: Prometheus text — the HTTP answers and large bodies every
   server counts (:class:`~chukan.gateway.core.metrics.HttpMetrics`), and the
   outbox as the database holds it at scrape time: deliveries by kind and status,
   due, in flight (leased by a worker of any hub process) and the oldest due one's
-  age.  Counted in the database, so every hub process shows the same outbox.
+  age; the records' alarms.  Counted in the database, so every hub process shows the
+  same outbox and records.
 
 With TLS every hub call presents a certificate of the network CA (the hub's
 peer middleware), the probes included: a monitor uses the operator's
@@ -31,7 +33,7 @@ from chukan.gateway.core.probes import Check, health_answer, ready_answer, timed
 from chukan.gateway.core.settings import DEFAULT_READY_TIMEOUT
 from chukan.gateway.core.tls import identity_label
 from chukan.gateway.core.web import CALLER, Handler, observe
-from chukan.simulators.hub import auth, lists
+from chukan.simulators.hub import auth, lists, record_status
 from chukan.simulators.hub.state import HUB_STATE, HubState, utcnow
 
 #: More due deliveries than this and the hub is not ready: it is not keeping up.
@@ -77,13 +79,19 @@ class HubMetrics(HttpMetrics):
         )
     )
 
-    def render(self, outbox: dict[str, float], by_status: dict[tuple[str, ...], float]) -> str:
+    def render(
+        self,
+        outbox: dict[str, float],
+        by_status: dict[tuple[str, ...], float],
+        records: list[str] | None = None,
+    ) -> str:
         lines = self.http_lines()
         lines.extend(self.deliveries.render(by_status))
         if outbox:  # without the database, no outbox samples rather than false zeros
             lines.extend(self.due.render({(): outbox["due"]}))
             lines.extend(self.in_flight.render({(): outbox["in_flight"]}))
             lines.extend(self.oldest_due.render({(): outbox["oldest_due_seconds"]}))
+        lines.extend(records or [])
         return "\n".join(lines) + "\n"
 
 
@@ -135,15 +143,27 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+async def _records_check(state: HubState) -> Check:
+    return (await record_status.records_health(state.pool)).check()
+
+
 async def ready(request: web.Request) -> web.Response:
-    """200 when the database answers, the outbox keeps up and the list is valid; else 503."""
+    """200 when the database answers, the outbox keeps up, the list is valid and the
+    records are sound; else 503."""
     state = request.config_dict[HUB_STATE]
     database = await db.probe(state.pool, DEFAULT_READY_TIMEOUT)
     outbox: Check = {"ok": False, "reason": "database_unavailable"}
+    records: Check = {"ok": False, "reason": "database_unavailable"}
     if database["ok"]:
         outbox = await timed(_outbox_check(state), DEFAULT_READY_TIMEOUT)
+        records = await timed(_records_check(state), DEFAULT_READY_TIMEOUT)
     return ready_answer(
-        {"database": database, "outbox": outbox, "authorization_list": _list_check(state)},
+        {
+            "database": database,
+            "outbox": outbox,
+            "authorization_list": _list_check(state),
+            "records": records,
+        },
         service="hub",
     )
 
@@ -152,13 +172,15 @@ async def metrics(request: web.Request) -> web.Response:
     state = request.config_dict[HUB_STATE]
     outbox: dict[str, float] = {}
     by_status: dict[tuple[str, ...], float] = {}
+    records: list[str] = []
     with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         outbox = await outbox_depth(state)
         rows = await state.pool.fetch(
             "SELECT kind, status, count(*) AS n FROM deliveries GROUP BY 1, 2"
         )
         by_status = {(r["kind"], r["status"]): float(r["n"]) for r in rows}
-    text = request.config_dict[HUB_METRICS].render(outbox, by_status)
+        records = record_status.metrics_lines(await record_status.records_health(state.pool))
+    text = request.config_dict[HUB_METRICS].render(outbox, by_status, records)
     return web.Response(body=text.encode("utf-8"), headers={"Content-Type": CONTENT_TYPE})
 
 
