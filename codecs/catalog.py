@@ -27,12 +27,15 @@ class ItemCode:
     data_set: str
 
 
-# 介護保険 items 千葉市 provides (DESIGN §4/§5 data sets 0101–0300 and 賦課).
+# 介護保険 items 千葉市 provides (DESIGN §4/§5 data sets 0101–0400 and 賦課).
 INSURED_QUALIFICATION: Final = ItemCode("TM00000000010101", "介護保険被保険者資格情報", "0101")
 ADDRESS_EXCEPTION: Final = ItemCode("TM00000000010102", "介護保険住所地特例情報", "0102")
 CERTIFICATION: Final = ItemCode("TM00000000010201", "介護保険受給者・要介護認定情報", "0201")
 BURDEN_RATIO: Final = ItemCode("TM00000000010202", "介護保険負担割合情報", "0202")
 BENEFIT: Final = ItemCode("TM00000000010300", "介護保険給付情報", "0300")
+COMPREHENSIVE_PROGRAM: Final = ItemCode(
+    "TM00000000010400", "介護予防・日常生活支援総合事業情報", "0400"
+)
 PREMIUM_BASIS: Final = ItemCode("TM00000000010500", "介護保険料賦課情報", "0500")
 # Provided by other municipalities to 千葉市 for premium assessment (項 131).
 LOCAL_TAX_INCOME: Final = ItemCode("TM00000000020001", "地方税関係情報（所得・課税）", "2001")
@@ -43,6 +46,7 @@ ITEMS: Final[tuple[ItemCode, ...]] = (
     CERTIFICATION,
     BURDEN_RATIO,
     BENEFIT,
+    COMPREHENSIVE_PROGRAM,
     PREMIUM_BASIS,
     LOCAL_TAX_INCOME,
 )

@@ -38,6 +38,17 @@ FiscalYear = NewType("FiscalYear", int)
 Yen = NewType("Yen", int)
 #: 単位数 (care fee units): 0 to 99,999,999.
 Units = NewType("Units", int)
+#: 受給者履歴通番 (a certification record's number in the core system): 1 to 9,999.
+HistoryNumber = NewType("HistoryNumber", int)
+#: 特別徴収義務者コード (the 年金保険者 that deducts the premium): 3 digits.
+ObligorCode = NewType("ObligorCode", str)
+#: 年金コード (the kind of pension the premium is deducted from): 4 digits.
+PensionCode = NewType("PensionCode", str)
+
+#: A field added to an item after its first layout (SPIMajorVersion stays 1): an optional
+#: element, ``None`` when absent, so that items stored before it was added stay valid and
+#: keep their canonical bytes (see docs/replica.md, "Items and fields").
+Optional: TypeAlias = T | None
 
 
 class ReasonOfNull(enum.Enum):
@@ -189,6 +200,71 @@ class Reduction(enum.Enum):
     OTHER = "9"  # その他
 
 
+class WithdrawalReason(enum.Enum):
+    """受給者申請取消事由コード (chukan's code list; the real one is the vendor's)."""
+
+    BY_APPLICANT = "1"  # 本人・家族からの取下げ
+    DEATH = "2"  # 死亡
+    MOVED_OUT = "3"  # 転出
+    OTHER = "9"  # その他
+
+
+class SuspensionReason(enum.Enum):
+    """受給者認定中断事由コード (chukan's code list)."""
+
+    HOSPITALISED = "1"  # 入院等で調査・審査ができない
+    DEATH = "2"  # 死亡
+    MOVED_OUT = "3"  # 転出
+    OTHER = "9"  # その他
+
+
+class CancellationReason(enum.Enum):
+    """受給者認定取消事由コード (chukan's codes for the grounds of 介護保険法第31条・第34条)."""
+
+    NO_LONGER_ELIGIBLE = "1"  # 要介護者・要支援者に該当しなくなった
+    REFUSED_EXAMINATION = "2"  # 正当な理由なく調査・診断命令に従わない
+    QUALIFICATION_LOST = "3"  # 資格喪失 (死亡・転出)
+    OTHER = "9"  # その他
+
+
+class SpecialCollectionStop(enum.Enum):
+    """特別徴収中止事由 (chukan's code list)."""
+
+    DEATH = "1"  # 死亡
+    MOVED_OUT = "2"  # 転出
+    ASSESSMENT_CHANGED = "3"  # 賦課額の変更 (減額更正)
+    PENSION_STOPPED = "4"  # 年金の支給停止・差止
+    OTHER = "9"  # その他
+
+
+class Deferral(enum.Enum):
+    """納付原簿徴収猶予区分コード (chukan's codes for the grounds of 介護保険法第142条)."""
+
+    DISASTER = "1"  # 災害
+    INCOME_LOSS = "2"  # 事業の休廃止・失業等による収入減少
+    OTHER = "9"  # その他
+
+
+class PaymentStatus(enum.Enum):
+    """収滞納状況 of one 賦課年度 (chukan's code list)."""
+
+    PAID = "1"  # 完納
+    PARTLY_PAID = "2"  # 一部納付
+    IN_ARREARS = "3"  # 滞納
+    INSTALMENTS = "4"  # 分納中
+    NOT_DUE = "5"  # 納期未到来
+
+
+class EligibilityEndReason(enum.Enum):
+    """事業対象者 終了事由 (chukan's code list)."""
+
+    CERTIFIED = "1"  # 要介護・要支援認定
+    DEATH = "2"  # 死亡
+    MOVED_OUT = "3"  # 転出
+    QUALIFICATION_LOST = "4"  # その他の資格喪失
+    OTHER = "9"  # その他
+
+
 # ------------------------------------------------------- 0101 被保険者資格
 
 
@@ -264,6 +340,24 @@ class CertificationRecord:
     valid_to: Nillable[date]
     specific_disease: Nillable[SpecificDiseaseCode]
     deemed_certification: DeemedCertification
+    #: 受給者履歴通番: this record's number in the core system (区分変更 history refers to it).
+    history_number: Optional[HistoryNumber] = None
+    #: 区分変更前回受給者履歴通番: the record a 区分変更 (or other change of level) replaced.
+    previous_history_number: Optional[HistoryNumber] = None
+    #: 区分変更前の要介護状態区分: the level before the change.
+    previous_care_level: Optional[CareLevel] = None
+    #: 支給限度管理期間 (区分支給限度基準額の管理期間) 開始/終了年月日.
+    limit_period_from: Optional[date] = None
+    limit_period_to: Optional[date] = None
+    #: 申請取消年月日 and 受給者申請取消事由コード: the application was withdrawn.
+    withdrawal_date: Optional[date] = None
+    withdrawal_reason: Optional[WithdrawalReason] = None
+    #: 認定中断年月日 and 受給者認定中断事由コード: the procedure stopped before a decision.
+    suspension_date: Optional[date] = None
+    suspension_reason: Optional[SuspensionReason] = None
+    #: 認定取消年月日 and 受給者認定取消事由コード (介護保険法第31条・第34条).
+    cancellation_date: Optional[date] = None
+    cancellation_reason: Optional[CancellationReason] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +430,24 @@ class AssessmentRecord:
     assessed_amount: Yen
     annual_amount: Yen
     reduction: Nillable[Reduction]
+    #: 納付原簿特別徴収義務者コード and 納付原簿年金コード (特別徴収: the pension deducted from).
+    obligor_code: Optional[ObligorCode] = None
+    pension_code: Optional[PensionCode] = None
+    #: 特別徴収中止事由: why deduction from the pension stopped.
+    special_collection_stop: Optional[SpecialCollectionStop] = None
+    #: 仮徴収額 (the amount deducted per payment in April, June and August) and the date
+    #: it was last changed (納付原簿仮徴収額変更年月日).
+    provisional_amount: Optional[Yen] = None
+    provisional_change_date: Optional[date] = None
+    #: 納付原簿徴収猶予区分コード and the 徴収猶予 period (介護保険法第142条).
+    deferral: Optional[Deferral] = None
+    deferral_from: Optional[date] = None
+    deferral_to: Optional[date] = None
+    #: 収滞納: payment status of the 賦課年度 on ``payment_status_date``, and the amount due
+    #: and not paid (滞納額).
+    payment_status: Optional[PaymentStatus] = None
+    arrears_amount: Optional[Yen] = None
+    payment_status_date: Optional[date] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +459,52 @@ class PremiumAssessment:
     assessment_records: tuple[AssessmentRecord, ...]
 
 
+# ------------------------------------------ 0400 介護予防・日常生活支援総合事業
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramEligibilityRecord:
+    """事業対象者履歴: one period as 事業対象者 (基本チェックリスト該当) (repeating group)."""
+
+    updated: date
+    #: 基本チェックリスト実施年月日.
+    checklist_date: date
+    #: 受付年月日 and 決定年月日 of the 事業対象者 determination.
+    accepted_date: Nillable[date]
+    decision_date: Nillable[date]
+    #: 適用開始年月日 / 適用終了年月日.
+    valid_from: date
+    valid_to: Nillable[date]
+    end_reason: Nillable[EligibilityEndReason]
+    #: 介護予防ケアマネジメント依頼届出 of the 地域包括支援センター (its 事業所番号).
+    care_management_provider: Nillable[ProviderNumber]
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramServiceRecord:
+    """第1号事業 (介護予防・生活支援サービス事業) use of one kind in one month (repeating group)."""
+
+    updated: date
+    service_month: YearMonth
+    #: サービス種類コード of the 第1号事業 (A1–A9, AF …).
+    service_type: ServiceTypeCode
+    provider_number: Nillable[ProviderNumber]
+    units: Nillable[Units]
+    #: 第1号事業支給費 (yen).
+    benefit_amount: Yen
+    user_burden: Nillable[Yen]
+
+
+@dataclass(frozen=True, slots=True)
+class ComprehensiveProgram:
+    """介護予防・日常生活支援総合事業 (data set 0400)."""
+
+    insured_number: InsuredNumber
+    insurer_number: InsurerNumber
+    program_eligibility_records: tuple[ProgramEligibilityRecord, ...] = ()
+    program_service_records: tuple[ProgramServiceRecord, ...] = ()
+
+
 #: Any item value that :func:`chukan.codecs.items.encode_item` accepts.
 Item: TypeAlias = (
     InsuredQualification
@@ -354,5 +512,6 @@ Item: TypeAlias = (
     | CareCertification
     | BurdenRatio
     | Benefit
+    | ComprehensiveProgram
     | PremiumAssessment
 )

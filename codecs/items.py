@@ -85,6 +85,13 @@ _SPECS: Final = (
     ItemSpec("TM00000000010202", "負担割合情報", "0202", "item_0202.xsd", m.BurdenRatio),
     ItemSpec("TM00000000010300", "給付情報", "0300", "item_0300.xsd", m.Benefit),
     ItemSpec(
+        "TM00000000010400",
+        "介護予防・日常生活支援総合事業情報",
+        "0400",
+        "item_0400.xsd",
+        m.ComprehensiveProgram,
+    ),
+    ItemSpec(
         "TM00000000010500",
         "賦課情報（保険料賦課根拠）",
         "0500",
@@ -153,6 +160,9 @@ _CONVERTERS: Final[dict[Any, _Converter]] = {
     m.FiscalYear: _Converter(int, _parse_int, _format_year),
     m.Yen: _INTEGER,
     m.Units: _INTEGER,
+    m.HistoryNumber: _INTEGER,
+    m.ObligorCode: _STRING,
+    m.PensionCode: _STRING,
     m.InsuredNumber: _STRING,
     m.InsurerNumber: _STRING,
     m.ProviderNumber: _STRING,
@@ -180,6 +190,9 @@ class _Leaf:
     converter: _Converter
     #: Lexical forms written back exactly as read (a code list's values): no conversion.
     verbatim: frozenset[str] = frozenset()
+    #: A field added after the item's first layout (``item_model.Optional``): the element
+    #: may be absent (``None``), and is then not written.
+    optional: bool = False
 
 
 def _verbatim(converter: _Converter) -> frozenset[str]:
@@ -235,11 +248,19 @@ def _layout(cls: type[Any]) -> _Layout:
             groups.append((spec_field.name, _layout(args[0])))
             continue
         nillable = Nil in args
-        base = next(arg for arg in args if arg is not Nil) if nillable else tp
+        optional = type(None) in args
+        if nillable and optional:
+            raise TypeError(f"{cls.__name__}.{spec_field.name}: an added field is never nillable")
+        base = next(arg for arg in args if arg is not Nil and arg is not type(None)) if args else tp
         converter = _converter(base)
         leaves.append(
             _Leaf(
-                spec_field.name, _pascal(spec_field.name), nillable, converter, _verbatim(converter)
+                spec_field.name,
+                _pascal(spec_field.name),
+                nillable,
+                converter,
+                _verbatim(converter),
+                optional,
             )
         )
     return _Layout(cls, cls.__name__, tuple(leaves), tuple(groups), has_updated)
@@ -388,7 +409,10 @@ def _fill(element: etree._Element, layout: _Layout, value: Any, where: str) -> N
             raise SchemaError("expected a date value", where=where + "/@TimeAndDateOfUpdate")
         element.set("TimeAndDateOfUpdate", updated.isoformat())
     for leaf in layout.leaves:
-        _leaf_element(element, leaf, getattr(value, leaf.attr), f"{where}/{leaf.element}")
+        leaf_value = getattr(value, leaf.attr)
+        if leaf.optional and leaf_value is None:
+            continue
+        _leaf_element(element, leaf, leaf_value, f"{where}/{leaf.element}")
     for attr, group in layout.groups:
         records = getattr(value, attr)
         if not isinstance(records, tuple | list):
@@ -490,7 +514,7 @@ def _canonical_group(layout: _Layout, element: etree._Element, root: bool = Fals
             groups[attr].append(text)
         else:
             return None
-    if len(leaves) != len(layout.leaves):
+    if any(leaf.attr not in leaves for leaf in layout.leaves if not leaf.optional):
         return None
     tag = "k:" + layout.element
     head = f'<{tag}{_ROOT_DECLARATIONS if root else ""} Version="1"'
@@ -500,7 +524,7 @@ def _canonical_group(layout: _Layout, element: etree._Element, root: bool = Fals
         )
         head += f' TimeAndDateOfUpdate="{updated.isoformat()}"'
     parts = [head, ">"]
-    parts.extend(leaves[leaf.attr] for leaf in layout.leaves)
+    parts.extend(leaves[leaf.attr] for leaf in layout.leaves if leaf.attr in leaves)
     for attr, _ in layout.groups:
         parts.extend(groups[attr])
     parts.append(f"</{tag}>")

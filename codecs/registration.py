@@ -142,6 +142,9 @@ class RegistrationEntry:
     publication_date: date
     published_end_date: date | None = None
     item: Item | None = None
+    #: AutomaticResponseDisabledFlag (自動応答不可フラグ): set the person's manual-review flag
+    #: for this item with the entry (True/False); None: the flag stays as it is.
+    manual_review: bool | None = None
 
     @property
     def item_xml(self) -> bytes | None:
@@ -170,6 +173,8 @@ class EncodedEntry:
     publication_date: date
     published_end_date: date | None = None
     content: bytes | None = None
+    #: AutomaticResponseDisabledFlag, as in :class:`RegistrationEntry`.
+    manual_review: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +282,7 @@ class _Checked(Generic[_I]):
     publication_date: date
     published_end_date: date | None
     item: _I | None
+    manual_review: bool | None = None
 
 
 def _check_record(
@@ -309,6 +315,8 @@ def _check_record(
     end_text = fields.raw("PublishedEndDate")
     published_end = None if end_text is None else date.fromisoformat(end_text.strip())
     major_version = int(fields.text("SPIMajorVersion"))
+    flag = fields.raw("AutomaticResponseDisabledFlag")
+    manual_review = None if flag is None else flag.strip(_XML_WHITESPACE) == "1"
     container = fields.element("SpecificPersonalInformation")
 
     spec = ITEM_CODES.get(code)
@@ -366,7 +374,15 @@ def _check_record(
             _ITEM_WHERE,
         )
     return _Checked(
-        fields, record_id, segment, code, major_version, publication, published_end, item
+        fields,
+        record_id,
+        segment,
+        code,
+        major_version,
+        publication,
+        published_end,
+        item,
+        manual_review,
     )
 
 
@@ -385,6 +401,7 @@ def _decode_record(record: etree._Element, position: int) -> RegistrationEntry |
         publication_date=checked.publication_date,
         published_end_date=checked.published_end_date,
         item=checked.item,
+        manual_review=checked.manual_review,
     )
 
 
@@ -403,6 +420,7 @@ def _encode_record(record: etree._Element, position: int) -> EncodedEntry | Entr
         publication_date=checked.publication_date,
         published_end_date=checked.published_end_date,
         content=checked.item,
+        manual_review=checked.manual_review,
     )
 
 
@@ -764,6 +782,10 @@ def _record_element(body: etree._Element, entry: RegistrationEntry, where: str) 
     _sub(record, "PublicationDate", entry.publication_date.isoformat())
     if entry.published_end_date is not None:
         _sub(record, "PublishedEndDate", entry.published_end_date.isoformat())
+    if entry.manual_review is not None:
+        if not isinstance(cast(object, entry.manual_review), bool):
+            raise SchemaError("manual_review must be a bool or None", where=where)
+        _sub(record, "AutomaticResponseDisabledFlag", "1" if entry.manual_review else "0")
     if entry.item is not None:
         container = etree.SubElement(record, _ITEM_CONTAINER)
         try:

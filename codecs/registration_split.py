@@ -408,6 +408,7 @@ def _encoded(checked: _Checked[bytes]) -> EncodedEntry:
         publication_date=checked.publication_date,
         published_end_date=checked.published_end_date,
         content=checked.item,
+        manual_review=checked.manual_review,
     )
 
 

@@ -67,6 +67,9 @@ def care_certification(
         valid_to=valid_to,
         specific_disease=_NA,
         deemed_certification=m.DeemedCertification.REGULAR,
+        history_number=m.HistoryNumber(1),
+        limit_period_from=today,
+        limit_period_to=valid_to,
     )
     return m.CareCertification(insured or insured_number(rng), SAMPLE_INSURER, (record,))
 
@@ -126,16 +129,55 @@ def premium_assessment(
     rng: random.Random, today: dt.date, insured: m.InsuredNumber | None = None
 ) -> m.PremiumAssessment:
     amount = m.Yen(rng.randrange(20_000, 200_000, 100))
+    method = rng.choice(list(m.CollectionMethod))
+    deducted = method is not m.CollectionMethod.ORDINARY
     record = m.AssessmentRecord(
         today,
         m.FiscalYear(today.year),
         m.IncomeCategoryCode(f"{rng.randint(1, 13):02d}"),
-        rng.choice(list(m.CollectionMethod)),
+        method,
         amount,
         amount,
         _NA,
+        # 特別徴収 from the 老齢基礎年金 paid by 日本年金機構 (codes as in chukan's 国保連 files).
+        obligor_code=m.ObligorCode("001") if deducted else None,
+        pension_code=m.PensionCode("0120") if deducted else None,
+        provisional_amount=m.Yen(amount // 6 // 100 * 100) if deducted else None,
+        payment_status=m.PaymentStatus.NOT_DUE,
+        payment_status_date=today,
     )
     return m.PremiumAssessment(insured or insured_number(rng), SAMPLE_INSURER, (record,))
+
+
+def comprehensive_program(
+    rng: random.Random, today: dt.date, insured: m.InsuredNumber | None = None
+) -> m.ComprehensiveProgram:
+    """介護予防・日常生活支援総合事業 (0400): a 事業対象者 since a checklist this year, and one
+    month of 訪問型サービス."""
+    checked = today - dt.timedelta(days=rng.randint(30, 90))
+    eligibility = m.ProgramEligibilityRecord(
+        updated=today,
+        checklist_date=checked,
+        accepted_date=checked,
+        decision_date=checked + dt.timedelta(days=7),
+        valid_from=checked + dt.timedelta(days=7),
+        valid_to=_NA,
+        end_reason=_NA,
+        care_management_provider=m.ProviderNumber("1290000001"),
+    )
+    units = rng.randint(500, 3_000)
+    service = m.ProgramServiceRecord(
+        updated=today,
+        service_month=m.YearMonth(checked.year, checked.month),
+        service_type=m.ServiceTypeCode(rng.choice(["A1", "A2", "A5", "A6"])),
+        provider_number=_NA,
+        units=m.Units(units),
+        benefit_amount=m.Yen(units * 9),
+        user_burden=m.Yen(units),
+    )
+    return m.ComprehensiveProgram(
+        insured or insured_number(rng), SAMPLE_INSURER, (eligibility,), (service,)
+    )
 
 
 SampleFactory = Callable[[random.Random, dt.date, "m.InsuredNumber | None"], m.Item]
@@ -147,6 +189,7 @@ SAMPLE_FACTORIES: Final[dict[str, SampleFactory]] = {
     "TM00000000010201": care_certification,
     "TM00000000010202": burden_ratio,
     "TM00000000010300": benefit,
+    "TM00000000010400": comprehensive_program,
     "TM00000000010500": premium_assessment,
 }
 assert set(SAMPLE_FACTORIES) == set(ITEM_CODES)

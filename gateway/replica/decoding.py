@@ -37,15 +37,17 @@ STAGING_COLUMNS: Final = (
     "valid_to",
     "content",
     "digest",
+    "manual_review",
 )
 #: One staged entry, in STAGING_COLUMNS order.
 StagedRow: TypeAlias = tuple[
-    int, str, bool, str, str, str, dt.date, dt.date | None, bytes | None, str | None
+    int, str, bool, str, str, str, dt.date, dt.date | None, bytes | None, str | None, bool | None
 ]
 
 
 def entry_row(entry: EncodedEntry, position: int) -> StagedRow:
-    """The staged form of an accepted entry; the item in canonical bytes and their SHA-256."""
+    """The staged form of an accepted entry; the item in canonical bytes and their SHA-256,
+    and the entry's 自動応答不可フラグ (None: absent)."""
     content = entry.content
     return (
         position,
@@ -58,6 +60,7 @@ def entry_row(entry: EncodedEntry, position: int) -> StagedRow:
         entry.published_end_date,
         content,
         None if content is None else hashlib.sha256(content).hexdigest(),
+        entry.manual_review,
     )
 
 

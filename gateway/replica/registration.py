@@ -349,7 +349,8 @@ _STAGING_DDL: Final = """
         valid_from date NOT NULL,
         valid_to   date,
         content    bytea,
-        digest     text
+        digest     text,
+        manual_review boolean
     ) ON COMMIT DROP"""
 
 #: The record keys the message's people already have, with their last version: read once,
@@ -460,6 +461,20 @@ _APPLY_BATCH: Final = """
     SELECT count(*) FILTER (WHERE NOT deleted) AS registered,
            count(*) FILTER (WHERE deleted) AS deleted
     FROM inserted"""
+
+#: The 自動応答不可フラグ of the message's entries (AutomaticResponseDisabledFlag), applied with
+#: them: per person and item the last entry that carries one decides.  Run once every entry
+#: is applied (the person is known: the checks, or the foreign key of the rows applied ahead).
+_APPLY_FLAGS: Final = """
+    WITH flagged AS (
+        INSERT INTO replica_review_flags (atena_id, item_code, manual_review, set_by)
+        SELECT DISTINCT ON (atena_id, item_code) atena_id, item_code, manual_review, $1
+        FROM replica_staging WHERE manual_review IS NOT NULL
+        ORDER BY atena_id, item_code, position DESC
+        ON CONFLICT (tenant, atena_id, item_code) DO UPDATE
+        SET manual_review = EXCLUDED.manual_review, set_by = EXCLUDED.set_by, set_at = now()
+        RETURNING 1)
+    SELECT count(*) FROM flagged"""
 
 #: The one check the constraints of replica_items do not make for the batches applied ahead:
 #: a deletion naming a record key that had no version before this message (its own rows
@@ -750,6 +765,10 @@ async def _apply(
                 "registered": counts["registered"],
                 "deleted": counts["deleted"],
             }
+            if not test_mode:
+                flags = await conn.fetchval(_APPLY_FLAGS, stored_by)
+                if flags:
+                    body["review_flags"] = flags
         if not test_mode:
             await conn.execute(
                 """UPDATE replica_messages SET outcome = $2, http_status = $3,

@@ -144,6 +144,33 @@ SAMPLES: dict[str, m.Item] = {
             ),
         ),
     ),
+    "TM00000000010400": m.ComprehensiveProgram(
+        INSURED,
+        INSURER,
+        (
+            m.ProgramEligibilityRecord(
+                UPDATED,
+                date(2024, 2, 5),
+                date(2024, 2, 5),
+                date(2024, 2, 9),
+                date(2024, 2, 9),
+                NA,
+                NA,
+                m.ProviderNumber("1290000001"),
+            ),
+        ),
+        (
+            m.ProgramServiceRecord(
+                UPDATED,
+                YearMonth(2024, 3),
+                m.ServiceTypeCode("A5"),
+                m.ProviderNumber("127000000A"),
+                m.Units(1672),
+                m.Yen(15048),
+                m.Yen(1672),
+            ),
+        ),
+    ),
     "TM00000000010500": m.PremiumAssessment(
         INSURED,
         INSURER,
@@ -203,19 +230,23 @@ def test_model_matches_the_xsd(code: str) -> None:
     def check(cls: type[Any], element: Any) -> None:
         hints = typing.get_type_hints(cls)
         children = list(element.type.content.iter_elements())
-        expected: list[tuple[str, bool, bool]] = []  # (name, nillable, repeating)
+        # (name, nillable, repeating, optional)
+        expected: list[tuple[str, bool, bool, bool]] = []
         for field in dataclasses.fields(cls):
             if field.name == "updated":
                 assert element.type.attributes["TimeAndDateOfUpdate"].use == "required"
                 continue
             tp = hints[field.name]
             args = typing.get_args(tp)
+            optional = field.default is not dataclasses.MISSING
             if typing.get_origin(tp) is tuple:
-                expected.append((args[0].__name__, False, True))
+                expected.append((args[0].__name__, False, True, optional))
             else:
-                expected.append((_pascal(field.name), Nil in args, False))
+                assert optional == (type(None) in args)  # an added field defaults to None
+                expected.append((_pascal(field.name), Nil in args, False, optional))
         actual = [
-            (child.local_name, child.nillable, child.max_occurs is None) for child in children
+            (child.local_name, child.nillable, child.max_occurs is None, child.min_occurs == 0)
+            for child in children
         ]
         assert actual == expected
         assert element.type.attributes["Version"].fixed == "1"
@@ -576,16 +607,22 @@ _REGEX: dict[Any, str] = {
     m.ServiceTypeCode: r"[0-9A-Z]{2}",
     m.SpecificDiseaseCode: r"0[1-9]|1[0-6]",
     m.IncomeCategoryCode: r"0[1-9]|1[0-9]|20",
+    m.ObligorCode: r"[0-9]{3}",
+    m.PensionCode: r"[0-9]{4}",
 }
 _INTEGERS: dict[Any, tuple[int, int]] = {
     m.FiscalYear: (1, 9999),
     m.Yen: (0, 10**12 - 1),
     m.Units: (0, 10**8 - 1),
+    m.HistoryNumber: (1, 9999),
 }
 
 
 def _values(tp: Any, *, optional_group: bool = False) -> st.SearchStrategy[Any]:
     args = typing.get_args(tp)
+    if type(None) in args:  # a field added after the first layout: absent or a value
+        base = next(arg for arg in args if arg is not type(None))
+        return st.one_of(st.none(), _values(base))
     if Nil in args:
         base = next(arg for arg in args if arg is not Nil)
         return st.one_of(_values(base), st.builds(Nil, st.sampled_from(ReasonOfNull)))
