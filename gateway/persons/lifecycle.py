@@ -92,7 +92,7 @@ async def report_event(
             notified = await send_open_notices(state, conn, atena_id)
     log.info(
         "person_event",
-        event=kind,
+        kind=kind,
         caller=caller,
         repeated=outcome.repeated,
         hub_notified=notified,
