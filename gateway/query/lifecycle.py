@@ -11,8 +11,9 @@ import datetime as dt
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 import structlog
@@ -170,7 +171,15 @@ async def send_query(state: GatewayState, query_id: str) -> None:
         await _send_row(state, query_id, row)
 
 
-async def _send_row(state: GatewayState, query_id: str, row: asyncpg.Record) -> None:
+async def send_first(state: GatewayState, query_id: str, row: Mapping[str, Any]) -> None:
+    """The first attempt, made at once by the process that inserted the query (which
+    counted it): the row is what the submission wrote, so nothing is read back."""
+    await _send_row(state, query_id, row)
+
+
+async def _send_row(
+    state: GatewayState, query_id: str, row: Mapping[str, Any] | asyncpg.Record
+) -> None:
     """The attempt itself, as part of the submission's request (its id goes to the hub)."""
     body = QueryRequest(
         query_id=query_id,

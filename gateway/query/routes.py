@@ -29,7 +29,7 @@ from chukan.gateway.query.lifecycle import (
     idempotency_key,
     insert_requester_record,
     request_digest,
-    send_query,
+    send_first,
     submitted,
 )
 from chukan.gateway.records.witnessing import require_recording
@@ -39,6 +39,39 @@ log = structlog.get_logger("chukan.gateway")
 
 #: A long poll reads its query again at least this often (notices are hints).
 LOOK_AGAIN: Final = 2.0
+
+#: A submission in one statement: the person's 符号 looked up and the query inserted
+#: (queued ones already counting their first attempt, made at once by this process), or
+#: nothing inserted when the person is unknown or the same key was submitted before.
+_SUBMIT_SQL: Final = """
+    WITH person AS (
+        SELECT person_code FROM persons WHERE atena_id = $2 AND person_code IS NOT NULL),
+    inserted AS (
+        INSERT INTO queries (query_id, atena_id, provider, business_code, procedure_code,
+            item_code, legal_basis, reference_date, status, reason_code, submitted_by,
+            expires_at, answered_at, non_disclosure, idempotency_key, request_digest,
+            next_attempt_at, request_id, attempts)
+        SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+               CASE WHEN $9 = 'refused' THEN now() END, $13, $14, $15,
+               now() + $16::interval, $17, CASE WHEN $9 = 'queued' THEN 1 ELSE 0 END
+        FROM person
+        ON CONFLICT (tenant, submitted_by, idempotency_key)
+            WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING 1)
+    SELECT (SELECT person_code FROM person) AS person_code,
+           EXISTS (SELECT 1 FROM inserted) AS inserted"""
+
+#: A long poll's read; a concluded query's result counts as collected from the first
+#: read that returns it (the retention clock of ops.purge_results starts), in the same
+#: statement.  Whether it is concluded is decided on the row this statement read.
+_READ_SQL: Final = """
+    WITH q AS (SELECT * FROM queries WHERE query_id = $1 AND submitted_by = $2),
+    collected AS (
+        UPDATE queries SET collected_at = now()
+        WHERE query_id = $1 AND collected_at IS NULL
+          AND EXISTS (SELECT 1 FROM q WHERE status NOT IN ('queued', 'sent')
+                                        AND collected_at IS NULL))
+    SELECT * FROM q"""
 
 
 async def submit_query(request: web.Request) -> web.Response:
@@ -73,11 +106,6 @@ async def submit_query(request: web.Request) -> web.Response:
         first = await first_answer(state.pool, system.system_id, key, digest)
         if first is not None:
             return first
-    person_code = await state.pool.fetchval(
-        "SELECT person_code FROM persons WHERE atena_id = $1", atena_id
-    )
-    if person_code is None:
-        raise PersonUnknownError("no person with this 宛名番号 is registered")
     now = utcnow()
     authorization = current_list(state)
     row = authorization.find(state.config.agency_code, provider, procedure, item_code, now.date())
@@ -85,51 +113,59 @@ async def submit_query(request: web.Request) -> web.Response:
     status, reason = (
         (QueryStatus.QUEUED, None) if row is not None else (QueryStatus.REFUSED, "not_authorized")
     )
-    async with state.pool.acquire() as conn, conn.transaction():
-        inserted = await conn.fetchval(
-            """INSERT INTO queries (query_id, atena_id, provider, business_code, procedure_code,
-                   item_code, legal_basis, reference_date, status, reason_code, submitted_by,
-                   expires_at, answered_at, non_disclosure, idempotency_key, request_digest,
-                   next_attempt_at, request_id)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                       CASE WHEN $9 = 'refused' THEN now() END, $13, $14, $15,
-                       now() + $16::interval, $17)
-               ON CONFLICT (tenant, submitted_by, idempotency_key)
-                   WHERE idempotency_key IS NOT NULL DO NOTHING
-               RETURNING 1""",
-            query_id,
-            atena_id,
-            provider,
-            row.business_code if row else "JM00000000000000",
-            procedure,
-            item_code,
-            row.legal_basis if row else None,
-            reference_date,
-            status,
-            reason,
-            system.system_id,
-            now + state.config.timing.result_ttl,
-            non_disclosure,
-            key,
-            digest,
-            # The sweep takes the query up only if the send below does not conclude.
-            dt.timedelta(seconds=state.config.timing.http_timeout * 2),
-            # Resends and the requester's record carry the submission's request id.
-            current_request_id(),
-        )
-        if inserted is None:  # the same key, submitted concurrently, won
-            assert key is not None
-            conn_first = await first_answer(conn, system.system_id, key, digest)
-            assert conn_first is not None
-            return conn_first
-        if row is None:
-            await insert_requester_record(conn, state, query_id)
+    values = (
+        query_id,
+        atena_id,
+        provider,
+        row.business_code if row else "JM00000000000000",
+        procedure,
+        item_code,
+        row.legal_basis if row else None,
+        reference_date,
+        status,
+        reason,
+        system.system_id,
+        now + state.config.timing.result_ttl,
+        non_disclosure,
+        key,
+        digest,
+        # The sweep takes the query up only if the send below does not conclude.
+        dt.timedelta(seconds=state.config.timing.http_timeout * 2),
+        # Resends and the requester's record carry the submission's request id.
+        current_request_id(),
+    )
+    if row is not None:  # one statement, its own commit: nothing else to write with it
+        inserted = await state.pool.fetchrow(_SUBMIT_SQL, *values)
+    else:  # refused by our list: the query and its record in one transaction
+        async with state.pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchrow(_SUBMIT_SQL, *values)
+            assert inserted is not None
+            if inserted["person_code"] is not None and inserted["inserted"]:
+                await insert_requester_record(conn, state, query_id)
+    assert inserted is not None
+    if inserted["person_code"] is None:
+        raise PersonUnknownError("no person with this 宛名番号 is registered")
+    if not inserted["inserted"]:  # the same key, submitted concurrently, won
+        assert key is not None
+        first = await first_answer(state.pool, system.system_id, key, digest)
+        assert first is not None
+        return first
     if row is None:
         log.info("query_refused_locally", provider=provider, item_code=item_code)
         raise NotAuthorizedError(
             "the authorization list has no row for this requester, provider, procedure and item"
         )
-    state.spawn(send_query(state, query_id), name=f"send-{query_id}")
+    sending = {
+        "person_code": inserted["person_code"],
+        "provider": provider,
+        "business_code": row.business_code,
+        "procedure_code": procedure,
+        "item_code": item_code,
+        "reference_date": reference_date,
+        "non_disclosure": non_disclosure,
+        "attempts": 1,
+    }
+    state.spawn(send_first(state, query_id, sending), name=f"send-{query_id}")
     log.info("query_submitted", query_id=query_id, provider=provider, caller=system.system_id)
     return submitted(query_id)
 
@@ -170,21 +206,10 @@ async def get_query(request: web.Request) -> web.Response:
     with state.waiting(query_id) as concluded:
         while True:
             concluded.clear()
-            row = await state.pool.fetchrow(
-                "SELECT * FROM queries WHERE query_id = $1 AND submitted_by = $2",
-                query_id,
-                system.system_id,
-            )
+            row = await state.pool.fetchrow(_READ_SQL, query_id, system.system_id)
             if row is None:
                 raise QueryUnknownError("no query with this id was submitted by this system")
             remaining = deadline - time.monotonic()
-            if row["status"] not in OPEN_STATUSES and row["collected_at"] is None:
-                # The retention clock of the deletion job (ops.purge_results) starts now.
-                await state.pool.execute(
-                    "UPDATE queries SET collected_at = now() "
-                    "WHERE query_id = $1 AND collected_at IS NULL",
-                    query_id,
-                )
             if row["status"] not in OPEN_STATUSES or remaining <= 0 or state.stopping.is_set():
                 return web.json_response(_query_json(row))
             # Notices are hints and can be lost (a reconnection): look again now and then.
