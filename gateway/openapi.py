@@ -12,22 +12,19 @@ them all instead of a README table.
 
 from __future__ import annotations
 
-import importlib
-import json
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
 
-from chukan.errorcodes import registered_codes
+from chukan.gateway.core.apidoc import ApiSpec, Face, Route, Security, app_routes
+from chukan.gateway.core.apidoc import route as _r
+
+__all__ = ["ROUTES", "SPEC", "Route", "app_routes", "document", "document_json"]
 
 #: Raise when a route is added, changed or removed.
 VERSION: Final = "1.14.0"
 
-PATH_PARAMETER: Final = re.compile(r"\{([a-z_]+)\}")
 _PARAMETER_SCHEMAS: Final[Mapping[str, dict[str, Any]]] = {
     "atena_id": {"type": "string", "pattern": "^[0-9]{1,15}$", "description": "団体内統合宛名番号"},
     "item_code": {"type": "string", "description": "特定個人情報名コード (TM + 14 digits)"},
@@ -35,32 +32,10 @@ _PARAMETER_SCHEMAS: Final[Mapping[str, dict[str, Any]]] = {
 }
 
 #: Security requirements per face.
-INTERNAL_SECURITY: Final[list[dict[str, list[str]]]] = [{"mutualTLS": []}, {"systemToken": []}]
-STAFF_SECURITY: Final[list[dict[str, list[str]]]] = [{"staffSession": []}]
-CONSOLE_SECURITY: Final[list[dict[str, list[str]]]] = [{"consoleCookie": []}]
-NETWORK_SECURITY: Final[list[dict[str, list[str]]]] = [{"mutualTLS": []}]
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """What the document says of one route."""
-
-    summary: str
-    #: ``json``, ``xml``, ``form`` or None (no body).
-    body: str | None = None
-    #: The success answer's status and media type (``json``, ``csv``, ``xml``, ``html``,
-    #: ``text``, ``redirect``).
-    status: int = 200
-    answer: str = "json"
-    query: Sequence[str] = ()
-    #: Error statuses besides those every route of the face may answer.
-    errors: Sequence[int] = ()
-    tag: str = ""
-    required_fields: Sequence[str] = field(default=())
-
-
-def _r(summary: str, **kwargs: Any) -> Route:
-    return Route(summary, **kwargs)
+INTERNAL_SECURITY: Final[Security] = [{"mutualTLS": []}, {"systemToken": []}]
+STAFF_SECURITY: Final[Security] = [{"staffSession": []}]
+CONSOLE_SECURITY: Final[Security] = [{"consoleCookie": []}]
+NETWORK_SECURITY: Final[Security] = [{"mutualTLS": []}]
 
 
 _INTERNAL: Final[Mapping[tuple[str, str], Route]] = {
@@ -70,6 +45,20 @@ _INTERNAL: Final[Mapping[tuple[str, str], Route]] = {
         status=201,
         errors=(409, 502),
         required_fields=("atena_id", "individual_number"),
+    ),
+    ("GET", "/internal/v1/persons/{atena_id}"): _r(
+        "団体内統合宛名: a person's lifecycle state and events (never the 符号)"
+    ),
+    ("POST", "/internal/v1/persons/{atena_id}/events"): _r(
+        "団体内統合宛名: report 転出 / 死亡 / merge / unregistration (docs/persons.md)",
+        body="json",
+        status=201,
+        errors=(409,),
+        required_fields=("event",),
+    ),
+    ("POST", "/internal/v1/persons/purge"): _r(
+        "消去: erase superseded 副本 versions and unregistered persons' data (job report)",
+        body="json",
     ),
     ("PUT", "/internal/v1/persons/{atena_id}/items/{item_code}"): _r(
         "副本: store a new version of one item (data-standard-layout XML)",
@@ -283,26 +272,6 @@ _OPS: Final[Mapping[tuple[str, str], Route]] = {
     ("GET", "/openapi.json"): _r("this document"),
 }
 
-#: Every route: (method, path) → what the document says.  The faces' tags and security.
-FACES: Final[Sequence[tuple[str, Mapping[tuple[str, str], Route], list[dict[str, list[str]]]]]] = (
-    ("internal", _INTERNAL, INTERNAL_SECURITY),
-    ("staff", _STAFF, STAFF_SECURITY),
-    ("console", _CONSOLE, CONSOLE_SECURITY),
-    ("network", _NETWORK, NETWORK_SECURITY),
-    ("ops", _OPS, []),
-)
-ROUTES: Final[Mapping[tuple[str, str], Route]] = {
-    key: route for _, table, _ in FACES for key, route in table.items()
-}
-#: Routes without authentication.
-PUBLIC: Final = frozenset(
-    {
-        ("POST", "/staff/v1/login"),
-        ("GET", "/staff/login"),
-        ("POST", "/staff/login"),
-        ("GET", "/staff/static/console.css"),
-    }
-)
 #: Errors any authenticated route of a face may answer.
 _COMMON_ERRORS: Final[Mapping[str, Sequence[int]]] = {
     "internal": (400, 401, 403, 404, 405, 413, 415, 422, 429, 500, 503),
@@ -312,229 +281,81 @@ _COMMON_ERRORS: Final[Mapping[str, Sequence[int]]] = {
     "ops": (500,),
 }
 
-_MEDIA: Final[Mapping[str, str]] = {
-    "json": "application/json",
-    "xml": "application/xml",
-    "csv": "text/csv",
-    "html": "text/html",
-    "text": "text/plain",
-    "form": "application/x-www-form-urlencoded",
-}
-
-
-def _error_schema() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {
-                    "code": {"type": "string", "enum": _all_codes()},
-                    "message": {"type": "string"},
-                    "details": {},
-                },
-            }
-        },
+#: The faces: tag, routes, security, the errors any of their routes may answer.
+FACES: Final[Sequence[Face]] = (
+    Face("internal", _INTERNAL, INTERNAL_SECURITY, _COMMON_ERRORS["internal"]),
+    Face("staff", _STAFF, STAFF_SECURITY, _COMMON_ERRORS["staff"]),
+    Face("console", _CONSOLE, CONSOLE_SECURITY, _COMMON_ERRORS["console"], html=True),
+    Face("network", _NETWORK, NETWORK_SECURITY, _COMMON_ERRORS["network"]),
+    Face("ops", _OPS, [], _COMMON_ERRORS["ops"]),
+)
+#: Routes without authentication.
+PUBLIC: Final = frozenset(
+    {
+        ("POST", "/staff/v1/login"),
+        ("GET", "/staff/login"),
+        ("POST", "/staff/login"),
+        ("GET", "/staff/static/console.css"),
     }
-
-
-#: Codes the error middleware gives aiohttp's own refusals (no exception class of ours).
-_HTTP_CODES: Final = frozenset(
-    {"not_found", "method_not_allowed", "payload_too_large", "http_error", "internal_error"}
 )
 
-
-def _all_codes() -> list[str]:
-    """Every registered code of the project (each package's errors module imported, so
-    that the list does not depend on what happens to be imported) and the middleware's."""
-    for package in ("chukan.codecs", "chukan.keys", "chukan.permits", "chukan.gateway"):
-        for folder in importlib.import_module(package).__path__:
-            for found in sorted(Path(folder).rglob("errors.py")):
-                parts = found.relative_to(folder).with_suffix("").parts
-                importlib.import_module(".".join((package, *parts)))
-    ours = {
-        code
-        for code, cls in registered_codes().items()
-        if cls.__module__.endswith(".errors") or cls.__module__ == "chukan.errorcodes"
-        if not cls.__module__.startswith("chukan.simulators")
-    }
-    return sorted(ours | _HTTP_CODES)
-
-
-def _operation(face: str, method: str, path: str, route: Route, security: Any) -> dict[str, Any]:
-    parameters: list[dict[str, Any]] = [
-        {
-            "name": name,
-            "in": "path",
-            "required": True,
-            "schema": _PARAMETER_SCHEMAS.get(name, {"type": "string"}),
-        }
-        for name in PATH_PARAMETER.findall(path)
-    ]
-    parameters += [
-        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
-        for name in route.query
-    ]
-    responses: dict[str, Any] = {}
-    if route.answer == "redirect":
-        responses[str(route.status)] = {
-            "description": "done; the browser goes on to the next page",
-            "headers": {"Location": {"schema": {"type": "string"}}},
-        }
-    elif route.answer == "json":
-        responses[str(route.status)] = {
-            "description": "success",
-            "content": {"application/json": {"schema": {"type": "object"}}},
-        }
-    else:
-        responses[str(route.status)] = {
-            "description": "success",
-            "content": {_MEDIA[route.answer]: {"schema": {"type": "string"}}},
-        }
-    error_content: dict[str, Any] = {
-        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
-    }
-    if face == "console":
-        error_content = {"text/html": {"schema": {"type": "string"}}, **error_content}
-    for status in sorted({*_COMMON_ERRORS[face], *route.errors}):
-        key = str(status)
-        if key in responses:
-            continue
-        described: dict[str, Any] = {
-            "description": _ERROR_TEXT.get(status, "refused"),
-            "content": error_content,
-        }
-        if status in (429, 503):
-            described["headers"] = {"Retry-After": {"schema": {"type": "string"}}}
-        responses[key] = described
-    operation: dict[str, Any] = {
-        "operationId": _operation_id(method, path),
-        "summary": route.summary,
-        "tags": [face],
-        "responses": responses,
-    }
-    if parameters:
-        operation["parameters"] = parameters
-    if (method, path) in PUBLIC:
-        operation["security"] = []
-    elif security:
-        operation["security"] = security
-    if route.body is not None:
-        schema: dict[str, Any] = (
-            {"type": "object"} if route.body in ("json", "form") else {"type": "string"}
-        )
-        if route.required_fields:
-            schema["required"] = list(route.required_fields)
-            schema["properties"] = {name: {"type": "string"} for name in route.required_fields}
-            if "roles" in route.required_fields:
-                schema["properties"]["roles"] = {"type": "array", "items": {"type": "string"}}
-        operation["requestBody"] = {
-            "required": True,
-            "content": {_MEDIA[route.body]: {"schema": schema}},
-        }
-    return operation
-
-
-_ERROR_TEXT: Final[Mapping[int, str]] = {
-    400: "bad request (bad_request, codec errors)",
-    401: "not authenticated",
-    403: "not allowed (grant, role, office scope, CSRF)",
-    404: "unknown",
-    405: "method not allowed",
-    409: "conflict",
-    413: "body too large (JSON 256 KiB; registrations 32 MiB)",
-    415: "unsupported media type",
-    422: "invalid field",
-    429: "rate_limited: too many refused requests from this address",
-    500: "internal_error",
-    502: "a peer (hub, 国保連) is unreachable or refused",
-    503: "unavailable (database, list, records); retry after Retry-After",
-}
-
-
-def _operation_id(method: str, path: str) -> str:
-    words = re.sub(r"[^a-zA-Z0-9]+", "_", path.replace("{", "by_").replace("}", "")).strip("_")
-    return f"{method.lower()}_{words or 'root'}"
+SPEC: Final = ApiSpec(
+    title="chukan gateway (中間サーバー)",
+    version=VERSION,
+    description=(
+        "One agency's intermediate server. Faces: /internal/v1 (core systems: mutual "
+        "TLS client certificate or a bearer token, per-operation grants), /staff/v1 "
+        "(staff: bearer session token from /staff/v1/login), /staff/ (the console: "
+        "HTML, session cookie, CSRF token on every form), /network/v1 (the hub only), "
+        "and /health, /ready, /metrics. Every refusal is "
+        '{"error": {"code", "message"}} with a code listed in the Error schema. '
+        "Bodies: JSON at most 256 KiB, registration messages at most 32 MiB. Every "
+        "answer carries X-Request-Id (the caller's when well-formed)."
+    ),
+    faces=FACES,
+    security_schemes={
+        "mutualTLS": {
+            "type": "mutualTLS",
+            "description": "a client certificate of the agency's CA",
+        },
+        "systemToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "a core system's configured token",
+        },
+        "staffSession": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "a session token from POST /staff/v1/login",
+        },
+        "consoleCookie": {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": "chukan_staff_session",
+        },
+    },
+    #: The gateway answers with the codes of what it runs, never the simulators'.
+    packages=("chukan.codecs", "chukan.keys", "chukan.permits", "chukan.gateway"),
+    public=PUBLIC,
+    parameter_schemas=_PARAMETER_SCHEMAS,
+)
+#: Every route: (method, path) → what the document says.
+ROUTES: Final[Mapping[tuple[str, str], Route]] = SPEC.routes
 
 
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the gateway."""
-    paths: dict[str, dict[str, Any]] = {}
-    for face, table, security in FACES:
-        for (method, path), route in table.items():
-            paths.setdefault(path, {})[method.lower()] = _operation(
-                face, method, path, route, security
-            )
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "chukan gateway (中間サーバー)",
-            "version": VERSION,
-            "description": (
-                "One agency's intermediate server. Faces: /internal/v1 (core systems: mutual "
-                "TLS client certificate or a bearer token, per-operation grants), /staff/v1 "
-                "(staff: bearer session token from /staff/v1/login), /staff/ (the console: "
-                "HTML, session cookie, CSRF token on every form), /network/v1 (the hub only), "
-                "and /health, /ready, /metrics. Every refusal is "
-                '{"error": {"code", "message"}} with a code listed in the Error schema. '
-                "Bodies: JSON at most 256 KiB, registration messages at most 32 MiB. Every "
-                "answer carries X-Request-Id (the caller's when well-formed)."
-            ),
-        },
-        "tags": [{"name": face} for face, _, _ in FACES],
-        "paths": dict(sorted(paths.items())),
-        "components": {
-            "schemas": {"Error": _error_schema()},
-            "securitySchemes": {
-                "mutualTLS": {
-                    "type": "mutualTLS",
-                    "description": "a client certificate of the agency's CA",
-                },
-                "systemToken": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "a core system's configured token",
-                },
-                "staffSession": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "a session token from POST /staff/v1/login",
-                },
-                "consoleCookie": {
-                    "type": "apiKey",
-                    "in": "cookie",
-                    "name": "chukan_staff_session",
-                },
-            },
-        },
-    }
+    return SPEC.document()
 
 
 def document_json() -> str:
     """The document as ``docs/openapi.json`` holds it."""
-    return json.dumps(document(), ensure_ascii=False, indent=2) + "\n"
+    return SPEC.document_json()
 
 
 async def serve_document(request: web.Request) -> web.Response:
     """``GET /openapi.json``."""
-    return web.json_response(document(), dumps=lambda v: json.dumps(v, ensure_ascii=False))
-
-
-def app_routes(app: web.Application) -> set[tuple[str, str]]:
-    """Every (method, path template) an application answers, sub-applications included
-    (HEAD, which aiohttp adds beside each GET, left out)."""
-    found: set[tuple[str, str]] = set()
-    for resource in app.router.resources():
-        sub = getattr(resource, "_app", None)
-        if isinstance(sub, web.Application):
-            found |= app_routes(sub)
-            continue
-        for route in resource:
-            if route.method != "HEAD":
-                found.add((route.method, resource.canonical))
-    return found
+    return await SPEC.serve(request)
 
 
 if __name__ == "__main__":  # python -m chukan.gateway.openapi > docs/openapi.json
