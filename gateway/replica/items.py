@@ -27,7 +27,7 @@ Model (migration ``0010_replica.sql``):
 
 The single-item ``PUT`` of the internal API maps onto the same store: record key
 ``1`` unless ``record_key`` is given, valid from today (Japan) unless ``valid_from``
-is given. Items of the six 介護保険 codes are validated against their XSD and stored
+is given. Items of the 介護保険 codes (``ITEM_CODES``) are validated against their XSD and stored
 in canonical form (``encode_item``), like items of registration messages, so the
 content digest is the same whichever way an item came in. Items of other businesses
 are accepted only when they have an XSD (``chukan.codecs.schema_items``), validated
@@ -100,12 +100,13 @@ def in_force_sql(atena: str, item: str, on: str) -> str:
 
 
 #: What provisions read before they decide (no lock, no write), for many at once: per
-#: request, the 宛名番号 of the 符号, the manual-review flag and the versions in force on
-#: the reference date, and whether its permit or its message was seen before (then the
-#: one-transaction path of :data:`PROVISION_SQL` takes over).  Parameters (arrays, one
-#: element per request): $1 符号, $2 item, $3 date, $4 permit id, $5 message id.
+#: request, the 宛名番号 of the 符号 (a merged 宛名番号's survivor: docs/persons.md) and
+#: its lifecycle state, the manual-review flag and the versions in force on the reference
+#: date, and whether its permit or its message was seen before (then the one-transaction
+#: path of :data:`PROVISION_SQL` takes over).  Parameters (arrays, one element per
+#: request): $1 符号, $2 item, $3 date, $4 permit id, $5 message id.
 PROVISION_READ_SQL: Final = f"""
-    SELECT i.position, p.atena_id,
+    SELECT i.position, p.atena_id, p.state AS person_state,
            COALESCE((SELECT f.manual_review FROM replica_review_flags f
                      WHERE f.atena_id = p.atena_id AND f.item_code = i.item_code), false)
              AS manual_review,
@@ -115,7 +116,8 @@ PROVISION_READ_SQL: Final = f"""
              AS seen
     FROM unnest($1::text[], $2::text[], $3::date[], $4::text[], $5::text[])
          WITH ORDINALITY AS i(person_code, item_code, on_date, permit_id, message_id, position)
-    LEFT JOIN persons p ON p.person_code = i.person_code
+    LEFT JOIN persons m ON m.person_code = i.person_code
+    LEFT JOIN persons p ON p.atena_id = COALESCE(m.merged_into, m.atena_id)
     LEFT JOIN LATERAL (
         SELECT array_agg(s.content ORDER BY s.record_key) AS contents
         FROM ({in_force_sql("p.atena_id", "i.item_code", "i.on_date")}) s) r ON true
@@ -137,13 +139,14 @@ PROVISION_SQL: Final = f"""
         INSERT INTO used_permits (permit_id, query_id, expires_at)
         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1),
     found AS (
-        SELECT (SELECT count(*) FROM used) > 0 AS fresh, p.atena_id,
+        SELECT (SELECT count(*) FROM used) > 0 AS fresh, p.atena_id, p.state AS person_state,
                COALESCE((SELECT f.manual_review FROM replica_review_flags f
                          WHERE f.atena_id = p.atena_id AND f.item_code = $5), false)
                  AS manual_review,
                r.ids, r.contents
         FROM (SELECT 1) AS one
-        LEFT JOIN persons p ON p.person_code = $4
+        LEFT JOIN persons m ON m.person_code = $4
+        LEFT JOIN persons p ON p.atena_id = COALESCE(m.merged_into, m.atena_id)
         LEFT JOIN LATERAL (
             SELECT array_agg(s.id ORDER BY s.record_key) AS ids,
                    array_agg(s.content ORDER BY s.record_key) AS contents
@@ -151,11 +154,13 @@ PROVISION_SQL: Final = f"""
     decided AS (
         SELECT found.*,
                CASE WHEN NOT fresh OR atena_id IS NULL THEN 'refused'
+                    WHEN person_state = 'unregistered' THEN 'refused'
                     WHEN manual_review THEN 'held'
                     WHEN contents IS NULL THEN 'refused'
                     WHEN cardinality(contents) = 1 THEN 'provided' END AS outcome,
                CASE WHEN NOT fresh THEN 'permit_replayed'
                     WHEN atena_id IS NULL THEN 'person_unknown'
+                    WHEN person_state = 'unregistered' THEN 'person_unregistered'
                     WHEN manual_review THEN 'manual_review'
                     WHEN contents IS NULL THEN 'item_not_found' END AS reason
         FROM found),
