@@ -42,6 +42,12 @@ def add_parser(commands: Any, *, database_default: str) -> None:
         sub.add_argument("--tenant", required=True, help="agency code (6 or 16 digits)")
         sub.add_argument("--actor", default=None, help="who runs this (audit trail)")
     purge.add_argument(
+        "--atena-id",
+        action="append",
+        dest="atena_ids",
+        help="only this person (repeatable; default: every person of the tenant)",
+    )
+    purge.add_argument(
         "--superseded-age-days",
         type=int,
         default=DEFAULT_SUPERSEDED_AGE.days,
@@ -80,6 +86,9 @@ async def run_async(args: argparse.Namespace, url: str, out: TextIO) -> int:
                 conn,
                 actor=f"cli:{actor}",
                 superseded_age=dt.timedelta(days=args.superseded_age_days),
+                atena_ids=None
+                if args.atena_ids is None
+                else [atena_id_value(a) for a in args.atena_ids],
             )
             await audit(
                 conn,

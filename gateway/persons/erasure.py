@@ -17,13 +17,15 @@ retention job) and every other row naming the 宛名番号; versions a held prov
 (自動応答不可, pending) will answer with; people with a query still open or a provision
 still held, or a hub notice not yet acknowledged (named as deferred, erased by a later
 run).  A second run erases nothing more.  Each run is a ``persons.purge`` job row with
-its counts, and a ``purged`` event per person.
+its counts, and a ``purged`` event per person.  A run may be limited to named 宛名番号
+(the same rules, for those people only).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -42,7 +44,7 @@ PURGE_JOB: Final = "persons.purge"
 DEFAULT_SUPERSEDED_AGE: Final = dt.timedelta(days=5 * 366)
 
 #: Versions taken over before the cutoff ($1 date) by a version stored before it ($2),
-#: unless a pending held provision will answer with them.
+#: unless a pending held provision will answer with them ($3: only these 宛名番号, or NULL).
 _SUPERSEDED_SQL: Final = """
     DELETE FROM replica_items v
     WHERE EXISTS (
@@ -53,10 +55,11 @@ _SUPERSEDED_SQL: Final = """
               AND w.valid_from <= $1 AND w.stored_at <= $2)
       AND NOT EXISTS (SELECT 1 FROM review_queue r
                       WHERE r.status = 'pending' AND v.id = ANY (r.replica_ids))
+      AND ($3::text[] IS NULL OR v.atena_id = ANY ($3::text[]))
     RETURNING v.item_code"""
 
-#: People whose data and mapping go ($1: merged before this instant), with why a
-#: candidate waits instead.
+#: People whose data and mapping go ($1: merged before this instant; $2: only these
+#: 宛名番号, or NULL for all), with why a candidate waits instead.
 _CANDIDATES_SQL: Final = """
     SELECT p.atena_id, p.state,
            EXISTS (SELECT 1 FROM person_notices n
@@ -69,7 +72,8 @@ _CANDIDATES_SQL: Final = """
                    WHERE r.atena_id = p.atena_id AND r.status = 'pending')
              AS review_pending
     FROM persons p
-    WHERE p.state = 'unregistered' OR (p.state = 'merged' AND p.state_changed_at <= $1)
+    WHERE (p.state = 'unregistered' OR (p.state = 'merged' AND p.state_changed_at <= $1))
+      AND ($2::text[] IS NULL OR p.atena_id = ANY ($2::text[]))
     ORDER BY p.atena_id
     FOR UPDATE OF p"""
 
@@ -80,6 +84,7 @@ class PurgeReport:
 
     job_id: int
     cutoff: dt.datetime
+    scope: list[str] | None = None  # only these 宛名番号 (None: the whole tenant)
     superseded_versions: dict[str, int] = field(default_factory=dict)
     persons: list[str] = field(default_factory=list)
     person_versions: int = 0
@@ -101,6 +106,7 @@ class PurgeReport:
         return {
             "job_id": self.job_id,
             "cutoff": self.cutoff.isoformat(),
+            "scope": self.scope,
             "counts": self.counts(),
             "superseded_versions_by_item": dict(sorted(self.superseded_versions.items())),
             "persons": self.persons,
@@ -114,14 +120,22 @@ async def purge_persons(
     actor: str,
     superseded_age: dt.timedelta = DEFAULT_SUPERSEDED_AGE,
     now: dt.datetime | None = None,
+    atena_ids: Sequence[str] | None = None,
 ) -> PurgeReport:
     """Run one purge as a ``persons.purge`` job; raises (and records the job failed) if the
-    purge cannot commit, in which case nothing was erased."""
+    purge cannot commit, in which case nothing was erased.
+
+    ``atena_ids`` limits it to those people (their superseded versions, their data if
+    they are unregistered or merged): an operator erasing one person's data on request
+    need not wait for, nor run, the tenant-wide erasure.
+    """
     now = now or dt.datetime.now(dt.UTC)
     cutoff = now - superseded_age
-    job_id = await create_job(conn, PURGE_JOB, created_by=actor)
+    scope = None if atena_ids is None else sorted(set(atena_ids))
+    subject = None if scope is None else ",".join(scope)[:200]
+    job_id = await create_job(conn, PURGE_JOB, subject=subject, created_by=actor)
     await start_job(conn, job_id)
-    report = PurgeReport(job_id, cutoff)
+    report = PurgeReport(job_id, cutoff, scope)
     try:
         async with conn.transaction():
             await _purge(conn, report, actor, now)
@@ -129,7 +143,7 @@ async def purge_persons(
     except BaseException as exc:
         await fail_job(conn, job_id, f"purge rolled back: {type(exc).__name__}")
         raise
-    log.info("persons_purged", job_id=job_id, **report.counts())
+    log.info("persons_purged", job_id=job_id, scoped=scope is not None, **report.counts())
     return report
 
 
@@ -142,11 +156,11 @@ async def _purge(conn: db.Conn, report: PurgeReport, actor: str, now: dt.datetim
         REPLICA_LOCK,
     )
     cutoff = report.cutoff
-    for row in await conn.fetch(_SUPERSEDED_SQL, _jst_date(cutoff), cutoff):
+    for row in await conn.fetch(_SUPERSEDED_SQL, _jst_date(cutoff), cutoff, report.scope):
         code = row["item_code"]
         report.superseded_versions[code] = report.superseded_versions.get(code, 0) + 1
     targets: list[str] = []
-    for row in await conn.fetch(_CANDIDATES_SQL, cutoff):
+    for row in await conn.fetch(_CANDIDATES_SQL, cutoff, report.scope):
         reason = (
             "hub_notice_open"
             if row["notice_open"]

@@ -46,6 +46,8 @@ from chukan.gateway.persons.errors import ResidentCodeInvalidError
 from chukan.gateway.persons.lifecycle import person_view, report_event
 
 RESIDENT_CODE: Final = re.compile(r"^[0-9]{11}$")
+#: At most this many 宛名番号 name one limited purge.
+MAX_PURGE_SCOPE: Final = 1000
 
 log = structlog.get_logger("chukan.gateway")
 
@@ -178,19 +180,39 @@ async def read_person(request: web.Request) -> web.Response:
 
 async def purge(request: web.Request) -> web.Response:
     """Erasure by the agency's operation: superseded 副本 versions and unregistered
-    persons' data; the report is the job's (docs/persons.md)."""
+    persons' data (of the whole tenant, or of ``atena_ids``); the report is the job's
+    (docs/persons.md)."""
     system = await authorize(request, OP_PURGE_PERSONS)
     state = request.config_dict[GATEWAY_STATE]
     data = await read_json(request)
     days = data.get("superseded_age_days", DEFAULT_SUPERSEDED_AGE.days)
     if not isinstance(days, int) or isinstance(days, bool) or days < 0:
         raise ValidationError("superseded_age_days must be a whole number of days, 0 or more")
+    atena_ids = _scope(data.get("atena_ids"))
     async with state.pool.acquire() as conn:
         report = await purge_persons(
-            conn, actor=system.system_id, superseded_age=dt.timedelta(days=days)
+            conn,
+            actor=system.system_id,
+            superseded_age=dt.timedelta(days=days),
+            atena_ids=atena_ids,
         )
     note_target(request, f"job:{report.job_id}")
     return web.json_response(report.to_json())
+
+
+def _scope(value: object) -> list[str] | None:
+    """``atena_ids``: absent (the whole tenant) or 1..MAX_PURGE_SCOPE 宛名番号."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or not 0 < len(value) <= MAX_PURGE_SCOPE
+        or not all(isinstance(v, str) for v in value)
+    ):
+        raise ValidationError(
+            f"atena_ids must be a list of 1 to {MAX_PURGE_SCOPE} 宛名番号 (or left out for all)"
+        )
+    return [atena_id_value(v) for v in value]
 
 
 def _date(text: str | None) -> dt.date | None:

@@ -11,7 +11,8 @@ requester until someone decides:
   as a ``ProvisionAnswer`` (sender = this agency, receiver = the requester), signed
   with this gateway's key, to the hub's ``/network/v1/messages``, which routes it
   (a deferred answer). Nothing to provide any more → the answer is a refusal with
-  ``item_not_found`` (or ``replica_inconsistent``);
+  ``item_not_found`` (or ``replica_inconsistent``); the person unregistered meanwhile
+  (the 宛名システム reported it after the query was held) → ``person_unregistered``;
 * **refuse** — a ``ProvisionAnswer`` refusal with a reason code (default
   ``manual_review_refused``).
 
@@ -59,6 +60,8 @@ log = structlog.get_logger("chukan.gateway")
 
 #: Reason code of a provision refused by staff (unless the decider gives another).
 REVIEW_REFUSED: Final = "manual_review_refused"
+#: Reason code of an approved provision whose person was unregistered while it was held.
+PERSON_UNREGISTERED: Final = "person_unregistered"
 #: Reason recorded with the ``held`` provision record.
 REASON_CODE_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
 REVIEW_STATUSES: Final = ("pending", "approved", "refused")
@@ -86,6 +89,14 @@ async def _contents(conn: db.Executor, ids: list[int]) -> list[bytes]:
         ids,
     )
     return [r["content"] for r in rows]
+
+
+async def _unregistered_meanwhile(conn: db.Executor, atena_id: str) -> bool:
+    """Whether the person was unregistered since the provision was held: an approval then
+    refuses as an immediate provision would (docs/persons.md).  The row is share-locked
+    so that an unregistration reported at the same time comes wholly before or after."""
+    state = await conn.fetchval("SELECT state FROM persons WHERE atena_id = $1 FOR SHARE", atena_id)
+    return state in ("unregistered", "purged")
 
 
 def _outcome_of(item_code: str, contents: list[bytes]) -> tuple[str, str | None]:
@@ -122,11 +133,15 @@ async def decide_review(
             raise ReviewUnknownError("no held provision with this query id")
         if row["status"] != "pending":
             raise ReviewDecidedError(f"the provision was already {row['status']}")
+        reason: str | None
         if approve:
             status = "approved"
-            outcome, reason = _outcome_of(
-                row["item_code"], await _contents(conn, list(row["replica_ids"]))
-            )
+            if await _unregistered_meanwhile(conn, row["atena_id"]):
+                outcome, reason = "refused", PERSON_UNREGISTERED
+            else:
+                outcome, reason = _outcome_of(
+                    row["item_code"], await _contents(conn, list(row["replica_ids"]))
+                )
         else:
             status, outcome, reason = "refused", "refused", reason_code or REVIEW_REFUSED
         await conn.execute(

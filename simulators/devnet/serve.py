@@ -57,7 +57,12 @@ import asyncpg
 from chukan.gateway.cli import pki as pki_cli
 from chukan.gateway.core import db
 from chukan.gateway.core.aio import wait_event
-from chukan.gateway.core.config import ADMIN_OPERATIONS, ALL_OPERATIONS, token_digest
+from chukan.gateway.core.config import (
+    ADMIN_OPERATIONS,
+    ALL_OPERATIONS,
+    OP_PERSON_LIFECYCLE,
+    token_digest,
+)
 from chukan.gateway.core.db import COMPONENTS
 from chukan.gateway.core.errors import ConfigFileError
 from chukan.gateway.core.keyring import current_keys, current_keys_json, open_ring
@@ -92,7 +97,9 @@ HOST: Final = "127.0.0.1"
 #: A 2-core machine under load imports and migrates slowly.
 START_PATIENCE: Final = 120.0
 STOP_PATIENCE: Final = 15.0
-CORE_OPERATIONS: Final = tuple(sorted(ALL_OPERATIONS - ADMIN_OPERATIONS))
+#: The 介護保険システム's grants: not the operators', and not the lifecycle events only the
+#: 団体内統合宛名システム reports (as ``default_systems`` in simulators/devnet/network.py).
+CORE_OPERATIONS: Final = tuple(sorted(ALL_OPERATIONS - ADMIN_OPERATIONS - {OP_PERSON_LIFECYCLE}))
 PR_SET_PDEATHSIG: Final = 1
 #: Nine columns each (国保連 is three double-width characters).
 LABELS: Final = {"hub": "hub      ", "kokuhoren": "国保連   ", "gateway": "gateway  "}

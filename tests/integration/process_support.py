@@ -25,7 +25,12 @@ import aiohttp
 
 from chukan.codecs import catalog
 from chukan.gateway.core import db
-from chukan.gateway.core.config import ADMIN_OPERATIONS, ALL_OPERATIONS, token_digest
+from chukan.gateway.core.config import (
+    ADMIN_OPERATIONS,
+    ALL_OPERATIONS,
+    OP_PERSON_LIFECYCLE,
+    token_digest,
+)
 from chukan.gateway.core.identities import HUB_IDENTITY, HUB_OPERATOR, agency_host
 from chukan.gateway.core.keystore import load_or_create_keys
 from chukan.gateway.core.tls import TlsSettings
@@ -40,7 +45,9 @@ from chukan.simulators.hub.config import HUB_OWNER
 PROVIDER: Final = "129911"
 REQUESTER: Final = "129929"
 AGENCIES: Final = ((PROVIDER, "試験市甲"), (REQUESTER, "試験市乙"))
-CORE_OPERATIONS: Final = sorted(ALL_OPERATIONS - ADMIN_OPERATIONS)
+#: The 介護保険システム's grants: not the operators', and not the lifecycle events only the
+#: 団体内統合宛名システム reports (as ``default_systems`` in simulators/devnet/network.py).
+CORE_OPERATIONS: Final = sorted(ALL_OPERATIONS - ADMIN_OPERATIONS - {OP_PERSON_LIFECYCLE})
 START_PATIENCE: Final = 120.0  # a loaded 2-core machine imports slowly
 STOP_PATIENCE: Final = 8.0
 

@@ -10,6 +10,7 @@ the records, and erases nothing more the second time.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import io
 import json
@@ -104,11 +105,35 @@ async def test_moved_out_or_deceased_person_is_still_provided_with_the_state_vis
     assert records["hub"][:2] == ("provided", None)
 
 
+async def _held(chiba: Any, funabashi: Any, atena_id: str) -> str:
+    """A query of 船橋市 held for review at 千葉市 (自動応答不可): its query id."""
+    status, submitted = await funabashi.query(atena_id, PROCEDURE, CODE, catalog.CHIBA_CITY)
+    assert status == 202, submitted
+    query_id: str = submitted["query_id"]
+    for _ in range(500):
+        status, review = await chiba.call("GET", f"/internal/v1/review/{query_id}")
+        if status == 200:
+            assert review["status"] == "pending", review
+            return query_id
+        assert review["error"]["code"] == "review_unknown", review
+        await asyncio.sleep(0.02)
+    raise AssertionError("the provision was never held")
+
+
 async def test_unregistered_person_is_refused_by_the_hub_and_by_the_provider(
     atena: Any, chiba: Any, funabashi: Any, network: Any, rng: random.Random
 ) -> None:
     in_chiba, in_funabashi = await _people(rng, atena, funabashi)
     assert (await chiba.store(in_chiba, CODE, certification_item(rng, dt.date.today())))[0] == 201
+    # Routed while the person was still registered: held at 千葉市 for review.
+    status, flagged = await chiba.call(
+        "PUT",
+        f"/internal/v1/persons/{in_chiba}/items/{CODE}/manual-review",
+        json={"manual_review": True},
+    )
+    assert status == 200, flagged
+    held = await _held(chiba, funabashi, in_funabashi)
+
     status, outcome = await _event(atena, in_chiba, "unregistered")
     assert status == 201 and outcome["hub_notified"] is True
     # A moved-out event cannot follow an unregistration.
@@ -123,22 +148,19 @@ async def test_unregistered_person_is_refused_by_the_hub_and_by_the_provider(
     assert records["provider"] is None  # never reached the provider
     assert records["requester"][:2] == records["hub"][:2] == ("refused", "person_unregistered")
 
-    # Had the hub not known yet, the provider refuses by itself with a signed answer.
-    hub_pool = network.hub.app[HUB_STATE].pool
-    chiba_code = await chiba.gateway.state.pool.fetchval(
-        "SELECT person_code FROM persons WHERE atena_id = $1", in_chiba
+    # The query the hub routed before it knew: approved by staff after the unregistration,
+    # the provider refuses by itself with a signed answer, recorded alike by all three.
+    status, decided = await chiba.call("POST", f"/internal/v1/review/{held}/approve")
+    assert status == 200, decided
+    assert (decided["status"], decided["outcome"], decided["reason_code"]) == (
+        "approved",
+        "refused",
+        "person_unregistered",
     )
-    await hub_pool.execute(
-        "UPDATE person_codes SET state = 'active' WHERE person_code = $1", chiba_code
-    )
-    try:
-        query_id, result = await _ask(funabashi, in_funabashi)
-    finally:
-        await hub_pool.execute(
-            "UPDATE person_codes SET state = 'unregistered' WHERE person_code = $1", chiba_code
-        )
+    result = await funabashi.result(held)
     assert result["status"] == "refused" and result["reason_code"] == "person_unregistered"
-    records = await _records(network, chiba, funabashi, query_id)
+    assert result["result"] is None
+    records = await _records(network, chiba, funabashi, held)
     assert records["requester"] == records["provider"] == records["hub"]
     assert records["hub"][:2] == ("refused", "person_unregistered") and records["hub"][2]
 
@@ -217,8 +239,10 @@ async def test_unregistration_then_purge_erases_items_and_mapping_and_keeps_reco
     assert (await _event(atena, in_chiba, "unregistered"))[0] == 201
     pool = chiba.gateway.state.pool
 
-    report = await _purge_cli(chiba)
-    assert in_chiba in report["persons"] and report["counts"]["person_versions"] >= 1
+    # Limited to this person: the other tests' people of the shared tenant stay as they are.
+    report = await _purge_cli(chiba, "--atena-id", in_chiba)
+    assert report["scope"] == [in_chiba] and report["persons"] == [in_chiba]
+    assert report["counts"]["person_versions"] == 1
     person = await pool.fetchrow(
         "SELECT person_code, state FROM persons WHERE atena_id = $1", in_chiba
     )
@@ -250,14 +274,13 @@ async def test_unregistration_then_purge_erases_items_and_mapping_and_keeps_reco
     assert events == ["registered", "unregistered", "purged"]
 
     # Idempotent: a second purge erases nothing more.
-    second = await _purge_cli(chiba)
-    assert in_chiba not in second["persons"]
+    second = await _purge_cli(chiba, "--atena-id", in_chiba)
+    assert second["persons"] == []
     assert second["counts"]["persons"] == 0 and second["counts"]["person_versions"] == 0
 
 
-async def test_purge_erases_superseded_versions_only(
-    atena: Any, api: Any, chiba: Any, rng: random.Random
-) -> None:
+async def _superseded_twice(atena: Any, chiba: Any, rng: random.Random) -> str:
+    """A person whose item was taken over in 2021 and corrected the same day: 3 versions."""
     person = synthetic_person(rng, "5")
     assert (await atena.register(person.atena_id, person.individual_number))[0] == 201
     for valid_from in ("2020-04-01", "2021-04-01", "2021-04-01"):
@@ -269,23 +292,45 @@ async def test_purge_erases_superseded_versions_only(
             headers={"Content-Type": "application/xml"},
         )
         assert status == 201
+    return person.atena_id
+
+
+async def _versions(chiba: Any, atena_id: str) -> tuple[list[int], Any]:
+    status, history = await chiba.call("GET", f"/internal/v1/persons/{atena_id}/items/{CODE}")
+    assert status == 200, history
+    return [v["version"] for v in history["versions"]], history["in_force"]
+
+
+async def test_purge_erases_superseded_versions_only(
+    atena: Any, api: Any, chiba: Any, rng: random.Random
+) -> None:
+    person = await _superseded_twice(atena, chiba, rng)
+    bystander = await _superseded_twice(atena, chiba, rng)
     operator = api(catalog.CHIBA_CITY, system=OPERATOR_SYSTEM)
+
+    async def purge(**body: Any) -> tuple[int, Any]:
+        answer: tuple[int, Any] = await operator.call(
+            "POST", "/internal/v1/persons/purge", json=body
+        )
+        return answer
+
+    # Limited to one person (the shared tenant's other data stays); a scope names someone.
+    for scope in ([], "1", ["x"]):
+        status, body = await purge(atena_ids=scope)
+        assert (status, body["error"]["code"]) == (422, "validation_failed"), body
     # Versions taken over within the configured age stay.
-    status, kept = await operator.call(
-        "POST", "/internal/v1/persons/purge", json={"superseded_age_days": 36500}
-    )
+    status, kept = await purge(superseded_age_days=36500, atena_ids=[person])
     assert status == 200 and kept["counts"]["superseded_versions"] == 0
-    status, report = await operator.call(
-        "POST", "/internal/v1/persons/purge", json={"superseded_age_days": 0}
-    )
-    assert status == 200 and report["superseded_versions_by_item"].get(CODE, 0) >= 2
-    status, history = await chiba.call(
-        "GET", f"/internal/v1/persons/{person.atena_id}/items/{CODE}"
-    )
+    status, report = await purge(superseded_age_days=0, atena_ids=[person])
+    assert status == 200 and report["scope"] == [person]
+    assert report["superseded_versions_by_item"] == {CODE: 2}
     # Version 1 (taken over in 2021) and version 2 (corrected the same day) are gone; the
     # version in force stays and still answers.
-    assert [v["version"] for v in history["versions"]] == [3]
-    assert history["in_force"]["records"] == [{"record_key": "1", "version": 3}]
+    versions, in_force = await _versions(chiba, person)
+    assert versions == [3]
+    assert in_force["records"] == [{"record_key": "1", "version": 3}]
+    # Someone outside the scope keeps every version.
+    assert (await _versions(chiba, bystander))[0] == [1, 2, 3]
     logged = await chiba.gateway.state.pool.fetchval(
         "SELECT count(*) FROM operation_log WHERE operation = 'person.purge' AND target = $1",
         f"job:{report['job_id']}",
