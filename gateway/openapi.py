@@ -23,7 +23,7 @@ from chukan.gateway.core.apidoc import route as _r
 __all__ = ["ROUTES", "SPEC", "Route", "app_routes", "document", "document_json"]
 
 #: Raise when a route is added, changed or removed.
-VERSION: Final = "1.14.0"
+VERSION: Final = "1.15.0"
 
 _PARAMETER_SCHEMAS: Final[Mapping[str, dict[str, Any]]] = {
     "atena_id": {"type": "string", "pattern": "^[0-9]{1,15}$", "description": "団体内統合宛名番号"},
@@ -206,6 +206,9 @@ _STAFF: Final[Mapping[tuple[str, str], Route]] = {
 }
 
 _CONSOLE: Final[Mapping[tuple[str, str], Route]] = {
+    ("GET", "/staff"): _r(
+        "the console without its slash: redirected to /staff/", status=308, answer="redirect"
+    ),
     ("GET", "/staff/"): _r("メニュー", answer="html"),
     ("GET", "/staff/login"): _r("ログイン画面", answer="html"),
     ("POST", "/staff/login"): _r("ログイン", body="form", status=303, answer="redirect"),
@@ -293,6 +296,7 @@ FACES: Final[Sequence[Face]] = (
 PUBLIC: Final = frozenset(
     {
         ("POST", "/staff/v1/login"),
+        ("GET", "/staff"),
         ("GET", "/staff/login"),
         ("POST", "/staff/login"),
         ("GET", "/staff/static/console.css"),

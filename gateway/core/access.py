@@ -39,7 +39,12 @@ async def refuse(
     caller, peer, operation and code), then raise it — or 429 ``rate_limited`` when the
     peer was refused too often this minute (:mod:`.refusals`)."""
     answer = await record_refusal(
-        state.pool, caller=caller, operation=op, remote=request.remote, exc=exc
+        state.pool,
+        caller=caller,
+        operation=op,
+        remote=request.remote,
+        exc=exc,
+        limit=state.config.ops.refusals_per_minute,
     )
     request[REFUSAL_COUNTED] = True
     log.warning("access_refused", caller=caller, operation=op, code=answer.code)

@@ -133,8 +133,11 @@ def error_schema(codes: Sequence[str]) -> dict[str, Any]:
 
 
 def operation_id(method: str, path: str) -> str:
+    """``get_staff_v1_review_by_query_id``; a trailing slash is ``_index`` (``/staff/``
+    and ``/staff`` are two operations)."""
     words = re.sub(r"[^a-zA-Z0-9]+", "_", path.replace("{", "by_").replace("}", "")).strip("_")
-    return f"{method.lower()}_{words or 'root'}"
+    index = "_index" if path.endswith("/") and len(path) > 1 else ""
+    return f"{method.lower()}_{words or 'root'}{index}"
 
 
 @dataclass(frozen=True, slots=True)

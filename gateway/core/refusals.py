@@ -9,9 +9,9 @@ statement, the same cost as the insert it replaces — and an auditor still sees
 was refused, how often (``count``) and when (``refused_at`` … ``last_at``).  The
 counter lives in the database, so every process of an agency shares it.
 
-A peer (the remote address) refused ``REFUSALS_PER_MINUTE`` (60) times within the current
-minute gets 429 ``rate_limited`` with ``Retry-After`` (the seconds left of the minute)
-for every further refusal, counted under that code.  Staff logins check the same
+A peer (the remote address) refused ``[ops] refusals_per_minute`` times (default 60)
+within the current minute gets 429 ``rate_limited`` with ``Retry-After`` (the seconds
+left of the minute) for every further refusal, counted under that code.  Staff logins check the same
 counter per source before the password's scrypt work (:func:`check_peer`).
 """
 
@@ -23,9 +23,6 @@ from aiohttp import web
 
 from chukan.gateway.core import db
 from chukan.gateway.core.errors import GatewayError, RateLimitedError
-
-#: Refusals of one peer a minute before its further refusals are answered 429.
-REFUSALS_PER_MINUTE: Final = 60
 
 _RECORD_SQL: Final = """
 WITH prior AS (
@@ -60,9 +57,10 @@ async def record_refusal(
     operation: str,
     remote: str | None,
     exc: GatewayError,
-    limit: int = REFUSALS_PER_MINUTE,
+    limit: int,
 ) -> GatewayError:
-    """Count the refusal of ``exc``; the error to answer with (``exc``, or 429 past the limit)."""
+    """Count the refusal of ``exc``; the error to answer with (``exc``, or 429 past
+    ``limit``, the agency's ``[ops] refusals_per_minute``)."""
     row = await conn.fetchrow(_RECORD_SQL, caller, operation, exc.status, exc.code, remote, limit)
     assert row is not None
     if row["status"] == 429:
@@ -77,7 +75,7 @@ async def check_peer(
     operation: str,
     remote: str | None,
     exc: GatewayError,
-    limit: int = REFUSALS_PER_MINUTE,
+    limit: int,
 ) -> None:
     """Before costly work (a password check): if ``remote`` was refused ``limit`` times
     this minute, count this attempt and answer 429 at once."""

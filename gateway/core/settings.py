@@ -41,6 +41,11 @@ DEFAULT_UNUSED_DAYS: Final = 90
 DEFAULT_SCRYPT_N: Final = 2**15
 DEFAULT_SCRYPT_R: Final = 8
 DEFAULT_SCRYPT_P: Final = 1
+#: The console's 長時間ログオン report lists sessions logged on longer than this (hours)
+#: unless the page is asked for another span.
+DEFAULT_LONG_SESSION_HOURS: Final = 8.0
+#: Longest span the report accepts (a leap year), in hours.
+MAX_LONG_SESSION_HOURS: Final = 24 * 366
 
 # -- system management ----------------------------------------------------------------------
 
@@ -56,6 +61,9 @@ DEFAULT_LARGE_BODY_BYTES: Final = 1024 * 1024
 DEFAULT_MAX_LARGE_BODIES: Final = 2
 #: ... and a request waits this long for its turn before it is answered 503 ``busy``.
 DEFAULT_LARGE_BODY_WAIT: Final = 30.0
+#: Refusals of one peer (remote address) a minute before its further refusals are answered
+#: 429 ``rate_limited`` (:mod:`chukan.gateway.core.refusals`).
+DEFAULT_REFUSALS_PER_MINUTE: Final = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +105,13 @@ class StaffConfig:
     scrypt_r: int = DEFAULT_SCRYPT_R
     scrypt_p: int = DEFAULT_SCRYPT_P
     initial_admin: InitialAdmin | None = None
+    long_session_hours: float = DEFAULT_LONG_SESSION_HOURS
+
+    def __post_init__(self) -> None:
+        if not 0 < self.long_session_hours <= MAX_LONG_SESSION_HOURS:
+            raise ValueError(
+                f"long_session_hours must be above 0 and at most {MAX_LONG_SESSION_HOURS}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +126,7 @@ class OpsConfig:
     large_body_bytes: int = DEFAULT_LARGE_BODY_BYTES
     max_large_bodies: int = DEFAULT_MAX_LARGE_BODIES
     large_body_wait: float = DEFAULT_LARGE_BODY_WAIT
+    refusals_per_minute: int = DEFAULT_REFUSALS_PER_MINUTE
 
     def __post_init__(self) -> None:
         if self.max_large_bodies < 1 or self.large_body_bytes < 1 or self.large_body_wait < 0:
@@ -118,3 +134,5 @@ class OpsConfig:
                 "max_large_bodies and large_body_bytes must be positive, "
                 "large_body_wait not negative"
             )
+        if self.refusals_per_minute < 1:
+            raise ValueError("refusals_per_minute must be at least 1")

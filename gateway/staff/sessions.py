@@ -187,12 +187,14 @@ async def _count_refusal(request: web.Request, operation: str, exc: GatewayError
     """A refusal of nobody known (no or an unknown session): counted per peer and minute
     in ``access_refusals``; 429 ``rate_limited`` past the limit (:mod:`..core.refusals`)."""
     request[REFUSAL_COUNTED] = True
+    state = request.config_dict[GATEWAY_STATE]
     return await record_refusal(
-        request.config_dict[GATEWAY_STATE].pool,
+        state.pool,
         caller=None,
         operation=f"staff {operation}",
         remote=request.remote,
         exc=exc,
+        limit=state.config.ops.refusals_per_minute,
     )
 
 
@@ -226,7 +228,10 @@ async def log_in(
     config = state.config.staff
     failed = LoginFailedError("user name or password is wrong, or the account is not usable")
     # Limited per source before any password work (per account: the lockout below).
-    await check_peer(state.pool, caller=None, operation=LOGIN_OPERATION, remote=remote, exc=failed)
+    limit = state.config.ops.refusals_per_minute
+    await check_peer(
+        state.pool, caller=None, operation=LOGIN_OPERATION, remote=remote, exc=failed, limit=limit
+    )
     row = await state.pool.fetchrow(
         "SELECT username, password_hash, revoked_at, expires_at, locked_until "
         "FROM staff_accounts WHERE username = $1",
@@ -235,7 +240,12 @@ async def log_in(
 
     async def refuse(reason: str, exc: GatewayError) -> NoReturn:
         answer = await record_refusal(
-            state.pool, caller=None, operation=LOGIN_OPERATION, remote=remote, exc=exc
+            state.pool,
+            caller=None,
+            operation=LOGIN_OPERATION,
+            remote=remote,
+            exc=exc,
+            limit=limit,
         )
         await audit(
             state.pool,

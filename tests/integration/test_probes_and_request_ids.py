@@ -59,7 +59,7 @@ async def test_hub_probes(network: Any, http: Any, log_capture: Any) -> None:
     assert status == 200, ready
     assert ready["status"] == "ready"
     checks = ready["checks"]
-    assert set(checks) == {"database", "outbox", "authorization_list"}
+    assert set(checks) == {"database", "outbox", "authorization_list", "records"}
     assert all(check["ok"] for check in checks.values())
     assert checks["outbox"]["due"] >= 0 and "in_flight" in checks["outbox"]
     assert checks["authorization_list"]["version"] >= 1

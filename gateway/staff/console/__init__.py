@@ -20,6 +20,13 @@ from chukan.gateway.staff.console.security import page
 TEMPLATES: Final = Path(__file__).parent / "templates"
 
 
+async def redirect_to_console(request: web.Request) -> web.StreamResponse:
+    """``GET /staff`` (no trailing slash, as people type it) → 308 to the menu at
+    ``/staff/``, the query kept; without it the staff face would answer a JSON 404."""
+    query = request.rel_url.raw_query_string
+    raise web.HTTPPermanentRedirect("/staff/" + (f"?{query}" if query else ""))
+
+
 def add_staff_routes(staff: web.Application) -> None:
     """The console on the staff face, beside the JSON API (``/staff/v1/…``)."""
     aiohttp_jinja2.setup(

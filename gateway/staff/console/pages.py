@@ -20,6 +20,7 @@ from aiohttp import web
 
 from chukan.gateway.core.errors import PersonUnknownError, ValidationError
 from chukan.gateway.core.refusals import REFUSAL_COUNTED
+from chukan.gateway.core.settings import MAX_LONG_SESSION_HOURS
 from chukan.gateway.core.state import GATEWAY_STATE, utcnow
 from chukan.gateway.core.validation import ATENA_PATTERN, QUERY_ID_PATTERN
 from chukan.gateway.ops import routes as ops
@@ -54,7 +55,6 @@ REPLICA_READERS: Final = (ROLE_APPROVER, ROLE_AUDITOR)
 #: Who reads the long-session report: the account review's roles.
 SESSION_READERS: Final = (ROLE_ADMIN, ROLE_AUDITOR)
 #: Sessions logged on longer than this are listed unless ``?hours=`` says otherwise.
-DEFAULT_LONG_SESSION: Final = dt.timedelta(hours=8)
 MAX_RECORD_ROWS: Final = 500
 #: Reason codes a refusing approver can choose (sent to the requester as the reason).
 REFUSAL_REASONS: Final = (
@@ -506,16 +506,17 @@ async def operations_page(request: web.Request) -> web.Response:
 
 
 async def long_sessions(request: web.Request) -> web.Response:
-    """Live sessions logged on longer than ``?hours=`` (default 8 hours)."""
+    """Live sessions logged on longer than ``?hours=`` (default ``[staff]
+    long_session_hours``, 8 unless configured)."""
     await require_staff(request, *SESSION_READERS)
     state = request.config_dict[GATEWAY_STATE]
     config = state.config.staff
     try:
-        hours = float(request.query.get("hours") or DEFAULT_LONG_SESSION.total_seconds() / 3600)
+        hours = float(request.query.get("hours") or config.long_session_hours)
     except ValueError:
         raise ValidationError("hours must be a number") from None
-    if not 0 <= hours <= 24 * 366:
-        raise ValidationError("hours must be between 0 and 8784")
+    if not 0 <= hours <= MAX_LONG_SESSION_HOURS:
+        raise ValidationError(f"hours must be between 0 and {MAX_LONG_SESSION_HOURS}")
     rows = await state.pool.fetch(
         """SELECT s.username, a.display_name, a.roles, a.office, s.remote, s.created_at,
                   s.last_seen_at, now() - s.created_at AS logged_on
