@@ -190,6 +190,7 @@ def create_gateway_app(config: GatewayConfig, endpoint: str) -> web.Application:
     app.cleanup_ctx.append(listener_context)
     app.add_subapp("/internal", _internal_face())
     app.add_subapp("/network", _network_face())
+    app.router.add_get("/staff", console.redirect_to_console)  # before the face: it wins
     app.add_subapp("/staff", _staff_face())
     app.router.add_get("/openapi.json", openapi.serve_document)
     return app

@@ -13,6 +13,7 @@ from chukan.gateway.core.errors import (
     GatewayError,
     NotFoundError,
     UnauthenticatedError,
+    UnavailableError,
     ValidationError,
 )
 
@@ -44,6 +45,14 @@ class WitnessConflictError(ConflictError):
     records: the agency's chain was rewritten after it was witnessed (an alarm)."""
 
     code = "witness_conflict"
+
+
+class HubRecordsUnavailableError(UnavailableError):
+    """The hub routes no new query while it cannot record verifiably: its record chain
+    is broken or its witness file does not match or cannot be written (X-Road stops
+    exchanging when it cannot log).  Sent again once the fault is repaired, it is routed."""
+
+    code = "records_unavailable"
 
 
 # -- hub: enrolment credentials and the hub's own secrets ---------------------------------

@@ -21,6 +21,7 @@ from chukan.gateway.cli import pki as pki_cli
 from chukan.gateway.cli import serve as serve_cli
 from chukan.gateway.cli.keys import add_keys_parser, run_keys
 from chukan.gateway.core import db
+from chukan.gateway.persons import cli as persons_cli
 from chukan.gateway.records.reconcile import run_reconcile
 from chukan.gateway.replica import cli as replica_cli
 from chukan.gateway.serve import DEFAULT_SERVER_LOG_LEVEL, LOG_LEVELS, log_level
@@ -66,6 +67,7 @@ def add_commands(commands: Any) -> None:
     pki_cli.add_commands(commands)
     serve_cli.add_commands(commands)
     backup_cli.add_commands(commands)
+    persons_cli.add_parser(commands, database_default=GATEWAY_DATABASE)
 
 
 def run(args: argparse.Namespace) -> int | None:
@@ -84,6 +86,8 @@ def run(args: argparse.Namespace) -> int | None:
         return serve_cli.run(args)
     if args.command in backup_cli.COMMANDS:
         return backup_cli.run(args)
+    if args.command == persons_cli.COMMAND:
+        return persons_cli.run(args)
     return None
 
 

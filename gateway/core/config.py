@@ -16,6 +16,10 @@ from chukan.keys import PublicEncryptionKey, PublicSigningKey
 
 #: Operations a core system can be granted on the internal API.
 OP_REGISTER_PERSON: Final = "persons.register"
+#: The 団体内統合宛名システム reports people's events: 転出, 死亡, merge, unregistration.
+OP_PERSON_LIFECYCLE: Final = "persons.lifecycle"
+#: Erasure of data no longer needed (副本 versions, unregistered persons): an operator's.
+OP_PURGE_PERSONS: Final = "persons.purge"
 OP_WRITE_REPLICA: Final = "replica.write"
 OP_SUBMIT_QUERY: Final = "queries.submit"
 OP_READ_QUERY: Final = "queries.read"
@@ -29,10 +33,13 @@ OP_DECIDE_REVIEW: Final = "review.decide"  # approve or refuse a held provision
 OP_READ_STATUS: Final = "status.read"
 OP_MANAGE_LIST: Final = "authorization_list.manage"
 OP_MANAGE_KEYS: Final = "keys.manage"
-ADMIN_OPERATIONS: Final = frozenset({OP_READ_STATUS, OP_MANAGE_LIST, OP_MANAGE_KEYS})
+ADMIN_OPERATIONS: Final = frozenset(
+    {OP_READ_STATUS, OP_MANAGE_LIST, OP_MANAGE_KEYS, OP_PURGE_PERSONS}
+)
 ALL_OPERATIONS: Final = frozenset(
     {
         OP_REGISTER_PERSON,
+        OP_PERSON_LIFECYCLE,
         OP_WRITE_REPLICA,
         OP_SUBMIT_QUERY,
         OP_READ_QUERY,

@@ -63,6 +63,9 @@ def _op(name: str, *target: str) -> Operation:
 OPERATIONS: Final[Mapping[tuple[str, str], Operation | None]] = {
     # -- core systems (/internal) --
     ("POST", "/internal/v1/persons"): _op("person.register", "json:atena_id"),
+    ("GET", "/internal/v1/persons/{atena_id}"): _op("person.read", "path:atena_id"),
+    ("POST", "/internal/v1/persons/{atena_id}/events"): _op("person.event", "path:atena_id"),
+    ("POST", "/internal/v1/persons/purge"): _op("person.purge", "json:job_id"),
     ("PUT", "/internal/v1/persons/{atena_id}/items/{item_code}"): _op(
         "replica.write", "path:atena_id"
     ),

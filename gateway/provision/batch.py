@@ -132,6 +132,8 @@ class Lookup:
 @dataclass(frozen=True, slots=True)
 class Found:
     atena_id: str | None
+    #: the person's lifecycle state (persons.state; docs/persons.md), None if unknown
+    person_state: str | None
     manual_review: bool
     contents: list[bytes] | None
     seen: bool
@@ -177,7 +179,13 @@ class ProvisionBatches:
             [lookup.message_id for lookup in batch],
         )
         return [
-            Found(row["atena_id"], row["manual_review"], row["contents"], row["seen"])
+            Found(
+                row["atena_id"],
+                row["person_state"],
+                row["manual_review"],
+                row["contents"],
+                row["seen"],
+            )
             for row in rows
         ]
 

@@ -183,12 +183,15 @@ async def _provide_batched(
         )
     )
     atena_id = found.atena_id
-    if found.seen or (atena_id is not None and found.manual_review):
+    unregistered = found.person_state == "unregistered"  # refused, even if flagged
+    if found.seen or (atena_id is not None and found.manual_review and not unregistered):
         return None
     document: bytes | None = None
     reason: str | None
     if atena_id is None:
         outcome, reason = "refused", "person_unknown"
+    elif unregistered:
+        outcome, reason = "refused", "person_unregistered"
     elif found.contents is None:
         outcome, reason = "refused", "item_not_found"
     else:

@@ -43,6 +43,7 @@ ITEM_CLASS_OF: Final[Mapping[str, str]] = {
     catalog.CERTIFICATION.code: CERTIFICATION,  # 0201 受給者・要介護認定
     catalog.BURDEN_RATIO.code: CERTIFICATION,  # 0202 負担割合 (受給者証の記載事項)
     catalog.BENEFIT.code: BENEFIT,  # 0300 給付
+    catalog.COMPREHENSIVE_PROGRAM.code: CERTIFICATION,  # 0400 総合事業 (事業対象者 as 受給者)
     catalog.PREMIUM_BASIS.code: LEVY,  # 0500 保険料賦課
     catalog.LOCAL_TAX_INCOME.code: LEVY,  # 2001 所得・課税 (賦課の根拠)
 }

@@ -36,7 +36,9 @@ from chukan.gateway.core import db
 from chukan.gateway.core.config import (
     ADMIN_OPERATIONS,
     ALL_OPERATIONS,
+    OP_PERSON_LIFECYCLE,
     OP_READ_RECORDS,
+    OP_REGISTER_PERSON,
     GatewayConfig,
     KokuhorenLink,
     SystemCredential,
@@ -62,6 +64,8 @@ DEMO_AGENCIES: Final = ((CHIBA_CITY, "千葉市"), (FUNABASHI_CITY, "船橋市")
 #: 介護保険 保険者番号 of the demo agencies (6 digits, the last a check digit).
 DEMO_INSURERS: Final = {CHIBA_CITY: "122010", FUNABASHI_CITY: "122044"}
 CORE_SYSTEM: Final = "kaigo-system"  # 介護保険システム
+#: 団体内統合宛名システム: registers people and reports their events (certificate only).
+ATENA_SYSTEM: Final = "atena-system"
 #: Operators' console: status, authorization-list refresh, key reload (certificate only).
 OPERATOR_SYSTEM: Final = "ops-console"
 #: A reporting system that may only read provision records (certificate only).
@@ -334,7 +338,12 @@ def default_systems(token: str) -> tuple[SystemCredential, ...]:
     reporting system may only read records, both by certificate only.
     """
     return (
-        SystemCredential(CORE_SYSTEM, token_digest(token), ALL_OPERATIONS - ADMIN_OPERATIONS),
+        SystemCredential(
+            CORE_SYSTEM,
+            token_digest(token),
+            ALL_OPERATIONS - ADMIN_OPERATIONS - {OP_PERSON_LIFECYCLE},
+        ),
+        SystemCredential(ATENA_SYSTEM, "", frozenset({OP_REGISTER_PERSON, OP_PERSON_LIFECYCLE})),
         SystemCredential(OPERATOR_SYSTEM, "", ADMIN_OPERATIONS),
         SystemCredential(REPORTING_SYSTEM, "", frozenset({OP_READ_RECORDS})),
     )

@@ -28,6 +28,7 @@ from chukan.simulators.hub import (
     enrolment,
     lists,
     messages,
+    openapi,
     reconcile,
     records,
     registry,
@@ -101,4 +102,5 @@ def create_hub_app(config: HubConfig) -> web.Application:
     app.router.add_post("/network/v1/messages", messages.receive_message)
     app.router.add_get("/network/v1/records", reconcile.list_records)
     witness.add_routes(app)
+    app.router.add_get("/openapi.json", openapi.SPEC.serve)
     return app

@@ -31,7 +31,7 @@ from chukan.gateway.core import db
 from chukan.gateway.core.keystore import load_or_create_keys
 from chukan.gateway.core.web import access_log_middleware, error_middleware
 from chukan.gateway.kokuhoren.mailbox import KOKUHOREN_PARTY
-from chukan.simulators.kokuhoren import insurers, intake, returns
+from chukan.simulators.kokuhoren import insurers, intake, openapi, returns
 from chukan.simulators.kokuhoren.config import KokuhorenConfig
 from chukan.simulators.kokuhoren.probes import setup_probes
 from chukan.simulators.kokuhoren.state import KOKUHOREN_STATE, KokuhorenState
@@ -68,4 +68,5 @@ def create_kokuhoren_app(config: KokuhorenConfig) -> web.Application:
     app.router.add_get("/mailbox/v1/files/{file_management_number}", intake.get_intake)
     app.router.add_get("/mailbox/v1/outbox", returns.list_outbox)
     app.router.add_get("/mailbox/v1/outbox/{file_management_number}", returns.fetch_return)
+    app.router.add_get("/openapi.json", openapi.SPEC.serve)
     return app
