@@ -23,7 +23,7 @@ from chukan.codecs.envelope import (
 from chukan.gateway.core.errors import MessageReplayError, MisaddressedError, StaleMessageError
 from chukan.gateway.core.web import SIGNATURE_HEADER, read_xml, verify_signature
 from chukan.simulators.hub import auth, codes, routing
-from chukan.simulators.hub.registry import load_agency
+from chukan.simulators.hub.registry import load_agencies, require_agency
 from chukan.simulators.hub.state import HUB_STATE, utcnow
 
 
@@ -34,7 +34,10 @@ async def receive_message(request: web.Request) -> web.Response:
     envelope = decode_message(raw)
     header = envelope.header
     auth.require_sender(request, header.sender)
-    sender = await load_agency(state.pool, header.sender)
+    # A query's provider is read with its sender: one round trip for both.
+    named = envelope.body.provider if isinstance(envelope.body, QueryRequest) else None
+    agencies = await load_agencies(state.pool, [header.sender, named or header.sender])
+    sender = require_agency(agencies, header.sender)
     verify_signature(request.headers.get(SIGNATURE_HEADER), raw, sender.signing_keys)
     if abs(utcnow() - header.created) > state.config.message_skew:
         raise StaleMessageError("message timestamp is outside the accepted window")
@@ -57,7 +60,9 @@ async def receive_message(request: web.Request) -> web.Response:
             case CodeRequest():
                 return await codes.issue_person_code(state, envelope, body)
             case QueryRequest():
-                return await routing.route_query(state, envelope, body, raw)
+                return await routing.route_query(
+                    state, envelope, body, raw, sender, agencies.get(body.provider)
+                )
             case ProvisionAnswer():
                 signature = request.headers[SIGNATURE_HEADER]
                 return await routing.route_deferred_answer(state, envelope, body, raw, signature)

@@ -27,6 +27,17 @@ DELIVERY_LEASE: Final = dt.timedelta(seconds=30)
 DELIVERY_INSERT: Final = (
     "INSERT INTO deliveries (kind, target, query_id, body, signature, give_up_at, request_id) "
 )
+#: Queues a delivery, maybe leased at once to the process queuing it; DELIVERY_INSERT's
+#: columns, then LEASED_VALUES.format(lease=<an interval, NULL: not leased>).
+DELIVERY_INSERT_LEASED: Final = (
+    "INSERT INTO deliveries (kind, target, query_id, body, signature, give_up_at, request_id, "
+    "attempts, lease_token, leased_until) "
+)
+LEASED_VALUES: Final = (
+    "CASE WHEN {lease}::interval IS NULL THEN 0 ELSE 1 END, "
+    "CASE WHEN {lease}::interval IS NULL THEN NULL ELSE gen_random_uuid() END, "
+    "now() + {lease}::interval"
+)
 #: One delivery of each kind per query, whoever queues it twice.
 DELIVERY_ONCE: Final = "ON CONFLICT (query_id, kind) DO NOTHING"
 

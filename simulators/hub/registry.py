@@ -9,8 +9,9 @@ presenting the agency's own enrolment token
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import structlog
@@ -37,22 +38,18 @@ class Agency:
     encryption_key: bytes
 
 
-async def load_agency(conn: db.Executor, code: str) -> Agency:
-    """An agency with its signing keys still valid, in one round trip."""
-    row = await conn.fetchrow(
-        """SELECT a.code, a.name, a.endpoint, a.encryption_key_id, a.encryption_key,
-                  k.ids, k.keys
-           FROM agencies a
-           LEFT JOIN LATERAL (
-               SELECT array_agg(key_id) AS ids, array_agg(public_key) AS keys
-               FROM agency_keys
-               WHERE agency_code = a.code AND purpose = 'sig'
-                 AND (valid_until IS NULL OR valid_until > now())) k ON true
-           WHERE a.code = $1""",
-        code,
-    )
-    if row is None:
-        raise AgencyUnknownError(f"agency {code} is not registered with the hub")
+_AGENCIES_SQL: Final = """
+    SELECT a.code, a.name, a.endpoint, a.encryption_key_id, a.encryption_key, k.ids, k.keys
+    FROM agencies a
+    LEFT JOIN LATERAL (
+        SELECT array_agg(key_id) AS ids, array_agg(public_key) AS keys
+        FROM agency_keys
+        WHERE agency_code = a.code AND purpose = 'sig'
+          AND (valid_until IS NULL OR valid_until > now())) k ON true
+    WHERE a.code = ANY($1::text[])"""
+
+
+def _agency(row: asyncpg.Record) -> Agency:
     ids, raws = row["ids"] or [], row["keys"] or []
     return Agency(
         code=row["code"],
@@ -64,6 +61,26 @@ async def load_agency(conn: db.Executor, code: str) -> Agency:
         encryption_key_id=row["encryption_key_id"],
         encryption_key=row["encryption_key"],
     )
+
+
+async def load_agencies(conn: db.Executor, codes: Sequence[str]) -> dict[str, Agency]:
+    """The registered ones of these agencies, each with its signing keys still valid, in
+    one round trip (a message's sender and the agency it names, read once)."""
+    rows = await conn.fetch(_AGENCIES_SQL, list(codes))
+    return {row["code"]: _agency(row) for row in rows}
+
+
+async def load_agency(conn: db.Executor, code: str) -> Agency:
+    """An agency with its signing keys still valid, in one round trip."""
+    return require_agency(await load_agencies(conn, [code]), code)
+
+
+def require_agency(agencies: dict[str, Agency], code: str) -> Agency:
+    """The agency ``code`` among those read; 404-like ``agency_unknown`` if not registered."""
+    agency = agencies.get(code)
+    if agency is None:
+        raise AgencyUnknownError(f"agency {code} is not registered with the hub")
+    return agency
 
 
 def tls_server_name(state: HubState, code: str, endpoint: str) -> str | None:

@@ -32,6 +32,7 @@ from chukan.codecs.envelope import (
     new_message_id,
 )
 from chukan.gateway.core.errors import (
+    AgencyUnknownError,
     ConclusionConflictError,
     ForbiddenError,
     GatewayError,
@@ -51,12 +52,12 @@ from chukan.permits import (
     encode_permit,
     issue_permit,
 )
-from chukan.simulators.hub import lists
+from chukan.simulators.hub import lists, outbox, worker
 from chukan.simulators.hub.codes import provider_person_code
 from chukan.simulators.hub.conclusions import Conclusion, conclude
-from chukan.simulators.hub.outbox import DELIVERY_INSERT, DELIVERY_ONCE
+from chukan.simulators.hub.outbox import DELIVERY_INSERT_LEASED, DELIVERY_ONCE, LEASED_VALUES
 from chukan.simulators.hub.records import ROUTED_INSERT
-from chukan.simulators.hub.registry import Agency, load_agency
+from chukan.simulators.hub.registry import Agency
 from chukan.simulators.hub.state import HubState, utcnow
 
 log = structlog.get_logger("chukan.hub")
@@ -76,22 +77,34 @@ class Route:
 
 
 async def route_query(
-    state: HubState, envelope: Envelope, body: QueryRequest, raw: bytes
+    state: HubState,
+    envelope: Envelope,
+    body: QueryRequest,
+    raw: bytes,
+    sender: Agency,
+    provider: Agency | None,
 ) -> web.Response:
-    """情報照会: check the list, convert 符号, issue the permit, queue the provision request."""
+    """情報照会: check the list, convert 符号, issue the permit, queue the provision request.
+
+    ``sender`` and ``provider`` (None: not registered) as read with the message.
+    """
     requester = envelope.header.sender
     now = utcnow()
-    existing = await state.pool.fetchrow(
-        "SELECT requester, permit_id, permit_expires_at, outcome, reason_code "
-        "FROM hub_records WHERE query_id = $1",
-        body.query_id,
-    )
-    if existing is not None:
-        return _query_again(existing, requester, body.query_id)
-    lists.require_current(state.authorization_list, now)
+    # A query id seen before gets its first answer again.  It is looked up only when
+    # routing stops (a refusal) or finds the query opened already (_OPEN_SQL).
     try:
-        route = await _check_query(state, requester, body, now)
+            lists.require_current(state.authorization_list, now)
+    except GatewayError:
+        existing = await _seen_before(state, body.query_id)
+        if existing is not None:
+            return _query_again(existing, requester, body.query_id)
+        raise
+    try:
+        route = await _check_query(state, sender, provider, body, now)
     except (GatewayError, NotAuthorizedError) as exc:
+        existing = await _seen_before(state, body.query_id)
+        if existing is not None:
+            return _query_again(existing, requester, body.query_id)
         await _record_refusal(state, requester, body, exc)
         raise
     request_body = _provision_request(body, route)
@@ -113,7 +126,7 @@ async def route_query(
     )
     message = encode_message(out_header, request_body)
     header = envelope.header
-    opened = await state.pool.fetchval(
+    opened = await state.pool.fetchrow(
         _OPEN_SQL,
         *_open_values(body, route, permit, now),
         header.message_id,
@@ -125,16 +138,17 @@ async def route_query(
         message,
         signature_header(state.keys.signing, message),
         permit.expires_at + state.config.delivery_grace,
+        outbox.lease(state.config),
     )
-    if not opened:
-        # The same query, sent twice at once: the first one stands.
-        existing = await state.pool.fetchrow(
-            "SELECT requester, permit_id, reason_code FROM hub_records WHERE query_id = $1",
-            body.query_id,
-        )
+    assert opened is not None
+    if not opened["opened"]:
+        # The same query again (or twice at once): the first one stands.
+        existing = await _seen_before(state, body.query_id)
         assert existing is not None
         return _query_again(existing, requester, body.query_id)
-    state.wake.set()
+    if opened["id"] is not None:  # queued leased to this process: it goes out at once
+        known = worker.Known(route.provider, route.requester, permit.permit_id)
+        worker.deliver_now(state, opened, known)
     log.info(
         "permit_issued",
         requester=requester,
@@ -152,21 +166,35 @@ async def route_query(
     )
 
 
+async def _seen_before(state: HubState, query_id: str) -> asyncpg.Record | None:
+    """The hub's record of a query id seen before, if any."""
+    return await state.pool.fetchrow(
+        "SELECT requester, permit_id, reason_code FROM hub_records WHERE query_id = $1", query_id
+    )
+
+
 async def _check_query(
-    state: HubState, requester: str, body: QueryRequest, now: dt.datetime
+    state: HubState,
+    requester: Agency,
+    provider: Agency | None,
+    body: QueryRequest,
+    now: dt.datetime,
 ) -> Route:
-    """The list allows the query, both agencies are registered, the provider knows the person."""
+    """The list allows the query, both agencies are registered, the provider knows the person.
+
+    ``requester``: the sender, as read to check the message's signature.
+    """
     row = state.authorization_list.check(
-        requester, body.provider, body.procedure_code, body.item_code, on=now.date()
+        requester.code, body.provider, body.procedure_code, body.item_code, on=now.date()
     )
     if row.business_code != body.business_code:
         raise NotAuthorizedError("事務コード does not match the authorization list")
-    provider = await load_agency(state.pool, body.provider)
-    requester_agency = await load_agency(state.pool, requester)
+    if provider is None:
+        raise AgencyUnknownError(f"agency {body.provider} is not registered with the hub")
     provider_code = await provider_person_code(
-        state.pool, requester, body.requester_person_code, provider.code
+        state.pool, requester.code, body.requester_person_code, provider.code
     )
-    return Route(row, requester_agency, provider, provider_code)
+    return Route(row, requester, provider, provider_code)
 
 
 def _provision_request(body: QueryRequest, route: Route) -> ProvisionRequest:
@@ -200,7 +228,8 @@ _OPEN_RECORD_SQL: Final = """
 #: The record opened, the query and the provision request kept byte for byte, and the
 #: provision request queued — one statement, one commit; nothing of it if the record
 #: was opened before.  $15-$19 the query's header and bytes, $20 the request's message
-#: id, $21 its bytes, $22 its signature, $23 when its delivery gives up.
+#: id, $21 its bytes, $22 its signature, $23 when its delivery gives up, $24 its lease
+#: to this process, which delivers it at once.  Returns ``opened`` and the delivery.
 _OPEN_SQL: Final = f"""
     WITH opened AS ({_OPEN_RECORD_SQL}),
     routed AS ({ROUTED_INSERT}
@@ -208,10 +237,12 @@ _OPEN_SQL: Final = f"""
                                'in', $19::bytea),
                               ($20, 'ProvisionRequest', '{HUB}', $4, $1, $2, 'out', $21))
             AS m WHERE EXISTS (SELECT 1 FROM opened)),
-    queued AS ({DELIVERY_INSERT}
-        SELECT 'provision_request', $4, $1, $21, $22, $23, $14
-        WHERE EXISTS (SELECT 1 FROM opened) {DELIVERY_ONCE})
-    SELECT EXISTS (SELECT 1 FROM opened)"""  # noqa: S608 -- constant fragments
+    queued AS ({DELIVERY_INSERT_LEASED}
+        SELECT 'provision_request', $4, $1, $21, $22, $23, $14,
+               {LEASED_VALUES.format(lease="$24")}
+        WHERE EXISTS (SELECT 1 FROM opened) {DELIVERY_ONCE} RETURNING *)
+    SELECT EXISTS (SELECT 1 FROM opened) AS opened, queued.*
+    FROM (SELECT 1) AS one LEFT JOIN queued ON true"""  # noqa: S608 -- constant fragments
 
 
 def _open_values(

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
+from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
@@ -48,6 +50,19 @@ log = structlog.get_logger("chukan.hub")
 
 DELIVERY_BATCH: Final = 64
 
+#: A leased delivery: as claimed from the outbox, or as queued already leased.
+Delivery = asyncpg.Record
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What routing a query established, kept for delivering it at once: both agencies
+    (read for the query a moment before) and its permit."""
+
+    provider: Agency
+    requester: Agency
+    permit_id: str
+
 
 async def _post(
     state: HubState, agency: Agency, body: bytes, signature: str
@@ -80,9 +95,17 @@ def _error_of(payload: bytes) -> tuple[str, str]:
 # -- provision requests -----------------------------------------------------------------
 
 
-async def _deliver_provision_request(state: HubState, delivery: asyncpg.Record) -> None:
-    """Only a signed answer (or "held") ends a provision request; everything else is retried."""
-    provider = await load_agency(state.pool, delivery["target"])
+async def _deliver_provision_request(
+    state: HubState, delivery: Delivery, known: Known | None = None
+) -> None:
+    """Only a signed answer (or "held") ends a provision request; everything else is retried.
+
+    ``known``: what routing the query established (its agencies, its permit), when this
+    process routed it a moment ago; else read here.
+    """
+    provider = (
+        known.provider if known is not None else await load_agency(state.pool, delivery["target"])
+    )
     error: str | None
     try:
         response = await _post(state, provider, delivery["body"], delivery["signature"])
@@ -92,8 +115,14 @@ async def _deliver_provision_request(state: HubState, delivery: asyncpg.Record) 
         async with response:
             payload = await response.read()
             if response.status == 200:
-                error = await _accept_answer(state, delivery, provider, payload, response)
+                error, answer = await _accept_answer(
+                    state, delivery, provider, payload, response, known
+                )
                 if error is None:
+                    if answer is not None:  # leased to us: delivered at once
+                        await _deliver_answer(
+                            state, answer, None if known is None else known.requester
+                        )
                     return
             elif response.status == 202:
                 await _held(state, delivery, provider)
@@ -105,7 +134,7 @@ async def _deliver_provision_request(state: HubState, delivery: asyncpg.Record) 
         await _expire(state, delivery, error)
 
 
-async def _held(state: HubState, delivery: asyncpg.Record, provider: Agency) -> None:
+async def _held(state: HubState, delivery: Delivery, provider: Agency) -> None:
     """The provider holds the request for manual review: its answer comes later, on its own."""
     async with state.pool.acquire() as conn, conn.transaction():
         if await outbox.finish(conn, delivery, "done"):
@@ -120,38 +149,46 @@ async def _held(state: HubState, delivery: asyncpg.Record, provider: Agency) -> 
 
 async def _accept_answer(
     state: HubState,
-    delivery: asyncpg.Record,
+    delivery: Delivery,
     provider: Agency,
     payload: bytes,
     response: aiohttp.ClientResponse,
-) -> str | None:
-    """Check the provider's signed answer and conclude with it; an error text to retry."""
+    known: Known | None,
+) -> tuple[str | None, asyncpg.Record | None]:
+    """Check the provider's signed answer and conclude with it: an error text to retry,
+    or the answer's delivery, leased to this process, when this conclusion won."""
     try:
         verify_signature(response.headers.get(SIGNATURE_HEADER), payload, provider.signing_keys)
         envelope = decode_message(payload)
     except Exception as exc:  # e.g. a key the registry does not list yet: ask again later
         log.warning("provider_answer_unverified", query_id=delivery["query_id"], error=str(exc))
-        return getattr(exc, "code", "provider_answer_invalid")
+        return getattr(exc, "code", "provider_answer_invalid"), None
     body = envelope.body
-    record = await state.pool.fetchrow(
-        "SELECT requester, permit_id FROM hub_records WHERE query_id = $1", delivery["query_id"]
-    )
-    assert record is not None
+    if known is not None:
+        requester, permit_id = known.requester.code, known.permit_id
+    else:
+        record = await state.pool.fetchrow(
+            "SELECT requester, permit_id FROM hub_records WHERE query_id = $1",
+            delivery["query_id"],
+        )
+        assert record is not None
+        requester, permit_id = record["requester"], record["permit_id"]
     if (
         not isinstance(body, ProvisionAnswer)
         or body.query_id != delivery["query_id"]
         or envelope.header.sender != provider.code
-        or body.permit_id != record["permit_id"]
-        or envelope.header.receiver != record["requester"]
+        or body.permit_id != permit_id
+        or envelope.header.receiver != requester
     ):
         log.warning("provider_answer_mismatch", query_id=delivery["query_id"])
-        return "provider_answer_mismatch"
+        return "provider_answer_mismatch", None
+    leased: list[asyncpg.Record] = []
     await conclude(
         state,
         body.query_id,
         body.outcome,
         body.reason_code,
-        requester=record["requester"],
+        requester=requester,
         sender=provider.code,
         message=payload,
         signature=response.headers[SIGNATURE_HEADER],
@@ -159,11 +196,12 @@ async def _accept_answer(
         direction="in",
         permit_id=body.permit_id,
         delivery=delivery,
+        lease_answer=(outbox.lease(state.config), leased.append),
     )
-    return None
+    return None, leased[0] if leased else None
 
 
-async def _expire(state: HubState, delivery: asyncpg.Record, error: str) -> None:
+async def _expire(state: HubState, delivery: Delivery, error: str) -> None:
     """The provider never answered while the permit and its grace lived: conclude expired."""
     record = await state.pool.fetchrow(
         "SELECT requester, permit_id FROM hub_records WHERE query_id = $1", delivery["query_id"]
@@ -196,9 +234,12 @@ async def _expire(state: HubState, delivery: asyncpg.Record, error: str) -> None
 # -- conclusions to requesters ----------------------------------------------------------
 
 
-async def _deliver_answer(state: HubState, delivery: asyncpg.Record) -> None:
+async def _deliver_answer(
+    state: HubState, delivery: Delivery, requester: Agency | None = None
+) -> None:
     """A conclusion to its requester, until acknowledged (the requester can also ask)."""
-    requester = await load_agency(state.pool, delivery["target"])
+    if requester is None:
+        requester = await load_agency(state.pool, delivery["target"])
     try:
         response = await _post(state, requester, delivery["body"], delivery["signature"])
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -219,16 +260,16 @@ async def _deliver_answer(state: HubState, delivery: asyncpg.Record) -> None:
 # -- the loop and its supervision -------------------------------------------------------
 
 
-async def _deliver_one(state: HubState, delivery: asyncpg.Record) -> None:
+async def _deliver_one(state: HubState, delivery: Delivery, known: Known | None = None) -> None:
     """One attempt, as part of the query's request: its id is logged and sent on."""
     with request_id_bound(delivery["request_id"]):
-        await _attempt(state, delivery)
+        await _attempt(state, delivery, known)
 
 
-async def _attempt(state: HubState, delivery: asyncpg.Record) -> None:
+async def _attempt(state: HubState, delivery: Delivery, known: Known | None) -> None:
     try:
         if delivery["kind"] == "provision_request":
-            await _deliver_provision_request(state, delivery)
+            await _deliver_provision_request(state, delivery, known)
         else:
             await _deliver_answer(state, delivery)
     except Exception as exc:  # a bug or an outage in one delivery must not stop the others
@@ -284,6 +325,20 @@ async def _delivery_loop(state: HubState) -> None:
         await asyncio.gather(*running, return_exceptions=True)
 
 
+#: Deliveries started at once by the process that queued them, per hub (stopped with it).
+_INLINE: Final[dict[int, set[asyncio.Task[None]]]] = {}
+
+
+def deliver_now(state: HubState, delivery: Delivery, known: Known) -> None:
+    """Start a delivery this process queued already leased to itself (the worker's claim is
+    skipped); should the process die, the lease runs out and a worker delivers it."""
+    running = _INLINE.setdefault(id(state), set())
+    # In a context of its own, as the worker's: not the routing request's log context.
+    task = asyncio.create_task(_deliver_one(state, delivery, known), context=contextvars.Context())
+    running.add(task)
+    task.add_done_callback(running.discard)
+
+
 def start_worker(state: HubState) -> None:
     """Run the delivery worker, supervised: should it ever end with an error, it restarts."""
     worker = asyncio.create_task(_delivery_loop(state), name="hub-deliveries")
@@ -301,6 +356,10 @@ def start_worker(state: HubState) -> None:
 async def stop_worker(state: HubState) -> None:
     """Stop the worker for good (it is not restarted) and wait for its deliveries to end."""
     worker, state.worker = state.worker, None
+    inline = _INLINE.pop(id(state), set())
+    for task in inline:
+        task.cancel()
+    await asyncio.gather(*inline, return_exceptions=True)
     if worker is None:
         return
     worker.cancel()

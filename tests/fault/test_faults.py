@@ -15,7 +15,9 @@ b. the requester killed (-9) for 18 s, longer than the old give-up window (≈16
 c. the hub paused (SIGSTOP) for 60 s;
 d. PostgreSQL stopped (immediate shut-down) for 10 s;
 e. the provider slower than the hub's delivery timeout: its database answers
-   late through a delaying proxy for 8 s.
+   late through a delaying proxy for 8 s;
+f. the hub killed (-9) at least twice under load while deliveries it started at once
+   (leased to itself) are in flight, restarted each time.
 
 Run alone with ``.venv/bin/pytest -q -s tests/fault`` (``-s`` prints each
 scenario's report and timings); ``CHUKAN_FAULT_KEEP=1`` keeps the servers' logs
@@ -238,3 +240,46 @@ async def test_e_provider_slower_than_the_hub_timeout(
     assert cluster.proxy.delayed_chunks > 0
     assert "Timeout" in hub_log, "the hub never timed out on the slowed provider"
     assert verdict.ok, verdict.report()
+
+
+#: Deliveries in flight: leased, not yet ended (after a kill: held by the dead process).
+IN_FLIGHT = "SELECT id FROM deliveries WHERE status = 'pending' AND leased_until > now()"
+
+
+async def test_f_hub_killed_while_delivering(cluster: Cluster, people: list[Person]) -> None:
+    """The hub delivers a provision request at once, leased to itself, when it routes the
+    query; killed meanwhile, the lease runs out and the restarted hub delivers it once."""
+    hub_db = await asyncpg.connect(cluster.hub_database_url)
+    held: set[int] = set()  # deliveries a killed hub process held
+
+    async def fault(load: Load) -> dict[str, float]:
+        timings: dict[str, float] = {}
+        await accepted(load, 15)
+        kill = 0
+        while kill < 2 or (not held and kill < 6):  # until a kill caught deliveries
+
+            async def in_flight() -> bool:
+                return bool(await hub_db.fetch(IN_FLIGHT))
+
+            await until(in_flight, 30, "deliveries in flight at the hub", interval=0.01)
+            await cluster.hub.kill()
+            kill += 1
+            held.update(row["id"] for row in await hub_db.fetch(IN_FLIGHT))
+            timings[f"restart {kill}"] = await cluster.hub.start()
+        await accepted(load, load.accepted + 15)  # some traffic after the last restart too
+        load.stop()
+        return timings
+
+    try:
+        verdict = await run_scenario(cluster, people, "f (hub kill -9)", fault, seconds=120)
+        assert cluster.hub.kills >= 2
+        assert verdict.ok, verdict.report()
+        # The fault took effect: what the killed hub held was delivered after it, once.
+        assert held, "no kill caught a delivery in flight"
+        ended = await hub_db.fetch(
+            "SELECT id, status, attempts FROM deliveries WHERE id = ANY($1::bigint[])", list(held)
+        )
+        assert {row["id"] for row in ended} == held
+        assert all(row["status"] == "done" and row["attempts"] >= 2 for row in ended), ended
+    finally:
+        await hub_db.close()
