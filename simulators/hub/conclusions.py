@@ -7,7 +7,9 @@ conclusion again is a repeat, another one is kept apart as evidence.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
+from collections.abc import Callable
 from typing import Final
 
 import asyncpg
@@ -16,7 +18,7 @@ import structlog
 from chukan.codecs.envelope import Header
 from chukan.gateway.core.web import current_request_id
 from chukan.simulators.hub import outbox
-from chukan.simulators.hub.outbox import DELIVERY_INSERT, DELIVERY_ONCE
+from chukan.simulators.hub.outbox import DELIVERY_INSERT_LEASED, DELIVERY_ONCE, LEASED_VALUES
 from chukan.simulators.hub.records import ROUTED_INSERT, log_routed
 from chukan.simulators.hub.state import HubState, utcnow
 
@@ -36,7 +38,9 @@ class Conclusion(enum.Enum):
 #: none of it unless this conclusion is the first.  $1 query id, $2 outcome, $3 reason,
 #: $4 request id, $5-$8 the message header, $9 permit id, $10 direction, $11 bytes,
 #: $12 signature, $13 requester, $14 answer's give-up time, $15-$16 the delivery's id
-#: and lease (NULL: none), $17 its end status.
+#: and lease (NULL: none), $17 its end status, $18 the answer delivery's lease to this
+#: process, which delivers it at once (NULL: queued for the worker).  Returns ``won``
+#: and the answer's delivery as queued.
 _CONCLUDE_SQL: Final = f"""
     WITH won AS (
         INSERT INTO hub_record_events (query_id, kind, outcome, reason_code, answered_at,
@@ -49,12 +53,13 @@ _CONCLUDE_SQL: Final = f"""
           AND EXISTS (SELECT 1 FROM won) RETURNING 1),
     routed AS ({ROUTED_INSERT}
         SELECT $5, $6, $7, $8, $1, $9, $10, $11 WHERE EXISTS (SELECT 1 FROM won)),
-    queued AS ({DELIVERY_INSERT}
+    queued AS ({DELIVERY_INSERT_LEASED}
         SELECT 'answer', $13, $1, $11, $12, $14,
                (SELECT request_id FROM hub_record_events
-                WHERE query_id = $1 AND kind = 'opened')
-        WHERE EXISTS (SELECT 1 FROM won) {DELIVERY_ONCE})
-    SELECT EXISTS (SELECT 1 FROM won)"""  # noqa: S608 -- constant fragments
+                WHERE query_id = $1 AND kind = 'opened'), {LEASED_VALUES.format(lease="$18")}
+        WHERE EXISTS (SELECT 1 FROM won) {DELIVERY_ONCE} RETURNING *)
+    SELECT EXISTS (SELECT 1 FROM won) AS won, queued.*
+    FROM (SELECT 1) AS one LEFT JOIN queued ON true"""  # noqa: S608 -- constant fragments
 
 
 async def _conclude_at_once(
@@ -71,9 +76,10 @@ async def _conclude_at_once(
     permit_id: str | None,
     delivery: asyncpg.Record | None,
     finish_status: str,
+    lease_answer: tuple[dt.timedelta, Callable[[asyncpg.Record], None]] | None,
 ) -> bool:
     """The first conclusion of a query, in one statement; False if it was concluded before."""
-    won: bool = await state.pool.fetchval(
+    row = await state.pool.fetchrow(
         _CONCLUDE_SQL,
         query_id,
         outcome,
@@ -92,8 +98,12 @@ async def _conclude_at_once(
         None if delivery is None else delivery["id"],
         None if delivery is None else delivery["lease_token"],
         finish_status,
+        None if lease_answer is None else lease_answer[0],
     )
-    return won
+    assert row is not None
+    if row["won"] and lease_answer is not None and row["id"] is not None:
+        lease_answer[1](row)
+    return bool(row["won"])
 
 
 async def conclude(
@@ -111,11 +121,13 @@ async def conclude(
     permit_id: str | None,
     delivery: asyncpg.Record | None = None,
     finish_status: str = "done",
+    lease_answer: tuple[dt.timedelta, Callable[[asyncpg.Record], None]] | None = None,
 ) -> Conclusion:
     """Record the query's one conclusion and queue it for the requester, in one transaction.
 
     With ``delivery`` (the provision request that produced it), that delivery ends too,
-    if this worker still holds its lease.
+    if this worker still holds its lease.  With ``lease_answer`` (a lease and a callback),
+    the answer's delivery is queued leased to the caller, who is handed it to deliver.
     """
     if await _conclude_at_once(
         state,
@@ -130,8 +142,10 @@ async def conclude(
         permit_id=permit_id,
         delivery=delivery,
         finish_status=finish_status,
+        lease_answer=lease_answer,
     ):
-        state.wake.set()
+        if lease_answer is None:  # else the caller delivers it
+            state.wake.set()
         log.info("query_concluded", query_id=query_id, outcome=outcome, reason=reason_code)
         return Conclusion.WON
     # Concluded before (a repeat, or a contradiction to keep): the long way, in which

@@ -16,8 +16,10 @@ from chukan.codecs.envelope import (
     AcquisitionRequest,
     CodeRequest,
     ConclusionRequest,
+    PersonNotice,
     ProvisionAnswer,
     QueryRequest,
+    ResidentCodeRequest,
     decode_message,
 )
 from chukan.gateway.core.errors import MessageReplayError, MisaddressedError, StaleMessageError
@@ -59,6 +61,10 @@ async def receive_message(request: web.Request) -> web.Response:
                 return await codes.issue_acquisition_number(state, envelope, body)
             case CodeRequest():
                 return await codes.issue_person_code(state, envelope, body)
+            case ResidentCodeRequest():
+                return await codes.issue_serial_number(state, envelope, body)
+            case PersonNotice():
+                return await codes.apply_person_notice(state, envelope, body)
             case QueryRequest():
                 return await routing.route_query(
                     state, envelope, body, raw, sender, agencies.get(body.provider)

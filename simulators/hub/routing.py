@@ -52,7 +52,7 @@ from chukan.permits import (
     encode_permit,
     issue_permit,
 )
-from chukan.simulators.hub import lists, outbox, worker
+from chukan.simulators.hub import lists, outbox, record_status, worker
 from chukan.simulators.hub.codes import provider_person_code
 from chukan.simulators.hub.conclusions import Conclusion, conclude
 from chukan.simulators.hub.outbox import DELIVERY_INSERT_LEASED, DELIVERY_ONCE, LEASED_VALUES
@@ -93,7 +93,8 @@ async def route_query(
     # A query id seen before gets its first answer again.  It is looked up only when
     # routing stops (a refusal) or finds the query opened already (_OPEN_SQL).
     try:
-            lists.require_current(state.authorization_list, now)
+        await record_status.require_recording(state)  # 503 records_unavailable: hub-records.md
+        lists.require_current(state.authorization_list, now)
     except GatewayError:
         existing = await _seen_before(state, body.query_id)
         if existing is not None:
