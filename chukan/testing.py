@@ -97,7 +97,8 @@ class LogCapture(io.StringIO):
     """Every structlog event of the session, as the JSON lines a deployment would write."""
 
     def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.getvalue().splitlines() if line.strip()]
+        # JSON lines end with "\n" only (str.splitlines would also cut at U+2028 and the like).
+        return [json.loads(line) for line in self.getvalue().split("\n") if line.strip()]
 
     def named(self, event: str) -> list[dict[str, Any]]:
         return [e for e in self.events() if e.get("event") == event]

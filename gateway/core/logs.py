@@ -6,6 +6,7 @@ run of 12 digits whose check digit is valid, so a mistake cannot leak one.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -18,6 +19,15 @@ from chukan.codecs.individual_number import is_valid_individual_number
 
 _TWELVE_DIGITS: Final = re.compile(r"(?<![0-9])[0-9]{12}(?![0-9])")
 REDACTED: Final = "<redacted>"
+#: Characters JSON may leave raw that line-oriented readers (Python's splitlines, some log
+#: shippers) take for line ends: escaped, so one event is always one line.
+_LINE_BREAKS: Final = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def one_line_json(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` whose output never holds a character any reader counts as a line end
+    (a request path can carry U+2028, and every later event would be read cut in two)."""
+    return json.dumps(value, **kwargs).translate(_LINE_BREAKS)
 
 
 def _scrub_text(text: str) -> str:
@@ -63,7 +73,7 @@ def _route_library_logs(level: int, stream: TextIO) -> None:
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
                 scrub_personal_numbers,
-                structlog.processors.JSONRenderer(ensure_ascii=False),
+                structlog.processors.JSONRenderer(one_line_json, ensure_ascii=False),
             ],
         )
     )
@@ -84,7 +94,7 @@ def configure_logging(level: int = logging.INFO, stream: TextIO | None = None) -
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             scrub_personal_numbers,
-            structlog.processors.JSONRenderer(ensure_ascii=False),
+            structlog.processors.JSONRenderer(one_line_json, ensure_ascii=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
