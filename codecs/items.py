@@ -531,7 +531,9 @@ def _canonical_group(layout: _Layout, element: etree._Element, root: bool = Fals
     return "".join(parts)
 
 
-def canonical_item_from_element(code: str, root: etree._Element) -> bytes:
+def canonical_item_from_element(
+    code: str, root: etree._Element, *, validated: bool = False
+) -> bytes:
     """``encode_item(item_from_element(code, root))``, without building the typed value.
 
     The same checks run (the root, the item's XSD, the nil rule, every value through its
@@ -541,12 +543,17 @@ def canonical_item_from_element(code: str, root: etree._Element) -> bytes:
     rule broken, a value that does not convert, a member the layout lacks — is left to the
     reference path, which raises its own error (or, should it accept, whose bytes are
     returned).
+
+    ``validated``: the item already passed its XSD (a bulk import validates a whole slice of
+    entries at once, see :mod:`.registration_split`), so it is not validated again; its root
+    is still checked, as that schema accepts any item's root.
     """
     spec = item_spec(code)
     _check_root(spec, root)
-    schema = lxml_schema(spec.xsd_file)
-    if not schema.validate(root):
-        raise schema_error(schema, f"item {spec.code}", root)
+    if not validated:
+        schema = lxml_schema(spec.xsd_file)
+        if not schema.validate(root):
+            raise schema_error(schema, f"item {spec.code}", root)
     try:
         text = _canonical_group(_LAYOUTS[spec.item_type], root, root=True)
     except (ValueError, TypeError):

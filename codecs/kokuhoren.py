@@ -150,6 +150,7 @@ __all__ = [
     "CareLevel",
     "ChangeKind",
     "ChangeReason",
+    "Collector",
     "ControlRecord",
     "CorrectionKind",
     "CsvLimits",
@@ -177,7 +178,9 @@ __all__ = [
     "file_name",
     "insurer_check_digit",
     "is_valid_insurer_number",
+    "line_values",
     "parse_file_name",
+    "split_lines",
 ]
 
 # --------------------------------------------------------------------------- records
@@ -620,11 +623,15 @@ def encode_file(file: TransmissionFile) -> bytes:
     return b"".join(parts)
 
 
-# --------------------------------------------------------------------------- decoding
+# ------------------------------------------ decoding, shared with kokuhoren_flows
+#
+# Every 国保連 CSV file has the same framing, line and value rules and the same strict and
+# lenient modes, so :mod:`.kokuhoren_flows` decodes its files with these.
 
 
-def _line_values(raw: bytes, label: int | None, limits: CsvLimits) -> list[str]:
-    """The values of one line without its CRLF; raises located errors."""
+def line_values(raw: bytes, label: int | None, limits: CsvLimits) -> list[str]:
+    """The values of one line without its CRLF; raises located errors (shared: the other
+    国保連 files of :mod:`.kokuhoren_flows` have the same line rules)."""
     if len(raw) > limits.max_line_bytes:
         raise CsvLimitError(
             f"line is longer than {limits.max_line_bytes} bytes", record_number=label
@@ -645,30 +652,11 @@ def _line_values(raw: bytes, label: int | None, limits: CsvLimits) -> list[str]:
         raise exc.located(label) from None
 
 
-def decode_record(line: bytes, limits: CsvLimits = DEFAULT_LIMITS) -> NumberedRecord[Record]:
-    """One record from one line (its CRLF optional), checked on its own.
+class Collector:
+    """Raises the first error (strict) or collects up to ``max_errors`` (lenient).
 
-    Checks that need the whole file (numbering, counts, データ種別) are left to
-    :func:`decode_file`. Raises a :class:`KokuhorenCsvError` on any defect.
+    Shared: :mod:`.kokuhoren_flows` decodes its files with the same strict and lenient modes.
     """
-    raw = line.removesuffix(b"\r\n")
-    values = _line_values(raw, None, limits)
-    label: int | None = None
-    if len(values) >= 2:
-        try:
-            label = _NUMBER_CODEC.parse(values[1], _RECORD_NUMBER)
-        except KokuhorenCsvError:
-            label = None
-    record, errors = _decode_values(values, label)
-    if errors:
-        raise errors[0]
-    assert record is not None
-    assert label is not None
-    return NumberedRecord(label, record)
-
-
-class _Collector:
-    """Raises the first error (strict) or collects up to ``max_errors`` (lenient)."""
 
     def __init__(self, *, strict: bool, max_errors: int) -> None:
         self.strict = strict
@@ -686,14 +674,9 @@ class _Collector:
             raise StopDecodingError("the lenient decoder has seen enough errors")
 
 
-@dataclass(slots=True)
-class _Progress:
-    control: ControlRecord | None = None
-    records: list[NumberedRecord[DataRecord]] | None = None
-
-
-def _split_lines(data: bytes, limits: CsvLimits) -> tuple[list[bytes], bool]:
-    """The lines of ``data`` and whether the last one ended with CRLF; fatal checks."""
+def split_lines(data: bytes, limits: CsvLimits) -> tuple[list[bytes], bool]:
+    """The lines of ``data`` and whether the last one ended with CRLF; fatal checks (shared:
+    the files of :mod:`.kokuhoren_flows` are framed the same way)."""
     if len(data) > limits.max_bytes:
         raise CsvLimitError(f"file is larger than {limits.max_bytes} bytes")
     if not data:
@@ -711,8 +694,39 @@ def _split_lines(data: bytes, limits: CsvLimits) -> tuple[list[bytes], bool]:
     return lines, terminated
 
 
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_record(line: bytes, limits: CsvLimits = DEFAULT_LIMITS) -> NumberedRecord[Record]:
+    """One record from one line (its CRLF optional), checked on its own.
+
+    Checks that need the whole file (numbering, counts, データ種別) are left to
+    :func:`decode_file`. Raises a :class:`KokuhorenCsvError` on any defect.
+    """
+    raw = line.removesuffix(b"\r\n")
+    values = line_values(raw, None, limits)
+    label: int | None = None
+    if len(values) >= 2:
+        try:
+            label = _NUMBER_CODEC.parse(values[1], _RECORD_NUMBER)
+        except KokuhorenCsvError:
+            label = None
+    record, errors = _decode_values(values, label)
+    if errors:
+        raise errors[0]
+    assert record is not None
+    assert label is not None
+    return NumberedRecord(label, record)
+
+
+@dataclass(slots=True)
+class _Progress:
+    control: ControlRecord | None = None
+    records: list[NumberedRecord[DataRecord]] | None = None
+
+
 def _decode_lines(
-    lines: list[bytes], terminated: bool, limits: CsvLimits, sink: _Collector, out: _Progress
+    lines: list[bytes], terminated: bool, limits: CsvLimits, sink: Collector, out: _Progress
 ) -> None:
     last = len(lines)
     has_end = last > 1 and lines[-1].startswith(b'"3"')
@@ -723,7 +737,7 @@ def _decode_lines(
         if position == last and not terminated:
             sink.add(CsvLineEndError("the last line does not end with CRLF", record_number=last))
         try:
-            values = _line_values(raw, position, limits)
+            values = line_values(raw, position, limits)
         except KokuhorenCsvError as exc:
             sink.add(exc)
             continue
@@ -803,10 +817,10 @@ def _decode_lines(
 
 
 def _decode(data: bytes, limits: CsvLimits, *, strict: bool) -> DecodeResult:
-    sink = _Collector(strict=strict, max_errors=limits.max_errors)
+    sink = Collector(strict=strict, max_errors=limits.max_errors)
     progress = _Progress()
     try:
-        lines, terminated = _split_lines(data, limits)
+        lines, terminated = split_lines(data, limits)
         _decode_lines(lines, terminated, limits, sink, progress)
     except StopDecodingError:
         pass

@@ -57,14 +57,7 @@ from .errors import (
     StopDecodingError,
 )
 from .item_model import CareLevel
-from .kokuhoren import (
-    DEFAULT_LIMITS,
-    CsvLimits,
-    RecordError,
-    _Collector,
-    _line_values,
-    _split_lines,
-)
+from .kokuhoren import DEFAULT_LIMITS, Collector, CsvLimits, RecordError, line_values, split_lines
 from .kokuhoren_fields import (
     Code,
     Column,
@@ -601,7 +594,7 @@ class FlowSpec(Generic[T]):
     columns: tuple[Column, ...]
     check: Callable[[Any, YearMonth | None], list[KokuhorenCsvError]]
     to_rows: Callable[[T], list[Any]]
-    group: Callable[[list[tuple[int, Any]], _Collector], list[NumberedItem[T]]]
+    group: Callable[[list[tuple[int, Any]], Collector], list[NumberedItem[T]]]
 
     @property
     def control_columns(self) -> tuple[Column, ...]:
@@ -621,7 +614,7 @@ def _single(item: T) -> list[Any]:
     return [item]
 
 
-def _ungrouped(rows: list[tuple[int, Any]], sink: _Collector) -> list[NumberedItem[Any]]:
+def _ungrouped(rows: list[tuple[int, Any]], sink: Collector) -> list[NumberedItem[Any]]:
     return [NumberedItem(number, number, row) for number, row in rows]
 
 
@@ -724,7 +717,7 @@ def _plan_key(row: _PlanRow) -> tuple[Any, ...]:
 
 
 def _group_plans(
-    rows: list[tuple[int, _PlanRow]], sink: _Collector
+    rows: list[tuple[int, _PlanRow]], sink: Collector
 ) -> list[NumberedItem[BenefitPlan]]:
     """Consecutive rows of one person and month, closed by a 99 row, make one plan."""
     plans: list[NumberedItem[BenefitPlan]] = []
@@ -905,12 +898,12 @@ def _parse_values(
 def _decode(
     spec: FlowSpec[T], data: bytes, limits: CsvLimits, *, strict: bool
 ) -> FlowDecodeResult[T]:
-    sink = _Collector(strict=strict, max_errors=limits.max_errors)
+    sink = Collector(strict=strict, max_errors=limits.max_errors)
     control: FlowControl | None = None
     items: list[NumberedItem[T]] = []
     data_lines = 0
     try:
-        lines, terminated = _split_lines(data, limits)
+        lines, terminated = split_lines(data, limits)
         last = len(lines)
         if not terminated:
             sink.add(CsvStructureError("the last line does not end with CRLF", record_number=last))
@@ -918,7 +911,7 @@ def _decode(
         has_end = False
         for number, raw in enumerate(lines, start=1):
             try:
-                values = _line_values(raw, number, limits)
+                values = line_values(raw, number, limits)
             except KokuhorenCsvError as exc:
                 sink.add(exc)
                 continue

@@ -50,10 +50,12 @@ REGISTRATION_XSD: Final = "registration.xsd"
 REGISTRATION_LIMITS: Final = XmlLimits(max_bytes=32 * 1024 * 1024, max_depth=16)
 
 _NS = f"{{{REGISTRATION_NAMESPACE}}}"
-_ROOT: Final = _NS + MESSAGE_TYPE_ID
-_HEADER: Final = _NS + "MessageHeader"
-_BODY: Final = _NS + "MessageBody"
-_RECORD: Final = _NS + "Record"
+#: The envelope's elements (Clark names); shared with :mod:`.registration_split`, whose
+#: splitter reads a message's head with the streaming parser's own checks.
+ROOT: Final = _NS + MESSAGE_TYPE_ID
+HEADER: Final = _NS + "MessageHeader"
+BODY: Final = _NS + "MessageBody"
+RECORD: Final = _NS + "Record"
 _ITEM_CONTAINER: Final = _NS + "SpecificPersonalInformation"
 _RECORD_ID_FORM = re.compile(r"^[0-9A-Za-z_\-]{1,32}$")
 _XML_WHITESPACE: Final = " \t\r\n"
@@ -243,24 +245,6 @@ def _readable_record_id(fields: _Fields) -> str | None:
     return text if text is not None and _RECORD_ID_FORM.match(text) else None
 
 
-def _decode_header(element: etree._Element) -> MessageHeader:
-    schema = lxml_schema(REGISTRATION_XSD)
-    if not schema.validate(element):
-        raise schema_error(schema, "message header", element)
-    fields = _Fields(element)
-    reception = fields.raw("ReceptionNumber")
-    result = fields.raw("MSGResult")
-    return MessageHeader(
-        message_id=fields.text("MSGID"),
-        message_type_id=fields.text("MSGTypeID"),
-        mode=MessageMode(fields.text("MSGMode")),
-        source_system_id=fields.text("SourceSystemID"),
-        destination_system_id=fields.text("DestinationSystemID"),
-        reception_number=reception,
-        result=None if result is None else MessageResult(result),
-    )
-
-
 def _reject(
     record_id: str | None, code: str, message: str, position: int, where: str | None
 ) -> EntryRejection:
@@ -405,9 +389,35 @@ def _decode_record(record: etree._Element, position: int) -> RegistrationEntry |
     )
 
 
-def _encode_record(record: etree._Element, position: int) -> EncodedEntry | EntryRejection:
-    """Check one entry on its own, its item as canonical bytes (no typed value is built)."""
-    checked = _check_record(record, position, canonical_item_from_element)
+def _structure(message: str, where: str) -> XmlStructureError:
+    return XmlStructureError(message, where=where)
+
+
+def _check_plain(element: etree._Element, where: str) -> None:
+    """Envelope elements carry neither attributes nor character data."""
+    if len(element.attrib):
+        raise _structure("envelope elements take no attributes", where)
+    if not blank(element.text):
+        raise _structure("character data is not allowed here", where)
+
+
+# ------------------------------------ shared with registration_split
+#
+# Its splitter reads a message's head and its workers check a slice's entries with these,
+# so that the split import refuses and accepts exactly what the streaming parser does.
+
+
+def encode_record(
+    record: etree._Element, position: int, *, validated: bool = False
+) -> EncodedEntry | EntryRejection:
+    """Check one entry on its own, its item as canonical bytes (no typed value is built).
+
+    Shared: :mod:`.registration_split`'s workers check a slice's entries with it.
+    ``validated``: the entry and its item already passed ``registration.xsd`` with the item
+    XSDs (a whole slice at once), so neither is validated again.
+    """
+    item_of = _validated_item if validated else canonical_item_from_element
+    checked = _check_record(record, position, item_of, validated=validated)
     if isinstance(checked, EntryRejection):
         return checked
     return EncodedEntry(
@@ -424,20 +434,97 @@ def _encode_record(record: etree._Element, position: int) -> EncodedEntry | Entr
     )
 
 
-def _blank(text: str | None) -> bool:
+def blank(text: str | None) -> bool:
+    """No text or only XML whitespace (shared: the splitter holds the envelope to the same rule)."""
     return text is None or not text.strip(_XML_WHITESPACE)
 
 
-def _structure(message: str, where: str) -> XmlStructureError:
-    return XmlStructureError(message, where=where)
+def _validated_item(code: str, element: etree._Element) -> bytes:
+    """The canonical bytes of an item its XSD already validated."""
+    return canonical_item_from_element(code, element, validated=True)
 
 
-def _check_plain(element: etree._Element, where: str) -> None:
-    """Envelope elements carry neither attributes nor character data."""
+def decode_header(element: etree._Element) -> MessageHeader:
+    """The header, checked against ``registration.xsd`` (shared: the splitter decodes the head
+    with it)."""
+    schema = lxml_schema(REGISTRATION_XSD)
+    if not schema.validate(element):
+        raise schema_error(schema, "message header", element)
+    fields = _Fields(element)
+    reception = fields.raw("ReceptionNumber")
+    result = fields.raw("MSGResult")
+    return MessageHeader(
+        message_id=fields.text("MSGID"),
+        message_type_id=fields.text("MSGTypeID"),
+        mode=MessageMode(fields.text("MSGMode")),
+        source_system_id=fields.text("SourceSystemID"),
+        destination_system_id=fields.text("DestinationSystemID"),
+        reception_number=reception,
+        result=None if result is None else MessageResult(result),
+    )
+
+
+def over_budget(max_depth: int, max_elements: int) -> etree.XPath:
+    """True for an entry (at depth 3) deeper than ``max_depth`` or with too many elements.
+
+    Shared: a slice's entries are held to the streaming parser's limits with it.
+
+    One XPath evaluated in libxml2, so no Python object per element; compiled once per
+    stream (XPath objects are not shared between threads).
+    """
+    steps = max(max_depth - 2, 1)
+    deeper = "/".join(["*"] * steps)
+    return etree.XPath(f"count(descendant::*) > {int(max_elements)} or boolean({deeper})")
+
+
+class StreamState:
+    """Where the stream is in the envelope (shared: the splitter reads the head with it)."""
+
+    __slots__ = ("body", "in_body", "in_header", "position", "root")
+
+    def __init__(self) -> None:
+        self.root: etree._Element | None = None
+        self.body: etree._Element | None = None
+        self.in_header = False
+        self.in_body = False
+        self.position = 0
+
+
+def on_root_start(element: etree._Element) -> None:
+    """Check the root element as it starts (shared: the splitter checks the head with it)."""
+    if element.getparent() is not None or element.tag != ROOT:
+        raise _structure(f"the root element must be {MESSAGE_TYPE_ID} in its namespace", "/")
+    if getattr(element.getroottree().docinfo, "doctype", ""):
+        raise XmlForbiddenError("DTDs and entity declarations are not accepted")
     if len(element.attrib):
-        raise _structure("envelope elements take no attributes", where)
-    if not _blank(element.text):
-        raise _structure("character data is not allowed here", where)
+        raise _structure("envelope elements take no attributes", _ROOT_WHERE)
+
+
+def on_part_start(element: etree._Element, state: StreamState, reader: GuardedReader) -> None:
+    """Check the header or the body as it starts (shared: the splitter checks the head with it)."""
+    # iterparse builds the tree ahead of the events it reports, so only what precedes
+    # ``element`` (parent text, previous siblings and their tails) is looked at here.
+    root = state.root
+    if root is None or element.getparent() is not root:
+        raise _structure("the message must hold MessageHeader then MessageBody", _ROOT_WHERE)
+    previous = element.getprevious()
+    if not blank(root.text) or (previous is not None and not blank(previous.tail)):
+        raise _structure("character data is not allowed here", _ROOT_WHERE)
+    if element.tag == HEADER and previous is None:
+        state.in_header = True
+        reader.mark()
+    elif (
+        element.tag == BODY
+        and previous is not None
+        and previous.tag == HEADER
+        and previous.getprevious() is None
+    ):
+        state.in_body = True
+        state.body = element
+        if len(element.attrib):
+            raise _structure("envelope elements take no attributes", _BODY_WHERE)
+    else:
+        raise _structure("the message must hold MessageHeader then MessageBody", _ROOT_WHERE)
 
 
 # ----------------------------------------------------------- whole message
@@ -452,15 +539,15 @@ def decode_registration(
     :class:`SchemaError` for an invalid header.
     """
     root = parse_xml(data, limits)
-    if root.tag != _ROOT:
+    if root.tag != ROOT:
         raise _structure(f"the root element must be {MESSAGE_TYPE_ID} in its namespace", "/")
     _check_plain(root, _ROOT_WHERE)
     parts = list(root.iterchildren("*"))
-    if [part.tag for part in parts] != [_HEADER, _BODY] or any(
-        not _blank(part.tail) for part in parts
+    if [part.tag for part in parts] != [HEADER, BODY] or any(
+        not blank(part.tail) for part in parts
     ):
         raise _structure("the message must hold MessageHeader then MessageBody", _ROOT_WHERE)
-    header = _decode_header(parts[0])
+    header = decode_header(parts[0])
     body = parts[1]
     _check_plain(body, _BODY_WHERE)
     entries: list[RegistrationEntry] = []
@@ -468,7 +555,7 @@ def decode_registration(
     position = 0
     for record in body.iterchildren("*"):
         position += 1
-        if record.tag != _RECORD or not _blank(record.tail):
+        if record.tag != RECORD or not blank(record.tail):
             raise _structure(
                 "MessageBody may only hold Record elements", f"{_BODY_WHERE}/*[{position}]"
             )
@@ -533,7 +620,7 @@ def decode_record(
     """
     xml_limits = XmlLimits(max_bytes=2 * limits.max_entry_bytes, max_depth=limits.max_depth)
     root = parse_xml(data, xml_limits)
-    if root.tag != _RECORD:
+    if root.tag != RECORD:
         raise _structure("an entry must be one Record element in the message namespace", "/")
     return _decode_record(root, position)
 
@@ -547,7 +634,7 @@ def iter_registration_encoded(
     :func:`iter_registration` gives a :class:`RegistrationEntry` (for a bulk import,
     which stores the canonical bytes and never needs the typed item).
     """
-    yield from _stream(source, limits, _encode_record)
+    yield from _stream(source, limits, encode_record)
 
 
 _BATCH_START: Final = b"<RecordBatch>"
@@ -590,44 +677,20 @@ def encode_record_batch(
     document is parsed hardened like any other, bounded by the entries' limits.
     """
     root = _parse_batch(data, limits.max_depth + 1)
-    if root.tag != "RecordBatch" or len(root.attrib) or not _blank(root.text):
+    if root.tag != "RecordBatch" or len(root.attrib) or not blank(root.text):
         raise _structure("a batch must be one RecordBatch element of Record elements", "/")
     results: list[EncodedEntry | EntryRejection] = []
     position = first_position
     for record in root.iterchildren():
-        if record.tag != _RECORD or not _blank(record.tail):
+        if record.tag != RECORD or not blank(record.tail):
             raise _structure("an entry must be one Record element in the message namespace", "/")
-        results.append(_encode_record(record, position))
+        results.append(encode_record(record, position))
         position += 1
     return results
 
 
 #: Only envelope elements produce events; an entry's inside is looked at when it ends.
-_STREAM_TAGS: Final = (_ROOT, _HEADER, _BODY, _RECORD)
-
-
-def _over_budget(max_depth: int, max_elements: int) -> etree.XPath:
-    """True for an entry (at depth 3) deeper than ``max_depth`` or with too many elements.
-
-    One XPath evaluated in libxml2, so no Python object per element; compiled once per
-    stream (XPath objects are not shared between threads).
-    """
-    steps = max(max_depth - 2, 1)
-    deeper = "/".join(["*"] * steps)
-    return etree.XPath(f"count(descendant::*) > {int(max_elements)} or boolean({deeper})")
-
-
-class _StreamState:
-    """Where the stream is in the envelope."""
-
-    __slots__ = ("body", "in_body", "in_header", "position", "root")
-
-    def __init__(self) -> None:
-        self.root: etree._Element | None = None
-        self.body: etree._Element | None = None
-        self.in_header = False
-        self.in_body = False
-        self.position = 0
+_STREAM_TAGS: Final = (ROOT, HEADER, BODY, RECORD)
 
 
 def _stream(
@@ -639,31 +702,31 @@ def _stream(
     # marks are set at the header and at every entry start, so each part is bounded
     # while it is read, before its element count and depth are checked at its end.
     reader = GuardedReader(stream, limits.max_bytes, part_bytes=limits.max_entry_bytes)
-    state = _StreamState()
-    over_budget = _over_budget(limits.max_depth, limits.max_entry_elements)
+    state = StreamState()
+    too_big = over_budget(limits.max_depth, limits.max_entry_elements)
     try:
         for event, element in hardened_iterparse(reader, tags=_STREAM_TAGS):
             tag = element.tag
             if event == "start":
-                if tag == _RECORD:
+                if tag == RECORD:
                     _on_record_start(element, state, reader)
                 elif state.root is None:
-                    _on_root_start(element)
+                    on_root_start(element)
                     state.root = element
                 else:
-                    _on_part_start(element, state, reader)
-            elif tag == _RECORD:
-                if over_budget(element):
+                    on_part_start(element, state, reader)
+            elif tag == RECORD:
+                if too_big(element):
                     raise _budget_error(element, state.position, limits)
                 result = on_record(element, state.position)
                 element.clear(keep_tail=True)
                 yield result
-            elif tag == _HEADER:
+            elif tag == HEADER:
                 state.in_header = False
-                header = _decode_header(element)
+                header = decode_header(element)
                 element.clear(keep_tail=True)
                 yield header
-            elif tag == _BODY:
+            elif tag == BODY:
                 _end_of_body(element, state)
             else:
                 _end_of_root(element, state)
@@ -675,81 +738,46 @@ def _stream(
 
 def _budget_error(record: etree._Element, position: int, limits: StreamLimits) -> XmlLimitError:
     where = f"{_BODY_WHERE}/Record[{position}]"
-    if _over_budget(limits.max_depth, 2**62)(record):  # error path only
+    if over_budget(limits.max_depth, 2**62)(record):  # error path only
         return XmlLimitError(f"nesting deeper than {limits.max_depth} levels", where=where)
     return XmlLimitError(f"entry holds more than {limits.max_entry_elements} elements", where=where)
 
 
-def _on_root_start(element: etree._Element) -> None:
-    if element.getparent() is not None or element.tag != _ROOT:
-        raise _structure(f"the root element must be {MESSAGE_TYPE_ID} in its namespace", "/")
-    if getattr(element.getroottree().docinfo, "doctype", ""):
-        raise XmlForbiddenError("DTDs and entity declarations are not accepted")
-    if len(element.attrib):
-        raise _structure("envelope elements take no attributes", _ROOT_WHERE)
-
-
-def _on_part_start(element: etree._Element, state: _StreamState, reader: GuardedReader) -> None:
-    # iterparse builds the tree ahead of the events it reports, so only what precedes
-    # ``element`` (parent text, previous siblings and their tails) is looked at here.
-    root = state.root
-    if root is None or element.getparent() is not root:
-        raise _structure("the message must hold MessageHeader then MessageBody", _ROOT_WHERE)
-    previous = element.getprevious()
-    if not _blank(root.text) or (previous is not None and not _blank(previous.tail)):
-        raise _structure("character data is not allowed here", _ROOT_WHERE)
-    if element.tag == _HEADER and previous is None:
-        state.in_header = True
-        reader.mark()
-    elif (
-        element.tag == _BODY
-        and previous is not None
-        and previous.tag == _HEADER
-        and previous.getprevious() is None
-    ):
-        state.in_body = True
-        state.body = element
-        if len(element.attrib):
-            raise _structure("envelope elements take no attributes", _BODY_WHERE)
-    else:
-        raise _structure("the message must hold MessageHeader then MessageBody", _ROOT_WHERE)
-
-
-def _on_record_start(element: etree._Element, state: _StreamState, reader: GuardedReader) -> None:
+def _on_record_start(element: etree._Element, state: StreamState, reader: GuardedReader) -> None:
     state.position += 1
     body = state.body
     if not state.in_body or body is None or element.getparent() is not body:
         raise _structure("Record is only allowed in MessageBody", _BODY_WHERE)
-    if not _blank(body.text):
+    if not blank(body.text):
         raise _structure("character data is not allowed here", _BODY_WHERE)
     # Entries already decoded (and cleared) are dropped here, once their tails are known;
     # anything else before this entry is not allowed in the body.
     previous = element.getprevious()
     while previous is not None:
-        if previous.tag != _RECORD:
+        if previous.tag != RECORD:
             raise _structure("MessageBody may only hold Record elements", _BODY_WHERE)
-        if not _blank(previous.tail):
+        if not blank(previous.tail):
             raise _structure("character data is not allowed here", _BODY_WHERE)
         del body[0]
         previous = element.getprevious()
     reader.mark()
 
 
-def _end_of_body(body: etree._Element, state: _StreamState) -> None:
+def _end_of_body(body: etree._Element, state: StreamState) -> None:
     state.in_body = False
     for child in body:  # the last entry, or anything after it
-        if child.tag != _RECORD:
+        if child.tag != RECORD:
             raise _structure("MessageBody may only hold Record elements", _BODY_WHERE)
-        if not _blank(child.tail):
+        if not blank(child.tail):
             raise _structure("character data is not allowed here", _BODY_WHERE)
     if state.position == 0:
         raise _structure("MessageBody holds no Record", _BODY_WHERE)
 
 
-def _end_of_root(root: etree._Element, state: _StreamState) -> None:
-    if [child.tag for child in root.iterchildren()] != [_HEADER, _BODY]:
+def _end_of_root(root: etree._Element, state: StreamState) -> None:
+    if [child.tag for child in root.iterchildren()] != [HEADER, BODY]:
         raise _structure("the message must hold MessageHeader then MessageBody", _ROOT_WHERE)
-    if not _blank(root[-1].tail):
+    if not blank(root[-1].tail):
         raise _structure("character data is not allowed here", _ROOT_WHERE)
 
 
@@ -772,7 +800,7 @@ def _record_element(body: etree._Element, entry: RegistrationEntry, where: str) 
             "the item does not match SpecificPersonalInformationCode",
             where=where + "/SpecificPersonalInformation",
         )
-    record = etree.SubElement(body, _RECORD)
+    record = etree.SubElement(body, RECORD)
     _sub(record, "RecordIdentificationNumber", entry.record_id)
     _sub(record, "SegmentOfRegistrationDelete", entry.segment.value)
     _sub(record, "IntegratedAddressNumber", entry.integrated_address_number)
@@ -806,8 +834,8 @@ def encode_registration(message: RegistrationMessage) -> bytes:
 
 def encode_registration_parts(header: MessageHeader, entries: Iterable[RegistrationEntry]) -> bytes:
     """Like :func:`encode_registration`, from a header and any iterable of entries."""
-    root = etree.Element(_ROOT, nsmap={"r": REGISTRATION_NAMESPACE})
-    head = etree.SubElement(root, _HEADER)
+    root = etree.Element(ROOT, nsmap={"r": REGISTRATION_NAMESPACE})
+    head = etree.SubElement(root, HEADER)
     _sub(head, "MSGID", header.message_id)
     _sub(head, "MSGTypeID", header.message_type_id)
     _sub(head, "MSGMode", header.mode.value)
@@ -817,7 +845,7 @@ def encode_registration_parts(header: MessageHeader, entries: Iterable[Registrat
         _sub(head, "ReceptionNumber", header.reception_number)
     if header.result is not None:
         _sub(head, "MSGResult", header.result.value)
-    body = etree.SubElement(root, _BODY)
+    body = etree.SubElement(root, BODY)
     for position, entry in enumerate(entries, start=1):
         _record_element(body, entry, f"/{MESSAGE_TYPE_ID}/MessageBody/Record[{position}]")
     schema = lxml_schema(REGISTRATION_XSD)

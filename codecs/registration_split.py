@@ -37,38 +37,26 @@ from lxml import etree
 from .errors import CodecError, SliceRefusedError, SplitUnsureError
 from .item_schema import XSD_DIR, lxml_schema
 from .item_stream import GuardedReader
-from .items import (
-    _DECLARATION,
-    _LAYOUTS,
-    ITEM_CODES,
-    ITEM_NAMESPACE,
-    _canonical_group,
-    _check_root,
-    encode_item,
-    item_from_element,
-    item_spec,
-)
+from .items import ITEM_CODES, ITEM_NAMESPACE
 from .registration import (
-    _BODY,
-    _HEADER,
-    _RECORD,
-    _ROOT,
+    BODY,
     DEFAULT_STREAM_LIMITS,
+    HEADER,
+    RECORD,
     REGISTRATION_NAMESPACE,
     REGISTRATION_XSD,
+    ROOT,
     EncodedEntry,
     EntryRejection,
     MessageHeader,
     StreamLimits,
-    _blank,
-    _check_record,
-    _Checked,
-    _decode_header,
-    _encode_record,
-    _on_part_start,
-    _on_root_start,
-    _over_budget,
-    _StreamState,
+    StreamState,
+    blank,
+    decode_header,
+    encode_record,
+    on_part_start,
+    on_root_start,
+    over_budget,
 )
 from .xmlsafe import (
     HARDENED_OPTIONS,
@@ -167,11 +155,11 @@ def _read_head(data: bytes, limits: StreamLimits) -> _Head:
     reader = GuardedReader(io.BytesIO(head), limits.max_bytes, part_bytes=limits.max_entry_bytes)
     parser = etree.XMLPullParser(
         events=("start", "end", "pi"),
-        tag=(_ROOT, _HEADER, _BODY, _RECORD, XINCLUDE_TAG),
+        tag=(ROOT, HEADER, BODY, RECORD, XINCLUDE_TAG),
         recover=False,
         **HARDENED_OPTIONS,
     )
-    state = _StreamState()
+    state = StreamState()
     header: MessageHeader | None = None
     try:
         while chunk := reader.read(32 * 1024):
@@ -183,11 +171,11 @@ def _read_head(data: bytes, limits: StreamLimits) -> _Head:
                 tag = element.tag
                 if event == "start":
                     if state.root is None:
-                        _on_root_start(element)
+                        on_root_start(element)
                         state.root = element
-                    elif tag in (_HEADER, _BODY):
-                        _on_part_start(element, state, reader)
-                        if tag == _BODY:
+                    elif tag in (HEADER, BODY):
+                        on_part_start(element, state, reader)
+                        if tag == BODY:
                             if header is None or state.root.prefix != element.prefix:
                                 raise SplitUnsureError("unexpected head")
                             root_name = (
@@ -204,15 +192,15 @@ def _read_head(data: bytes, limits: StreamLimits) -> _Head:
                             )
                     else:
                         raise SplitUnsureError("unexpected element in the head")
-                elif tag == _HEADER:
+                elif tag == HEADER:
                     state.in_header = False
-                    header = _decode_header(element)
+                    header = decode_header(element)
     except (CodecError, etree.XMLSyntaxError, ValueError):
         raise SplitUnsureError("the head is refused") from None
     raise SplitUnsureError("the head ends before the body")
 
 
-_ROOT_LOCAL: Final = _ROOT.rpartition("}")[2]
+_ROOT_LOCAL: Final = ROOT.rpartition("}")[2]
 
 
 def split_registration(
@@ -375,43 +363,6 @@ def slice_schema() -> etree.XMLSchema | None:
     return schema
 
 
-def _canonical_validated(code: str, root: etree._Element) -> bytes:
-    """:func:`~.items.canonical_item_from_element` for an item the slice schema validated
-    (its root is checked here: that schema accepts any item's root)."""
-    spec = item_spec(code)
-    _check_root(spec, root)
-    try:
-        text = _canonical_group(_LAYOUTS[spec.item_type], root, root=True)
-    except (ValueError, TypeError):
-        text = None
-    if text is None:
-        return encode_item(item_from_element(code, root))
-    return (_DECLARATION + text).encode("utf-8")
-
-
-def _encode_validated(record: etree._Element, position: int) -> EncodedEntry | EntryRejection:
-    """:func:`~.registration._encode_record` for an entry the slice schema validated."""
-    checked = _check_record(record, position, _canonical_validated, validated=True)
-    if isinstance(checked, EntryRejection):
-        return checked
-    return _encoded(checked)
-
-
-def _encoded(checked: _Checked[bytes]) -> EncodedEntry:
-    return EncodedEntry(
-        record_id=checked.record_id,
-        segment=checked.segment,
-        integrated_address_number=checked.fields.text("IntegratedAddressNumber"),
-        item_code=checked.item_code,
-        data_set_record_key=checked.fields.text("DataSetRecordKey"),
-        major_version=checked.major_version,
-        publication_date=checked.publication_date,
-        published_end_date=checked.published_end_date,
-        content=checked.item,
-        manual_review=checked.manual_review,
-    )
-
-
 _PARSER_OPTIONS: Final = {**HARDENED_OPTIONS, "remove_comments": False}
 
 
@@ -435,18 +386,21 @@ def encode_record_slice(
         check_markup(root)
     except (CodecError, etree.XMLSyntaxError, ValueError):
         raise SliceRefusedError("the slice does not parse as the streaming parser would") from None
-    if root.tag != _SLICE or len(root.attrib) or not _blank(root.text):
+    if root.tag != _SLICE or len(root.attrib) or not blank(root.text):
         raise SliceRefusedError("the slice is not whole entries")
     records = list(root)
     if len(records) != expected:
         raise SliceRefusedError("the slice holds another number of entries than counted")
-    over_budget = _over_budget(limits.max_depth, limits.max_entry_elements)
+    too_big = over_budget(limits.max_depth, limits.max_entry_elements)
     for record in records:
-        if record.tag != _RECORD or not _blank(record.tail) or over_budget(record):
+        if record.tag != RECORD or not blank(record.tail) or too_big(record):
             raise SliceRefusedError("the slice holds something else than entries within limits")
     schema = slice_schema()
-    encode = _encode_validated if schema is not None and schema.validate(root) else _encode_record
-    return [encode(record, position) for position, record in enumerate(records, first_position)]
+    validated = schema is not None and bool(schema.validate(root))
+    return [
+        encode_record(record, position, validated=validated)
+        for position, record in enumerate(records, first_position)
+    ]
 
 
 def warm_slices() -> None:
