@@ -41,6 +41,7 @@ from chukan.gateway.core import db
 from chukan.gateway.core.state import GatewayState
 from chukan.gateway.kokuhoren.errors import ReturnFileInvalidError
 from chukan.gateway.kokuhoren.mailbox import FileEnvelope
+from chukan.gateway.kokuhoren.returns import THREAD_THRESHOLD, check_listing
 from chukan.gateway.replica.items import today_jst
 from chukan.gateway.replica.registration import RegistrationSource, apply_registration
 
@@ -51,7 +52,6 @@ STORED_BY: Final = "kokuhoren-returns"
 SOURCE_SYSTEM: Final = "KOKUHOREN"
 #: Items whose content names the person's 被保険者番号 (canonical XML, see codecs.items).
 PERSON_ITEMS: Final = (INSURED_QUALIFICATION.code, BENEFIT.code)
-THREAD_THRESHOLD: Final = 256 * 1024
 
 #: 宛名番号 of registered persons by the 被保険者番号 their current items carry.
 _ATENA_SQL: Final = """
@@ -212,17 +212,7 @@ async def store_collection_file(
         file = await asyncio.to_thread(decode_flow_file, COLLECTION_RESULT, content)
     else:
         file = decode_flow_file(COLLECTION_RESULT, content)
-    control = file.control
-    if (
-        insurer != state.config.insurer_number
-        or control.insurer_number != insurer
-        or str(control.processing_month) != month
-        or name_month != control.processing_month
-        or control.file_management_number != envelope.file_management_number
-    ):
-        raise ReturnFileInvalidError(
-            "the return file's 保険者番号, month or number does not match its listing"
-        )
+    check_listing(state.config.insurer_number, month, envelope, (insurer, name_month), file.control)
     async with state.pool.acquire() as conn, conn.transaction():
         file_id = await conn.fetchval(
             """INSERT INTO kokuhoren_return_files (job_id, data_type, processing_month,

@@ -34,6 +34,7 @@ from chukan.gateway.core.keystore import AgencyKeys
 from chukan.gateway.core.retry import backoff_delay
 from chukan.gateway.core.state import GatewayState, utcnow
 from chukan.gateway.core.web import SIGNATURE_HEADER, signature_header, verify_signature
+from chukan.gateway.kokuhoren.benefits import apply_pending_benefits, store_collection_file
 from chukan.gateway.kokuhoren.errors import (
     EnvelopeInvalidError,
     MailboxAnswerInvalidError,
@@ -48,14 +49,13 @@ from chukan.gateway.kokuhoren.mailbox import (
     open_file,
     seal_file,
 )
+from chukan.gateway.kokuhoren.returns import THREAD_THRESHOLD, check_listing
 from chukan.keys import KeysError
 
 log = structlog.get_logger("chukan.kokuhoren")
 
 JOB_TRANSMIT: Final = "kokuhoren.transmit"
 JOB_INGEST: Final = "kokuhoren.ingest"
-#: Files larger than this are sealed and decoded off the event loop.
-THREAD_THRESHOLD: Final = 256 * 1024
 RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 
 
@@ -350,22 +350,6 @@ async def _record_intake(
     )
 
 
-async def apply_benefits_to_replica(state: GatewayState) -> dict[str, int]:
-    """Apply 給付実績 files not yet in the 副本 (see :mod:`~chukan.gateway.kokuhoren.benefits`)."""
-    from chukan.gateway.kokuhoren.benefits import apply_pending_benefits
-
-    return await apply_pending_benefits(state)
-
-
-async def store_collection_results(
-    state: GatewayState, job_id: int, month: str, envelope: FileEnvelope, content: bytes
-) -> int:
-    """Store a 特別徴収結果 file (see :mod:`~chukan.gateway.kokuhoren.benefits`)."""
-    from chukan.gateway.kokuhoren.benefits import store_collection_file
-
-    return await store_collection_file(state, job_id, month, envelope, content)
-
-
 async def ingest_returns(state: GatewayState, client: MailboxClient, job_id: int) -> None:
     """Fetch and store the return files (給付実績) of the month named by the job."""
     month = await state.pool.fetchval("SELECT subject FROM jobs WHERE id = $1", job_id)
@@ -389,7 +373,7 @@ async def ingest_returns(state: GatewayState, client: MailboxClient, job_id: int
             records = await _store_return(state, job_id, month, envelope, content)
             counts["files"] += 1
             counts["records"] += records
-        counts |= await apply_benefits_to_replica(state)
+        counts |= await apply_pending_benefits(state)
         await finish_job(state.pool, job_id, counts)
         log.info("kokuhoren_returns_ingested", job_id=job_id, month=month, **counts)
 
@@ -403,23 +387,13 @@ async def _store_return(
     state: GatewayState, job_id: int, month: str, envelope: FileEnvelope, content: bytes
 ) -> int:
     if envelope.file_name.startswith(f"10_{COLLECTION_RESULT.data_type}"):
-        return await store_collection_results(state, job_id, month, envelope, content)
+        return await store_collection_file(state, job_id, month, envelope, content)
     insurer, name_month = parse_benefit_file_name(envelope.file_name)
     if len(content) > THREAD_THRESHOLD:
         file = await asyncio.to_thread(decode_benefit_file, content)
     else:
         file = decode_benefit_file(content)
-    control = file.control
-    if (
-        insurer != state.config.insurer_number
-        or control.insurer_number != insurer
-        or str(control.processing_month) != month
-        or name_month != control.processing_month
-        or control.file_management_number != envelope.file_management_number
-    ):
-        raise ReturnFileInvalidError(
-            "the return file's 保険者番号, month or number does not match its listing"
-        )
+    check_listing(state.config.insurer_number, month, envelope, (insurer, name_month), file.control)
     async with state.pool.acquire() as conn, conn.transaction():
         file_id = await conn.fetchval(
             """INSERT INTO kokuhoren_return_files (job_id, data_type, processing_month, file_name,
