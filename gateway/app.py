@@ -28,7 +28,7 @@ from typing import Final
 import structlog
 from aiohttp import web
 
-from chukan.gateway import network_face, openapi
+from chukan.gateway import console, network_face, openapi
 from chukan.gateway.authlist import sync as authlist
 from chukan.gateway.authlist.sync import LIST_SYNC, ListSync, list_sync_context
 from chukan.gateway.core import db
@@ -59,7 +59,6 @@ from chukan.gateway.query import routes as query
 from chukan.gateway.query.sweep import sweep_loop
 from chukan.gateway.records import routes as records
 from chukan.gateway.replica import routes as replica
-from chukan.gateway.staff import console
 from chukan.gateway.staff import routes as staff
 from chukan.keys.ring import KeyRing
 

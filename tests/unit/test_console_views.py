@@ -8,7 +8,7 @@ import random
 
 from chukan.codecs.items import encode_item
 from chukan.codecs.sample_items import care_certification
-from chukan.gateway.staff.console import views
+from chukan.gateway.console import views
 
 
 def test_an_item_document_becomes_a_table_of_its_leaves() -> None:

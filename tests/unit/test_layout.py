@@ -126,10 +126,13 @@ def test_every_import_points_down_the_layers() -> None:
 
 
 def _flow(module: str) -> str | None:
-    """The gateway sub-package of ``module`` (``core``, ``query``, …), None for the top."""
+    """The gateway sub-package of ``module`` (``core``, ``query``, …; a flow's package
+    itself too, as ``from chukan.gateway import console`` names it), None for the top."""
     parts = module.split(".")
-    if parts[:2] != ["chukan", "gateway"] or len(parts) < 4:
+    if parts[:2] != ["chukan", "gateway"] or len(parts) < 3:
         return None
+    if len(parts) == 3 and not (module in MODULES and _is_package(module)):
+        return None  # a module at the top: app, network_face, openapi, serve
     return parts[2]
 
 
@@ -225,6 +228,21 @@ def test_no_private_name_is_imported_from_another_module() -> None:
 def test_layers_are_assigned_as_documented(module: str, expected: int) -> None:
     assert module in MODULES
     assert _layer(module) == expected
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        ("chukan.gateway.console", "console"),
+        ("chukan.gateway.console.pages", "console"),
+        ("chukan.gateway.cli.persons", "cli"),
+        ("chukan.gateway.app", None),
+        ("chukan.gateway", None),
+    ],
+)
+def test_flows_are_assigned_by_package(module: str, expected: str | None) -> None:
+    assert module in MODULES
+    assert _flow(module) == expected
 
 
 def test_the_checker_sees_a_cycle_and_an_upward_import() -> None:

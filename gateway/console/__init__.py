@@ -14,8 +14,8 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from chukan.gateway.staff.console.pages import add_routes
-from chukan.gateway.staff.console.security import page
+from chukan.gateway.console.pages import add_routes
+from chukan.gateway.console.security import page
 
 TEMPLATES: Final = Path(__file__).parent / "templates"
 

@@ -18,6 +18,17 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from chukan.gateway.console import views
+from chukan.gateway.console.security import (
+    BASE,
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    clear_cookie,
+    redirect,
+    render,
+    secure,
+    set_cookie,
+)
 from chukan.gateway.core.errors import PersonUnknownError, ValidationError
 from chukan.gateway.core.refusals import REFUSAL_COUNTED
 from chukan.gateway.core.settings import MAX_LONG_SESSION_HOURS
@@ -31,17 +42,6 @@ from chukan.gateway.records.store import OUTCOMES
 from chukan.gateway.replica.errors import ReplicaInconsistentError
 from chukan.gateway.replica.items import item_history, provision_document, today_jst
 from chukan.gateway.staff import routes as staff_api
-from chukan.gateway.staff.console import views
-from chukan.gateway.staff.console.security import (
-    BASE,
-    LOGIN_COOKIE,
-    SESSION_COOKIE,
-    clear_cookie,
-    redirect,
-    render,
-    secure,
-    set_cookie,
-)
 from chukan.gateway.staff.errors import LoginFailedError
 from chukan.gateway.staff.offices import ITEM_CLASS_LABELS, all_offices, visible_codes
 from chukan.gateway.staff.passwords import MAX_PASSWORD_LENGTH
