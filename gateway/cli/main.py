@@ -17,12 +17,12 @@ from typing import Any, Final
 from chukan.gateway.cli import admin as admin_cli
 from chukan.gateway.cli import backup as backup_cli
 from chukan.gateway.cli import db as db_cli
+from chukan.gateway.cli import persons as persons_cli
 from chukan.gateway.cli import pki as pki_cli
 from chukan.gateway.cli import serve as serve_cli
 from chukan.gateway.cli.keys import add_keys_parser, run_keys
+from chukan.gateway.cli.reconcile import run_reconcile
 from chukan.gateway.core import db
-from chukan.gateway.persons import cli as persons_cli
-from chukan.gateway.records.reconcile import run_reconcile
 from chukan.gateway.replica import cli as replica_cli
 from chukan.gateway.serve import DEFAULT_SERVER_LOG_LEVEL, LOG_LEVELS, log_level
 

@@ -23,8 +23,8 @@ from records_support import admin_url
 from chukan.codecs import catalog
 from chukan.codecs.sample_items import certification_item
 from chukan.gateway.cli import admin as admin_cli
+from chukan.gateway.cli import persons as persons_cli
 from chukan.gateway.cli.main import GATEWAY_DATABASE
-from chukan.gateway.persons import cli as persons_cli
 from chukan.gateway.records.verify import verify_chain
 from chukan.simulators.devnet.network import ATENA_SYSTEM, OPERATOR_SYSTEM
 from chukan.simulators.devnet.synthetic import synthetic_person
