@@ -30,6 +30,7 @@ import asyncpg
 
 from chukan.gateway.cli import records_witness
 from chukan.gateway.cli.errors import AdminCommandError
+from chukan.gateway.cli.reconcile import add_reconcile_parser
 from chukan.gateway.core import db
 from chukan.gateway.core.errors import GatewayError
 from chukan.gateway.core.jobs import list_jobs
@@ -45,7 +46,6 @@ from chukan.gateway.ops.purge import run_purge_job
 from chukan.gateway.ops.statistics import STATISTICS_FIELDS, parse_period, statistics
 from chukan.gateway.records.checkpoints import checkpoint_now, latest_checkpoint
 from chukan.gateway.records.disclosure import disclose, disclosure_csv
-from chukan.gateway.records.reconcile import add_reconcile_parser
 from chukan.gateway.records.retention import dispose_expired_records
 from chukan.gateway.records.store import ensure_partitions
 from chukan.gateway.records.verify import verify_chain

@@ -31,30 +31,25 @@ side is read with a margin around the period, so a query requested at the bounda
 is not missing merely because two clocks differ).
 
 I/O below the comparator: the gateway's route (the hub's client certificate only,
-like every ``/network`` route), the paginated client both commands use, and
-``chukan records reconcile`` (the agency's command).
+like every ``/network`` route) and the paginated client both commands use.  The
+agency's command, ``chukan records reconcile``, is :mod:`chukan.gateway.cli.reconcile`.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import datetime as dt
-import getpass
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import aiohttp
-import asyncpg
 import structlog
 from aiohttp import web
 
 from chukan.gateway.core import db
-from chukan.gateway.core.errors import GatewayError, UpstreamError, ValidationError
+from chukan.gateway.core.errors import UpstreamError, ValidationError
 from chukan.gateway.core.settings import DEFAULT_STATISTICS_TIME_ZONE
 from chukan.gateway.core.state import GATEWAY_STATE
 from chukan.gateway.records.chain import Row
@@ -418,100 +413,3 @@ async def fetch_records(
         records.extend(page)
         if not after or not page:
             return records
-
-
-# -- chukan records reconcile -----------------------------------------------------------------
-
-
-def add_reconcile_parser(actions: Any) -> None:
-    """``chukan records reconcile --config FILE --from --to``."""
-    parser = actions.add_parser(
-        "reconcile",
-        help="compare this agency's records of a period with the hub's, query by query",
-    )
-    parser.add_argument("--config", type=Path, required=True, metavar="FILE.toml",
-                        help="the gateway's TOML file (database, hub, TLS identity)")  # fmt: skip
-    parser.add_argument("--from", dest="start", required=True,
-                        help="first day (YYYY-MM-DD, in --time-zone) or ISO time")  # fmt: skip
-    parser.add_argument("--to", dest="end", required=True,
-                        help="last day (included) or ISO time (excluded)")  # fmt: skip
-    parser.add_argument("--time-zone", default=DEFAULT_STATISTICS_TIME_ZONE)
-    parser.add_argument(
-        "--margin",
-        type=float,
-        default=DEFAULT_MARGIN.total_seconds(),
-        metavar="SECONDS",
-        help="read each side this much around the period (default one hour)",
-    )
-    parser.add_argument("--actor", default=None, help="who runs this (audit trail)")
-
-
-async def reconcile_agency(
-    config: Any, start: dt.datetime, end: dt.datetime, *, margin: dt.timedelta, actor: str
-) -> ReconcileReport:
-    """The agency's records against the hub's, through this gateway's TLS identity."""
-    from chukan.gateway.core.tls import client_session
-    from chukan.gateway.staff.audit import audit
-
-    wide = (start - margin, end + margin)
-    conn = await asyncpg.connect(config.database_url)
-    try:
-        local: list[RecordDigest] = []
-        after: str | None = None
-        while True:
-            page = await local_records(
-                conn, config.agency_code, *wide, after=after, limit=MAX_LIMIT
-            )
-            local.extend(page)
-            if len(page) < MAX_LIMIT:
-                break
-            after = cursor_of(page[-1])
-        async with client_session(config.tls) as session:
-            hub = await fetch_records(
-                session, config.hub_url, *wide, agency=config.agency_code,
-                timeout=config.timing.http_timeout * 3,
-            )  # fmt: skip
-        report = compare(config.agency_code, hub, local, start=start, end=end)
-        await audit(
-            conn,
-            actor_kind="cli",
-            actor=actor,
-            action="records.reconcile",
-            target=None,
-            detail={
-                "from": start.isoformat(),
-                "to": end.isoformat(),
-                "ok": report.ok,
-                "differences": len(report.differences),
-            },
-        )
-    finally:
-        await conn.close()
-    log.info(
-        "records_reconciled", agency=config.agency_code, ok=report.ok,
-        compared=report.compared, differences=len(report.differences),
-    )  # fmt: skip
-    return report
-
-
-def run_reconcile(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """Run ``chukan records reconcile``: 0 all agree, 1 differences (JSON report), 2 error."""
-    from chukan.gateway.core.config_file import load_gateway_config
-
-    try:
-        config = load_gateway_config(args.config)
-        start, end = parse_period(args.start, args.end, time_zone=args.time_zone)
-        report = asyncio.run(
-            reconcile_agency(
-                config,
-                start,
-                end,
-                margin=dt.timedelta(seconds=args.margin),
-                actor=args.actor or getpass.getuser(),
-            )
-        )
-    except GatewayError as exc:
-        print(f"chukan records reconcile: {exc.message}", file=err)
-        return 2
-    out.write(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n")
-    return 0 if report.ok else 1

@@ -26,8 +26,8 @@ from chukan.codecs import catalog
 from chukan.gateway.cli import admin as admin_cli
 from chukan.gateway.cli import main as gateway_cli
 from chukan.gateway.cli.main import GATEWAY_DATABASE
+from chukan.gateway.cli.reconcile import reconcile_agency, run_reconcile
 from chukan.gateway.core.tls import client_session
-from chukan.gateway.records.reconcile import reconcile_agency, run_reconcile
 from chukan.keys import b64e
 from chukan.simulators.hub import HUB_STATE
 from chukan.simulators.hub.checkpoints import verify_hub_chain
