@@ -23,17 +23,34 @@ pytestmark = pytest.mark.integration
 PERSON = {"atena_id": "1", "individual_number": "123456789018"}
 
 
-async def _refusals(gateway: Any, after: int) -> list[tuple[str | None, str, int, str]]:
+RefusalMark = tuple[dt.datetime, dict[int, int]]
+
+
+async def _refusals(gateway: Any, mark: RefusalMark) -> list[tuple[str | None, str, int, str]]:
+    """The refusals recorded since ``mark``, one per refusal, in order.  A refusal is
+    counted in the row of its caller, address, operation, code and minute, which an
+    earlier test may have opened: what changed is the rows' counts, not new ids."""
+    since, counts = mark
     rows = await gateway.state.pool.fetch(
-        "SELECT caller, operation, status, code FROM access_refusals WHERE id > $1 ORDER BY id",
-        after,
+        "SELECT id, caller, operation, status, code, count FROM access_refusals "
+        "WHERE last_at >= $1 ORDER BY last_at, id",
+        since,
     )
-    return [(r["caller"], r["operation"], r["status"], r["code"]) for r in rows]
+    return [
+        (r["caller"], r["operation"], r["status"], r["code"])
+        for r in rows
+        for _ in range(r["count"] - counts.get(r["id"], 0))
+    ]
 
 
-async def _last_refusal_id(gateway: Any) -> int:
-    value = await gateway.state.pool.fetchval("SELECT coalesce(max(id), 0) FROM access_refusals")
-    return int(value)
+async def _refusal_mark(gateway: Any) -> RefusalMark:
+    since = await gateway.state.pool.fetchval("SELECT clock_timestamp()")
+    rows = await gateway.state.pool.fetch(
+        "SELECT id, count FROM access_refusals "
+        "WHERE last_at >= $1::timestamptz - interval '2 minutes'",
+        since,
+    )
+    return since, {r["id"]: r["count"] for r in rows}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +75,7 @@ async def test_the_network_speaks_tls_only(network: Any, chiba: Any) -> None:
 
 async def test_no_certificate_and_no_token_is_401_and_recorded(http: Any, chiba: Any) -> None:
     gateway = chiba.gateway
-    before = await _last_refusal_id(gateway)
+    before = await _refusal_mark(gateway)
     async with http.post(gateway.url + "/internal/v1/persons", json=PERSON) as response:
         assert response.status == 401
         assert (await response.json())["error"]["code"] == "unauthenticated"
@@ -70,7 +87,7 @@ async def test_certificate_without_the_operation_is_403_and_recorded_with_identi
 ) -> None:
     """The reporting system may read records only."""
     gateway = chiba.gateway
-    before = await _last_refusal_id(gateway)
+    before = await _refusal_mark(gateway)
     status, body = await chiba.call(
         "POST", "/internal/v1/persons", json=PERSON, system=REPORTING_SYSTEM
     )
@@ -111,7 +128,7 @@ async def test_certificates_that_are_not_this_agencys_core_systems_get_403(
     network: Any, chiba: Any, identity: ClientIdentity
 ) -> None:
     gateway = chiba.gateway
-    before = await _last_refusal_id(gateway)
+    before = await _refusal_mark(gateway)
     context = network.pki.client_context(identity)
     status, body = await chiba.call("POST", "/internal/v1/persons", json=PERSON, ssl=context)
     assert (status, body["error"]["code"]) == (403, "forbidden")
@@ -173,7 +190,7 @@ async def test_only_the_hub_may_call_the_network_api(http: Any, network: Any, ch
     gateway = chiba.gateway
     url = gateway.url + "/network/v1/messages"
     xml = {"Content-Type": "application/xml"}
-    before = await _last_refusal_id(gateway)
+    before = await _refusal_mark(gateway)
     async with http.post(url, data=b"<x/>", headers=xml) as response:
         assert response.status == 401
         assert (await response.json())["error"]["code"] == "unauthenticated"
