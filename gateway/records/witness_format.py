@@ -110,6 +110,28 @@ def _time(document: Mapping[str, Any], name: str) -> dt.datetime:
     return parsed
 
 
+def _checkpoint_fields(document: Any, what: str) -> dict[str, Any]:
+    """The signed checkpoint's fields, common to a request and a receipt, parsed and checked."""
+    if not isinstance(document, Mapping):
+        raise WitnessFormatError(f"{what} is a JSON object")
+    after_seq, seq = _int(document, "after_seq"), _int(document, "seq")
+    if seq <= after_seq:
+        raise WitnessFormatError("seq must be beyond after_seq")
+    return {
+        "tenant": _text(document, "tenant"),
+        "after_seq": after_seq,
+        "seq": seq,
+        "hash": _hex(document, "hash", _DIGEST_BYTES),
+        "signed_at": _time(document, "signed_at"),
+        "key_id": _text(document, "key_id"),
+        "signature": _hex(document, "signature"),
+    }
+
+
+def _digests(raw: list[Any]) -> tuple[bytes, ...]:
+    return tuple(_hex({"r": r}, "r", _DIGEST_BYTES) for r in raw)
+
+
 @dataclass(frozen=True, slots=True)
 class WitnessRequest:
     """A signed checkpoint and the digests of the records since the previous one."""
@@ -142,26 +164,14 @@ class WitnessRequest:
     @classmethod
     def from_json(cls, document: Any) -> WitnessRequest:
         """Parse and check the shape (not the signature): :class:`WitnessFormatError`."""
-        if not isinstance(document, Mapping):
-            raise WitnessFormatError("a witness request is a JSON object")
-        after_seq, seq = _int(document, "after_seq"), _int(document, "seq")
-        if seq <= after_seq:
-            raise WitnessFormatError("seq must be beyond after_seq")
-        if seq - after_seq > MAX_SEGMENT:
+        fields = _checkpoint_fields(document, "a witness request")
+        size = fields["seq"] - fields["after_seq"]
+        if size > MAX_SEGMENT:
             raise WitnessFormatError(f"a segment covers at most {MAX_SEGMENT} records")
         records = document.get("records")
-        if not isinstance(records, list) or len(records) != seq - after_seq:
+        if not isinstance(records, list) or len(records) != size:
             raise WitnessFormatError("records must list one digest per record of the segment")
-        return cls(
-            tenant=_text(document, "tenant"),
-            after_seq=after_seq,
-            seq=seq,
-            hash=_hex(document, "hash", _DIGEST_BYTES),
-            signed_at=_time(document, "signed_at"),
-            key_id=_text(document, "key_id"),
-            signature=_hex(document, "signature"),
-            records=tuple(_hex({"r": r}, "r", _DIGEST_BYTES) for r in records),
-        )
+        return cls(**fields, records=_digests(records))
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,29 +231,19 @@ class Receipt:
     @classmethod
     def from_json(cls, document: Any) -> Receipt:
         """Parse and check the shape (not the signatures): :class:`WitnessFormatError`."""
-        if not isinstance(document, Mapping):
-            raise WitnessFormatError("a receipt is a JSON object")
-        after_seq, seq = _int(document, "after_seq"), _int(document, "seq")
-        if seq <= after_seq:
-            raise WitnessFormatError("seq must be beyond after_seq")
+        fields = _checkpoint_fields(document, "a receipt")
         raw_records = document.get("records", [])
         if not isinstance(raw_records, list) or (
-            raw_records and len(raw_records) != seq - after_seq
+            raw_records and len(raw_records) != fields["seq"] - fields["after_seq"]
         ):
             raise WitnessFormatError("records must list one digest per record of the segment")
         return cls(
-            tenant=_text(document, "tenant"),
-            after_seq=after_seq,
-            seq=seq,
-            hash=_hex(document, "hash", _DIGEST_BYTES),
-            signed_at=_time(document, "signed_at"),
-            key_id=_text(document, "key_id"),
-            signature=_hex(document, "signature"),
+            **fields,
             segment_digest=_hex(document, "segment_digest", _DIGEST_BYTES),
             witnessed_at=_time(document, "witnessed_at"),
             witness_key_id=_text(document, "witness_key_id"),
             witness_signature=_hex(document, "witness_signature"),
-            records=tuple(_hex({"r": r}, "r", _DIGEST_BYTES) for r in raw_records),
+            records=_digests(raw_records),
         )
 
 

@@ -24,7 +24,7 @@ from chukan.gateway.core import db
 from chukan.gateway.core.errors import ValidationError
 from chukan.gateway.core.web import current_request_id, read_json
 from chukan.gateway.records.chain import checkpoint_message
-from chukan.gateway.records.witness_format import Receipt, WitnessRequest
+from chukan.gateway.records.witness_format import Receipt, WitnessRequest, receipt_for
 from chukan.keys import KeysError
 from chukan.simulators.errors import (
     WitnessConflictError,
@@ -137,19 +137,8 @@ async def witness(state: HubState, request: WitnessRequest) -> Receipt:
         # Microseconds, as a timestamptz keeps them: the signed time reads back the same.
         witnessed_at = utcnow()
         signer = state.keys.signing
-        unsigned = Receipt(
-            tenant=request.tenant,
-            after_seq=request.after_seq,
-            seq=request.seq,
-            hash=request.hash,
-            signed_at=request.signed_at,
-            key_id=request.key_id,
-            signature=request.signature,
-            segment_digest=request.segment_digest,
-            witnessed_at=witnessed_at,
-            witness_key_id=signer.key_id,
-            witness_signature=b"",
-            records=request.records,
+        unsigned = receipt_for(
+            request, witnessed_at=witnessed_at, witness_key_id=signer.key_id, signature=b""
         )
         signature = signer.sign(unsigned.message())
         await conn.execute(
