@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, NamedTuple, TypeAlias
 
@@ -62,10 +62,10 @@ def canonical_timestamp(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _text(name: str, value: Any) -> str | None:
+def _text(name: str, value: Any, timestamps: Collection[str], what: str) -> str | None:
     if value is None:
         return None
-    if name in _TIMESTAMPS:
+    if name in timestamps:
         return canonical_timestamp(value)
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -73,13 +73,21 @@ def _text(name: str, value: Any) -> str | None:
         return str(value)
     if isinstance(value, str):
         return value
-    raise TypeError(f"record field {name} has an unexpected type {type(value).__name__}")
+    raise TypeError(f"{what} field {name} has an unexpected type {type(value).__name__}")
+
+
+def canonical_fields(
+    row: Row, names: Iterable[str], timestamps: Collection[str], what: str = "record"
+) -> str:
+    """``name:length:value;`` (``name:-;`` for NULL) of each field in order: the canonical
+    form shared by the gateways' records and the hub's events (their SQL twins agree)."""
+    return "".join(_canon(n, _text(n, row[n], timestamps, what)) for n in names)
 
 
 def canonical_record(row: Row) -> bytes:
     """The bytes a record's hash covers: every field but id and the hashes, in fixed order."""
     names = ("tenant", "seq", *CONTENT_COLUMNS, "recorded_at")
-    text = CANONICAL_VERSION + ";" + "".join(_canon(n, _text(n, row[n])) for n in names)
+    text = CANONICAL_VERSION + ";" + canonical_fields(row, names, _TIMESTAMPS)
     return text.encode("utf-8")
 
 

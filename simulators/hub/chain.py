@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from chukan.gateway.records import chain as records_chain
-from chukan.gateway.records.chain import Issue, Row, canonical_timestamp
+from chukan.gateway.records.chain import Issue, Row, canonical_fields
 
 #: The chain's name in checkpoint messages and reports (agency codes are digits).
 HUB_CHAIN: Final = "hub"
@@ -57,29 +57,9 @@ _TIMESTAMPS: Final = frozenset({"requested_at", "permit_expires_at", "answered_a
 ROW_COLUMNS: Final = "id, " + ", ".join(_NAMES) + ", prev_hash, hash"
 
 
-def _canon(name: str, value: str | None) -> str:
-    if value is None:
-        return f"{name}:-;"
-    return f"{name}:{len(value.encode('utf-8'))}:{value};"
-
-
-def _text(name: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if name in _TIMESTAMPS:
-        return canonical_timestamp(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return value
-    raise TypeError(f"event field {name} has an unexpected type {type(value).__name__}")
-
-
 def canonical_event(row: Row) -> bytes:
     """The bytes an event's hash covers: every field but id, request_id and the hashes."""
-    text = CANONICAL_VERSION + ";" + "".join(_canon(n, _text(n, row[n])) for n in _NAMES)
+    text = CANONICAL_VERSION + ";" + canonical_fields(row, _NAMES, _TIMESTAMPS, "event")
     return text.encode("utf-8")
 
 
