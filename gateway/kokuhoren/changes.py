@@ -349,10 +349,7 @@ async def build_transmission(
             )
             refused_json.append({"change_id": change_id} | problem.to_json())
         if good:
-            last = await conn.fetchval(
-                "SELECT max(file_management_number) FROM kokuhoren_transmissions"
-            )
-            fmn = f"{int(last or 0) + 1:010d}"
+            fmn = await next_file_management_number(conn)
             control = ControlRecord(
                 volume_number=1,
                 record_count=len(good),
@@ -370,21 +367,17 @@ async def build_transmission(
             else:
                 content = encode_file(file)
             job_id = await create_job(conn, JOB_TRANSMIT, subject=file.file_name, created_by=caller)
-            transmission_id = await conn.fetchval(
-                """INSERT INTO kokuhoren_transmissions (job_id, kind, data_type,
-                       processing_month, file_name, file_management_number, record_count,
-                       content, digest, created_by)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id""",
-                job_id,
-                kind,
-                data_type.value,
-                str(month),
-                file.file_name,
-                fmn,
-                len(good),
-                content,
-                hashlib.sha256(content).hexdigest(),
-                caller,
+            transmission_id = await insert_transmission(
+                conn,
+                job_id=job_id,
+                kind=kind,
+                data_type=data_type.value,
+                month=month,
+                file_name=file.file_name,
+                fmn=fmn,
+                record_count=len(good),
+                content=content,
+                caller=caller,
             )
             await conn.executemany(
                 "UPDATE kokuhoren_recipient_changes SET status = 'included', "
@@ -395,6 +388,75 @@ async def build_transmission(
         raise NoValidRecordsError(
             "every pending change was refused at generation time", refused_json
         )
+    return await start_built_transmission(
+        state,
+        client,
+        transmission_id=transmission_id,
+        job_id=job_id,
+        fmn=fmn,
+        month=month,
+        kind=kind,
+        records=len(good),
+        refused=refused_json,
+        caller=caller,
+    )
+
+
+async def next_file_management_number(conn: db.Executor) -> str:
+    """The next ファイル管理番号, one sequence per tenant for every kind of file (the
+    caller holds the ``kokuhoren-build`` lock)."""
+    last = await conn.fetchval("SELECT max(file_management_number) FROM kokuhoren_transmissions")
+    return f"{int(last or 0) + 1:010d}"
+
+
+async def insert_transmission(
+    conn: db.Executor,
+    *,
+    job_id: int,
+    kind: str,
+    data_type: str,
+    month: YearMonth,
+    file_name: str,
+    fmn: str,
+    record_count: int,
+    content: bytes,
+    caller: str,
+) -> int:
+    """Keep a built file for its delivery job: one row for every kind of file."""
+    transmission_id: int = await conn.fetchval(
+        """INSERT INTO kokuhoren_transmissions (job_id, kind, data_type,
+               processing_month, file_name, file_management_number, record_count,
+               content, digest, created_by)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id""",
+        job_id,
+        kind,
+        data_type,
+        str(month),
+        file_name,
+        fmn,
+        record_count,
+        content,
+        hashlib.sha256(content).hexdigest(),
+        caller,
+    )
+    return transmission_id
+
+
+async def start_built_transmission(
+    state: GatewayState,
+    client: MailboxClient,
+    *,
+    transmission_id: int,
+    job_id: int,
+    fmn: str,
+    month: YearMonth,
+    kind: str,
+    records: int,
+    refused: list[dict[str, Any]],
+    caller: str,
+) -> dict[str, Any]:
+    """Once the build has committed: start the delivery job and answer the POST with the
+    transmission and what was refused at generation time."""
     spawn_job(state, transmit(state, client, transmission_id), job_id)
     log.info(
         "kokuhoren_file_built",
@@ -403,12 +465,12 @@ async def build_transmission(
         fmn=fmn,
         month=str(month),
         kind=kind,
-        records=len(good),
-        refused=len(refused_json),
+        records=records,
+        refused=len(refused),
         caller=caller,
     )
     body = await transmission_json(state, transmission_id)
-    body["refused"] = refused_json
+    body["refused"] = refused
     return body
 
 

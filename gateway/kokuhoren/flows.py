@@ -29,8 +29,9 @@ from chukan.gateway.core.state import GatewayState
 from chukan.gateway.kokuhoren.changes import (
     CHANGE_ID_PATTERN,
     THREAD_RECORDS,
-    spawn_job,
-    transmission_json,
+    insert_transmission,
+    next_file_management_number,
+    start_built_transmission,
 )
 from chukan.gateway.kokuhoren.errors import (
     ChangeIdConflictError,
@@ -47,7 +48,7 @@ from chukan.gateway.kokuhoren.flow_json import (
     record_month,
     record_to_json,
 )
-from chukan.gateway.kokuhoren.transmission import JOB_TRANSMIT, MailboxClient, transmit
+from chukan.gateway.kokuhoren.transmission import JOB_TRANSMIT, MailboxClient
 
 log = structlog.get_logger("chukan.kokuhoren")
 
@@ -221,10 +222,7 @@ async def build_flow_transmission(
             )
             refused_json.append({"record_id": record_id} | problem.to_json())
         if good:
-            last = await conn.fetchval(
-                "SELECT max(file_management_number) FROM kokuhoren_transmissions"
-            )
-            fmn = f"{int(last or 0) + 1:010d}"
+            fmn = await next_file_management_number(conn)
             control = FlowControl(1, 0, insurer, month, fmn)
             items = [item for _, item in good]
             content = (
@@ -240,21 +238,17 @@ async def build_flow_transmission(
                 number += lines
             name = f"10_{spec.data_type}{insurer}{month}.csv"
             job_id = await create_job(conn, JOB_TRANSMIT, subject=name, created_by=caller)
-            transmission_id = await conn.fetchval(
-                """INSERT INTO kokuhoren_transmissions (job_id, kind, data_type,
-                       processing_month, file_name, file_management_number, record_count,
-                       content, digest, created_by)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id""",
-                job_id,
-                spec.name,
-                spec.data_type,
-                str(month),
-                name,
-                fmn,
-                number - 2,
-                content,
-                hashlib.sha256(content).hexdigest(),
-                caller,
+            transmission_id = await insert_transmission(
+                conn,
+                job_id=job_id,
+                kind=spec.name,
+                data_type=spec.data_type,
+                month=month,
+                file_name=name,
+                fmn=fmn,
+                record_count=number - 2,
+                content=content,
+                caller=caller,
             )
             await conn.executemany(
                 "UPDATE kokuhoren_flow_records SET status = 'included', transmission_id = $2, "
@@ -265,21 +259,18 @@ async def build_flow_transmission(
         raise NoValidRecordsError(
             "every pending record was refused at generation time", refused_json
         )
-    spawn_job(state, transmit(state, client, transmission_id), job_id)
-    log.info(
-        "kokuhoren_file_built",
+    return await start_built_transmission(
+        state,
+        client,
         transmission_id=transmission_id,
         job_id=job_id,
         fmn=fmn,
-        month=str(month),
+        month=month,
         kind=spec.name,
         records=len(good),
-        refused=len(refused_json),
+        refused=refused_json,
         caller=caller,
     )
-    body = await transmission_json(state, transmission_id)
-    body["refused"] = refused_json
-    return body
 
 
 async def flow_records_json(
