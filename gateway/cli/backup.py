@@ -38,6 +38,7 @@ from urllib.parse import unquote, urlsplit
 from chukan.gateway.backup import backups
 from chukan.gateway.backup.errors import BackupError, BackupPassphraseError
 from chukan.gateway.backup.restore import Target, restore_backup, verify_backup
+from chukan.gateway.cli.db import explicit_url
 from chukan.gateway.core import db
 from chukan.gateway.core.config_file import load_gateway_config
 from chukan.gateway.core.errors import GatewayError
@@ -140,22 +141,9 @@ def passphrase(args: argparse.Namespace) -> bytes:
     return value.encode()
 
 
-def _explicit_url(args: argparse.Namespace) -> str | None:
-    if args.database_url:
-        return str(args.database_url)
-    if args.url_env:
-        value = os.environ.get(args.url_env, "").strip()
-        if not value:
-            raise BackupError(f"variable {args.url_env} is not set")
-        return value
-    if args.url_file is not None:
-        return _private_text(args.url_file, "URL file")
-    return None
-
-
 def _locations(args: argparse.Namespace) -> tuple[str | None, Path | None]:
     """The explicit URL and key folder, from the options or the gateway's TOML file."""
-    url = _explicit_url(args)
+    url = explicit_url(args, lambda path: _private_text(path, "URL file"), BackupError)
     key_dir: Path | None = args.key_dir
     if args.config is not None:
         if args.component != "gateway":

@@ -38,6 +38,7 @@ import json
 import os
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TextIO
 from urllib.parse import unquote, urlsplit
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``chukan db …``; failures are one line on stderr and exit status 2."""
     embedded: db.EmbeddedPostgres | None = None
     try:
-        explicit = _explicit_url(args)
+        explicit = explicit_url(args, _url_file, DatabaseCommandError)
         server = None
         if explicit is None:
             server, embedded = db.server_url(args.data_dir)
@@ -126,30 +127,39 @@ def run(args: argparse.Namespace) -> int:
             embedded.stop()
 
 
-def _explicit_url(args: argparse.Namespace) -> str | None:
-    """The owner's URL given on the command line, in a variable or in a file; else None."""
+def explicit_url(
+    args: argparse.Namespace,
+    read_file: Callable[[Path], str],
+    error: Callable[[str], Exception],
+) -> str | None:
+    """The URL given by ``--database-url``, ``--url-env`` or ``--url-file`` (read by
+    ``read_file``); else None.  ``chukan db`` and ``chukan backup`` share these options."""
     if args.database_url:
         return str(args.database_url)
     if args.url_env:
         value = os.environ.get(args.url_env, "").strip()
         if not value:
-            raise DatabaseCommandError(f"variable {args.url_env} is not set")
+            raise error(f"variable {args.url_env} is not set")
         return value
     if args.url_file is not None:
-        path: Path = args.url_file
-        try:
-            mode = stat.S_IMODE(path.stat().st_mode)
-            text = path.read_text("utf-8").strip()
-        except OSError as exc:
-            raise DatabaseCommandError(f"cannot read {path}: {exc.strerror}") from None
-        if mode & 0o077:
-            raise DatabaseCommandError(
-                f"{path} may be read by other users (mode {mode:04o}): chmod 600 it"
-            )
-        if not text:
-            raise DatabaseCommandError(f"{path} is empty")
-        return text
+        return read_file(args.url_file)
     return None
+
+
+def _url_file(path: Path) -> str:
+    """The owner's URL kept in a file readable by its owner only."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        text = path.read_text("utf-8").strip()
+    except OSError as exc:
+        raise DatabaseCommandError(f"cannot read {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise DatabaseCommandError(
+            f"{path} may be read by other users (mode {mode:04o}): chmod 600 it"
+        )
+    if not text:
+        raise DatabaseCommandError(f"{path} is empty")
+    return text
 
 
 def _database_url(
