@@ -87,7 +87,7 @@ per defect, for the 国保連 simulator's intake result.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any, Final, Generic, TypeAlias, TypeVar
@@ -498,6 +498,37 @@ def _columns_for(values: Sequence[str]) -> tuple[Column, ...] | KokuhorenCsvErro
     return CsvUnknownCodeError("交換情報識別番号 must be 5311 or 5321", field=_EXCHANGE_ID)
 
 
+def parse_columns(
+    columns: tuple[Column, ...],
+    values: Sequence[str],
+    label: int | None,
+    check: Callable[[Column, Any], KokuhorenCsvError | None] | None = None,
+) -> tuple[list[tuple[Column, Any]], list[KokuhorenCsvError]]:
+    """Each column's parsed value and every defect, placed at record ``label``, in column
+    order (shared: the other 国保連 files of :mod:`.kokuhoren_flows` parse the same way);
+    ``check`` adds a defect of a value that parsed."""
+    if len(values) != len(columns):
+        return [], [
+            CsvFieldCountError(
+                f"record has {len(values)} values, its layout has {len(columns)}",
+                record_number=label,
+            )
+        ]
+    fields: list[tuple[Column, Any]] = []
+    errors: list[KokuhorenCsvError] = []
+    for col, text in zip(columns, values, strict=True):
+        try:
+            value = col.codec.parse(text, col.name)
+        except KokuhorenCsvError as exc:
+            errors.append(exc.located(label))
+            continue
+        problem = check(col, value) if check is not None else None
+        if problem is not None:
+            errors.append(problem)
+        fields.append((col, value))
+    return fields, errors
+
+
 def _decode_values(
     values: Sequence[str], label: int | None
 ) -> tuple[Record | None, list[KokuhorenCsvError]]:
@@ -505,25 +536,10 @@ def _decode_values(
     columns = _columns_for(values)
     if isinstance(columns, KokuhorenCsvError):
         return None, [columns.located(label)]
-    if len(values) != len(columns):
-        return None, [
-            CsvFieldCountError(
-                f"record has {len(values)} values, its layout has {len(columns)}",
-                record_number=label,
-            )
-        ]
-    parsed: dict[str, Any] = {}
-    errors: list[KokuhorenCsvError] = []
-    for col, text in zip(columns, values, strict=True):
-        try:
-            value = col.codec.parse(text, col.name)
-        except KokuhorenCsvError as exc:
-            errors.append(exc.located(label))
-        else:
-            if col.attr is not None:
-                parsed[col.attr] = value
+    fields, errors = parse_columns(columns, values, label)
     if errors:
         return None, errors
+    parsed = {col.attr: value for col, value in fields if col.attr is not None}
     record: Record
     if columns is CONTROL_COLUMNS:
         control = ControlRecord(**parsed)

@@ -47,7 +47,6 @@ from typing import Any, Final, Generic, TypeVar
 
 from .errors import (
     CsvCountMismatchError,
-    CsvFieldCountError,
     CsvFieldError,
     CsvFileNameError,
     CsvRecordNumberError,
@@ -57,7 +56,15 @@ from .errors import (
     StopDecodingError,
 )
 from .item_model import CareLevel
-from .kokuhoren import DEFAULT_LIMITS, Collector, CsvLimits, RecordError, line_values, split_lines
+from .kokuhoren import (
+    DEFAULT_LIMITS,
+    Collector,
+    CsvLimits,
+    RecordError,
+    line_values,
+    parse_columns,
+    split_lines,
+)
 from .kokuhoren_fields import (
     Code,
     Column,
@@ -865,34 +872,25 @@ def encode_flow_file(
 def _parse_values(
     columns: tuple[Column, ...], values: Sequence[str], number: int
 ) -> tuple[dict[str, Any] | None, list[KokuhorenCsvError]]:
-    if len(values) != len(columns):
-        return None, [
-            CsvFieldCountError(
-                f"record has {len(values)} values, its layout has {len(columns)}",
-                record_number=number,
-            )
-        ]
-    parsed: dict[str, Any] = {}
-    errors: list[KokuhorenCsvError] = []
-    for col, text in zip(columns, values, strict=True):
-        try:
-            value = col.codec.parse(text, col.name)
-        except KokuhorenCsvError as exc:
-            errors.append(exc.located(number))
-            continue
+    def check(col: Column, value: Any) -> KokuhorenCsvError | None:
         if col.name == _NUMBER and value != number:
-            errors.append(
-                CsvRecordNumberError(
-                    f"レコード番号 must be {number} (numbers run from 1 without gaps)",
-                    record_number=number,
-                    field=_NUMBER,
-                )
+            return CsvRecordNumberError(
+                f"レコード番号 must be {number} (numbers run from 1 without gaps)",
+                record_number=number,
+                field=_NUMBER,
             )
+        return None
+
+    fields, errors = parse_columns(columns, values, number, check)
+    if errors:
+        return None, errors
+    parsed: dict[str, Any] = {}
+    for col, value in fields:
         if col.attr is not None:
             parsed[col.attr] = value
         elif col.name == _PREFECTURE:
             parsed[_PREFECTURE] = value
-    return (None if errors else parsed), errors
+    return parsed, errors
 
 
 def _decode(
