@@ -405,11 +405,11 @@ _CHECKS: Final = """
     ) found
     ORDER BY position, priority"""
 
+
 #: Versions continue per record key (after its last version, from replica_known), in message
 #: order.  The digests of the canonical bytes were computed where the items were encoded.
 #: The tenant is computed once (an InitPlan), not as a column default per row.
-_APPLY: Final = """
-    WITH inserted AS (
+_INSERT_VERSIONS: Final = """inserted AS (
         INSERT INTO replica_items (tenant, atena_id, item_code, record_key, version,
                                    valid_from, valid_to, deleted, content, digest, record_id,
                                    message_id, stored_by)
@@ -419,14 +419,24 @@ _APPLY: Final = """
                                       ORDER BY s.position),
                s.valid_from, s.valid_to, s.deleted, s.content, s.digest,
                s.record_id, $1, $2
-        FROM replica_staging s
-        LEFT JOIN replica_known k
+        FROM {source} s
+        LEFT JOIN {known} k
                ON k.atena_id = s.atena_id AND k.item_code = s.item_code
               AND k.record_key = s.record_key
         RETURNING deleted)
     SELECT count(*) FILTER (WHERE NOT deleted) AS registered,
            count(*) FILTER (WHERE deleted) AS deleted
     FROM inserted"""
+
+
+def _insert_versions(source: str, known: str) -> str:
+    """``inserted AS (…)`` and the counts: the rows of the table ``source`` stored as the
+    versions after each record key's last one in ``known`` (shared by :data:`_APPLY` and
+    :data:`_APPLY_BATCH`, which differ in where the rows and the last versions come from)."""
+    return _INSERT_VERSIONS.replace("{source}", source).replace("{known}", known)
+
+
+_APPLY: Final = "WITH " + _insert_versions("replica_staging", "replica_known")
 
 
 #: Each batch as it arrives, while the next ones are decoded: its rows, then the same rows
@@ -437,30 +447,14 @@ _BATCH_TO_STAGING: Final = "INSERT INTO replica_staging SELECT * FROM replica_ba
 #: One batch applied ahead of the checks (see _apply): versions continue per record key after
 #: its last stored version, which includes the earlier batches of the same message (read in
 #: one index scan before the statement inserts; its own rows are numbered in message order).
-_APPLY_BATCH: Final = """
-    WITH known AS (
+_KNOWN_IN_BATCH: Final = """known AS (
         SELECT r.atena_id, r.item_code, r.record_key, max(r.version) AS version
         FROM replica_items r
         WHERE r.atena_id = ANY (ARRAY(SELECT DISTINCT atena_id FROM replica_batch))
-        GROUP BY r.atena_id, r.item_code, r.record_key),
-    inserted AS (
-        INSERT INTO replica_items (tenant, atena_id, item_code, record_key, version,
-                                   valid_from, valid_to, deleted, content, digest, record_id,
-                                   message_id, stored_by)
-        SELECT (SELECT chukan_tenant()), s.atena_id, s.item_code, s.record_key,
-               COALESCE(k.version, 0)
-                 + row_number() OVER (PARTITION BY s.atena_id, s.item_code, s.record_key
-                                      ORDER BY s.position),
-               s.valid_from, s.valid_to, s.deleted, s.content, s.digest,
-               s.record_id, $1, $2
-        FROM replica_batch s
-        LEFT JOIN known k
-               ON k.atena_id = s.atena_id AND k.item_code = s.item_code
-              AND k.record_key = s.record_key
-        RETURNING deleted)
-    SELECT count(*) FILTER (WHERE NOT deleted) AS registered,
-           count(*) FILTER (WHERE deleted) AS deleted
-    FROM inserted"""
+        GROUP BY r.atena_id, r.item_code, r.record_key)"""
+_APPLY_BATCH: Final = (
+    "WITH " + _KNOWN_IN_BATCH + ",\n    " + _insert_versions("replica_batch", "known")
+)
 
 #: The 自動応答不可フラグ of the message's entries (AutomaticResponseDisabledFlag), applied with
 #: them: per person and item the last entry that carries one decides.  Run once every entry
