@@ -120,16 +120,23 @@ async def issue_acquisition_number(
             uuid.uuid4(),
             number_digest,
         )
-        await conn.execute(
-            "INSERT INTO acquisition_numbers (number_digest, person_id, agency_code, expires_at) "
-            "VALUES ($1, $2, $3, $4)",
-            hashlib.sha256(token.encode()).digest(),
-            person_id,
-            envelope.header.sender,
-            expires,
-        )
+        await _store_acquisition(conn, token, person_id, envelope.header.sender, expires)
     log.info("acquisition_number_issued", agency=envelope.header.sender)
     return _reply(state, envelope.header.sender, AcquisitionResponse(token, expires))
+
+
+async def _store_acquisition(
+    conn: db.Executor, token: str, person_id: uuid.UUID, agency: str, expires: dt.datetime
+) -> None:
+    """Keep a 取得番号 by its digest (the token itself is only in the reply)."""
+    await conn.execute(
+        "INSERT INTO acquisition_numbers (number_digest, person_id, agency_code, expires_at) "
+        "VALUES ($1, $2, $3, $4)",
+        hashlib.sha256(token.encode()).digest(),
+        person_id,
+        agency,
+        expires,
+    )
 
 
 async def issue_person_code(state: HubState, envelope: Envelope, body: CodeRequest) -> web.Response:
@@ -198,14 +205,7 @@ async def issue_serial_number(
             )
         if person_id is None:
             raise ResidentCodeUnknownError("J-LIS holds no resident with this 住民票コード")
-        await conn.execute(
-            "INSERT INTO acquisition_numbers (number_digest, person_id, agency_code, expires_at) "
-            "VALUES ($1, $2, $3, $4)",
-            hashlib.sha256(token.encode()).digest(),
-            person_id,
-            envelope.header.sender,
-            expires,
-        )
+        await _store_acquisition(conn, token, person_id, envelope.header.sender, expires)
     log.info("processing_serial_issued", agency=envelope.header.sender)
     return _reply(state, envelope.header.sender, AcquisitionResponse(token, expires))
 
