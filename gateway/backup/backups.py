@@ -60,7 +60,6 @@ MANIFEST_SUFFIX: Final = ".manifest.json"
 READ_BYTES: Final = 1 << 20
 #: Temporary files of a run that died are removed by a later run once this old.
 STALE_TEMPORARY: Final = dt.timedelta(days=1)
-STDERR_TAIL: Final = 2000
 
 #: Every role the database's objects name: owners, grantees, policies' roles, default ACLs.
 ROLES_SQL: Final = """
@@ -295,14 +294,11 @@ async def _write(
         try:
             await _stream_dump(process, sections, f"{source.database}.dump")
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+            await pgtools.kill(process)
             raise
         code = await process.wait()
         if code != 0:
-            err.seek(0)
-            tail = err.read()[-STDERR_TAIL:].decode("utf-8", errors="replace").strip()
+            tail = pgtools.stderr_tail(err)
             raise BackupDumpFailedError(f"pg_dump {tool.version} exited with {code}: {tail}")
         for relative, path in keys:
             sections.begin(SECTION_KEY, relative)

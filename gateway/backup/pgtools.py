@@ -10,6 +10,8 @@ binaries of the ``pgserver`` wheel (the embedded server's), every
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
 import os
 import re
@@ -17,12 +19,14 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from chukan.gateway.backup.errors import BackupToolMissingError
 
 PG_BIN_ENV: Final = "CHUKAN_PG_BIN"
+#: How much of a failed tool's stderr its error carries.
+STDERR_TAIL: Final = 2000
 DEBIAN_ROOT: Final = Path("/usr/lib/postgresql")
 VERSION_PATTERN: Final = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
 
@@ -107,3 +111,16 @@ def libpq_arguments(url: str) -> tuple[str, dict[str, str]]:
     user = userinfo.partition(":")[0]  # still percent-encoded, as the URL needs it
     netloc = f"{user}@{host}" if user else host
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), env
+
+
+async def kill(process: asyncio.subprocess.Process) -> None:
+    """Stop a ``pg_dump``/``pg_restore`` run that is being abandoned, and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    await process.wait()
+
+
+def stderr_tail(err: IO[bytes]) -> str:
+    """The end of what a failed run wrote to ``err`` (a temporary file), for its error."""
+    err.seek(0)
+    return err.read()[-STDERR_TAIL:].decode("utf-8", errors="replace").strip()

@@ -20,7 +20,6 @@ In order, nothing changing before every check passed:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import re
@@ -54,7 +53,6 @@ log = structlog.get_logger("chukan.backup")
 ROLE_PATTERN: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 KEY_NAME_PART: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 MAX_KEY_FILE_BYTES: Final = 1 << 20
-STDERR_TAIL: Final = 2000
 #: Relations or functions outside the system schemas: a database holding any is not empty.
 OBJECTS_SQL: Final = """
 SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -233,20 +231,15 @@ async def _pg_restore(
         except (BackupError, ConnectionError) as exc:
             # The file changed since pass one, or pg_restore stopped reading: killing it
             # ends its connection, and the server rolls its one transaction back.
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+            await pgtools.kill(process)
             if isinstance(exc, BackupError):
                 raise
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+            await pgtools.kill(process)
             raise
         code = await process.wait()
         if code != 0:
-            err.seek(0)
-            tail = err.read()[-STDERR_TAIL:].decode("utf-8", errors="replace").strip()
+            tail = pgtools.stderr_tail(err)
             raise RestoreFailedError(
                 f"pg_restore {tool.version} exited with {code} (nothing restored): {tail}"
             )
