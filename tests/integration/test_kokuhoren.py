@@ -15,6 +15,15 @@ from typing import Any
 
 import asyncpg
 import pytest
+from kokuhoren_support import (
+    CHANGES,
+    CHIBA_INSURER,
+    RETURNS,
+    TRANSMISSIONS,
+    post_changes,
+    transmit_month,
+    wait_transmission,
+)
 
 from chukan.codecs.kokuhoren import decode_file, encode_file
 from chukan.gateway.core.config import OP_READ_RECORDS, SystemCredential, Timing, token_digest
@@ -25,10 +34,6 @@ from chukan.simulators.kokuhoren import KOKUHOREN_STATE
 
 pytestmark = pytest.mark.integration
 
-CHANGES = "/internal/v1/kokuhoren/recipient-changes"
-TRANSMISSIONS = "/internal/v1/kokuhoren/transmissions"
-RETURNS = "/internal/v1/kokuhoren/returns"
-CHIBA_INSURER = "122010"
 
 #: Every 被保険者番号 and name the tests send: none may ever appear in a log line.
 PERSONAL: set[str] = set()
@@ -76,25 +81,6 @@ def change(
     }
     record.update(extra)
     return record
-
-
-async def post_changes(api: Any, *changes: dict[str, Any]) -> tuple[int, Any]:
-    answer: tuple[int, Any] = await api.call("POST", CHANGES, json={"changes": list(changes)})
-    return answer
-
-
-async def transmit_month(api: Any, month: str, kind: str = "change") -> dict[str, Any]:
-    status, body = await api.call("POST", TRANSMISSIONS, json={"month": month, "kind": kind})
-    assert status == 202, body
-    assert isinstance(body, dict)
-    return body
-
-
-async def wait_transmission(api: Any, transmission_id: int, wait: float = 15) -> dict[str, Any]:
-    status, body = await api.call("GET", f"{TRANSMISSIONS}/{transmission_id}?wait={wait}")
-    assert status == 200, body
-    assert isinstance(body, dict)
-    return body
 
 
 @pytest.fixture

@@ -13,6 +13,13 @@ import random
 from typing import Any
 
 import pytest
+from kokuhoren_support import (
+    CHIBA_INSURER,
+    RETURNS,
+    post_changes,
+    transmit_month,
+    wait_transmission,
+)
 
 from chukan.codecs import catalog
 from chukan.codecs import item_model as m
@@ -26,10 +33,6 @@ from chukan.simulators.devnet.synthetic import (
 )
 from chukan.simulators.kokuhoren import KOKUHOREN_STATE
 
-CHANGES = "/internal/v1/kokuhoren/recipient-changes"
-TRANSMISSIONS = "/internal/v1/kokuhoren/transmissions"
-RETURNS = "/internal/v1/kokuhoren/returns"
-CHIBA_INSURER = "122010"
 #: Every 被保険者番号 and 基礎年金番号 these tests send: none may appear in a log line.
 PERSONAL: set[str] = set()
 
@@ -62,25 +65,6 @@ def change(rng: random.Random, day: dt.date, insured: str) -> dict[str, Any]:
         "burden_ratio": "1",
         "special_address": False,
     }
-
-
-async def post_changes(api: Any, *changes: dict[str, Any]) -> tuple[int, Any]:
-    answer: tuple[int, Any] = await api.call("POST", CHANGES, json={"changes": list(changes)})
-    return answer
-
-
-async def transmit_month(api: Any, month: str, kind: str = "change") -> dict[str, Any]:
-    status, body = await api.call("POST", TRANSMISSIONS, json={"month": month, "kind": kind})
-    assert status == 202, body
-    assert isinstance(body, dict)
-    return body
-
-
-async def wait_transmission(api: Any, transmission_id: int, wait: float = 15) -> dict[str, Any]:
-    status, body = await api.call("GET", f"{TRANSMISSIONS}/{transmission_id}?wait={wait}")
-    assert status == 200, body
-    assert isinstance(body, dict)
-    return body
 
 
 pytestmark = pytest.mark.integration
