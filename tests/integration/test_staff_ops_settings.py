@@ -103,3 +103,36 @@ async def test_refusals_are_limited_at_the_configured_rate(
                 assert (response.status, body["error"]["code"]) == (401, "unauthenticated")
     assert answers[-1][0] == 429 and answers[-1][1] is not None and int(answers[-1][1]) >= 1
     assert 3 <= len(answers) - 1 <= 6  # refused 3 times in the minute the 429 came in
+
+
+async def test_staff_logins_are_limited_per_source_before_any_scrypt(
+    chiba: Any, network: Any, tuned: RunningServer, rng: random.Random
+) -> None:
+    """Past the limit, even the right password from that source is 429 (no scrypt is
+    spent on it), while another source still logs in: from an address of its own, at the
+    tuned gateway's 3 refusals a minute, so the machine's speed cannot decide it."""
+    user, password = await make_account(chiba.gateway, ["operator"])  # the same database
+    address = f"127.{rng.randrange(1, 255)}.{rng.randrange(1, 255)}.{rng.randrange(2, 255)}"
+    connector = aiohttp.TCPConnector(ssl=network.anonymous_ssl(), local_addr=(address, 0))
+    answers: list[int] = []
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def attempt(name: str, secret: str) -> int:
+            async with session.post(
+                tuned.url + "/staff/v1/login", json={"username": name, "password": secret}
+            ) as response:
+                return response.status
+
+        # Seven tries: even if a minute ends among them, one minute sees four.
+        for _ in range(7):
+            answers.append(await attempt(f"nobody{rng.randrange(10**6)}", "Wrong-passw0rd-x"))
+            if answers[-1] == 429:
+                break
+        right = await attempt(user, password)
+    assert answers[0] == 401 and answers[-1] == 429
+    assert right in (429, 200)  # 200 only if a new minute began meanwhile
+    if right == 429:
+        last = await chiba.gateway.state.pool.fetchval(
+            "SELECT last_login_at FROM staff_accounts WHERE username = $1", user
+        )
+        assert last is None
