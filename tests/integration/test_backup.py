@@ -322,20 +322,17 @@ async def test_a_restored_gateway_opens_old_answers_verifies_its_records_and_goe
 
     # Restore into the new server, with a new key folder.
     owner_url = db.with_database(second_server, RESTORED_DATABASE)
-    code, output = await run_command(
-        root,
-        "restore",
-        *backup_args(
-            "--from",
-            str(backup),
-            "--database-url",
-            owner_url,
-            "--key-dir",
-            f"restored-keys/{REQUESTER}",
-            "--tenant-urls",
-            "restored-urls",
-        ),
+    restore_args = backup_args(
+        "--from",
+        str(backup),
+        "--database-url",
+        owner_url,
+        "--key-dir",
+        f"restored-keys/{REQUESTER}",
+        "--tenant-urls",
+        "restored-urls",
     )
+    code, output = await run_command(root, "restore", *restore_args)
     assert code == 0, output
     report = first_json(output)
     assert report["migrations"]["up_to_date"] is True
@@ -402,20 +399,7 @@ async def test_a_restored_gateway_opens_old_answers_verifies_its_records_and_goe
     assert verification["ok"] is True
 
     # A second restore into the now non-empty database is refused, nothing touched.
-    code, output = await run_command(
-        root,
-        "restore",
-        *backup_args(
-            "--from",
-            str(backup),
-            "--database-url",
-            owner_url,
-            "--key-dir",
-            f"restored-keys/{REQUESTER}",
-            "--tenant-urls",
-            "restored-urls",
-        ),
-    )
+    code, output = await run_command(root, "restore", *restore_args)
     assert code == 2 and "restore_target_not_empty" in output, output
 
 
