@@ -150,16 +150,7 @@ class WitnessRequest:
         return records_digest(self.records)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "tenant": self.tenant,
-            "after_seq": self.after_seq,
-            "seq": self.seq,
-            "hash": self.hash.hex(),
-            "signed_at": self.signed_at.isoformat(),
-            "key_id": self.key_id,
-            "signature": self.signature.hex(),
-            "records": [d.hex() for d in self.records],
-        }
+        return _checkpoint_json(self) | {"records": [d.hex() for d in self.records]}
 
     @classmethod
     def from_json(cls, document: Any) -> WitnessRequest:
@@ -211,14 +202,7 @@ class Receipt:
         return not self.records or records_digest(self.records) == self.segment_digest
 
     def to_json(self, *, with_records: bool = True) -> dict[str, Any]:
-        document = {
-            "tenant": self.tenant,
-            "after_seq": self.after_seq,
-            "seq": self.seq,
-            "hash": self.hash.hex(),
-            "signed_at": self.signed_at.isoformat(),
-            "key_id": self.key_id,
-            "signature": self.signature.hex(),
+        document = _checkpoint_json(self) | {
             "segment_digest": self.segment_digest.hex(),
             "witnessed_at": self.witnessed_at.isoformat(),
             "witness_key_id": self.witness_key_id,
@@ -245,6 +229,19 @@ class Receipt:
             witness_signature=_hex(document, "witness_signature"),
             records=_digests(raw_records),
         )
+
+
+def _checkpoint_json(value: WitnessRequest | Receipt) -> dict[str, Any]:
+    """The signed checkpoint's fields as JSON, common to a request and a receipt."""
+    return {
+        "tenant": value.tenant,
+        "after_seq": value.after_seq,
+        "seq": value.seq,
+        "hash": value.hash.hex(),
+        "signed_at": value.signed_at.isoformat(),
+        "key_id": value.key_id,
+        "signature": value.signature.hex(),
+    }
 
 
 def receipt_for(
