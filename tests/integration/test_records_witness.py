@@ -230,14 +230,16 @@ async def test_a_rewritten_and_rehashed_record_is_named_by_the_witness_online_an
 
     owner = await insider(api)
     try:
-        target_id = await owner.fetchval(
-            "SELECT id FROM provision_records WHERE tenant = $1 AND seq = 4", tenant
-        )
-        await owner.execute(
-            "UPDATE provision_records SET atena_id = '4242' WHERE tenant = $1 AND seq = 4",
-            tenant,
-        )
-        await rehash(owner, tenant)
+        # One transaction, as an insider would: the running gateway never sees half of it.
+        async with owner.transaction():
+            target_id = await owner.fetchval(
+                "SELECT id FROM provision_records WHERE tenant = $1 AND seq = 4", tenant
+            )
+            await owner.execute(
+                "UPDATE provision_records SET atena_id = '4242' WHERE tenant = $1 AND seq = 4",
+                tenant,
+            )
+            await rehash(owner, tenant)
     finally:
         await owner.close()
     # The chain's own walk sees nothing wrong inside the chain: the checkpoints do, and the
@@ -275,14 +277,16 @@ async def test_deleted_checkpoints_and_a_rehashed_chain_are_refused_and_stop_the
     ]
     owner = await insider(api)
     try:
-        await owner.execute("DELETE FROM record_checkpoints WHERE tenant = $1", tenant)
-        await owner.execute("DELETE FROM record_witness_receipts WHERE tenant = $1", tenant)
-        await owner.execute(
-            "UPDATE provision_records SET outcome = 'refused', provided_at = NULL "
-            "WHERE tenant = $1 AND seq = 2",
-            tenant,
-        )
-        await rehash(owner, tenant)
+        # One transaction, as an insider would: the running gateway never sees half of it.
+        async with owner.transaction():
+            await owner.execute("DELETE FROM record_checkpoints WHERE tenant = $1", tenant)
+            await owner.execute("DELETE FROM record_witness_receipts WHERE tenant = $1", tenant)
+            await owner.execute(
+                "UPDATE provision_records SET outcome = 'refused', provided_at = NULL "
+                "WHERE tenant = $1 AND seq = 2",
+                tenant,
+            )
+            await rehash(owner, tenant)
     finally:
         await owner.close()
     status, report = await verify(api, "--witness", "hub", *hub_options(network, api, tmp_path))
@@ -342,29 +346,31 @@ async def test_a_deleted_and_an_inserted_row_between_witnessed_checkpoints_are_n
     deleted, moved = start + 3, start + 4
     owner = await insider(api)
     try:
-        await owner.execute(
-            "DELETE FROM provision_records WHERE tenant = $1 AND seq = $2", tenant, deleted
-        )
-        # The next record takes the deleted one's place; a forged one takes its own.
-        await owner.execute(
-            "UPDATE provision_records SET seq = $2 WHERE tenant = $1 AND seq = $3",
-            tenant,
-            deleted,
-            moved,
-        )
-        forged = await owner.fetchval(
-            """INSERT INTO provision_records (tenant, seq, role, query_id, requester, provider,
-                   business_code, procedure_code, item_code, legal_basis, atena_id,
-                   requested_at, provided_at, outcome, recorded_at, prev_hash, hash)
-               SELECT tenant, $2, role, 'forged', requester, provider, business_code,
-                      procedure_code, item_code, legal_basis, '777', requested_at,
-                      provided_at, outcome, recorded_at, prev_hash, hash
-               FROM provision_records WHERE tenant = $1 AND seq = $3 RETURNING id""",
-            tenant,
-            moved,
-            deleted,
-        )
-        await rehash(owner, tenant)
+        # One transaction, as an insider would: the running gateway never sees half of it.
+        async with owner.transaction():
+            await owner.execute(
+                "DELETE FROM provision_records WHERE tenant = $1 AND seq = $2", tenant, deleted
+            )
+            # The next record takes the deleted one's place; a forged one takes its own.
+            await owner.execute(
+                "UPDATE provision_records SET seq = $2 WHERE tenant = $1 AND seq = $3",
+                tenant,
+                deleted,
+                moved,
+            )
+            forged = await owner.fetchval(
+                """INSERT INTO provision_records (tenant, seq, role, query_id, requester, provider,
+                       business_code, procedure_code, item_code, legal_basis, atena_id,
+                       requested_at, provided_at, outcome, recorded_at, prev_hash, hash)
+                   SELECT tenant, $2, role, 'forged', requester, provider, business_code,
+                          procedure_code, item_code, legal_basis, '777', requested_at,
+                          provided_at, outcome, recorded_at, prev_hash, hash
+                   FROM provision_records WHERE tenant = $1 AND seq = $3 RETURNING id""",
+                tenant,
+                moved,
+                deleted,
+            )
+            await rehash(owner, tenant)
     finally:
         await owner.close()
     status, report = await verify(api, "--witness", "hub", *hub_options(network, api, tmp_path))
