@@ -577,3 +577,119 @@ def item_xmlschema(code: str) -> Any:
     For typed inspection and tooling (``to_dict``, component walks); compiled once.
     """
     return xmlschema_schema(item_spec(code).xsd_file)
+
+
+# ------------------------------------------- canonical bytes, verbatim from the input
+#
+# An item a sender wrote exactly as encode_item writes it (the usual case: senders encode
+# with the same layout) is its own canonical form.  The patterns below describe exactly
+# the bytes _canonical_group writes (root declarations, ``Version="1"``, members in layout
+# order, each value in its canonical lexical form, no whitespace, comment or reference
+# but the four escapes the writer uses), so that for any bytes they match, parsing and
+# writing again gives the same bytes.  Anything else (another prefix, indentation, a
+# padded value, a CDATA section...) does not match and goes the element-by-element way.
+
+_WS: Final = rb"[ \t\r\n]*"
+#: A text as _canonical_leaf writes a string: not empty, only the escapes it writes.
+_STRING_BYTES: Final = rb"(?=[^<])[^<&>\r]*(?:&(?:amp|lt|gt|#13);[^<&>\r]*)*"
+#: Years with a 29 February (0000 is ruled out where it is used).
+_LEAP_YEAR: Final = rb"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)"
+#: Exactly the dates date.isoformat writes (years 0001–9999, each month its own days).
+_DATE_BYTES: Final = (
+    rb"(?!0000)(?:[0-9]{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+    rb"|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)|" + _LEAP_YEAR + rb"-02-29)"
+)
+_INTEGER_BYTES: Final = rb"(?:0|-?[1-9][0-9]{0,17})"
+
+
+def _value_bytes(leaf: _Leaf) -> bytes | None:
+    """The canonical lexical forms of one leaf's values, or None (no verbatim path)."""
+    converter = leaf.converter
+    if converter is _STRING:
+        return _STRING_BYTES
+    if converter is _INTEGER:
+        return _INTEGER_BYTES
+    if converter.format is _format_year:
+        return rb"[0-9]{4}"
+    if converter is _CONVERTERS[date]:
+        return _DATE_BYTES
+    if converter is _CONVERTERS[YearMonth]:
+        return rb"(?!0000)[0-9]{4}-(?:0[1-9]|1[0-2])"  # YearMonth: 0001-01 to 9999-12
+    kind = converter.python_type
+    if isinstance(kind, type) and issubclass(kind, enum.Enum) and leaf.verbatim:
+        return b"(?:" + b"|".join(re.escape(v.encode()) for v in sorted(leaf.verbatim)) + b")"
+    return None
+
+
+_REASON_BYTES: Final = b"(?:" + b"|".join(re.escape(r.encode()) for r in sorted(_REASONS)) + b")"
+
+
+def _leaf_bytes(leaf: _Leaf) -> bytes | None:
+    value = _value_bytes(leaf)
+    if value is None:
+        return None
+    name = leaf.element.encode()
+    written = b"<k:" + name + b' Version="1">' + value + b"</k:" + name + b">"
+    if leaf.nillable:
+        nil = b"<k:" + name + b' Version="1" xsi:nil="true" ReasonOfNull="' + _REASON_BYTES + b'"/>'
+        written = b"(?:" + written + b"|" + nil + b")"
+    return b"(?:" + written + b")?" if leaf.optional else written
+
+
+def _group_bytes(layout: _Layout, root: bool = False) -> bytes | None:
+    parts = [b"<k:", layout.element.encode()]
+    if root:
+        parts.append(_ROOT_DECLARATIONS.encode())
+    parts.append(b' Version="1"')
+    if layout.has_updated:
+        parts.append(b' TimeAndDateOfUpdate="' + _DATE_BYTES + b'"')
+    parts.append(b">(?=<k:)")  # never an element without members (the writer's own form)
+    for leaf in layout.leaves:
+        written = _leaf_bytes(leaf)
+        if written is None:
+            return None
+        parts.append(written)
+    for _, group in layout.groups:
+        written = _group_bytes(group)
+        if written is None:
+            return None
+        parts.append(b"(?:" + written + b")*")
+    parts.append(b"</k:" + layout.element.encode() + b">")
+    return b"".join(parts)
+
+
+def _verbatim_pattern(spec: ItemSpec) -> re.Pattern[bytes] | None:
+    written = _group_bytes(_LAYOUTS[spec.item_type], root=True)
+    return None if written is None else re.compile(written)
+
+
+_VERBATIM: Final[Mapping[str, re.Pattern[bytes] | None]] = {
+    spec.code: _verbatim_pattern(spec) for spec in _SPECS
+}
+#: What canonical bytes start with (the declaration encode_item writes).
+CANONICAL_DECLARATION: Final = _DECLARATION.encode()
+
+
+def verbatim_item_end(code: str, data: bytes, start: int) -> int:
+    """Where the item at ``data[start:]`` ends when it is written exactly in its canonical
+    form (then ``CANONICAL_DECLARATION + data[start:end]`` is what
+    :func:`canonical_item_from_element` gives for it), else -1.
+
+    Only for an item its XSD has validated, with the parsed document ``data`` (the
+    patterns check the form, not what the XSD checks); any doubt gives -1.
+    """
+    pattern = _VERBATIM.get(code)
+    if pattern is None:
+        return -1
+    found = pattern.match(data, start)
+    if found is None:
+        return -1
+    return found.end()
+
+
+def canonical_item_verbatim(code: str, data: bytes) -> bytes | None:
+    """The canonical bytes of a validated item whose XML (without declaration) ``data``
+    is already canonical, else None (see :func:`verbatim_item_end`)."""
+    if verbatim_item_end(code, data, 0) != len(data):
+        return None
+    return CANONICAL_DECLARATION + data

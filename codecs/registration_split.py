@@ -29,6 +29,7 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, BinaryIO, Final, cast
 from xml.sax.saxutils import quoteattr
 
@@ -37,7 +38,7 @@ from lxml import etree
 from .errors import CodecError, SliceRefusedError, SplitUnsureError
 from .item_schema import XSD_DIR, lxml_schema
 from .item_stream import GuardedReader
-from .items import ITEM_CODES, ITEM_NAMESPACE
+from .items import CANONICAL_DECLARATION, ITEM_CODES, ITEM_NAMESPACE, verbatim_item_end
 from .registration import (
     BODY,
     DEFAULT_STREAM_LIMITS,
@@ -49,6 +50,7 @@ from .registration import (
     EncodedEntry,
     EntryRejection,
     MessageHeader,
+    Segment,
     StreamLimits,
     StreamState,
     blank,
@@ -56,7 +58,6 @@ from .registration import (
     encode_record,
     on_part_start,
     on_root_start,
-    over_budget,
 )
 from .xmlsafe import (
     HARDENED_OPTIONS,
@@ -391,16 +392,157 @@ def encode_record_slice(
     records = list(root)
     if len(records) != expected:
         raise SliceRefusedError("the slice holds another number of entries than counted")
-    too_big = over_budget(limits.max_depth, limits.max_entry_elements)
     for record in records:
-        if record.tag != RECORD or not blank(record.tail) or too_big(record):
+        if record.tag != RECORD or not blank(record.tail):
             raise SliceRefusedError("the slice holds something else than entries within limits")
+    if _slice_over_budget(limits)(root):
+        raise SliceRefusedError("the slice holds something else than entries within limits")
     schema = slice_schema()
     validated = schema is not None and bool(schema.validate(root))
-    return [
+    results: list[EncodedEntry | EntryRejection] = []
+    if validated:
+        results.extend(_verbatim_records(data, root))
+    done = len(results)
+    results.extend(
         encode_record(record, position, validated=validated)
-        for position, record in enumerate(records, first_position)
-    ]
+        for position, record in enumerate(records[done:], first_position + done)
+    )
+    return results
+
+
+def _slice_over_budget(limits: StreamLimits) -> etree.XPath:
+    """:func:`~.registration.over_budget` for every entry of a slice at once: one XPath from
+    the slice's root, true when any of its children is deeper or has more elements."""
+    key = (limits.max_depth, limits.max_entry_elements)
+    cache: dict[tuple[int, int], etree.XPath] = _local.__dict__.setdefault("budgets", {})
+    xpath = cache.get(key)
+    if xpath is None:
+        deeper = "/".join(["*"] * (max(limits.max_depth - 2, 1) + 1))
+        xpath = etree.XPath(
+            f"boolean(*[count(descendant::*) > {int(limits.max_entry_elements)}])"
+            f" or boolean({deeper})"
+        )
+        cache[key] = xpath
+    return xpath
+
+
+# ------------------------------------------------------- entries read verbatim
+#
+# A validated slice whose entries are written plainly (no comment, CDATA, reference,
+# attribute or prefix change in the envelope; each item exactly in its canonical form, see
+# ``items.verbatim_item_end``) is read by one pattern per entry instead of element by
+# element: the fields are the texts between the tags, the item's canonical bytes are its
+# own bytes.  The patterns only admit what the tree path reads the same way (values of the
+# forms registration.xsd fixes, without whitespace), and only entries the tree path would
+# accept; at the first entry that does not match, the rest of the slice goes the tree way.
+
+_RECORD_START: Final = re.compile(_WS + rb"<(?:(" + _NAME + rb"):)?Record>")
+_DATE: Final = rb"([0-9]{4}-[0-9]{2}-[0-9]{2})"
+_RECORD_FIELDS: Final = (
+    (b"RecordIdentificationNumber", rb"([0-9A-Za-z_\-]{1,32})", False),
+    (b"SegmentOfRegistrationDelete", rb"([12])", False),
+    (b"IntegratedAddressNumber", rb"([0-9]{1,15})", False),
+    (b"SpecificPersonalInformationCode", rb"(TM[0-9]{14})", False),
+    (b"DataSetRecordKey", rb"([0-9A-Za-z_\-]{1,64})", False),
+    (b"SPIMajorVersion", rb"([0-9]{1,3})", False),
+    (b"PublicationDate", _DATE, False),
+    (b"PublishedEndDate", _DATE, True),
+    (b"AutomaticResponseDisabledFlag", rb"([01])", True),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _RecordPatterns:
+    head: re.Pattern[bytes]
+    #: After an item: the container's and the entry's end tags.
+    item_tail: re.Pattern[bytes]
+    #: After the fields of a deletion: the entry's end tag.
+    tail: re.Pattern[bytes]
+
+
+_PATTERNS: Final[dict[bytes, _RecordPatterns]] = {}
+
+
+def _record_patterns(prefix: bytes) -> _RecordPatterns:
+    """The patterns of plainly written entries whose envelope elements use ``prefix``."""
+    patterns = _PATTERNS.get(prefix)
+    if patterns is None:
+        p = re.escape(prefix + b":") if prefix else b""
+        parts = [_WS, b"<", p, b"Record>", _WS]
+        for name, value, optional in _RECORD_FIELDS:
+            field = b"<" + p + name + b">" + value + b"</" + p + name + b">" + _WS
+            parts.append(b"(?:" + field + b")?" if optional else field)
+        parts.append(b"(?:(<" + p + b"SpecificPersonalInformation>)" + _WS + b")?")
+        end = b"</" + p + b"Record>"
+        patterns = _RecordPatterns(
+            re.compile(b"".join(parts)),
+            re.compile(_WS + b"</" + p + b"SpecificPersonalInformation>" + _WS + end),
+            re.compile(end),
+        )
+        _PATTERNS[prefix] = patterns
+    return patterns
+
+
+def _verbatim_records(data: bytes, root: etree._Element) -> list[EncodedEntry]:
+    """The accepted entries at the start of a validated slice that are written plainly
+    (see above), as :func:`~.registration.encode_record` gives them."""
+    start = data.find(b">") + 1  # the wrapper's start tag (its attribute values escape ">")
+    found = _RECORD_START.match(data, start)
+    if found is None:
+        return []
+    prefix = found.group(1) or b""
+    if root.nsmap.get(prefix.decode("ascii") if prefix else None) != REGISTRATION_NAMESPACE:
+        return []
+    patterns = _record_patterns(prefix)
+    entries: list[EncodedEntry] = []
+    at = start
+    while True:
+        fields = patterns.head.match(data, at)
+        if fields is None:
+            return entries
+        record_id, segment, atena, code, key, major, published, ended, flag, container = (
+            fields.groups()
+        )
+        spec = ITEM_CODES.get(code.decode("ascii"))
+        if spec is None or int(major) != spec.major_version:
+            return entries
+        try:
+            publication = date.fromisoformat(published.decode("ascii"))
+            end_date = None if ended is None else date.fromisoformat(ended.decode("ascii"))
+        except ValueError:
+            return entries
+        if end_date is not None and end_date < publication:
+            return entries
+        content = None
+        if segment == b"1":
+            if container is None:
+                return entries
+            item_end = verbatim_item_end(spec.code, data, fields.end())
+            if item_end < 0:
+                return entries
+            closed = patterns.item_tail.match(data, item_end)
+            content = CANONICAL_DECLARATION + data[fields.end() : item_end]
+        else:
+            if container is not None:
+                return entries
+            closed = patterns.tail.match(data, fields.end())
+        if closed is None:
+            return entries
+        entries.append(
+            EncodedEntry(
+                record_id=record_id.decode("ascii"),
+                segment=Segment.REGISTRATION if segment == b"1" else Segment.DELETION,
+                integrated_address_number=atena.decode("ascii"),
+                item_code=spec.code,
+                data_set_record_key=key.decode("ascii"),
+                major_version=spec.major_version,
+                publication_date=publication,
+                published_end_date=end_date,
+                content=content,
+                manual_review=None if flag is None else flag == b"1",
+            )
+        )
+        at = closed.end()
 
 
 def warm_slices() -> None:
