@@ -666,6 +666,14 @@ def _verbatim_pattern(spec: ItemSpec) -> re.Pattern[bytes] | None:
 _VERBATIM: Final[Mapping[str, re.Pattern[bytes] | None]] = {
     spec.code: _verbatim_pattern(spec) for spec in _SPECS
 }
+
+
+def _depth(layout: _Layout) -> int:
+    return 1 + max((1 if layout.leaves else 0, *(_depth(group) for _, group in layout.groups)))
+
+
+#: The deepest an item read verbatim nests (its root at 1): the patterns admit no more.
+VERBATIM_DEPTH: Final = max(_depth(layout) for layout in _LAYOUTS.values())
 #: What canonical bytes start with (the declaration encode_item writes).
 CANONICAL_DECLARATION: Final = _DECLARATION.encode()
 

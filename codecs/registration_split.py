@@ -38,7 +38,13 @@ from lxml import etree
 from .errors import CodecError, SliceRefusedError, SplitUnsureError
 from .item_schema import XSD_DIR, lxml_schema
 from .item_stream import GuardedReader
-from .items import CANONICAL_DECLARATION, ITEM_CODES, ITEM_NAMESPACE, verbatim_item_end
+from .items import (
+    CANONICAL_DECLARATION,
+    ITEM_CODES,
+    ITEM_NAMESPACE,
+    VERBATIM_DEPTH,
+    verbatim_item_end,
+)
 from .registration import (
     BODY,
     DEFAULT_STREAM_LIMITS,
@@ -58,6 +64,7 @@ from .registration import (
     encode_record,
     on_part_start,
     on_root_start,
+    over_budget,
 )
 from .xmlsafe import (
     HARDENED_OPTIONS,
@@ -395,14 +402,16 @@ def encode_record_slice(
     for record in records:
         if record.tag != RECORD or not blank(record.tail):
             raise SliceRefusedError("the slice holds something else than entries within limits")
-    if _slice_over_budget(limits)(root):
-        raise SliceRefusedError("the slice holds something else than entries within limits")
     schema = slice_schema()
     validated = schema is not None and bool(schema.validate(root))
     results: list[EncodedEntry | EntryRejection] = []
     if validated:
-        results.extend(_verbatim_records(data, root))
+        results.extend(_verbatim_records(data, root, limits))
     done = len(results)
+    # Entries read verbatim are within the limits by their form (see _verbatim_records).
+    too_big = _over_budget(limits)
+    if any(too_big(record) for record in records[done:]):
+        raise SliceRefusedError("the slice holds something else than entries within limits")
     results.extend(
         encode_record(record, position, validated=validated)
         for position, record in enumerate(records[done:], first_position + done)
@@ -410,19 +419,13 @@ def encode_record_slice(
     return results
 
 
-def _slice_over_budget(limits: StreamLimits) -> etree.XPath:
-    """:func:`~.registration.over_budget` for every entry of a slice at once: one XPath from
-    the slice's root, true when any of its children is deeper or has more elements."""
+def _over_budget(limits: StreamLimits) -> etree.XPath:
+    """:func:`~.registration.over_budget`, compiled once per thread."""
     key = (limits.max_depth, limits.max_entry_elements)
     cache: dict[tuple[int, int], etree.XPath] = _local.__dict__.setdefault("budgets", {})
     xpath = cache.get(key)
     if xpath is None:
-        deeper = "/".join(["*"] * (max(limits.max_depth - 2, 1) + 1))
-        xpath = etree.XPath(
-            f"boolean(*[count(descendant::*) > {int(limits.max_entry_elements)}])"
-            f" or boolean({deeper})"
-        )
-        cache[key] = xpath
+        xpath = cache[key] = over_budget(*key)
     return xpath
 
 
@@ -483,9 +486,22 @@ def _record_patterns(prefix: bytes) -> _RecordPatterns:
     return patterns
 
 
-def _verbatim_records(data: bytes, root: etree._Element) -> list[EncodedEntry]:
+#: How deep an entry read verbatim nests in its message (the Record at 3, then the item's
+#: container and the item): never deeper than the streaming parser's limit allows.
+_VERBATIM_ENTRY_DEPTH: Final = 4 + VERBATIM_DEPTH
+
+
+def _verbatim_records(
+    data: bytes, root: etree._Element, limits: StreamLimits
+) -> list[EncodedEntry]:
     """The accepted entries at the start of a validated slice that are written plainly
-    (see above), as :func:`~.registration.encode_record` gives them."""
+    (see above), as :func:`~.registration.encode_record` gives them.
+
+    They are within ``limits`` without the XPath of ``over_budget``: their depth is that of
+    the patterns, and no more elements than ``<`` characters.
+    """
+    if limits.max_depth < _VERBATIM_ENTRY_DEPTH:
+        return []
     start = data.find(b">") + 1  # the wrapper's start tag (its attribute values escape ">")
     found = _RECORD_START.match(data, start)
     if found is None:
@@ -526,7 +542,7 @@ def _verbatim_records(data: bytes, root: etree._Element) -> list[EncodedEntry]:
             if container is not None:
                 return entries
             closed = patterns.tail.match(data, fields.end())
-        if closed is None:
+        if closed is None or data.count(b"<", at, closed.end()) > limits.max_entry_elements:
             return entries
         entries.append(
             EncodedEntry(

@@ -196,9 +196,11 @@ async def post_registration(request: web.Request) -> web.Response:
     state = request.config_dict[GATEWAY_STATE]
     body = await read_xml(request, limit=REGISTRATION_LIMITS.max_bytes)
     digest = await _sha256(body)
+    # Split by byte ranges, as the bulk import: entries written plainly are read by one
+    # pattern each; anything unusual falls back to the streaming parser (same answers).
     async with (
         state.pool.acquire() as conn,
-        RegistrationSource(io.BytesIO(body)) as source,
+        RegistrationSource(io.BytesIO(body), split=True) as source,
     ):
         outcome = await apply_registration(
             conn, source, body_sha256=digest, stored_by=system.system_id

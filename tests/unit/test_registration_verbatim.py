@@ -319,7 +319,7 @@ def test_plain_entries_are_read_verbatim_and_agree() -> None:
     assert not same(data, batch_size=1000)
     (part,) = _slices(data)
     root = etree.fromstring(part.data)
-    assert len(_verbatim_records(part.data, root)) == len(PLAIN)
+    assert len(_verbatim_records(part.data, root, StreamLimits())) == len(PLAIN)
 
 
 @pytest.mark.parametrize("at", [0, 3, 7])
@@ -335,7 +335,7 @@ def test_an_unusual_entry_ends_the_verbatim_reading(unusual: str, at: int) -> No
     _, fell_back = split(data, StreamLimits(), 1000)
     if not fell_back:
         (part,) = _slices(data)
-        assert len(_verbatim_records(part.data, etree.fromstring(part.data))) <= at
+        assert len(_verbatim_records(part.data, etree.fromstring(part.data), StreamLimits())) <= at
 
 
 def test_prefixed_envelopes_are_read_verbatim() -> None:
@@ -359,7 +359,9 @@ def test_prefixed_envelopes_are_read_verbatim() -> None:
     ).encode()
     assert not same(data, batch_size=1000)
     (part,) = _slices(data)
-    assert len(_verbatim_records(part.data, etree.fromstring(part.data))) == len(PLAIN)
+    assert len(_verbatim_records(part.data, etree.fromstring(part.data), StreamLimits())) == len(
+        PLAIN
+    )
 
 
 def test_a_prefix_bound_elsewhere_is_not_read_verbatim() -> None:
@@ -387,7 +389,9 @@ def test_whitespace_in_the_envelope_is_read_verbatim() -> None:
     data = _document(records)
     assert not same(data, batch_size=1000)
     (part,) = _slices(data)
-    assert len(_verbatim_records(part.data, etree.fromstring(part.data))) == len(records)
+    assert len(_verbatim_records(part.data, etree.fromstring(part.data), StreamLimits())) == len(
+        records
+    )
 
 
 _PIECES = [*PLAIN, *SPACED, *UNUSUAL_ENTRIES, "<!-- x -->", " \n"]
@@ -411,3 +415,24 @@ def test_mixed_messages_give_what_the_streaming_parser_gives(
             )
         )
     same(_document(records), batch_size=batch_size)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        StreamLimits(max_entry_elements=10),
+        StreamLimits(max_entry_elements=25),
+        StreamLimits(max_depth=6),
+        StreamLimits(max_depth=7),
+    ],
+    ids=["10 elements", "25 elements", "depth 6", "depth 7"],
+)
+def test_entries_read_verbatim_keep_the_limits(limits: StreamLimits) -> None:
+    """Entries over the element or depth limit are refused as the streaming parser refuses
+    them, whether or not they were written plainly."""
+    data = _document([*PLAIN, *SPACED])
+    same(data, limits, batch_size=1000)
+    (part,) = _slices(data)
+    read = _verbatim_records(part.data, etree.fromstring(part.data), limits)
+    if limits.max_depth < 7:
+        assert read == []
