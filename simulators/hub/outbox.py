@@ -105,13 +105,18 @@ async def finish(
     return done is not None
 
 
-async def retry_later(state: HubState, delivery: asyncpg.Record, error: str) -> bool:
-    """Back off (with jitter) and release the lease; True when the give-up time has passed."""
+async def retry_later(
+    state: HubState, delivery: asyncpg.Record, error: str, *, hold: dt.timedelta | None = None
+) -> bool:
+    """Back off (with jitter) and release the lease; True when the give-up time has passed.
+
+    ``hold``: instead of the backoff, while its agency is away (released when it answers).
+    """
     give_up_at = delivery["give_up_at"]
     if give_up_at is not None and utcnow() >= give_up_at:
         return True
     config = state.config
-    delay = jittered_backoff(
+    delay = hold or jittered_backoff(
         delivery["attempts"], config.delivery_backoff, config.delivery_max_backoff
     )
     await state.pool.execute(
@@ -125,6 +130,35 @@ async def retry_later(state: HubState, delivery: asyncpg.Record, error: str) -> 
     )
     log.info("delivery_retry", delivery=delivery["id"], kind=delivery["kind"], error=error)
     return False
+
+
+async def hold_target(pool: db.Pool, target: str, probe: int, hold: dt.timedelta) -> int:
+    """``target`` cannot be reached: its pending deliveries nobody holds, but ``probe``, wait
+    up to ``hold`` (its first answer makes them due at once, :func:`make_target_due`)."""
+    count: int = await pool.fetchval(
+        "WITH held AS (UPDATE deliveries SET next_attempt_at = now() + $3 "
+        "WHERE status = 'pending' AND target = $1 AND id <> $2 "
+        "AND next_attempt_at < now() + $3 "
+        "AND (leased_until IS NULL OR leased_until <= now()) RETURNING 1) "
+        "SELECT count(*) FROM held",
+        target,
+        probe,
+        hold,
+    )
+    return count
+
+
+async def make_target_due(pool: db.Pool, target: str) -> int:
+    """``target``'s pending deliveries nobody holds become due now (it answers again after
+    an outage): they need not wait out backoffs grown while it was away.  How many."""
+    count: int = await pool.fetchval(
+        "WITH due AS (UPDATE deliveries SET next_attempt_at = now() "
+        "WHERE status = 'pending' AND target = $1 AND next_attempt_at > now() "
+        "AND (leased_until IS NULL OR leased_until <= now()) RETURNING 1) "
+        "SELECT count(*) FROM due",
+        target,
+    )
+    return count
 
 
 async def make_all_due(pool: db.Pool) -> int:

@@ -127,6 +127,10 @@ async def route_query(
     )
     message = encode_message(out_header, request_body)
     header = envelope.header
+    # Delivered at once, leased to this process, if a slot to the provider is free; else
+    # queued due for the worker, which claims only what it can send (a slow provider's
+    # backlog waits in the outbox, not in deliveries that time out at the provider).
+    at_once = worker.can_deliver_now(state, route.provider.code)
     opened = await state.pool.fetchrow(
         _OPEN_SQL,
         *_open_values(body, route, permit, now),
@@ -139,7 +143,7 @@ async def route_query(
         message,
         signature_header(state.keys.signing, message),
         permit.expires_at + state.config.delivery_grace,
-        outbox.lease(state.config),
+        outbox.lease(state.config) if at_once else None,
     )
     assert opened is not None
     if not opened["opened"]:
@@ -147,9 +151,11 @@ async def route_query(
         existing = await _seen_before(state, body.query_id)
         assert existing is not None
         return _query_again(existing, requester, body.query_id)
-    if opened["id"] is not None:  # queued leased to this process: it goes out at once
+    if opened["lease_token"] is not None:  # queued leased to this process: it goes out now
         known = worker.Known(route.provider, route.requester, permit.permit_id)
         worker.deliver_now(state, opened, known)
+    elif opened["id"] is not None:
+        state.wake.set()
     log.info(
         "permit_issued",
         requester=requester,
@@ -230,7 +236,8 @@ _OPEN_RECORD_SQL: Final = """
 #: provision request queued — one statement, one commit; nothing of it if the record
 #: was opened before.  $15-$19 the query's header and bytes, $20 the request's message
 #: id, $21 its bytes, $22 its signature, $23 when its delivery gives up, $24 its lease
-#: to this process, which delivers it at once.  Returns ``opened`` and the delivery.
+#: to this process, which delivers it at once (NULL: queued due, for the worker).
+#: Returns ``opened`` and the delivery.
 _OPEN_SQL: Final = f"""
     WITH opened AS ({_OPEN_RECORD_SQL}),
     routed AS ({ROUTED_INSERT}

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import datetime as dt
 import json
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,6 +23,7 @@ import aiohttp
 import asyncpg
 import structlog
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from chukan.codecs.envelope import (
     HUB,
@@ -33,6 +36,7 @@ from chukan.codecs.envelope import (
 )
 from chukan.gateway.core import db
 from chukan.gateway.core.aio import wait_event
+from chukan.gateway.core.pacing import PeerLimit
 from chukan.gateway.core.web import (
     REQUEST_ID_HEADER,
     SIGNATURE_HEADER,
@@ -64,20 +68,129 @@ class Known:
     permit_id: str
 
 
-async def _post(
-    state: HubState, agency: Agency, body: bytes, signature: str
-) -> aiohttp.ClientResponse:
-    headers = {"Content-Type": "application/xml", SIGNATURE_HEADER: signature}
+@dataclass(slots=True)
+class Peer:
+    """This process's deliveries to one agency: how many at once, and whether it is away.
+
+    Local pacing only (see :mod:`chukan.gateway.core.pacing`): nothing depends on it
+    but how soon deliveries go out.  While the agency cannot be reached, one delivery
+    (``probe``) keeps trying it with its backoff and the others are held back (not
+    tried: N deliveries to a dead agency would cost N attempts per backoff); its
+    first answer makes every one of them due at once.
+    """
+
+    limit: PeerLimit
+    #: The delivery that found it unreachable, and keeps trying it; None: reachable.
+    probe: int | None = None
+    #: Until when the others are held back for ``probe`` (monotonic): should the probe
+    #: end otherwise or go to another process, the next delivery to come probes.
+    probe_until: float = 0.0
+    #: Not known to answer (yet): at start, or since it was away or timed out.  The
+    #: next answer makes its deliveries that wait out a backoff (or a hold) due at once.
+    unsure: bool = True
+
+
+#: Each hub's peers (per state: tests run several hubs in one process).
+_PEERS: Final[dict[int, dict[str, Peer]]] = {}
+
+#: How long a delivery to an unreachable agency is held back at most: the probe's first
+#: answer releases it at once; this bounds the wait should the probe's process be gone.
+HOLD_WHILE_AWAY: Final = dt.timedelta(seconds=60)
+
+
+class TargetAwayError(Exception):
+    """Not attempted: the agency cannot be reached, and another delivery probes it."""
+
+
+def _peer(state: HubState, code: str) -> Peer:
+    peers = _PEERS.setdefault(id(state), {})
+    peer = peers.get(code)
+    if peer is None:
+        peer = peers[code] = Peer(PeerLimit(state.config.delivery_timeout))
+    return peer
+
+
+def can_deliver_now(state: HubState, code: str) -> bool:
+    """Whether a delivery to ``code`` started now would be sent at once (a slot is free and
+    the agency is not away); if not, it is queued for the worker, which claims only what
+    it can send."""
+    peer = _peer(state, code)
+    return peer.probe is None and peer.limit.free() > 0
+
+
+def _waiting(state: HubState) -> int:
+    """Deliveries of this process waiting for a slot to their agency."""
+    return sum(p.limit.waiting for p in _PEERS.get(id(state), {}).values())
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An agency's answer to one delivery, read in full."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    payload: bytes
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Refused, reset or cut off: the agency is away (a timeout only says it is slow)."""
+    return isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, TimeoutError)
+
+
+async def _post(state: HubState, agency: Agency, delivery: Delivery) -> Reply:
+    """One delivery to ``agency``, once a slot to it is free: its timeout starts then, so
+    a backlog waits here (its deliveries are durable) instead of timing out at the peer.
+
+    Raises ``aiohttp.ClientError`` or ``TimeoutError`` (retried with backoff), or
+    :class:`TargetAwayError` (held back until the agency answers again).
+    """
+    peer = _peer(state, agency.code)
+    if peer.probe not in (None, delivery["id"]) and time.monotonic() < peer.probe_until:
+        raise TargetAwayError(agency.code)
+    headers = {"Content-Type": "application/xml", SIGNATURE_HEADER: delivery["signature"]}
     request_id = current_request_id()  # the query's: bound for each delivery
     if request_id is not None:
         headers[REQUEST_ID_HEADER] = request_id
-    return await state.session.post(
-        agency.endpoint.rstrip("/") + "/network/v1/messages",
-        data=body,
-        headers=headers,
-        timeout=aiohttp.ClientTimeout(total=state.config.delivery_timeout),
-        server_hostname=tls_server_name(state, agency.code, agency.endpoint),
-    )
+    try:
+        async with (
+            peer.limit.slot(),
+            state.session.post(
+                agency.endpoint.rstrip("/") + "/network/v1/messages",
+                data=delivery["body"],
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=state.config.delivery_timeout),
+                server_hostname=tls_server_name(state, agency.code, agency.endpoint),
+            ) as response,
+        ):
+            reply = Reply(response.status, response.headers, await response.read())
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        peer.unsure = True
+        if _unreachable(exc):
+            # This delivery probes the agency from now on; the others wait for its answer.
+            first, peer.probe = peer.probe is None, delivery["id"]
+            peer.probe_until = time.monotonic() + HOLD_WHILE_AWAY.total_seconds()
+            if first:
+                held = await outbox.hold_target(
+                    state.pool, agency.code, delivery["id"], HOLD_WHILE_AWAY
+                )
+                log.warning(
+                    "agency_unreachable", agency=agency.code, held=held, probe=delivery["id"]
+                )
+        raise
+    if peer.unsure:
+        peer.probe, peer.unsure = None, False
+        due = await outbox.make_target_due(state.pool, agency.code)
+        if due:
+            state.wake.set()
+            log.info("deliveries_resumed", agency=agency.code, count=due)
+    return reply
+
+
+async def _retry(state: HubState, delivery: Delivery, exc: BaseException) -> bool:
+    """After a failed or held-back attempt: back off (or hold); True when it is to give up."""
+    if isinstance(exc, TargetAwayError):
+        return await outbox.retry_later(state, delivery, "agency_away", hold=HOLD_WHILE_AWAY)
+    return await outbox.retry_later(state, delivery, type(exc).__name__)
 
 
 def _error_of(payload: bytes) -> tuple[str, str]:
@@ -106,30 +219,24 @@ async def _deliver_provision_request(
     provider = (
         known.provider if known is not None else await load_agency(state.pool, delivery["target"])
     )
-    error: str | None
     try:
-        response = await _post(state, provider, delivery["body"], delivery["signature"])
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        error = type(exc).__name__
+        reply = await _post(state, provider, delivery)
+    except (aiohttp.ClientError, TimeoutError, TargetAwayError) as exc:
+        if await _retry(state, delivery, exc):
+            await _expire(state, delivery, type(exc).__name__)
+        return
+    error: str | None
+    if reply.status == 200:
+        error, answer = await _accept_answer(state, delivery, provider, reply, known)
+        if error is None:
+            if answer is not None:  # leased to us: delivered at once
+                await _deliver_answer(state, answer, None if known is None else known.requester)
+            return
+    elif reply.status == 202:
+        await _held(state, delivery, provider)
+        return
     else:
-        async with response:
-            payload = await response.read()
-            if response.status == 200:
-                error, answer = await _accept_answer(
-                    state, delivery, provider, payload, response, known
-                )
-                if error is None:
-                    if answer is not None:  # leased to us: delivered at once
-                        await _deliver_answer(
-                            state, answer, None if known is None else known.requester
-                        )
-                    return
-            elif response.status == 202:
-                await _held(state, delivery, provider)
-                return
-            else:
-                error = f"HTTP {response.status} {_error_of(payload)[0]}"
-    assert error is not None
+        error = f"HTTP {reply.status} {_error_of(reply.payload)[0]}"
     if await outbox.retry_later(state, delivery, error):
         await _expire(state, delivery, error)
 
@@ -151,15 +258,14 @@ async def _accept_answer(
     state: HubState,
     delivery: Delivery,
     provider: Agency,
-    payload: bytes,
-    response: aiohttp.ClientResponse,
+    reply: Reply,
     known: Known | None,
 ) -> tuple[str | None, asyncpg.Record | None]:
     """Check the provider's signed answer and conclude with it: an error text to retry,
     or the answer's delivery, leased to this process, when this conclusion won."""
     try:
-        verify_signature(response.headers.get(SIGNATURE_HEADER), payload, provider.signing_keys)
-        envelope = decode_message(payload)
+        verify_signature(reply.headers.get(SIGNATURE_HEADER), reply.payload, provider.signing_keys)
+        envelope = decode_message(reply.payload)
     except Exception as exc:  # e.g. a key the registry does not list yet: ask again later
         log.warning("provider_answer_unverified", query_id=delivery["query_id"], error=str(exc))
         return getattr(exc, "code", "provider_answer_invalid"), None
@@ -183,6 +289,9 @@ async def _accept_answer(
         log.warning("provider_answer_mismatch", query_id=delivery["query_id"])
         return "provider_answer_mismatch", None
     leased: list[asyncpg.Record] = []
+    # Delivered at once by this task if a slot to the requester is free; else queued
+    # for the worker, which claims only what it can send.
+    at_once = can_deliver_now(state, requester)
     await conclude(
         state,
         body.query_id,
@@ -190,13 +299,13 @@ async def _accept_answer(
         body.reason_code,
         requester=requester,
         sender=provider.code,
-        message=payload,
-        signature=response.headers[SIGNATURE_HEADER],
+        message=reply.payload,
+        signature=reply.headers[SIGNATURE_HEADER],
         header=envelope.header,
         direction="in",
         permit_id=body.permit_id,
         delivery=delivery,
-        lease_answer=(outbox.lease(state.config), leased.append),
+        lease_answer=(outbox.lease(state.config), leased.append) if at_once else None,
     )
     return None, leased[0] if leased else None
 
@@ -241,18 +350,18 @@ async def _deliver_answer(
     if requester is None:
         requester = await load_agency(state.pool, delivery["target"])
     try:
-        response = await _post(state, requester, delivery["body"], delivery["signature"])
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        reply = await _post(state, requester, delivery)
+    except (aiohttp.ClientError, TimeoutError, TargetAwayError) as exc:
         error = type(exc).__name__
+        give_up = await _retry(state, delivery, exc)
     else:
-        async with response:
-            payload = await response.read()
-            if response.status < 300:
-                await outbox.finish(state.pool, delivery, "done")
-                log.info("answer_delivered", query_id=delivery["query_id"])
-                return
-            error = f"HTTP {response.status} {_error_of(payload)[0]}"
-    if await outbox.retry_later(state, delivery, error):
+        if reply.status < 300:
+            await outbox.finish(state.pool, delivery, "done")
+            log.info("answer_delivered", query_id=delivery["query_id"])
+            return
+        error = f"HTTP {reply.status} {_error_of(reply.payload)[0]}"
+        give_up = await outbox.retry_later(state, delivery, error)
+    if give_up:
         await outbox.finish(state.pool, delivery, "failed", error)
         log.warning("answer_undelivered", query_id=delivery["query_id"], error=error)
 
@@ -297,7 +406,9 @@ async def _delivery_loop(state: HubState) -> None:
     try:
         while True:
             state.wake.clear()
-            free = DELIVERY_BATCH - len(running)
+            # Deliveries waiting for a slot to a slow agency count as running: the
+            # worker claims (and leases) only what it can send soon.
+            free = DELIVERY_BATCH - len(running) - _waiting(state)
             due: list[asyncpg.Record] = []
             if free > 0:
                 try:
@@ -357,6 +468,7 @@ async def stop_worker(state: HubState) -> None:
     """Stop the worker for good (it is not restarted) and wait for its deliveries to end."""
     worker, state.worker = state.worker, None
     inline = _INLINE.pop(id(state), set())
+    _PEERS.pop(id(state), None)
     for task in inline:
         task.cancel()
     await asyncio.gather(*inline, return_exceptions=True)
