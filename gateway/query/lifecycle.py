@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from chukan.codecs.envelope import (
+    Body,
     QueryRequest,
 )
 from chukan.gateway.authlist.sync import require_list
@@ -29,6 +30,8 @@ from chukan.gateway.core.errors import (
     UpstreamError,
     ValidationError,
 )
+from chukan.gateway.core.hubclient import HubReply
+from chukan.gateway.core.pacing import PeerLimit
 from chukan.gateway.core.retry import jittered_backoff
 from chukan.gateway.core.state import GatewayState
 from chukan.gateway.core.web import request_id_bound
@@ -141,6 +144,26 @@ async def insert_requester_record(conn: db.Conn, state: GatewayState, query_id: 
     count_record(state.config.agency_code, "requester", outcome)
 
 
+#: Each gateway's requests in flight to its hub (per state: tests run several gateways
+#: in one process).  Local pacing only (:mod:`chukan.gateway.core.pacing`).
+_HUB_LIMITS: Final[dict[int, PeerLimit]] = {}
+
+
+def hub_limit(state: GatewayState) -> PeerLimit:
+    """How many queries (sends and conclusion requests) this process has at the hub at once."""
+    limit = _HUB_LIMITS.get(id(state))
+    if limit is None:
+        limit = _HUB_LIMITS[id(state)] = PeerLimit(state.config.timing.http_timeout)
+    return limit
+
+
+async def to_hub(state: GatewayState, body: Body) -> HubReply:
+    """Send a query's message to the hub once a slot is free: a busy hub's backlog waits
+    here (the query is durable) instead of timing out there and being sent again."""
+    async with hub_limit(state).slot():
+        return await state.hub.send(body)
+
+
 async def retry_later(state: GatewayState, query_id: str, attempts: int) -> None:
     """When the sweep may try this open query again."""
     timing = state.config.timing
@@ -192,7 +215,7 @@ async def _send_row(
         non_disclosure=row["non_disclosure"],
     )
     try:
-        reply = await state.hub.send(body)
+        reply = await to_hub(state, body)
     except UpstreamError:
         log.info("query_send_retry", query_id=query_id, attempt=row["attempts"])
         await retry_later(state, query_id, row["attempts"])

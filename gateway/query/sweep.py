@@ -29,7 +29,13 @@ from chukan.gateway.core.state import GatewayState, task_failed
 from chukan.gateway.core.web import request_id_bound
 from chukan.gateway.provision.review import deliver_decision, due_decisions
 from chukan.gateway.query.answers import apply_pulled_conclusion
-from chukan.gateway.query.lifecycle import QueryStatus, retry_later, send_query
+from chukan.gateway.query.lifecycle import (
+    QueryStatus,
+    hub_limit,
+    retry_later,
+    send_query,
+    to_hub,
+)
 
 log = structlog.get_logger("chukan.gateway")
 
@@ -49,7 +55,7 @@ async def pull_conclusion(
 
 async def _pull(state: GatewayState, query_id: str, attempts: int) -> None:
     try:
-        reply = await state.hub.send(ConclusionRequest(query_id))
+        reply = await to_hub(state, ConclusionRequest(query_id))
     except UpstreamError:
         await retry_later(state, query_id, attempts)
         return
@@ -71,6 +77,11 @@ async def _pull(state: GatewayState, query_id: str, attempts: int) -> None:
 async def _claim_open_queries(
     state: GatewayState,
 ) -> list[tuple[str, str, int, str | None]]:
+    # Only what the hub can take now: a query claimed but waiting for a slot could come
+    # due again meanwhile and be sent twice.
+    free = min(SWEEP_BATCH, hub_limit(state).free())
+    if free == 0:
+        return []
     rows = await state.pool.fetch(
         """UPDATE queries q SET next_attempt_at = now() + $2,
                attempts = q.attempts + (q.status = 'sent')::int
@@ -79,7 +90,7 @@ async def _claim_open_queries(
                  ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
            WHERE q.tenant = due.tenant AND q.query_id = due.query_id
            RETURNING q.query_id, q.status, q.attempts, q.request_id""",
-        SWEEP_BATCH,
+        free,
         # Claimed for longer than one attempt can take; the attempt sets the backoff.
         dt.timedelta(seconds=state.config.timing.http_timeout * 2),
     )
