@@ -439,15 +439,10 @@ def _insert_versions(source: str, known: str) -> str:
 _APPLY: Final = "WITH " + _insert_versions("replica_staging", "replica_known")
 
 
-#: Each batch as it arrives, while the next ones are decoded: its rows are copied into the
-#: staging table once (which the checks of a message that is not applied read) and applied
-#: from there, found by their positions in an index.  (A batch table of their own, emptied
-#: per batch and appended to the staging, cost PostgreSQL a TRUNCATE and a second copy of
-#: every row: about 10 µs per entry.)
-_BATCH_DDL: Final = "CREATE INDEX replica_staging_position ON replica_staging (position)"
-#: The staged rows of one batch (as in _KNOWN_IN_BATCH): positions $3 to $4 (positions are
-#: unique in a message, the batches disjoint ranges of them).
-_BATCH_ROWS: Final = "(SELECT * FROM replica_staging WHERE position BETWEEN $3 AND $4)"
+#: Each batch as it arrives, while the next ones are decoded: its rows, then the same rows
+#: appended to the staging table (which the checks of a message that is not applied read).
+_BATCH_DDL: Final = "CREATE TEMP TABLE replica_batch (LIKE replica_staging) ON COMMIT DROP"
+_BATCH_TO_STAGING: Final = "INSERT INTO replica_staging SELECT * FROM replica_batch"
 
 #: One batch applied ahead of the checks (see _apply): versions continue per record key after
 #: its last stored version, which includes the earlier batches of the same message (read in
@@ -455,10 +450,11 @@ _BATCH_ROWS: Final = "(SELECT * FROM replica_staging WHERE position BETWEEN $3 A
 _KNOWN_IN_BATCH: Final = """known AS (
         SELECT r.atena_id, r.item_code, r.record_key, max(r.version) AS version
         FROM replica_items r
-        WHERE r.atena_id = ANY (ARRAY(SELECT DISTINCT atena_id FROM replica_staging
-                                      WHERE position BETWEEN $3 AND $4))
+        WHERE r.atena_id = ANY (ARRAY(SELECT DISTINCT atena_id FROM replica_batch))
         GROUP BY r.atena_id, r.item_code, r.record_key)"""
-_APPLY_BATCH: Final = "WITH " + _KNOWN_IN_BATCH + ",\n    " + _insert_versions(_BATCH_ROWS, "known")
+_APPLY_BATCH: Final = (
+    "WITH " + _KNOWN_IN_BATCH + ",\n    " + _insert_versions("replica_batch", "known")
+)
 
 #: The 自動応答不可フラグ of the message's entries (AutomaticResponseDisabledFlag), applied with
 #: them: per person and item the last entry that carries one decides.  Run once every entry
@@ -530,15 +526,14 @@ class _Ahead:
                 "replica_staging", records=batch.rows, columns=STAGING_COLUMNS
             )
             return
+        await self.conn.execute("TRUNCATE replica_batch")
         await self.conn.copy_records_to_table(
-            "replica_staging", records=batch.rows, columns=STAGING_COLUMNS
+            "replica_batch", records=batch.rows, columns=STAGING_COLUMNS
         )
-        first, last = batch.rows[0][0], batch.rows[-1][0]  # rows are in message order
+        await self.conn.execute(_BATCH_TO_STAGING)
         await self.conn.execute("SAVEPOINT replica_batch")
         try:
-            counts = await self.conn.fetchrow(
-                _APPLY_BATCH, self.message_id, self.stored_by, first, last
-            )
+            counts = await self.conn.fetchrow(_APPLY_BATCH, self.message_id, self.stored_by)
         except asyncpg.IntegrityConstraintViolationError:
             await self.conn.execute("ROLLBACK TO SAVEPOINT replica_batch")
             await self.conn.execute("RELEASE SAVEPOINT replica_batch")
