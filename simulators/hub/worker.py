@@ -82,8 +82,9 @@ class Peer:
     limit: PeerLimit
     #: The delivery that found it unreachable, and keeps trying it; None: reachable.
     probe: int | None = None
-    #: Until when the others are held back for ``probe`` (monotonic): should the probe
-    #: end otherwise or go to another process, the next delivery to come probes.
+    #: Until when the others are held back for ``probe`` (monotonic; each of its failed
+    #: attempts extends it): should the probe end otherwise or go to another process,
+    #: the next delivery to come after it probes.
     probe_until: float = 0.0
     #: Not known to answer (yet): at start, or since it was away or timed out.  The
     #: next answer makes its deliveries that wait out a backoff (or a hold) due at once.
@@ -165,17 +166,10 @@ async def _post(state: HubState, agency: Agency, delivery: Delivery) -> Reply:
             reply = Reply(response.status, response.headers, await response.read())
     except (aiohttp.ClientError, TimeoutError) as exc:
         peer.unsure = True
-        if _unreachable(exc):
-            # This delivery probes the agency from now on; the others wait for its answer.
-            first, peer.probe = peer.probe is None, delivery["id"]
-            peer.probe_until = time.monotonic() + HOLD_WHILE_AWAY.total_seconds()
-            if first:
-                held = await outbox.hold_target(
-                    state.pool, agency.code, delivery["id"], HOLD_WHILE_AWAY
-                )
-                log.warning(
-                    "agency_unreachable", agency=agency.code, held=held, probe=delivery["id"]
-                )
+        probe = delivery["id"]
+        if _unreachable(exc) and _probes(state, peer, probe):
+            held = await outbox.hold_target(state.pool, agency.code, probe, HOLD_WHILE_AWAY)
+            log.warning("agency_unreachable", agency=agency.code, held=held, probe=probe)
         raise
     if peer.unsure:
         peer.probe, peer.unsure = None, False
@@ -184,6 +178,23 @@ async def _post(state: HubState, agency: Agency, delivery: Delivery) -> Reply:
             state.wake.set()
             log.info("deliveries_resumed", agency=agency.code, count=due)
     return reply
+
+
+def _probes(state: HubState, peer: Peer, delivery_id: int) -> bool:
+    """After an attempt found the agency unreachable: this delivery probes it from now on,
+    unless another does (whose turn is not over).  True when it became the probe: the
+    others are then held back (its own backoff brings it round again, ``probe_until``
+    being well after that)."""
+    now = time.monotonic()
+    config = state.config
+    turn = 2 * (config.delivery_max_backoff + config.delivery_timeout) + 1
+    if peer.probe == delivery_id:
+        peer.probe_until = now + turn  # still away: its turn goes on
+        return False
+    if peer.probe is not None and now < peer.probe_until:
+        return False  # another delivery probes it: this one is held when it comes again
+    peer.probe, peer.probe_until = delivery_id, now + turn
+    return True
 
 
 async def _retry(state: HubState, delivery: Delivery, exc: BaseException) -> bool:
