@@ -589,7 +589,6 @@ def item_xmlschema(code: str) -> Any:
 # writing again gives the same bytes.  Anything else (another prefix, indentation, a
 # padded value, a CDATA section...) does not match and goes the element-by-element way.
 
-_WS: Final = rb"[ \t\r\n]*"
 #: A text as _canonical_leaf writes a string: not empty, only the escapes it writes.
 _STRING_BYTES: Final = rb"(?=[^<])[^<&>\r]*(?:&(?:amp|lt|gt|#13);[^<&>\r]*)*"
 #: Years with a 29 February (0000 is ruled out where it is used).

@@ -7,7 +7,8 @@ tags found by a byte search, each slice being whole entries. :func:`encode_recor
 in a worker process, parses one slice (wrapped in an element that declares the body's
 namespaces) with the same hardened parser, validates every entry and every item in one call
 against one schema, and checks each entry as :func:`~.registration.iter_registration_encoded`
-does.
+does. Entries written plainly, with their items in canonical form, are then read by one
+pattern each instead of element by element (see "entries read verbatim" below).
 
 **Why this gives exactly the streaming parser's result.** A byte search cannot tell an end
 tag from the same text in a comment, a CDATA section or a nested element. It does not need

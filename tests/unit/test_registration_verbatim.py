@@ -33,10 +33,16 @@ from chukan.codecs.items import (
     encode_item,
     item_from_element,
 )
-from chukan.codecs.registration import REGISTRATION_NAMESPACE, StreamLimits
+from chukan.codecs.registration import (
+    REGISTRATION_NAMESPACE,
+    EncodedEntry,
+    EntryRejection,
+    StreamLimits,
+)
 from chukan.codecs.registration_split import (
     RecordSlice,
     _verbatim_records,
+    slice_schema,
     split_registration,
 )
 from chukan.codecs.xmlsafe import parse_xml
@@ -270,9 +276,9 @@ PLAIN: list[str] = [
     _entry("P3", segment="2", code="TM00000000010300", key="K-2_b"),
     _flagged(_entry("P4", code="TM00000000010500"), "1"),
     _flagged(_entry("P5", code="TM00000000010201"), "0"),
-    _flagged(_entry("P8", segment="2", code="TM00000000010202"), "1"),
-    _entry("P6", code="TM00000000010400", publication="2024-02-29"),
-    _entry("P7", code="TM00000000010102", atena="7"),
+    _flagged(_entry("P6", segment="2", code="TM00000000010202"), "1"),
+    _entry("P7", code="TM00000000010400", publication="2024-02-29"),
+    _entry("P8", code="TM00000000010102", atena="7"),
 ]
 
 UNUSUAL_ENTRIES: list[str] = [
@@ -303,7 +309,22 @@ UNUSUAL_ENTRIES: list[str] = [
         "U20",
         item=_item_fragment("TM00000000010202").replace('Version="1">1<', 'Version="1">１<', 1),
     ),
+    # Written in canonical form, but invalid (nine digits): validated entry by entry, refused.
+    _record(
+        "U21",
+        item=re.sub(
+            r'(<k:InsuredNumber Version="1">)[0-9]{10}<',
+            r"\g<1>123456789<",
+            _item_fragment("TM00000000010202"),
+        ),
+    ),
 ]
+
+
+def _record_id(entry: str) -> str:
+    found = re.search(r"<RecordIdentificationNumber>([^<]*)<", entry)
+    assert found is not None
+    return found.group(1)
 
 
 def _slices(data: bytes) -> list[RecordSlice]:
@@ -323,19 +344,27 @@ def test_plain_entries_are_read_verbatim_and_agree() -> None:
 
 
 @pytest.mark.parametrize("at", [0, 3, 7])
-@pytest.mark.parametrize(
-    "unusual", UNUSUAL_ENTRIES, ids=[f"U{i + 1}" for i in range(len(UNUSUAL_ENTRIES))]
-)
+@pytest.mark.parametrize("unusual", UNUSUAL_ENTRIES, ids=[_record_id(u) for u in UNUSUAL_ENTRIES])
 def test_an_unusual_entry_ends_the_verbatim_reading(unusual: str, at: int) -> None:
     """The plain entries before it are read verbatim, it and the rest element by element;
-    the result is the streaming parser's, rejections included."""
+    the result is the streaming parser's, rejections included. (A slice that fails its
+    validation, as with U21, is not read verbatim at all: every entry is validated alone.)"""
     records = [*PLAIN[:at], unusual, *PLAIN[at:]]
     data = _document(records)
     same(data, batch_size=1000)
-    _, fell_back = split(data, StreamLimits(), 1000)
+    got, fell_back = split(data, StreamLimits(), 1000)
     if not fell_back:
         (part,) = _slices(data)
-        assert len(_verbatim_records(part.data, etree.fromstring(part.data), StreamLimits())) <= at
+        root = etree.fromstring(part.data)
+        schema = slice_schema()
+        assert schema is not None
+        if schema.validate(root):
+            assert len(_verbatim_records(part.data, root, StreamLimits())) <= at
+        else:  # an entry fails its schema: each is validated alone, that one refused
+            assert any(
+                isinstance(result, EntryRejection) and result.code == "schema_invalid"
+                for result in got
+            )
 
 
 def test_prefixed_envelopes_are_read_verbatim() -> None:
@@ -364,9 +393,9 @@ def test_prefixed_envelopes_are_read_verbatim() -> None:
     )
 
 
-def test_a_prefix_bound_elsewhere_is_not_read_verbatim() -> None:
-    """Entries written with a prefix the body binds to another namespace are refused by the
-    schema; nothing is read verbatim."""
+def test_a_prefix_bound_elsewhere_is_refused_as_before() -> None:
+    """Entries written with a prefix the body binds to another namespace are not entries: the
+    message is refused as the streaming parser refuses it."""
     records = [
         r.replace("<Record>", "<z:Record>").replace("</Record>", "</z:Record>") for r in PLAIN[:2]
     ]
@@ -436,3 +465,15 @@ def test_entries_read_verbatim_keep_the_limits(limits: StreamLimits) -> None:
     read = _verbatim_records(part.data, etree.fromstring(part.data), limits)
     if limits.max_depth < 7:
         assert read == []
+
+
+def test_items_in_canonical_form_are_still_validated() -> None:
+    """An item written exactly in canonical form but invalid (a 被保険者番号 of nine digits) is
+    refused with the schema's code, and the plain entries beside it are accepted."""
+    invalid = UNUSUAL_ENTRIES[-1]
+    assert _record_id(invalid) == "U21"
+    got, fell_back = split(_document([*PLAIN[:2], invalid, *PLAIN[2:]]), StreamLimits(), 1000)
+    assert not fell_back and isinstance(got, list)
+    rejected = [r for r in got if isinstance(r, EntryRejection)]
+    assert [(r.record_id, r.code, r.position) for r in rejected] == [("U21", "schema_invalid", 3)]
+    assert sum(isinstance(r, EncodedEntry) for r in got) == len(PLAIN)
