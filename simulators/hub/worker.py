@@ -99,10 +99,6 @@ _PEERS: Final[dict[int, dict[str, Peer]]] = {}
 HOLD_WHILE_AWAY: Final = dt.timedelta(seconds=60)
 
 
-class TargetAwayError(Exception):
-    """Not attempted: the agency cannot be reached, and another delivery probes it."""
-
-
 def _peer(state: HubState, code: str) -> Peer:
     peers = _PEERS.setdefault(id(state), {})
     peer = peers.get(code)
@@ -138,16 +134,17 @@ def _unreachable(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, TimeoutError)
 
 
-async def _post(state: HubState, agency: Agency, delivery: Delivery) -> Reply:
+async def _post(state: HubState, agency: Agency, delivery: Delivery) -> Reply | None:
     """One delivery to ``agency``, once a slot to it is free: its timeout starts then, so
     a backlog waits here (its deliveries are durable) instead of timing out at the peer.
 
-    Raises ``aiohttp.ClientError`` or ``TimeoutError`` (retried with backoff), or
-    :class:`TargetAwayError` (held back until the agency answers again).
+    None: not attempted, the agency being away while another delivery probes it (held
+    back until it answers again).  Raises ``aiohttp.ClientError`` or ``TimeoutError``
+    (retried with backoff).
     """
     peer = _peer(state, agency.code)
     if peer.probe not in (None, delivery["id"]) and time.monotonic() < peer.probe_until:
-        raise TargetAwayError(agency.code)
+        return None
     headers = {"Content-Type": "application/xml", SIGNATURE_HEADER: delivery["signature"]}
     request_id = current_request_id()  # the query's: bound for each delivery
     if request_id is not None:
@@ -197,11 +194,10 @@ def _probes(state: HubState, peer: Peer, delivery_id: int) -> bool:
     return True
 
 
-async def _retry(state: HubState, delivery: Delivery, exc: BaseException) -> bool:
-    """After a failed or held-back attempt: back off (or hold); True when it is to give up."""
-    if isinstance(exc, TargetAwayError):
-        return await outbox.retry_later(state, delivery, "agency_away", hold=HOLD_WHILE_AWAY)
-    return await outbox.retry_later(state, delivery, type(exc).__name__)
+async def _hold(state: HubState, delivery: Delivery) -> bool:
+    """A delivery not attempted, its agency being away: held back until the probe's first
+    answer (or ``HOLD_WHILE_AWAY``); True when it is to give up."""
+    return await outbox.retry_later(state, delivery, "agency_away", hold=HOLD_WHILE_AWAY)
 
 
 def _error_of(payload: bytes) -> tuple[str, str]:
@@ -232,24 +228,35 @@ async def _deliver_provision_request(
     )
     try:
         reply = await _post(state, provider, delivery)
-    except (aiohttp.ClientError, TimeoutError, TargetAwayError) as exc:
-        if await _retry(state, delivery, exc):
-            await _expire(state, delivery, type(exc).__name__)
-        return
-    error: str | None
-    if reply.status == 200:
-        error, answer = await _accept_answer(state, delivery, provider, reply, known)
-        if error is None:
-            if answer is not None:  # leased to us: delivered at once
-                await _deliver_answer(state, answer, None if known is None else known.requester)
-            return
-    elif reply.status == 202:
-        await _held(state, delivery, provider)
-        return
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        error = type(exc).__name__
     else:
-        error = f"HTTP {reply.status} {_error_of(reply.payload)[0]}"
+        if reply is None:  # its agency is away
+            if await _hold(state, delivery):
+                await _expire(state, delivery, "agency_away")
+            return
+        failed = await _take_reply(state, delivery, provider, reply, known)
+        if failed is None:
+            return
+        error = failed
     if await outbox.retry_later(state, delivery, error):
         await _expire(state, delivery, error)
+
+
+async def _take_reply(
+    state: HubState, delivery: Delivery, provider: Agency, reply: Reply, known: Known | None
+) -> str | None:
+    """The provider's reply to a provision request: None if it ends the delivery (a signed
+    answer, or "held"), else the error to retry it with."""
+    if reply.status == 200:
+        error, answer = await _accept_answer(state, delivery, provider, reply, known)
+        if error is None and answer is not None:  # leased to us: delivered at once
+            await _deliver_answer(state, answer, None if known is None else known.requester)
+        return error
+    if reply.status == 202:
+        await _held(state, delivery, provider)
+        return None
+    return f"HTTP {reply.status} {_error_of(reply.payload)[0]}"
 
 
 async def _held(state: HubState, delivery: Delivery, provider: Agency) -> None:
@@ -362,16 +369,20 @@ async def _deliver_answer(
         requester = await load_agency(state.pool, delivery["target"])
     try:
         reply = await _post(state, requester, delivery)
-    except (aiohttp.ClientError, TimeoutError, TargetAwayError) as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         error = type(exc).__name__
-        give_up = await _retry(state, delivery, exc)
+        give_up = await outbox.retry_later(state, delivery, error)
     else:
-        if reply.status < 300:
+        if reply is None:  # its agency is away
+            error = "agency_away"
+            give_up = await _hold(state, delivery)
+        elif reply.status < 300:
             await outbox.finish(state.pool, delivery, "done")
             log.info("answer_delivered", query_id=delivery["query_id"])
             return
-        error = f"HTTP {reply.status} {_error_of(reply.payload)[0]}"
-        give_up = await outbox.retry_later(state, delivery, error)
+        else:
+            error = f"HTTP {reply.status} {_error_of(reply.payload)[0]}"
+            give_up = await outbox.retry_later(state, delivery, error)
     if give_up:
         await outbox.finish(state.pool, delivery, "failed", error)
         log.warning("answer_undelivered", query_id=delivery["query_id"], error=error)
