@@ -303,7 +303,7 @@ def serve_command(
     key); a start that fails (database, hub, keys) exits 1; a graceful stop 0.
     """
     level = getattr(args, "log_level", None) or DEFAULT_SERVER_LOG_LEVEL
-    configure_logging(logging.getLevelNamesMapping()[level])
+    configure_logging(logging.getLevelNamesMapping()[level], cache=True)
     try:
         config = load(args.config)
     except GatewayError as exc:  # ConfigFileError and its kinds
