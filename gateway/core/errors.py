@@ -55,6 +55,14 @@ class ValidationError(BadRequestError):
     code = "validation_failed"
 
 
+class BodyIncompleteError(BadRequestError):
+    """The request's body did not arrive in full: the client closed the connection, or
+    sent less than it announced.  The client's doing, so a 400 and an info event, not a
+    500 with a traceback (seen by the hundred when a busy client gave up)."""
+
+    code = "request_body_incomplete"
+
+
 class IndividualNumberInvalidError(ValidationError):
     """個人番号 with the wrong shape or check digit (the value itself is never echoed)."""
 

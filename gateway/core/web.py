@@ -32,11 +32,13 @@ from typing import Any, Final
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import PayloadEncodingError
 
 from chukan.codecs.errors import CodecError
 from chukan.gateway.core import db
 from chukan.gateway.core.errors import (
     BadRequestError,
+    BodyIncompleteError,
     BusyError,
     GatewayError,
     MessageSignatureError,
@@ -358,12 +360,17 @@ async def read_body(request: web.Request, *, limit: int = DEFAULT_MAX_BODY) -> b
     if gate is not None and size is not None and size > gate.threshold:
         await gate.admit(request)  # before a byte of it is held
     data = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        data += chunk
-        if len(data) > limit:
-            raise PayloadTooLargeError(f"body larger than {limit} bytes")
-        if gate is not None and len(data) > gate.threshold:
-            await gate.admit(request)  # chunked: large once it is
+    try:
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            data += chunk
+            if len(data) > limit:
+                raise PayloadTooLargeError(f"body larger than {limit} bytes")
+            if gate is not None and len(data) > gate.threshold:
+                await gate.admit(request)  # chunked: large once it is
+    except (ConnectionResetError, PayloadEncodingError) as exc:
+        raise BodyIncompleteError(
+            f"the request body did not arrive in full ({len(data)} bytes read): {exc}"
+        ) from None
     return bytes(data)
 
 

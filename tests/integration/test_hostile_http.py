@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import random
+import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -114,3 +118,45 @@ async def test_bad_item_code_and_flag(chiba: Any, person: str) -> None:
         headers={"Content-Type": "application/xml"},
     )
     assert (status, body["error"]["code"]) == (422, "validation_failed")
+
+
+async def test_a_body_cut_short_is_a_client_error_not_an_internal_one(
+    chiba: Any, log_capture: Any
+) -> None:
+    """A client that announces a body and hangs up halfway gets no 500 and no traceback:
+    the event says ``request_body_incomplete`` (a busy client giving up did this by the
+    hundred, each logged as an internal error)."""
+    url = urlsplit(chiba.url)
+    context = chiba.gateway.client_ssl(chiba.system)
+    auth = "" if context is not None else f"Authorization: Bearer {chiba.gateway.token}\r\n"
+    offset = len(log_capture.events())
+    _reader, writer = await asyncio.open_connection(url.hostname, url.port, ssl=context)
+    writer.write(
+        (
+            f"POST /internal/v1/persons HTTP/1.1\r\nHost: {url.netloc}\r\n{auth}"
+            "Content-Type: application/json\r\nContent-Length: 4096\r\n\r\n"
+            '{"atena_id": "'
+        ).encode()
+    )
+    await writer.drain()
+    writer.close()  # halfway through the announced body
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        await writer.wait_closed()
+
+    async def answered() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in log_capture.events()[offset:]
+            if e.get("event") in ("request_refused", "request_failed")
+            and e.get("path") == "/internal/v1/persons"
+        ]
+
+    for _ in range(200):  # the server notices the hang-up on its own schedule
+        events = await answered()
+        if events:
+            break
+        await asyncio.sleep(0.05)
+    assert events, "the cut request was never answered or logged"
+    assert [e["code"] for e in events] == ["request_body_incomplete"], events
+    assert events[0]["event"] == "request_refused" and events[0]["status"] == 400
+    assert not [e for e in events if "exception" in e], "a traceback for a client's hang-up"
