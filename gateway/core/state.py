@@ -17,6 +17,7 @@ from chukan.gateway.core.config import GatewayConfig
 from chukan.gateway.core.hubclient import HubClient
 from chukan.gateway.core.keystore import AgencyKeys
 from chukan.gateway.core.metrics import metrics_for
+from chukan.gateway.core.pacing import PeerLimit
 from chukan.keys.ring import KeyRing
 from chukan.permits import (
     AuthorizationList,
@@ -44,6 +45,12 @@ class GatewayState:
     sweep_wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set when a graceful stop begins: long-polls answer at once instead of waiting.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    #: How many queries (sends and conclusion requests) this process has at the hub at
+    #: once: local pacing only (:mod:`chukan.gateway.core.pacing`).
+    hub_limit: PeerLimit = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hub_limit = PeerLimit(self.config.timing.http_timeout)
 
     def spawn(self, coro: Any, name: str) -> None:
         """Run background work, kept referenced and supervised.

@@ -31,7 +31,6 @@ from chukan.gateway.core.errors import (
     ValidationError,
 )
 from chukan.gateway.core.hubclient import HubReply
-from chukan.gateway.core.pacing import PeerLimit
 from chukan.gateway.core.retry import jittered_backoff
 from chukan.gateway.core.state import GatewayState
 from chukan.gateway.core.web import request_id_bound
@@ -144,23 +143,10 @@ async def insert_requester_record(conn: db.Conn, state: GatewayState, query_id: 
     count_record(state.config.agency_code, "requester", outcome)
 
 
-#: Each gateway's requests in flight to its hub (per state: tests run several gateways
-#: in one process).  Local pacing only (:mod:`chukan.gateway.core.pacing`).
-_HUB_LIMITS: Final[dict[int, PeerLimit]] = {}
-
-
-def hub_limit(state: GatewayState) -> PeerLimit:
-    """How many queries (sends and conclusion requests) this process has at the hub at once."""
-    limit = _HUB_LIMITS.get(id(state))
-    if limit is None:
-        limit = _HUB_LIMITS[id(state)] = PeerLimit(state.config.timing.http_timeout)
-    return limit
-
-
 async def to_hub(state: GatewayState, body: Body) -> HubReply:
     """Send a query's message to the hub once a slot is free: a busy hub's backlog waits
     here (the query is durable) instead of timing out there and being sent again."""
-    async with hub_limit(state).slot():
+    async with state.hub_limit.slot():
         return await state.hub.send(body)
 
 

@@ -31,7 +31,6 @@ from chukan.gateway.provision.review import deliver_decision, due_decisions
 from chukan.gateway.query.answers import apply_pulled_conclusion
 from chukan.gateway.query.lifecycle import (
     QueryStatus,
-    hub_limit,
     retry_later,
     send_query,
     to_hub,
@@ -79,7 +78,7 @@ async def _claim_open_queries(
 ) -> list[tuple[str, str, int, str | None]]:
     # Only what the hub can take now: a query claimed but waiting for a slot could come
     # due again meanwhile and be sent twice.
-    free = min(SWEEP_BATCH, hub_limit(state).free())
+    free = min(SWEEP_BATCH, state.hub_limit.free())
     if free == 0:
         return []
     rows = await state.pool.fetch(
