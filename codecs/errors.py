@@ -204,3 +204,9 @@ class SliceRefusedError(CodecError):
     counted (control flow: the caller falls back to the streaming parser; never escapes)."""
 
     code: ClassVar[str] = "registration_slice_refused"
+
+
+class MessageBatchError(CodecError):
+    """A batch of network messages (or its replies) that is not the container's shape."""
+
+    code: ClassVar[str] = "message_batch_invalid"

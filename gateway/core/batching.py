@@ -24,12 +24,15 @@ R = TypeVar("R")
 
 
 class Batcher(Generic[T, R]):
-    """Runs ``call`` on batches of submitted items, one batch in flight at a time.
+    """Runs ``call`` on batches of submitted items, ``in_flight`` batches at a time (one
+    by default).
 
     ``call`` returns one result per item, in order.  If it raises, every item of
     that batch gets the exception.  ``keys`` (optional) names what must not appear
     twice in one batch (e.g. a permit id): a second item with a key already in the
-    batch waits for the next one.
+    batch waits for the next one.  With ``in_flight`` above one, a new batch starts
+    while others run only if every batch started so far has taken its items (so a
+    burst fills one batch, not several of one item each).
     """
 
     def __init__(
@@ -39,27 +42,43 @@ class Batcher(Generic[T, R]):
         max_batch: int,
         name: str,
         keys: Callable[[T], tuple[Hashable, ...]] | None = None,
+        in_flight: int = 1,
     ) -> None:
         self._call = call
         self._max_batch = max_batch
         self._name = name
         self._keys = keys
+        self._in_flight = in_flight
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self._runner: asyncio.Task[None] | None = None
+        self._runners: set[asyncio.Task[None]] = set()
+        #: Runners started that have not taken their first batch yet.
+        self._starting = 0
+
+    @property
+    def waiting(self) -> int:
+        """Items queued for a batch not started yet."""
+        return len(self._waiting)
 
     async def submit(self, item: T) -> R:
         """The result of ``item``'s batch (or its exception)."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._run(), name=self._name)
+        if self._starting == 0 and len(self._runners) < self._in_flight:
+            self._starting += 1
+            runner = asyncio.create_task(self._run(), name=self._name)
+            self._runners.add(runner)
+            runner.add_done_callback(self._runners.discard)
         # Shielded: a caller that goes away does not take its batch with it.
         return await asyncio.shield(future)
 
     async def _run(self) -> None:
+        started = True
         try:
             while self._waiting:
                 batch = self._take()
+                if started:
+                    started = False
+                    self._starting -= 1
                 try:
                     results = await self._call([item for item, _ in batch])
                     if len(results) != len(batch):
@@ -76,11 +95,15 @@ class Batcher(Generic[T, R]):
                     if not future.done():
                         future.set_result(result)
         finally:
-            self._runner = None
-            for _, future in self._waiting:  # only when cancelled: the server stops
-                if not future.done():
-                    future.cancel()
-            self._waiting = []
+            if started:
+                self._starting -= 1
+            # Only when cancelled (the server stops) does anything still wait here; it
+            # is cancelled unless another runner is left to take it.
+            if not self._runners - {asyncio.current_task()}:
+                for _, future in self._waiting:
+                    if not future.done():
+                        future.cancel()
+                self._waiting = []
 
     def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
         batch: list[tuple[T, asyncio.Future[R]]] = []
@@ -98,5 +121,5 @@ class Batcher(Generic[T, R]):
 
     async def close(self) -> None:
         """Wait for the batch in flight (and those queued behind it)."""
-        if self._runner is not None:
-            await asyncio.gather(self._runner, return_exceptions=True)
+        if self._runners:
+            await asyncio.gather(*self._runners, return_exceptions=True)

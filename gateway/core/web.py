@@ -290,56 +290,67 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except web.HTTPException as exc:
         if exc.status >= 400:
-            code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-                exc.status, "http_error"
-            )
-            log.info("request_refused", path=request.path, status=exc.status, code=code)
-            return error_response(exc.status, code, exc.reason)
+            return http_error_answer(request, exc)
         raise
     except Exception as exc:
-        status, code = status_for(exc)
-        if db.is_database_error(exc):  # ours; a peer's relayed code is the peer's outage
-            # Logged once per outage by the tracker; per request one line, no traceback.
-            db.note_unavailable(exc)
-            log.warning(
-                "request_failed",
-                path=request.path,
-                status=status,
-                code=code,
-                error=type(exc).__name__,
-            )
-            message = (
-                exc.message
-                if isinstance(exc, GatewayError)
-                else "the database is unavailable; try again in a few seconds"
-            )
-            response = error_response(status, code, message)
-            response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER)
-            return response
-        if status >= 500 and isinstance(exc, GatewayError) and status != 500:
-            # An expected condition with its own code (hub unreachable, no valid list):
-            # worth a warning, not a traceback.
-            log.warning("request_failed", path=request.path, status=status, code=code)
-            message = exc.message
-        elif status >= 500:
-            log.exception("request_failed", path=request.path, code=code)
-            message = "internal error" if code == "internal_error" else str(exc)
-        else:
-            message = _public_message(exc)
-            log.info(
-                "request_refused",
-                path=request.path,
-                method=request.method,
-                status=status,
-                code=code,
-                caller=request.get(CALLER),
-            )
-        response = error_response(status, code, message, getattr(exc, "details", None))
-        retry_after = getattr(exc, "retry_after", None)  # e.g. 503 busy
-        if retry_after is not None:
-            response.headers["Retry-After"] = str(retry_after)
-        return response
+        return error_answer(request, exc)
     return response  # the access log middleware logs every answer (``http_request``)
+
+
+def http_error_answer(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own refusal (404, 405, 413, …) as our error body."""
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+        exc.status, "http_error"
+    )
+    log.info("request_refused", path=request.path, status=exc.status, code=code)
+    return error_response(exc.status, code, exc.reason)
+
+
+def error_answer(request: web.Request, exc: Exception) -> web.Response:
+    """An exception as its HTTP answer, logged once: shared by :func:`error_middleware`
+    and each message of a batch, which is answered as it would be alone."""
+    status, code = status_for(exc)
+    if db.is_database_error(exc):  # ours; a peer's relayed code is the peer's outage
+        # Logged once per outage by the tracker; per request one line, no traceback.
+        db.note_unavailable(exc)
+        log.warning(
+            "request_failed",
+            path=request.path,
+            status=status,
+            code=code,
+            error=type(exc).__name__,
+        )
+        message = (
+            exc.message
+            if isinstance(exc, GatewayError)
+            else "the database is unavailable; try again in a few seconds"
+        )
+        response = error_response(status, code, message)
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER)
+        return response
+    if status >= 500 and isinstance(exc, GatewayError) and status != 500:
+        # An expected condition with its own code (hub unreachable, no valid list):
+        # worth a warning, not a traceback.
+        log.warning("request_failed", path=request.path, status=status, code=code)
+        message = exc.message
+    elif status >= 500:
+        log.exception("request_failed", path=request.path, code=code)
+        message = "internal error" if code == "internal_error" else str(exc)
+    else:
+        message = _public_message(exc)
+        log.info(
+            "request_refused",
+            path=request.path,
+            method=request.method,
+            status=status,
+            code=code,
+            caller=request.get(CALLER),
+        )
+    response = error_response(status, code, message, getattr(exc, "details", None))
+    retry_after = getattr(exc, "retry_after", None)  # e.g. 503 busy
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def _public_message(exc: Exception) -> str:
