@@ -3,10 +3,15 @@
 Every call made while handling a request (or work done for a stored one, see
 :func:`~chukan.gateway.core.web.request_id_bound`) sends its request id as
 ``X-Request-Id``, so the hub, the provider and their records name the same id.
+Envelopes go through one :class:`~chukan.gateway.core.message_exchange.MessagePoster`:
+alone when they come one at a time, several per HTTPS exchange while they queue behind
+the exchanges in flight (each still signed, answered and retried on its own).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import time
@@ -17,6 +22,7 @@ import aiohttp
 
 from chukan.codecs.envelope import HUB, Body, Envelope, Header, decode_message, encode_message
 from chukan.codecs.envelope import new_message_id as _new_message_id
+from chukan.codecs.message_batch import BatchMessage
 from chukan.gateway.core.errors import (
     AgencyUnknownError,
     EnrolmentRefusedError,
@@ -24,9 +30,11 @@ from chukan.gateway.core.errors import (
     MisaddressedError,
     UpstreamError,
 )
+from chukan.gateway.core.message_exchange import SEND_BATCH, MessagePoster
+from chukan.gateway.core.pacing import PeerLimit
 from chukan.gateway.core.web import (
     REQUEST_ID_HEADER,
-    SIGNATURE_HEADER,
+    accepted_request_id,
     current_request_id,
     signature_header,
     verify_signature,
@@ -69,6 +77,36 @@ class HubClient:
     session: aiohttp.ClientSession
     timeout: float
     _peer_keys: dict[str, tuple[float, dict[str, PublicSigningKey]]] = field(default_factory=dict)
+    #: How many exchanges this process has at the hub at once (local pacing only, see
+    #: :mod:`~chukan.gateway.core.pacing`); the gateway's state holds the same limit.
+    limit: PeerLimit = field(init=False)
+    _poster: MessagePoster = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limit = PeerLimit(self.timeout)
+        self._poster = MessagePoster(
+            self.session,
+            self.base_url.rstrip("/") + "/network/v1/messages",
+            limit=self.limit,
+            name="hub",
+        )
+
+    def room(self) -> int:
+        """Envelopes that would go out with the next exchange: what may be handed over now.
+
+        None while an exchange already waits for a slot or a whole batch waits for one:
+        a busy hub's backlog then stays in our database (the sweep), not in memory here
+        where a claim could lapse before it is sent.
+        """
+        if self.limit.waiting:
+            return 0
+        return max(0, SEND_BATCH - self._poster.waiting)
+
+    async def close(self) -> None:
+        """Send what is queued (within one timeout) before the session closes."""
+        # What is not sent by then is durable: the sweep sends it again.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._poster.close(), self.timeout)
 
     @property
     def trusted_hub(self) -> dict[str, PublicSigningKey]:
@@ -85,29 +123,21 @@ class HubClient:
         return encode_message(header, body)
 
     async def send(self, body: Body, *, request_id: str | None = None) -> HubReply:
-        """POST one signed envelope to the hub; network failures become UpstreamError.
+        """POST one signed envelope to the hub, alone or with others queued at the same
+        moment; network failures (of its exchange) become UpstreamError.
 
         ``request_id``: the id of the request this is sent for (default: the current one).
         """
         message = self.envelope(body)
+        # A malformed id is dropped as the hub would drop it alone (and a batch refuses it).
+        traced = accepted_request_id(request_id or current_request_id())
         try:
-            async with self.session.post(
-                self.base_url.rstrip("/") + "/network/v1/messages",
-                data=message,
-                headers=_traced(
-                    {
-                        "Content-Type": "application/xml",
-                        SIGNATURE_HEADER: signature_header(self.signer, message),
-                    },
-                    request_id,
-                ),
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-            ) as response:
-                return HubReply(
-                    response.status, await response.read(), response.headers.get(SIGNATURE_HEADER)
-                )
+            reply = await self._poster.post(
+                BatchMessage(message, signature_header(self.signer, message), traced)
+            )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"the hub could not be reached ({type(exc).__name__})") from None
+        return HubReply(reply.status, reply.body, reply.signature)
 
     def open_reply(self, reply: HubReply) -> Envelope:
         """Verify a signed envelope the hub answered with, addressed to us."""

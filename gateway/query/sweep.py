@@ -76,9 +76,9 @@ async def _pull(state: GatewayState, query_id: str, attempts: int) -> None:
 async def _claim_open_queries(
     state: GatewayState,
 ) -> list[tuple[str, str, int, str | None]]:
-    # Only what the hub can take now: a query claimed but waiting for a slot could come
-    # due again meanwhile and be sent twice.
-    free = min(SWEEP_BATCH, state.hub_limit.free())
+    # Only what goes out with the next exchange to the hub: a query claimed but waiting
+    # behind a backlog could come due again meanwhile and be sent twice.
+    free = min(SWEEP_BATCH, state.hub.room())
     if free == 0:
         return []
     rows = await state.pool.fetch(

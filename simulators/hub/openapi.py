@@ -17,7 +17,7 @@ from chukan.gateway.core.apidoc import ApiSpec, Face, Route, Security
 from chukan.gateway.core.apidoc import route as _r
 
 #: Raise when a route is added, changed or removed.
-VERSION: Final = "1.0.0"
+VERSION: Final = "1.1.0"
 
 _ERRORS: Final[Sequence[int]] = (400, 401, 403, 404, 405, 413, 415, 422, 500, 503)
 
@@ -69,6 +69,13 @@ _NETWORK: Final[Mapping[tuple[str, str], Route]] = {
         answer="xml",
         also=((202, "json"),),
         errors=(409,),
+    ),
+    ("POST", "/network/v1/messages/batch"): _r(
+        "several signed envelopes of the calling agency in one exchange (JSON, base64 bodies "
+        "each with its signature and request id): each handled exactly as alone, answered in "
+        "order with the status, body and signature it would have had alone; a malformed "
+        "batch is 400 message_batch_invalid",
+        body="json",
     ),
     ("GET", "/network/v1/records"): _r(
         "the hub's record of each query the calling agency took part in (reconciliation)",
