@@ -3,12 +3,26 @@
 Bound to the query (and its permit, in the sealed payload's associated data) and
 signed, a copy can only conclude a query the same way; a contradicting one is
 kept as evidence, counted and logged.
+
+Answers that arrive together are concluded together (group commit): each
+conclusion appends a requester record to the tenant's hash chain, whose head is
+locked from the record's insert to the commit, so one commit per answer queues
+them behind each other's WAL flush.  An opened answer waits in the tenant's
+:class:`~chukan.gateway.core.batching.Batcher`; one statement concludes every
+waiting one (each only if still open, its record chained in the same statement,
+its notice sent at the commit) and one commit makes them durable together.  An
+idle gateway runs a batch of one: today's one-query statement.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
 
+import asyncpg
 import structlog
 from aiohttp import web
 
@@ -22,12 +36,15 @@ from chukan.codecs.envelope import (
 )
 from chukan.codecs.errors import CodecError
 from chukan.codecs.schema_items import canonical_item_bytes
+from chukan.gateway.core.batching import Batcher
 from chukan.gateway.core.errors import MisaddressedError, QueryUnknownError
 from chukan.gateway.core.metrics import metrics_for
 from chukan.gateway.core.state import GatewayState, utcnow
 from chukan.gateway.query.lifecycle import (
     CONCLUDE_ANSWERED_SQL,
     OPEN_STATUSES,
+    QUERY_CHANNEL,
+    RECORD_CONCLUDED,
     QueryStatus,
     conclude_refused,
 )
@@ -116,10 +133,8 @@ async def take_answer(
             received = QueryStatus.REFUSED
             log.warning("answer_unusable", query_id=body.query_id, code=exc.code)
         else:
-            concluded = bool(
-                await state.pool.fetchval(
-                    CONCLUDE_ANSWERED_SQL, body.query_id, plaintext, body.permit_id
-                )
+            concluded = await conclude_answered(
+                state, Answered(body.query_id, plaintext, body.permit_id)
             )
             if concluded:
                 count_record(state.config.agency_code, "requester", "provided")
@@ -131,6 +146,80 @@ async def take_answer(
         )
         return await _already_concluded(state, body.query_id, status, received, provider)
     return web.json_response({"query_id": body.query_id, "accepted": True})
+
+
+# -- group commit of answered conclusions ---------------------------------------------------
+
+#: At most this many conclusions per statement (bounded parameter arrays).
+MAX_BATCH: Final = 128
+
+#: Every query of the batch still open (``queued``/``sent``) concluded as answered, its
+#: requester record appended (after every update: the rows are locked before the chain
+#: head is) and its notice sent; one row per input, in order, saying whether it concluded.
+_BATCH_RECORDED: Final = RECORD_CONCLUDED.format(source="concluded")
+CONCLUDE_ANSWERED_BATCH_SQL: Final = f"""
+    WITH input AS (
+        SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[])
+            WITH ORDINALITY AS t(query_id, result, permit_id, position)),
+    concluded AS (
+        UPDATE queries q SET status = 'answered', result = i.result, answered_at = now(),
+               permit_id = i.permit_id, sent_at = COALESCE(q.sent_at, now())
+        FROM input i
+        WHERE q.query_id = i.query_id AND q.query_id = ANY($1)
+          AND q.status IN ('queued', 'sent')
+        RETURNING q.*, i.position),{_BATCH_RECORDED}
+        ORDER BY q.position
+        RETURNING query_id)
+    SELECT i.query_id, r.query_id IS NOT NULL AS concluded,
+           CASE WHEN r.query_id IS NOT NULL
+                THEN pg_notify('{QUERY_CHANNEL}', chukan_tenant() || ' ' || i.query_id) END
+    FROM input i LEFT JOIN recorded r USING (query_id)
+    ORDER BY i.position"""  # noqa: S608 -- constant fragments, values are parameters
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """An answer opened and checked, waiting for its conclusion's commit."""
+
+    query_id: str
+    result: bytes
+    permit_id: str
+
+
+async def conclude_answered(state: GatewayState, answered: Answered) -> bool:
+    """True once ``answered`` concluded its query (committed); False if it was not open.
+
+    A failed statement raises here for every conclusion of its batch (the hub retries).
+    """
+    batcher = state.conclusions
+    if batcher is None:  # one per tenant's state, as its pool
+        batcher = state.conclusions = Batcher(
+            functools.partial(_conclude_batch, state.pool),
+            max_batch=MAX_BATCH,
+            name="query-conclusions",
+            keys=lambda a: (a.query_id,),
+        )
+    return await batcher.submit(answered)
+
+
+async def _conclude_batch(pool: asyncpg.Pool, batch: Sequence[Answered]) -> list[bool]:
+    """One statement, one commit for the batch; a batch of one is the one-query statement."""
+    if len(batch) == 1:
+        (one,) = batch
+        return [
+            bool(
+                await pool.fetchval(CONCLUDE_ANSWERED_SQL, one.query_id, one.result, one.permit_id)
+            )
+        ]
+    rows = await pool.fetch(
+        CONCLUDE_ANSWERED_BATCH_SQL,
+        [a.query_id for a in batch],
+        [a.result for a in batch],
+        [a.permit_id for a in batch],
+    )
+    concluded = [bool(row["concluded"]) for row in rows]
+    log.info("query_conclusions_batch", size=len(batch), concluded=sum(concluded))
+    return concluded
 
 
 async def take_refusal(state: GatewayState, body: QueryRefusal) -> web.Response:
