@@ -16,14 +16,13 @@ import contextvars
 import datetime as dt
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import aiohttp
 import asyncpg
 import structlog
 from aiohttp import web
-from multidict import CIMultiDictProxy
 
 from chukan.codecs.envelope import (
     HUB,
@@ -34,12 +33,13 @@ from chukan.codecs.envelope import (
     encode_message,
     new_message_id,
 )
+from chukan.codecs.message_batch import BatchMessage
 from chukan.gateway.core import db
 from chukan.gateway.core.aio import wait_event
+from chukan.gateway.core.message_exchange import SEND_BATCH, MessagePoster, PeerReply
 from chukan.gateway.core.pacing import PeerLimit
 from chukan.gateway.core.web import (
-    REQUEST_ID_HEADER,
-    SIGNATURE_HEADER,
+    accepted_request_id,
     current_request_id,
     request_id_bound,
     signature_header,
@@ -70,10 +70,12 @@ class Known:
 
 @dataclass(slots=True)
 class Peer:
-    """This process's deliveries to one agency: how many at once, and whether it is away.
+    """This process's deliveries to one agency: how they go, and whether it is away.
 
     Local pacing only (see :mod:`chukan.gateway.core.pacing`): nothing depends on it
-    but how soon deliveries go out.  While the agency cannot be reached, one delivery
+    but how soon deliveries go out.  Deliveries go through the agency's ``poster``:
+    alone while they come one at a time, several per exchange while they queue (each
+    still its own message, claim and retry).  While the agency cannot be reached, one delivery
     (``probe``) keeps trying it with its backoff and the others are held back (not
     tried: N deliveries to a dead agency would cost N attempts per backoff); its
     first answer makes every one of them due at once.
@@ -89,6 +91,10 @@ class Peer:
     #: Not known to answer (yet): at start, or since it was away or timed out.  The
     #: next answer makes its deliveries that wait out a backoff (or a hold) due at once.
     unsure: bool = True
+    #: The agency's network face, as last read from the registry (rebuilt if it moves).
+    poster: MessagePoster | None = None
+    #: Posters of endpoints the agency left, finishing what they carry (closed at stop).
+    retired: list[MessagePoster] = field(default_factory=list)
 
 
 #: Each hub's peers (per state: tests run several hubs in one process).
@@ -107,26 +113,32 @@ def _peer(state: HubState, code: str) -> Peer:
     return peer
 
 
+def _poster(state: HubState, peer: Peer, agency: Agency) -> MessagePoster:
+    """The poster to ``agency``'s network face as the registry gives it now."""
+    url = agency.endpoint.rstrip("/") + "/network/v1/messages"
+    server_name = tls_server_name(state, agency.code, agency.endpoint)
+    poster = peer.poster
+    if poster is not None and (poster.url, poster.server_hostname) == (url, server_name):
+        return poster
+    if poster is not None:  # the agency moved: what the old one carries still ends
+        peer.retired.append(poster)
+    peer.poster = MessagePoster(
+        state.session, url, limit=peer.limit, server_hostname=server_name, name=agency.code
+    )
+    return peer.poster
+
+
 def can_deliver_now(state: HubState, code: str) -> bool:
-    """Whether a delivery to ``code`` started now would be sent at once (a slot is free and
-    the agency is not away); if not, it is queued for the worker, which claims only what
-    it can send."""
+    """Whether a delivery to ``code`` started now would go out soon: the agency is not away
+    and no more than a batch waits in front of it (the next exchange takes them all).  If
+    not, it is queued for the worker, which claims only what it can send soon."""
     peer = _peer(state, code)
-    return peer.probe is None and peer.limit.free() > 0
+    return peer.probe is None and (peer.poster is None or peer.poster.waiting <= SEND_BATCH)
 
 
 def _waiting(state: HubState) -> int:
-    """Deliveries of this process waiting for a slot to their agency."""
-    return sum(p.limit.waiting for p in _PEERS.get(id(state), {}).values())
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """An agency's answer to one delivery, read in full."""
-
-    status: int
-    headers: CIMultiDictProxy[str]
-    payload: bytes
+    """Deliveries of this process queued for an exchange to their agency not started yet."""
+    return sum(p.poster.waiting for p in _PEERS.get(id(state), {}).values() if p.poster is not None)
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -134,33 +146,26 @@ def _unreachable(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, TimeoutError)
 
 
-async def _post(state: HubState, agency: Agency, delivery: Delivery) -> Reply | None:
-    """One delivery to ``agency``, once a slot to it is free: its timeout starts then, so
-    a backlog waits here (its deliveries are durable) instead of timing out at the peer.
+async def _post(state: HubState, agency: Agency, delivery: Delivery) -> PeerReply | None:
+    """One delivery to ``agency``, alone or with others queued for it, once a slot to it is
+    free: its timeout starts then, so a backlog waits here (its deliveries are durable)
+    instead of timing out at the peer.
 
     None: not attempted, the agency being away while another delivery probes it (held
     back until it answers again).  Raises ``aiohttp.ClientError`` or ``TimeoutError``
-    (retried with backoff).
+    (retried with backoff): an exchange that fails fails each of its deliveries, and one
+    of them becomes the probe.
     """
     peer = _peer(state, agency.code)
     if peer.probe not in (None, delivery["id"]) and time.monotonic() < peer.probe_until:
         return None
-    headers = {"Content-Type": "application/xml", SIGNATURE_HEADER: delivery["signature"]}
-    request_id = current_request_id()  # the query's: bound for each delivery
-    if request_id is not None:
-        headers[REQUEST_ID_HEADER] = request_id
+    message = BatchMessage(
+        delivery["body"],
+        delivery["signature"],
+        accepted_request_id(current_request_id()),  # the query's: bound for each delivery
+    )
     try:
-        async with (
-            peer.limit.slot(),
-            state.session.post(
-                agency.endpoint.rstrip("/") + "/network/v1/messages",
-                data=delivery["body"],
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=state.config.delivery_timeout),
-                server_hostname=tls_server_name(state, agency.code, agency.endpoint),
-            ) as response,
-        ):
-            reply = Reply(response.status, response.headers, await response.read())
+        reply = await _poster(state, peer, agency).post(message)
     except (aiohttp.ClientError, TimeoutError) as exc:
         peer.unsure = True
         probe = delivery["id"]
@@ -244,7 +249,7 @@ async def _deliver_provision_request(
 
 
 async def _take_reply(
-    state: HubState, delivery: Delivery, provider: Agency, reply: Reply, known: Known | None
+    state: HubState, delivery: Delivery, provider: Agency, reply: PeerReply, known: Known | None
 ) -> str | None:
     """The provider's reply to a provision request: None if it ends the delivery (a signed
     answer, or "held"), else the error to retry it with."""
@@ -256,7 +261,7 @@ async def _take_reply(
     if reply.status == 202:
         await _held(state, delivery, provider)
         return None
-    return f"HTTP {reply.status} {_error_of(reply.payload)[0]}"
+    return f"HTTP {reply.status} {_error_of(reply.body)[0]}"
 
 
 async def _held(state: HubState, delivery: Delivery, provider: Agency) -> None:
@@ -276,14 +281,16 @@ async def _accept_answer(
     state: HubState,
     delivery: Delivery,
     provider: Agency,
-    reply: Reply,
+    reply: PeerReply,
     known: Known | None,
 ) -> tuple[str | None, asyncpg.Record | None]:
     """Check the provider's signed answer and conclude with it: an error text to retry,
     or the answer's delivery, leased to this process, when this conclusion won."""
     try:
-        verify_signature(reply.headers.get(SIGNATURE_HEADER), reply.payload, provider.signing_keys)
-        envelope = decode_message(reply.payload)
+        signature = reply.signature
+        verify_signature(signature, reply.body, provider.signing_keys)
+        assert signature is not None  # verified: there is one
+        envelope = decode_message(reply.body)
     except Exception as exc:  # e.g. a key the registry does not list yet: ask again later
         log.warning("provider_answer_unverified", query_id=delivery["query_id"], error=str(exc))
         return getattr(exc, "code", "provider_answer_invalid"), None
@@ -317,8 +324,8 @@ async def _accept_answer(
         body.reason_code,
         requester=requester,
         sender=provider.code,
-        message=reply.payload,
-        signature=reply.headers[SIGNATURE_HEADER],
+        message=reply.body,
+        signature=signature,
         header=envelope.header,
         direction="in",
         permit_id=body.permit_id,
@@ -381,7 +388,7 @@ async def _deliver_answer(
             log.info("answer_delivered", query_id=delivery["query_id"])
             return
         else:
-            error = f"HTTP {reply.status} {_error_of(reply.payload)[0]}"
+            error = f"HTTP {reply.status} {_error_of(reply.body)[0]}"
             give_up = await outbox.retry_later(state, delivery, error)
     if give_up:
         await outbox.finish(state.pool, delivery, "failed", error)
@@ -490,15 +497,17 @@ async def stop_worker(state: HubState) -> None:
     """Stop the worker for good (it is not restarted) and wait for its deliveries to end."""
     worker, state.worker = state.worker, None
     inline = _INLINE.pop(id(state), set())
-    _PEERS.pop(id(state), None)
     for task in inline:
         task.cancel()
     await asyncio.gather(*inline, return_exceptions=True)
-    if worker is None:
-        return
-    worker.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await worker
+    if worker is not None:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+    peers = _PEERS.pop(id(state), {})
+    # Their deliveries are durable: an exchange cut off now is retried when the lease ends.
+    posters = [p for peer in peers.values() for p in (peer.poster, *peer.retired) if p]
+    await asyncio.gather(*(p.close(cancel=True) for p in posters), return_exceptions=True)
 
 
 async def retry_deliveries(request: web.Request) -> web.Response:
