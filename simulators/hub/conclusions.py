@@ -19,7 +19,7 @@ from chukan.codecs.envelope import Header
 from chukan.gateway.core.web import current_request_id
 from chukan.simulators.hub import outbox
 from chukan.simulators.hub.outbox import DELIVERY_INSERT_LEASED, DELIVERY_ONCE, LEASED_VALUES
-from chukan.simulators.hub.records import ROUTED_INSERT, log_routed
+from chukan.simulators.hub.records import ROUTED_INSERT, GroupCommit, log_routed
 from chukan.simulators.hub.state import HubState, utcnow
 
 log = structlog.get_logger("chukan.hub")
@@ -62,6 +62,52 @@ _CONCLUDE_SQL: Final = f"""
     FROM (SELECT 1) AS one LEFT JOIN queued ON true"""  # noqa: S608 -- constant fragments
 
 
+#: _CONCLUDE_SQL for several queries at once (distinct query ids), as the same writes
+#: over arrays of its parameters $1-$18, in order: one row per query, in order, as
+#: _CONCLUDE_SQL returns it.  Rows are written (and chained) in the queries' order.
+_CONCLUDE_MANY_SQL: Final = f"""
+    WITH input AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                             $11::bytea[], $12::text[], $13::text[], $14::timestamptz[],
+                             $15::bigint[], $16::uuid[], $17::text[], $18::interval[])
+            WITH ORDINALITY AS t(query_id, outcome, reason_code, request_id, message_id,
+                                 message_type, sender, receiver, permit_id, direction, body,
+                                 signature, requester, give_up_at, delivery_id, lease_token,
+                                 finish_status, lease, position)),
+    won AS (
+        INSERT INTO hub_record_events (query_id, kind, outcome, reason_code, answered_at,
+                                       request_id)
+        SELECT query_id, 'concluded', outcome, reason_code, now(), request_id
+        FROM input ORDER BY position
+        ON CONFLICT DO NOTHING RETURNING query_id),
+    finished AS (
+        UPDATE deliveries d SET status = i.finish_status, last_error = i.reason_code,
+            done_at = now(), leased_until = NULL, lease_token = NULL
+        FROM input i JOIN won w USING (query_id)
+        WHERE d.id = i.delivery_id AND d.lease_token = i.lease_token AND d.status = 'pending'
+        RETURNING 1),
+    routed AS ({ROUTED_INSERT}
+        SELECT i.message_id, i.message_type, i.sender, i.receiver, i.query_id, i.permit_id,
+               i.direction, i.body
+        FROM input i JOIN won w USING (query_id) ORDER BY i.position),
+    queued AS ({DELIVERY_INSERT_LEASED}
+        SELECT 'answer', i.requester, i.query_id, i.body, i.signature, i.give_up_at,
+               (SELECT e.request_id FROM hub_record_events e
+                WHERE e.query_id = i.query_id AND e.kind = 'opened'),
+               {LEASED_VALUES.format(lease="i.lease")}
+        FROM input i JOIN won w USING (query_id) ORDER BY i.position {DELIVERY_ONCE}
+        RETURNING *)
+    SELECT w.query_id IS NOT NULL AS won, q.*
+    FROM input i LEFT JOIN won w USING (query_id) LEFT JOIN queued q ON q.query_id = i.query_id
+    ORDER BY i.position"""  # noqa: S608 -- constant fragments
+
+
+def group_commit(pool: asyncpg.Pool) -> GroupCommit:
+    """The hub process's conclusions, concurrent ones in one statement and one commit."""
+    return GroupCommit(pool, one=_CONCLUDE_SQL, many=_CONCLUDE_MANY_SQL, name="hub-conclusions")
+
+
 async def _conclude_at_once(
     state: HubState,
     query_id: str,
@@ -78,9 +124,9 @@ async def _conclude_at_once(
     finish_status: str,
     lease_answer: tuple[dt.timedelta, Callable[[asyncpg.Record], None]] | None,
 ) -> bool:
-    """The first conclusion of a query, in one statement; False if it was concluded before."""
-    row = await state.pool.fetchrow(
-        _CONCLUDE_SQL,
+    """The first conclusion of a query, in one statement (shared with the conclusions of
+    other queries waiting at the same time); False if it was concluded before."""
+    params = (
         query_id,
         outcome,
         reason_code,
@@ -100,6 +146,11 @@ async def _conclude_at_once(
         finish_status,
         None if lease_answer is None else lease_answer[0],
     )
+    row: asyncpg.Record | None
+    if state.concluding is not None:
+        row = await state.concluding.fetchrow(params)
+    else:  # a state not started by the hub's application: alone
+        row = await state.pool.fetchrow(_CONCLUDE_SQL, *params)
     assert row is not None
     if row["won"] and lease_answer is not None and row["id"] is not None:
         lease_answer[1](row)

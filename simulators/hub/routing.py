@@ -56,7 +56,7 @@ from chukan.simulators.hub import lists, outbox, record_status, worker
 from chukan.simulators.hub.codes import provider_person_code
 from chukan.simulators.hub.conclusions import Conclusion, conclude
 from chukan.simulators.hub.outbox import DELIVERY_INSERT_LEASED, DELIVERY_ONCE, LEASED_VALUES
-from chukan.simulators.hub.records import ROUTED_INSERT
+from chukan.simulators.hub.records import ROUTED_INSERT, GroupCommit
 from chukan.simulators.hub.registry import Agency
 from chukan.simulators.hub.state import HubState, utcnow
 
@@ -131,8 +131,7 @@ async def route_query(
     # queued due for the worker, which claims only what it can send (a slow provider's
     # backlog waits in the outbox, not in deliveries that time out at the provider).
     at_once = worker.can_deliver_now(state, route.provider.code)
-    opened = await state.pool.fetchrow(
-        _OPEN_SQL,
+    params = (
         *_open_values(body, route, permit, now),
         header.message_id,
         header.message_type,
@@ -145,6 +144,11 @@ async def route_query(
         permit.expires_at + state.config.delivery_grace,
         outbox.lease(state.config) if at_once else None,
     )
+    opened: asyncpg.Record | None
+    if state.opening is not None:  # with the queries opened at the same time: one commit
+        opened = await state.opening.fetchrow(params)
+    else:  # a state not started by the hub's application: alone
+        opened = await state.pool.fetchrow(_OPEN_SQL, *params)
     assert opened is not None
     if not opened["opened"]:
         # The same query again (or twice at once): the first one stands.
@@ -251,6 +255,64 @@ _OPEN_SQL: Final = f"""
         WHERE EXISTS (SELECT 1 FROM opened) {DELIVERY_ONCE} RETURNING *)
     SELECT EXISTS (SELECT 1 FROM opened) AS opened, queued.*
     FROM (SELECT 1) AS one LEFT JOIN queued ON true"""  # noqa: S608 -- constant fragments
+
+
+#: _OPEN_SQL for several new queries at once (distinct query ids), as the same writes
+#: over arrays of its parameters $1-$24, in order: one row per query, in order, as
+#: _OPEN_SQL returns it.  Rows are written (and chained) in the queries' order.
+_OPEN_MANY_SQL: Final = f"""
+    WITH input AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::text[], $7::text[], $8::integer[], $9::text[], $10::text[],
+                             $11::timestamptz[], $12::timestamptz[], $13::boolean[],
+                             $14::text[], $15::text[], $16::text[], $17::text[], $18::text[],
+                             $19::bytea[], $20::text[], $21::bytea[], $22::text[],
+                             $23::timestamptz[], $24::interval[])
+            WITH ORDINALITY AS t(query_id, permit_id, requester, provider, business_code,
+                                 procedure_code, item_code, legal_basis,
+                                 requester_person_code, provider_person_code, requested_at,
+                                 permit_expires_at, non_disclosure, request_id, message_id,
+                                 message_type, sender, receiver, raw, request_message_id,
+                                 request_body, request_signature, give_up_at, lease,
+                                 position)),
+    opened AS (
+        INSERT INTO hub_record_events (query_id, kind, permit_id, requester, provider,
+            business_code, procedure_code, item_code, legal_basis, requester_person_code,
+            provider_person_code, requested_at, permit_expires_at, outcome,
+            non_disclosure, request_id)
+        SELECT query_id, 'opened', permit_id, requester, provider, business_code,
+               procedure_code, item_code, legal_basis, requester_person_code,
+               provider_person_code, requested_at, permit_expires_at, 'permitted',
+               non_disclosure, request_id
+        FROM input ORDER BY position
+        ON CONFLICT (query_id) WHERE kind = 'opened' DO NOTHING RETURNING query_id),
+    routed AS ({ROUTED_INSERT}
+        SELECT m.message_id, m.message_type, m.sender, m.receiver, m.query_id, m.permit_id,
+               m.direction, m.body
+        FROM input i JOIN opened o USING (query_id)
+        CROSS JOIN LATERAL (VALUES
+            (i.message_id, i.message_type, i.sender, i.receiver, i.query_id, NULL::text,
+             'in', i.raw, 1),
+            (i.request_message_id, 'ProvisionRequest', '{HUB}', i.provider, i.query_id,
+             i.permit_id, 'out', i.request_body, 2))
+            AS m(message_id, message_type, sender, receiver, query_id, permit_id, direction,
+                 body, step)
+        ORDER BY i.position, m.step),
+    queued AS ({DELIVERY_INSERT_LEASED}
+        SELECT 'provision_request', i.provider, i.query_id, i.request_body,
+               i.request_signature, i.give_up_at, i.request_id,
+               {LEASED_VALUES.format(lease="i.lease")}
+        FROM input i JOIN opened o USING (query_id) ORDER BY i.position {DELIVERY_ONCE}
+        RETURNING *)
+    SELECT o.query_id IS NOT NULL AS opened, q.*
+    FROM input i LEFT JOIN opened o USING (query_id)
+    LEFT JOIN queued q ON q.query_id = i.query_id
+    ORDER BY i.position"""  # noqa: S608 -- constant fragments
+
+
+def group_commit(pool: asyncpg.Pool) -> GroupCommit:
+    """The hub process's new queries, concurrent ones opened in one statement and one commit."""
+    return GroupCommit(pool, one=_OPEN_SQL, many=_OPEN_MANY_SQL, name="hub-openings")
 
 
 def _open_values(
