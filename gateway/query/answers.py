@@ -150,7 +150,8 @@ async def take_answer(
 
 # -- group commit of answered conclusions ---------------------------------------------------
 
-#: At most this many conclusions per statement (bounded parameter arrays).
+#: At most this many conclusions per statement (bounded parameter arrays; each item at
+#: most ``INLINE_DECODE_BYTES``, larger ones are concluded alone).
 MAX_BATCH: Final = 128
 
 #: Every query of the batch still open (``queued``/``sent``) concluded as answered, its
@@ -190,7 +191,10 @@ async def conclude_answered(state: GatewayState, answered: Answered) -> bool:
     """True once ``answered`` concluded its query (committed); False if it was not open.
 
     A failed statement raises here for every conclusion of its batch (the hub retries).
+    A large item is concluded alone, so that a batch's parameters stay bounded.
     """
+    if len(answered.result) > INLINE_DECODE_BYTES:
+        return await _conclude_one(state.pool, answered)
     batcher = state.conclusions
     if batcher is None:  # one per tenant's state, as its pool
         batcher = state.conclusions = Batcher(
@@ -205,12 +209,7 @@ async def conclude_answered(state: GatewayState, answered: Answered) -> bool:
 async def _conclude_batch(pool: asyncpg.Pool, batch: Sequence[Answered]) -> list[bool]:
     """One statement, one commit for the batch; a batch of one is the one-query statement."""
     if len(batch) == 1:
-        (one,) = batch
-        return [
-            bool(
-                await pool.fetchval(CONCLUDE_ANSWERED_SQL, one.query_id, one.result, one.permit_id)
-            )
-        ]
+        return [await _conclude_one(pool, batch[0])]
     rows = await pool.fetch(
         CONCLUDE_ANSWERED_BATCH_SQL,
         [a.query_id for a in batch],
@@ -220,6 +219,15 @@ async def _conclude_batch(pool: asyncpg.Pool, batch: Sequence[Answered]) -> list
     concluded = [bool(row["concluded"]) for row in rows]
     log.info("query_conclusions_batch", size=len(batch), concluded=sum(concluded))
     return concluded
+
+
+async def _conclude_one(pool: asyncpg.Pool, answered: Answered) -> bool:
+    """Today's one-query statement: the cheapest for a conclusion alone."""
+    return bool(
+        await pool.fetchval(
+            CONCLUDE_ANSWERED_SQL, answered.query_id, answered.result, answered.permit_id
+        )
+    )
 
 
 async def take_refusal(state: GatewayState, body: QueryRefusal) -> web.Response:

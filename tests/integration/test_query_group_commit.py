@@ -36,6 +36,7 @@ from chukan.codecs.envelope import (
 )
 from chukan.codecs.sample_items import certification_item
 from chukan.gateway.query.lifecycle import QUERY_CHANNEL
+from chukan.gateway.replica.items import INLINE_DECODE_BYTES
 from chukan.keys import seal
 from chukan.simulators.hub import HUB_STATE
 
@@ -270,3 +271,51 @@ async def _locked(probe: asyncpg.Connection, query_id: str) -> bool:
         query_id,
     )
     return bool(free == 0)
+
+
+async def test_a_large_answer_is_concluded_alone_beside_a_batch(
+    chiba: Any,
+    funabashi: Any,
+    network: Any,
+    http: aiohttp.ClientSession,
+    rng: random.Random,
+) -> None:
+    """An answer over the inline size does not wait for a batch: its own statement runs."""
+    hub_pool = network.hub.app[HUB_STATE].pool
+    held = [await held_query(chiba, funabashi, rng) for _ in range(2)]
+    (small, small_item), (large, large_item) = held
+    assert small_item is not None and large_item is not None
+    padded = large_item.replace(b"?>", b"?>" + b"\n" * (INLINE_DECODE_BYTES + 1), 1)
+    assert len(padded) > INLINE_DECODE_BYTES
+    messages = []
+    for query_id, item in ((small, small_item), (large, padded)):
+        permit_id = await hub_pool.fetchval(
+            "SELECT permit_id FROM hub_records WHERE query_id = $1", query_id
+        )
+        messages.append(_answer_for(funabashi, query_id, permit_id, item))
+    signer = chiba.gateway.state.keys.signing
+    probe = await asyncpg.connect(funabashi.gateway.state.config.database_url)
+    try:
+        async with chain_held(funabashi):
+            replies = [
+                asyncio.create_task(
+                    post_signed(
+                        http, funabashi.gateway.url, message, signer, network.hub_client_ssl()
+                    )
+                )
+                for message in messages
+            ]
+            # Both hold their query's row, waiting for the chain: the large one is not
+            # queued behind the small one's batch.
+            await until(lambda: _locked(probe, small), "the small answer's batch in flight")
+            await until(lambda: _locked(probe, large), "the large answer concluding alone")
+            assert queued_conclusions(funabashi) == 0
+        assert [await reply for reply in replies] == [
+            (200, {"query_id": small, "accepted": True}),
+            (200, {"query_id": large, "accepted": True}),
+        ]
+    finally:
+        await probe.close()
+    assert (await funabashi.result(large))["result"].encode() == padded
+    xmins = await requester_xmins(funabashi, [small, large])
+    assert len(xmins) == 2 and xmins[small] != xmins[large]
