@@ -27,6 +27,9 @@ Params = tuple[object, ...]
 
 #: At most this many queries per statement (bounded parameter arrays).
 MAX_GROUP: Final = 128
+#: A query whose messages are larger than this is written alone, by ``one``: a shared
+#: statement's parameters stay bounded (128 x 64 KiB).
+MAX_GROUP_BYTES: Final = 64 * 1024
 
 
 class GroupCommit:
@@ -39,7 +42,8 @@ class GroupCommit:
     alone runs ``one``, today's statement, unchanged.  Nothing is answered before
     the commit that holds it.  Two items for one query never share a statement.
     If ``many`` fails (one query's bad value, a deadlock), each of its queries runs
-    alone, so each gets the outcome (or the error) it would have got alone.
+    alone, so each gets the outcome (or the error) it would have got alone.  A query
+    with large messages (over :data:`MAX_GROUP_BYTES`) is always written alone.
     """
 
     def __init__(self, pool: asyncpg.Pool, *, one: str, many: str, name: str) -> None:
@@ -58,6 +62,8 @@ class GroupCommit:
 
     async def fetchrow(self, params: Params) -> asyncpg.Record:
         """``one``'s row for ``params``, once the statement that carried it has committed."""
+        if sum(len(p) for p in params if isinstance(p, bytes)) > MAX_GROUP_BYTES:
+            return await self._fetch_one(params)
         result = await self._batcher.submit(params)
         if isinstance(result, Exception):
             raise result

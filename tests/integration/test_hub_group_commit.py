@@ -31,7 +31,7 @@ from chukan.codecs.envelope import ProvisionAnswer, answer_aad
 from chukan.codecs.sample_items import certification_item
 from chukan.keys import seal
 from chukan.simulators.hub import HUB_STATE
-from chukan.simulators.hub.records import GroupCommit
+from chukan.simulators.hub.records import MAX_GROUP_BYTES, GroupCommit
 from chukan.simulators.hub.state import HubState
 
 pytestmark = pytest.mark.integration
@@ -357,10 +357,11 @@ async def test_copies_and_contradictions_in_one_window_keep_their_outcomes(
 
 #: Two statements over a real database: each item's key and divisor; the quotient
 #: and the transaction that computed it.
-_ONE = "SELECT $1::text AS k, 12 / $2::int AS x, txid_current() AS tx"
+_ONE = "SELECT $1::text AS k, 12 / $2::int AS x, txid_current() AS tx, length($3::bytea) AS b"
 _MANY = (
-    "SELECT k, 12 / d AS x, txid_current() AS tx "
-    "FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS t(k, d, n) ORDER BY n"
+    "SELECT k, 12 / d AS x, txid_current() AS tx, length(body) AS b "
+    "FROM unnest($1::text[], $2::int[], $3::bytea[]) WITH ORDINALITY AS t(k, d, body, n) "
+    "ORDER BY n"
 )
 
 
@@ -373,15 +374,23 @@ async def test_a_group_shares_one_statement_and_a_failed_one_answers_each_alone(
         # Submitted together: one statement for distinct keys, in order; a second item
         # with the same key goes in the next statement.
         rows = await asyncio.gather(
-            *(group.fetchrow(p) for p in (("a", 1), ("b", 2), ("a", 3), ("c", 4)))
+            *(group.fetchrow((k, d, b"")) for k, d in (("a", 1), ("b", 2), ("a", 3), ("c", 4)))
         )
         assert [(r["k"], r["x"]) for r in rows] == [("a", 12), ("b", 6), ("a", 4), ("c", 3)]
         assert rows[0]["tx"] == rows[1]["tx"] == rows[3]["tx"] != rows[2]["tx"]
 
+        # An item with large messages is written alone, the others together.
+        large = b"x" * (MAX_GROUP_BYTES + 1)
+        rows = await asyncio.gather(
+            *(group.fetchrow(p) for p in (("a", 1, b"y"), ("b", 2, large), ("c", 3, b"z")))
+        )
+        assert [(r["k"], r["b"]) for r in rows] == [("a", 1), ("b", len(large)), ("c", 1)]
+        assert rows[0]["tx"] == rows[2]["tx"] != rows[1]["tx"]
+
         # One item's error fails the shared statement: each then runs alone and gets
         # its own result or its own error.
         results = await asyncio.gather(
-            *(group.fetchrow(p) for p in (("a", 3), ("b", 0), ("c", 6))),
+            *(group.fetchrow((k, d, b"")) for k, d in (("a", 3), ("b", 0), ("c", 6))),
             return_exceptions=True,
         )
         assert isinstance(results[1], asyncpg.DivisionByZeroError)
