@@ -124,7 +124,7 @@ def decode_replies(raw: bytes, expected: int) -> list[BatchReply]:
     for index, entry in enumerate(entries):
         where = f"replies[{index}]"
         _require_keys(entry, {"status", "content_type", "body", "signature"}, where)
-        status = entry["status"]
+        status = entry.get("status")  # absent: refused below, never a KeyError
         if type(status) is not int or not 100 <= status <= 599:
             raise MessageBatchError("status must be an HTTP status code", where=where)
         content_type = _optional(entry, "content_type", _CONTENT_TYPE, where)
@@ -173,6 +173,7 @@ def _optional(entry: dict[str, Any], name: str, pattern: re.Pattern[str], where:
     value = entry.get(name)
     if value is None:
         return None
-    if not isinstance(value, str) or not pattern.match(value):
+    # fullmatch: "$" alone would let a trailing newline through.
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise MessageBatchError(f"{name} is malformed", where=where)
     return value

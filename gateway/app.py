@@ -134,6 +134,7 @@ async def _open_state(
         session,
         config.timing.http_timeout,
     )
+    stack.push_async_callback(hub.close)  # after the tasks stop, before the session closes
     state = GatewayState(config=config, endpoint=endpoint, pool=pool, keys=keys, hub=hub, ring=ring)
     # A gateway the hub cannot know must not start half-way.
     await _enrol(hub, config, endpoint, ring)
@@ -145,7 +146,10 @@ async def _open_state(
 
 
 async def _stop_tasks(state: GatewayState) -> None:
-    """Cancel the gateway's background tasks and wait until each has ended."""
+    """Cancel the gateway's background tasks and wait until each has ended (a batch of
+    conclusions in flight is finished first: it commits or fails as one)."""
+    if state.conclusions is not None:
+        await state.conclusions.close()
     for task in list(state.tasks):
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -63,22 +63,29 @@ class Batcher(Generic[T, R]):
         """The result of ``item``'s batch (or its exception)."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if self._starting == 0 and len(self._runners) < self._in_flight:
+        self._start_runner()
+        # Shielded: a caller that goes away does not take its batch with it.
+        return await asyncio.shield(future)
+
+    def _start_runner(self) -> None:
+        """Another runner for what waits, if one may start: none is still to take its
+        first batch, and fewer than ``in_flight`` run."""
+        if self._waiting and self._starting == 0 and len(self._runners) < self._in_flight:
             self._starting += 1
             runner = asyncio.create_task(self._run(), name=self._name)
             self._runners.add(runner)
             runner.add_done_callback(self._runners.discard)
-        # Shielded: a caller that goes away does not take its batch with it.
-        return await asyncio.shield(future)
 
     async def _run(self) -> None:
         started = True
+        batch: list[tuple[T, asyncio.Future[R]]] = []
         try:
             while self._waiting:
                 batch = self._take()
                 if started:
                     started = False
                     self._starting -= 1
+                self._start_runner()  # more than a batch waited: the next one goes too
                 try:
                     results = await self._call([item for item, _ in batch])
                     if len(results) != len(batch):
@@ -97,9 +104,15 @@ class Batcher(Generic[T, R]):
         finally:
             if started:
                 self._starting -= 1
-            # Only when cancelled (the server stops) does anything still wait here; it
-            # is cancelled unless another runner is left to take it.
-            if not self._runners - {asyncio.current_task()}:
+            # Out of the set now, not in a done callback later: a submit in between
+            # would otherwise count a runner that takes nothing more.
+            self._runners.discard(asyncio.current_task())
+            # Only when cancelled (the server stops) is a batch left unanswered or does
+            # anything still wait here: cancelled, unless another runner takes what waits.
+            for _, future in batch:
+                if not future.done():
+                    future.cancel()
+            if not self._runners:
                 for _, future in self._waiting:
                     if not future.done():
                         future.cancel()
@@ -119,7 +132,13 @@ class Batcher(Generic[T, R]):
         self._waiting = later
         return batch
 
-    async def close(self) -> None:
-        """Wait for the batch in flight (and those queued behind it)."""
-        if self._runners:
-            await asyncio.gather(*self._runners, return_exceptions=True)
+    async def close(self, *, cancel: bool = False) -> None:
+        """Wait for the batch in flight (and those queued behind it); ``cancel``: stop them
+        instead (their callers' submits are cancelled), when what they do is durable
+        elsewhere and retried (e.g. a delivery's exchange)."""
+        runners = list(self._runners)
+        if cancel:
+            for runner in runners:
+                runner.cancel()
+        if runners:
+            await asyncio.gather(*runners, return_exceptions=True)

@@ -109,8 +109,10 @@ class MessagePoster:
         """The peer's answer to ``message``, sent alone or with others."""
         return await self._batcher.submit(message)
 
-    async def close(self) -> None:
-        await self._batcher.close()
+    async def close(self, *, cancel: bool = False) -> None:
+        """Wait for the exchanges in flight; ``cancel``: cut them off (their messages'
+        senders see ``CancelledError``, as a cancelled plain POST's would)."""
+        await self._batcher.close(cancel=cancel)
 
     async def _exchange(self, messages: Sequence[BatchMessage]) -> list[PeerReply]:
         async with self.limit.slot():
@@ -151,6 +153,11 @@ class MessagePoster:
         ) as response:
             body = await response.read()
             status, content_type = response.status, response.content_type
+        if status in _CONTAINER_REFUSED or _refused_as_batch(status, body):
+            # The container, not a message, was refused (too large, its shape): a refusal
+            # no message would get alone must not conclude any of them; each goes alone.
+            log.warning("message_batch_refused", url=self.url, status=status, size=len(messages))
+            return list(await asyncio.gather(*(self._alone(m) for m in messages)))
         if status != 200:  # the batch refused as a whole: each message hears why
             return [PeerReply(status, body, None, content_type)] * len(messages)
         try:
@@ -161,6 +168,16 @@ class MessagePoster:
             assert isinstance(refusal.body, bytes)
             return [PeerReply(502, refusal.body, None, "application/json")] * len(messages)
         return [PeerReply(r.status, r.body, r.signature, r.content_type) for r in replies]
+
+
+#: Whole-batch answers that refuse the container itself (its size, its media type), or
+#: say the peer has no batch route (not upgraded yet).
+_CONTAINER_REFUSED: Final = frozenset({404, 405, 413, 415})
+
+
+def _refused_as_batch(status: int, body: bytes) -> bool:
+    """400 ``message_batch_invalid``: the container's shape, which no message has alone."""
+    return status == 400 and MessageBatchError.code.encode() in body
 
 
 #: Handles one message as its route would alone: its bytes and signature header value.

@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 import structlog
@@ -22,6 +22,10 @@ from chukan.keys.ring import KeyRing
 from chukan.permits import (
     AuthorizationList,
 )
+
+if TYPE_CHECKING:
+    from chukan.gateway.core.batching import Batcher
+    from chukan.gateway.query.answers import Answered
 
 log = structlog.get_logger("chukan.gateway")
 
@@ -45,12 +49,15 @@ class GatewayState:
     sweep_wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set when a graceful stop begins: long-polls answer at once instead of waiting.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    #: How many queries (sends and conclusion requests) this process has at the hub at
-    #: once: local pacing only (:mod:`chukan.gateway.core.pacing`).
+    #: How many exchanges (each one or several messages) this process has at the hub at
+    #: once: local pacing only (:mod:`chukan.gateway.core.pacing`); the hub client's.
     hub_limit: PeerLimit = field(init=False)
+    #: This tenant's answered conclusions, written in batches (group commit): made on first
+    #: use by :mod:`chukan.gateway.query.answers`, drained before the pool closes.
+    conclusions: Batcher[Answered, bool] | None = None
 
     def __post_init__(self) -> None:
-        self.hub_limit = PeerLimit(self.config.timing.http_timeout)
+        self.hub_limit = self.hub.limit
 
     def spawn(self, coro: Any, name: str) -> None:
         """Run background work, kept referenced and supervised.

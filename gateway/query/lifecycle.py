@@ -144,10 +144,10 @@ async def insert_requester_record(conn: db.Conn, state: GatewayState, query_id: 
 
 
 async def to_hub(state: GatewayState, body: Body) -> HubReply:
-    """Send a query's message to the hub once a slot is free: a busy hub's backlog waits
-    here (the query is durable) instead of timing out there and being sent again."""
-    async with state.hub_limit.slot():
-        return await state.hub.send(body)
+    """Send a query's message to the hub: its exchange (alone or with others) waits for
+    a slot of ``state.hub_limit``, so a busy hub's backlog waits here (the query is
+    durable) instead of timing out there and being sent again."""
+    return await state.hub.send(body)
 
 
 async def retry_later(state: GatewayState, query_id: str, attempts: int) -> None:
@@ -233,7 +233,7 @@ async def _send_row(
 #: one statement, so the record chain's lock is not held across a client round trip.
 #: The requester is this agency: the row's tenant.  The record's request id is the
 #: submission's (metadata beside the chained content; migration 0070).
-_RECORD_CONCLUDED = """
+RECORD_CONCLUDED: Final = """
     recorded AS (
         INSERT INTO provision_records (role, query_id, permit_id, requester, provider,
             business_code, procedure_code, item_code, legal_basis, atena_id, requested_at,
@@ -247,7 +247,7 @@ _RECORD_CONCLUDED = """
 
 
 _RECORD_SUBMITTED: Final = (
-    f"WITH {_RECORD_CONCLUDED.format(source='queries')} WHERE q.query_id = $1 "  # noqa: S608 -- constant fragments, values are parameters
+    f"WITH {RECORD_CONCLUDED.format(source='queries')} WHERE q.query_id = $1 "  # noqa: S608 -- constant fragments, values are parameters
     "RETURNING outcome) SELECT outcome FROM recorded"
 )
 
@@ -260,7 +260,7 @@ QUERY_CHANNEL: Final = "chukan_query_concluded"
 def _conclude(update: str) -> str:
     """A conclusion (an UPDATE of one query; constant SQL), its record and its notice,
     as one statement."""
-    recorded = _RECORD_CONCLUDED.format(source="concluded")
+    recorded = RECORD_CONCLUDED.format(source="concluded")
     return (
         f"WITH concluded AS ({update} RETURNING *),{recorded} RETURNING 1) "  # noqa: S608 -- constant fragments, values are parameters
         "SELECT n, CASE WHEN n > 0 THEN "

@@ -25,6 +25,7 @@ from chukan.gateway.core.web import access_log_middleware, error_middleware
 from chukan.simulators.hub import (
     auth,
     checkpoints,
+    conclusions,
     enrolment,
     lists,
     messages,
@@ -32,6 +33,7 @@ from chukan.simulators.hub import (
     reconcile,
     records,
     registry,
+    routing,
     witness,
     worker,
 )
@@ -73,6 +75,11 @@ def create_hub_app(config: HubConfig) -> web.Application:
                 session=await stack.enter_async_context(client_session(config.tls)),
             )
             app[HUB_STATE] = state
+            # Record writes shared by concurrent queries: drained after the worker stops.
+            state.opening = routing.group_commit(pool)
+            stack.push_async_callback(state.opening.close)
+            state.concluding = conclusions.group_commit(pool)
+            stack.push_async_callback(state.concluding.close)
             worker.start_worker(state)
             stack.push_async_callback(worker.stop_worker, state)
             await stack.enter_async_context(checkpoints.running_checkpointer(state))
@@ -100,6 +107,7 @@ def create_hub_app(config: HubConfig) -> web.Application:
     app.router.add_get("/network/v1/hub-key", registry.hub_key)
     app.router.add_get("/network/v1/authorization-list", lists.authorization_list)
     app.router.add_post("/network/v1/messages", messages.receive_message)
+    app.router.add_post("/network/v1/messages/batch", messages.receive_batch)
     app.router.add_get("/network/v1/records", reconcile.list_records)
     witness.add_routes(app)
     app.router.add_get("/openapi.json", openapi.SPEC.serve)
