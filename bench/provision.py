@@ -325,6 +325,29 @@ async def measure_queries(
             rate=half,
         ),
     )
+    # Fixed offered rates besides: latencies of two versions compared at the same load
+    # (half of each one's own closed-loop rate differs when their rates do).
+    fixed = []
+    for rate in args.open_rates:
+        measured = _checked(
+            f"queries at {rate}/s",
+            await generators.run(
+                query_calls(network, people, max(50, int(rate * args.open_seconds))),
+                concurrency=args.query_concurrency,
+                tls=tls,
+                flow="query",
+                rate=float(rate),
+            ),
+        )
+        fixed.append(
+            Figure(
+                f"queries at {rate}/s offered, open loop, {label}",
+                measured.rate,
+                "queries/s",
+                p50_ms=measured.p50_ms,
+                p99_ms=measured.p99_ms,
+            )
+        )
     figures = [
         Figure(
             f"queries/s end to end, closed loop, {label}",
@@ -341,6 +364,7 @@ async def measure_queries(
             p99_ms=opened.p99_ms,
         ),
     ]
+    figures += fixed
     figures += [
         Figure(f"{name} CPU per query, {label}", value, "ms") for name, value in cpu.items()
     ]
@@ -378,6 +402,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--query-concurrency", type=int, default=64)
     parser.add_argument("--open-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--open-rates",
+        type=_sizes,
+        default=[],
+        help="fixed offered query rates for latencies (besides half the closed loop), e.g. 14,28",
+    )
     parser.add_argument("--generators", type=int, default=2, help="load generator processes")
     parser.add_argument("--skip-provider", action="store_true")
     parser.add_argument("--skip-queries", action="store_true")
