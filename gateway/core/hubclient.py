@@ -94,7 +94,7 @@ class HubClient:
     def room(self) -> int:
         """Envelopes that would go out with the next exchange: what may be handed over now.
 
-        None while an exchange already waits for a slot or a whole batch waits for one:
+        0 while an exchange already waits for a slot or a whole batch waits for one:
         a busy hub's backlog then stays in our database (the sweep), not in memory here
         where a claim could lapse before it is sent.
         """

@@ -22,14 +22,14 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from exchange_support import answer_for, assert_recorded_alike
 from replica_support import moved_person
 from test_exactly_once import post_signed, provider_answer
 from test_review_queue import held_query
 
 from chukan.codecs import catalog
-from chukan.codecs.envelope import ProvisionAnswer, answer_aad
+from chukan.codecs.envelope import ProvisionAnswer
 from chukan.codecs.sample_items import certification_item
-from chukan.keys import seal
 from chukan.simulators.hub import HUB_STATE
 from chukan.simulators.hub.records import MAX_GROUP_BYTES, GroupCommit
 from chukan.simulators.hub.state import HubState
@@ -39,7 +39,6 @@ pytestmark = pytest.mark.integration
 CODE = catalog.CERTIFICATION.code
 PROCEDURE = catalog.LTC_CERTIFICATION_PROCEDURE
 #: The record fields every party keeps alike for one query.
-SHARED_FIELDS = ("permit_id", "outcome", "procedure_code", "item_code")
 
 #: Columns whose values a query's rows share with any other query's rows of the same
 #: kind; every other column is compared by whether it is set.
@@ -204,17 +203,7 @@ async def test_queries_arriving_together_open_and_conclude_once_in_shared_commit
         assert result["result"].encode() == items[there]
 
     # Each opened once and concluded once, recorded alike by the three parties.
-    for query_id in query_ids:
-        requester = await funabashi.gateway.state.pool.fetch(
-            "SELECT * FROM provision_records WHERE query_id = $1", query_id
-        )
-        provider = await chiba.gateway.state.pool.fetch(
-            "SELECT * FROM provision_records WHERE query_id = $1", query_id
-        )
-        record = await hub.pool.fetch("SELECT * FROM hub_records WHERE query_id = $1", query_id)
-        assert len(requester) == len(provider) == len(record) == 1
-        for name in SHARED_FIELDS:
-            assert requester[0][name] == provider[0][name] == record[0][name], name
+    await assert_recorded_alike(chiba, funabashi, hub.pool, query_ids)
     # The hub's rows of each query are those one statement per query writes (the warm
     # query's): the same events, messages and deliveries, alike but for ids and times.
     await until(
@@ -278,13 +267,6 @@ async def _all_delivered(pool: asyncpg.Pool, query_ids: list[str]) -> bool:
     return bool(pending == 0)
 
 
-def _answer_for(funabashi: Any, query_id: str, permit_id: str, item: bytes) -> bytes:
-    """千葉市's signed, sealed answer to one of 船橋市's queries, sent after review."""
-    aad = answer_aad(query_id, permit_id, catalog.CHIBA_CITY, catalog.FUNABASHI_CITY)
-    sealed = seal(funabashi.gateway.state.keys.encryption.public, item, aad)
-    return provider_answer(ProvisionAnswer(query_id, permit_id, "provided", None, sealed))
-
-
 async def test_copies_and_contradictions_in_one_window_keep_their_outcomes(
     chiba: Any,
     funabashi: Any,
@@ -307,7 +289,7 @@ async def test_copies_and_contradictions_in_one_window_keep_their_outcomes(
     async def deliver(message: bytes) -> tuple[int, Any]:
         return await post_signed(http, network.hub.url, message, signer, ssl)
 
-    answer = {q: _answer_for(funabashi, q, permits[q], it or b"") for q, it in held}
+    answer = {q: answer_for(funabashi, q, permits[q], it or b"") for q, it in held}
     refusal = provider_answer(
         ProvisionAnswer(contradicted, permits[contradicted], "refused", "manual_review_refused")
     )
@@ -315,7 +297,7 @@ async def test_copies_and_contradictions_in_one_window_keep_their_outcomes(
         in_flight = asyncio.create_task(deliver(answer[first]))
         await until(lambda: _blocked_behind(holder), "the first conclusion in flight")
         # The same answer again (a new envelope: the hub refuses a message id seen before).
-        again = _answer_for(funabashi, repeated, permits[repeated], item)
+        again = answer_for(funabashi, repeated, permits[repeated], item)
         copies = [
             asyncio.create_task(deliver(answer[repeated])),
             asyncio.create_task(deliver(again)),

@@ -20,11 +20,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from exchange_support import assert_recorded_alike, new_query
 from replica_support import moved_person
 from test_exactly_once import post_signed
 
 from chukan.codecs import catalog
-from chukan.codecs.envelope import ConclusionRequest, QueryRequest, new_message_id
+from chukan.codecs.envelope import ConclusionRequest, new_message_id
 from chukan.codecs.sample_items import certification_item
 from chukan.gateway.core.pacing import PeerLimit
 from chukan.gateway.core.web import signature_header
@@ -35,7 +36,6 @@ pytestmark = pytest.mark.integration
 CODE = catalog.CERTIFICATION.code
 PROCEDURE = catalog.LTC_CERTIFICATION_PROCEDURE
 BATCH_ROUTE = "/network/v1/messages/batch"
-SHARED_FIELDS = ("permit_id", "outcome", "procedure_code", "item_code")
 
 
 @contextlib.asynccontextmanager
@@ -140,19 +140,7 @@ async def test_concurrent_queries_go_to_the_hub_in_batches_each_once(
 
     # Recorded alike by the requester, the hub and the provider.
     hub_pool = network.hub.app[HUB_STATE].pool
-    for query_id in query_ids:
-        requester = await state.pool.fetch(
-            "SELECT * FROM provision_records WHERE query_id = $1", query_id
-        )
-        provider = await chiba.gateway.state.pool.fetch(
-            "SELECT * FROM provision_records WHERE query_id = $1", query_id
-        )
-        hub = await hub_pool.fetch("SELECT * FROM hub_records WHERE query_id = $1", query_id)
-        assert len(requester) == len(provider) == len(hub) == 1
-        assert requester[0]["role"] == "requester" and provider[0]["role"] == "provider"
-        for name in SHARED_FIELDS:
-            assert requester[0][name] == provider[0][name], name
-        assert (hub[0]["permit_id"], hub[0]["outcome"]) == (requester[0]["permit_id"], "provided")
+    await assert_recorded_alike(chiba, funabashi, hub_pool, query_ids)
 
     # The 60 envelopes went in fewer exchanges, some of them batches the hub answered whole.
     exchanges = hub_exchanges(log_capture, catalog.FUNABASHI_CITY)[before:]
@@ -161,27 +149,14 @@ async def test_concurrent_queries_go_to_the_hub_in_batches_each_once(
     assert len(exchanges) < len(query_ids)
 
 
-async def a_query(chiba: Any, funabashi: Any, rng: random.Random) -> QueryRequest:
-    """A new query of 船橋市 to 千葉市, for a person both know."""
-    _, there = await moved_person(rng, chiba, funabashi)
-    code = await funabashi.gateway.state.pool.fetchval(
-        "SELECT person_code FROM persons WHERE atena_id = $1", there
-    )
-    return QueryRequest(
-        query_id=new_message_id(),
-        requester_person_code=code,
-        provider=catalog.CHIBA_CITY,
-        business_code=catalog.LTC_BUSINESS,
-        procedure_code=PROCEDURE,
-        item_code=CODE,
-    )
-
-
 async def test_each_message_of_a_batch_is_answered_as_alone(
     chiba: Any, funabashi: Any, network: Any, http: Any, rng: random.Random
 ) -> None:
     requester = funabashi.gateway.state
-    query, other_query = await a_query(chiba, funabashi, rng), await a_query(chiba, funabashi, rng)
+    query, other_query = (
+        await new_query(chiba, funabashi, rng),
+        await new_query(chiba, funabashi, rng),
+    )
 
     def signed(body: Any, state: Any = requester) -> tuple[bytes, str]:
         message: bytes = state.hub.envelope(body)
@@ -236,7 +211,7 @@ async def test_a_batch_of_one_message_twice_takes_it_once(
     """Two copies of one envelope in one batch, handled concurrently: one is taken, the
     other is the replay it would be alone."""
     requester = funabashi.gateway.state
-    message = requester.hub.envelope(await a_query(chiba, funabashi, rng))
+    message = requester.hub.envelope(await new_query(chiba, funabashi, rng))
     signed = (message, signature_header(requester.keys.signing, message))
     ssl = network.agency_client_ssl(catalog.FUNABASHI_CITY)
     status, batch = await post_batch(http, network.hub.url, [signed, signed], ssl)

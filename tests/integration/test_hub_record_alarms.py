@@ -20,10 +20,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from replica_support import moved_person
+from exchange_support import new_query
 
-from chukan.codecs import catalog
-from chukan.codecs.envelope import QueryRequest, new_message_id
+from chukan.codecs.envelope import QueryRequest
 from chukan.gateway.serve import RunningServer, serve
 from chukan.simulators.hub import HUB_STATE, create_hub_app
 from chukan.simulators.hub.checkpoints import checkpoint_pass, read_witness_file
@@ -77,21 +76,6 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} missing from /metrics")
-
-
-async def new_query(chiba: Any, funabashi: Any, rng: random.Random) -> QueryRequest:
-    _, there = await moved_person(rng, chiba, funabashi)
-    code = await funabashi.gateway.state.pool.fetchval(
-        "SELECT person_code FROM persons WHERE atena_id = $1", there
-    )
-    return QueryRequest(
-        query_id=new_message_id(),
-        requester_person_code=code,
-        provider=catalog.CHIBA_CITY,
-        business_code=catalog.LTC_BUSINESS,
-        procedure_code=catalog.LTC_CERTIFICATION_PROCEDURE,
-        item_code=catalog.CERTIFICATION.code,
-    )
 
 
 async def send(funabashi: Any, body: QueryRequest) -> tuple[int, str | None]:

@@ -20,24 +20,22 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from exchange_support import answer_for, assert_recorded_alike
 from replica_support import moved_person
-from test_exactly_once import post_signed, provider_answer
+from test_exactly_once import post_signed
 from test_review_queue import held_query
 
 from chukan.codecs import catalog
 from chukan.codecs.envelope import (
     HUB,
     Header,
-    ProvisionAnswer,
     QueryRefusal,
-    answer_aad,
     encode_message,
     new_message_id,
 )
 from chukan.codecs.sample_items import certification_item
 from chukan.gateway.query.lifecycle import QUERY_CHANNEL
 from chukan.gateway.replica.items import INLINE_DECODE_BYTES
-from chukan.keys import seal
 from chukan.simulators.hub import HUB_STATE
 
 pytestmark = pytest.mark.integration
@@ -45,7 +43,6 @@ pytestmark = pytest.mark.integration
 CODE = catalog.CERTIFICATION.code
 PROCEDURE = catalog.LTC_CERTIFICATION_PROCEDURE
 #: The record fields every party keeps alike for one query.
-SHARED_FIELDS = ("permit_id", "outcome", "procedure_code", "item_code")
 
 
 @contextlib.asynccontextmanager
@@ -139,19 +136,7 @@ async def test_answers_arriving_together_are_concluded_once_in_shared_commits(
 
     # Each concluded once, and recorded alike by the requester, the hub and the provider.
     hub_pool = network.hub.app[HUB_STATE].pool
-    for query_id in query_ids:
-        requester = await funabashi.gateway.state.pool.fetch(
-            "SELECT * FROM provision_records WHERE query_id = $1", query_id
-        )
-        provider = await chiba.gateway.state.pool.fetch(
-            "SELECT * FROM provision_records WHERE query_id = $1", query_id
-        )
-        hub = await hub_pool.fetch("SELECT * FROM hub_records WHERE query_id = $1", query_id)
-        assert len(requester) == len(provider) == len(hub) == 1
-        assert requester[0]["role"] == "requester" and provider[0]["role"] == "provider"
-        for name in SHARED_FIELDS:
-            assert requester[0][name] == provider[0][name], name
-        assert (hub[0]["permit_id"], hub[0]["outcome"]) == (requester[0]["permit_id"], "provided")
+    await assert_recorded_alike(chiba, funabashi, hub_pool, query_ids)
     conclusions = [e for e in log_capture.named("query_answered") if e["query_id"] in query_ids]
     assert sorted(e["query_id"] for e in conclusions) == sorted(query_ids)
 
@@ -172,13 +157,6 @@ async def test_answers_arriving_together_are_concluded_once_in_shared_commits(
 
 async def _true_if(value: bool) -> bool:
     return value
-
-
-def _answer_for(funabashi: Any, query_id: str, permit_id: str, item: bytes) -> bytes:
-    """千葉市's signed, sealed answer to one of 船橋市's queries (as the hub forwards it)."""
-    aad = answer_aad(query_id, permit_id, catalog.CHIBA_CITY, catalog.FUNABASHI_CITY)
-    sealed = seal(funabashi.gateway.state.keys.encryption.public, item, aad)
-    return provider_answer(ProvisionAnswer(query_id, permit_id, "provided", None, sealed))
 
 
 async def test_copies_and_contradictions_in_one_window_keep_their_outcomes(
@@ -204,7 +182,7 @@ async def test_copies_and_contradictions_in_one_window_keep_their_outcomes(
             http, funabashi.gateway.url, message, signed_by, network.hub_client_ssl()
         )
 
-    answer = {q: _answer_for(funabashi, q, permits[q], it or b"") for q, it in held}
+    answer = {q: answer_for(funabashi, q, permits[q], it or b"") for q, it in held}
     refusal = encode_message(
         Header(
             new_message_id(), "QueryRefusal", HUB, catalog.FUNABASHI_CITY, dt.datetime.now(dt.UTC)
@@ -292,7 +270,7 @@ async def test_a_large_answer_is_concluded_alone_beside_a_batch(
         permit_id = await hub_pool.fetchval(
             "SELECT permit_id FROM hub_records WHERE query_id = $1", query_id
         )
-        messages.append(_answer_for(funabashi, query_id, permit_id, item))
+        messages.append(answer_for(funabashi, query_id, permit_id, item))
     signer = chiba.gateway.state.keys.signing
     probe = await asyncpg.connect(funabashi.gateway.state.config.database_url)
     try:
