@@ -7,12 +7,13 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import asyncpg
 import structlog
 from aiohttp import web
 
+from chukan.gateway.core.batching import Batcher
 from chukan.gateway.core.config import GatewayConfig
 from chukan.gateway.core.hubclient import HubClient
 from chukan.gateway.core.keystore import AgencyKeys
@@ -22,10 +23,6 @@ from chukan.keys.ring import KeyRing
 from chukan.permits import (
     AuthorizationList,
 )
-
-if TYPE_CHECKING:
-    from chukan.gateway.core.batching import Batcher
-    from chukan.gateway.query.answers import Answered
 
 log = structlog.get_logger("chukan.gateway")
 
@@ -54,7 +51,8 @@ class GatewayState:
     hub_limit: PeerLimit = field(init=False)
     #: This tenant's answered conclusions, written in batches (group commit): made on first
     #: use by :mod:`chukan.gateway.query.answers`, drained before the pool closes.
-    conclusions: Batcher[Answered, bool] | None = None
+    #: (Its items are ``query.answers.Answered``: core does not import the flows.)
+    conclusions: Batcher[Any, bool] | None = None
 
     def __post_init__(self) -> None:
         self.hub_limit = self.hub.limit

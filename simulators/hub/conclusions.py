@@ -18,8 +18,9 @@ import structlog
 from chukan.codecs.envelope import Header
 from chukan.gateway.core.web import current_request_id
 from chukan.simulators.hub import outbox
+from chukan.simulators.hub.group_commit import GroupCommit
 from chukan.simulators.hub.outbox import DELIVERY_INSERT_LEASED, DELIVERY_ONCE, LEASED_VALUES
-from chukan.simulators.hub.records import ROUTED_INSERT, GroupCommit, log_routed
+from chukan.simulators.hub.records import ROUTED_INSERT, log_routed
 from chukan.simulators.hub.state import HubState, utcnow
 
 log = structlog.get_logger("chukan.hub")

@@ -55,8 +55,9 @@ from chukan.permits import (
 from chukan.simulators.hub import lists, outbox, record_status, worker
 from chukan.simulators.hub.codes import provider_person_code
 from chukan.simulators.hub.conclusions import Conclusion, conclude
+from chukan.simulators.hub.group_commit import GroupCommit
 from chukan.simulators.hub.outbox import DELIVERY_INSERT_LEASED, DELIVERY_ONCE, LEASED_VALUES
-from chukan.simulators.hub.records import ROUTED_INSERT, GroupCommit
+from chukan.simulators.hub.records import ROUTED_INSERT
 from chukan.simulators.hub.registry import Agency
 from chukan.simulators.hub.state import HubState, utcnow
 

@@ -12,7 +12,7 @@ import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import aiohttp
 import asyncpg
@@ -26,9 +26,7 @@ from chukan.keys.secretfile import is_sealed_secret, open_secret, seal_secret
 from chukan.permits import AuthorizationList
 from chukan.simulators.errors import HubSecretError, HubSecretExposedError
 from chukan.simulators.hub.config import HubConfig
-
-if TYPE_CHECKING:
-    from chukan.simulators.hub.records import GroupCommit
+from chukan.simulators.hub.group_commit import GroupCommit
 
 log = structlog.get_logger("chukan.hub")
 
@@ -45,7 +43,8 @@ class HubState:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     worker: asyncio.Task[None] | None = None
     #: New queries' and conclusions' record writes, shared by concurrent callers
-    #: (hub/records.py GroupCommit); built when the hub starts, drained at stop.
+    #: (:class:`~chukan.simulators.hub.group_commit.GroupCommit`); built when the hub
+    #: starts, drained at stop.
     opening: GroupCommit | None = None
     concluding: GroupCommit | None = None
 

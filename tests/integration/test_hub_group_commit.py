@@ -31,7 +31,7 @@ from chukan.codecs import catalog
 from chukan.codecs.envelope import ProvisionAnswer
 from chukan.codecs.sample_items import certification_item
 from chukan.simulators.hub import HUB_STATE
-from chukan.simulators.hub.records import MAX_GROUP_BYTES, GroupCommit
+from chukan.simulators.hub.group_commit import MAX_GROUP_BYTES, GroupCommit
 from chukan.simulators.hub.state import HubState
 
 pytestmark = pytest.mark.integration
