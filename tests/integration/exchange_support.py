@@ -3,8 +3,10 @@ provider's answer made by hand, and the check that the three parties recorded al
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -64,3 +66,37 @@ async def assert_recorded_alike(
         for name in SHARED_FIELDS:
             assert requester[0][name] == provider[0][name] == hub[0][name], name
         assert requester[0]["outcome"] == outcome
+
+
+@contextlib.asynccontextmanager
+async def chain_held(api: Any) -> AsyncIterator[asyncpg.Connection]:
+    """The tenant's record-chain head locked (by the owner) until the block ends: every
+    conclusion's record insert waits behind it, as behind a slow commit."""
+    tenant = api.gateway.state.config.agency_code
+    conn = await asyncpg.connect(api.gateway.config.migration_database_url)
+    try:
+        # The head as the chain's first record would create it, if there is none yet.
+        await conn.execute(
+            "INSERT INTO record_chain_heads (tenant, seq, hash) "
+            "VALUES ($1, 0, chukan_chain_genesis($1)) ON CONFLICT (tenant) DO NOTHING",
+            tenant,
+        )
+        async with conn.transaction():
+            locked = await conn.fetchval(
+                "SELECT count(*) FROM (SELECT 1 FROM record_chain_heads WHERE tenant = $1 "
+                "FOR UPDATE) AS h",
+                tenant,
+            )
+            assert locked == 1
+            yield conn
+    finally:
+        await conn.close()
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll ``condition`` (a state reached, not a duration)."""
+    for _ in range(1500):
+        if await condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never reached: {what}")

@@ -16,13 +16,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
-from exchange_support import answer_for, assert_recorded_alike
+from exchange_support import answer_for, assert_recorded_alike, chain_held, until
 from replica_support import moved_person
 from test_exactly_once import post_signed, provider_answer
 from test_review_queue import held_query
@@ -58,33 +58,6 @@ _SAME_VALUE = {
     "routed_messages": ("message_type", "sender", "receiver", "direction"),
     "deliveries": ("kind", "target", "status", "last_error"),
 }
-
-
-@contextlib.asynccontextmanager
-async def chain_held(api: Any) -> AsyncIterator[asyncpg.Connection]:
-    """The gateway tenant's record-chain head locked (by the owner) until the block ends:
-    its provision records wait behind it, so its answers wait too."""
-    conn = await asyncpg.connect(api.gateway.config.migration_database_url)
-    try:
-        async with conn.transaction():
-            locked = await conn.fetchval(
-                "SELECT count(*) FROM (SELECT 1 FROM record_chain_heads WHERE tenant = $1 "
-                "FOR UPDATE) AS h",
-                api.gateway.state.config.agency_code,
-            )
-            assert locked == 1, "the tenant has no record yet"
-            yield conn
-    finally:
-        await conn.close()
-
-
-async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``condition`` (a state reached, not a duration)."""
-    for _ in range(1500):
-        if await condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"never reached: {what}")
 
 
 @contextlib.asynccontextmanager

@@ -16,11 +16,11 @@ import contextlib
 import datetime as dt
 import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from exchange_support import assert_recorded_alike, new_query
+from exchange_support import assert_recorded_alike, new_query, until
 from replica_support import moved_person
 from test_exactly_once import post_signed
 
@@ -46,15 +46,6 @@ async def every_slot_taken(limit: PeerLimit) -> AsyncIterator[None]:
         while limit.free() > 0:
             await stack.enter_async_context(limit.slot())
         yield
-
-
-async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``condition`` (a state reached, not a duration)."""
-    for _ in range(1500):
-        if await condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"never reached: {what}")
 
 
 def hub_exchanges(log_capture: Any, agency: str) -> list[dict[str, Any]]:

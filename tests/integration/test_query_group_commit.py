@@ -11,16 +11,14 @@ the records' ``xmin``: rows written by one transaction share it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
-from exchange_support import answer_for, assert_recorded_alike
+from exchange_support import answer_for, assert_recorded_alike, chain_held, until
 from replica_support import moved_person
 from test_exactly_once import post_signed
 from test_review_queue import held_query
@@ -43,40 +41,6 @@ pytestmark = pytest.mark.integration
 CODE = catalog.CERTIFICATION.code
 PROCEDURE = catalog.LTC_CERTIFICATION_PROCEDURE
 #: The record fields every party keeps alike for one query.
-
-
-@contextlib.asynccontextmanager
-async def chain_held(api: Any) -> AsyncIterator[asyncpg.Connection]:
-    """The tenant's record-chain head locked (by the owner) until the block ends: every
-    conclusion's record insert waits behind it, as behind a slow commit."""
-    tenant = api.gateway.state.config.agency_code
-    conn = await asyncpg.connect(api.gateway.config.migration_database_url)
-    try:
-        # The head as the chain's first record would create it, if there is none yet.
-        await conn.execute(
-            "INSERT INTO record_chain_heads (tenant, seq, hash) "
-            "VALUES ($1, 0, chukan_chain_genesis($1)) ON CONFLICT (tenant) DO NOTHING",
-            tenant,
-        )
-        async with conn.transaction():
-            locked = await conn.fetchval(
-                "SELECT count(*) FROM (SELECT 1 FROM record_chain_heads WHERE tenant = $1 "
-                "FOR UPDATE) AS h",
-                tenant,
-            )
-            assert locked == 1
-            yield conn
-    finally:
-        await conn.close()
-
-
-async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``condition`` (a state reached, not a duration)."""
-    for _ in range(1500):
-        if await condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"never reached: {what}")
 
 
 def queued_conclusions(api: Any) -> int:
