@@ -28,6 +28,7 @@ from bench.harness import database_server
 from bench.loadgen import TlsFiles
 from chukan.gateway.cli.pki import CA_CERT
 from chukan.keys.tls import server_context
+from chukan.simulators.devnet.ports import free_port
 from chukan.simulators.devnet.serve import (
     Child,
     Devnet,
@@ -136,13 +137,6 @@ def _serve_echo(port: int, tls: tuple[str, str, str], cpu: int | None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(("127.0.0.1", port))
     web.run_app(app, sock=sock, ssl_context=server_context(ca, cert, key), print=None)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,6 @@ import json
 import secrets
 import shlex
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -79,6 +78,7 @@ from chukan.simulators.devnet.network import (
     default_systems,
 )
 from chukan.simulators.devnet.pki import LOOPBACK_HOSTS
+from chukan.simulators.devnet.ports import free_port, port_free
 from chukan.simulators.devnet.tomlfiles import (
     Database,
     KokuhorenFiles,
@@ -251,25 +251,6 @@ def prepare_pki(layout: Layout) -> bool:
     return created
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _port_free(port: int) -> bool:
-    """Whether a server could listen on ``port``: bound as the servers bind (SO_REUSEADDR),
-    so that the connections of a server just stopped (TIME_WAIT) do not count."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-        return True
-
-
 def prepare_ports(layout: Layout) -> dict[str, int]:
     """Each server's port: chosen the first time, then the same at every run."""
     names = ["hub", "kokuhoren", *(code for code, _ in DEMO_AGENCIES)]
@@ -278,8 +259,8 @@ def prepare_ports(layout: Layout) -> dict[str, int]:
         ports = {k: int(v) for k, v in json.loads(layout.state.read_text("utf-8"))["ports"].items()}
     for name in names:
         if name not in ports:
-            ports[name] = _free_port()
-        elif not _port_free(ports[name]):
+            ports[name] = free_port(HOST)
+        elif not port_free(HOST, ports[name]):
             raise DevnetServeError(
                 f"port {ports[name]} of {name} is in use (is another chukan serve running on "
                 f"{layout.root}?); stop it, or edit {layout.state}"

@@ -25,7 +25,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from chukan.gateway.core.tls import TlsSettings
 from chukan.keys.ca import ClientIdentity
 from chukan.simulators.devnet.network import CORE_SYSTEM, default_systems
 from chukan.simulators.devnet.pki import LOOPBACK_HOSTS, NetworkPki
+from chukan.simulators.devnet.ports import free_port
 from chukan.simulators.devnet.tomlfiles import (
     Database,
     TlsFiles,
@@ -88,13 +88,6 @@ def known_fields(cls: type[Any], values: dict[str, Any]) -> dict[str, Any]:
     """``values`` restricted to the fields ``cls`` has (settings land while the suite exists)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in values.items() if k in names}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def with_port(url: str, port: int) -> str:

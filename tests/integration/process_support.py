@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from chukan.keys import b64e
 from chukan.keys.ca import ClientIdentity
 from chukan.simulators.devnet.network import CORE_SYSTEM
 from chukan.simulators.devnet.pki import LOOPBACK_HOSTS, NetworkPki
+from chukan.simulators.devnet.ports import free_port
 from chukan.simulators.hub.config import HUB_OWNER
 
 #: Agencies of the server-process tests only: a tenant's login role is server-wide, and
@@ -62,13 +62,6 @@ def list_csv(pairs: tuple[tuple[str, str], ...]) -> str:
         f"{catalog.CERTIFICATION.code},132,2017-11-13,,試験\n"
         for a, b in pairs
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def write_private(path: Path, data: bytes) -> None:

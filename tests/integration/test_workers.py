@@ -43,7 +43,6 @@ from process_support import (
     CORE_OPERATIONS,
     Files,
     Server,
-    free_port,
     list_csv,
     onboard_agencies,
     session,
@@ -62,6 +61,7 @@ from chukan.gateway.records.checkpoints import checkpoint_now
 from chukan.keys import b64e
 from chukan.keys.ca import ClientIdentity
 from chukan.simulators.devnet.network import CORE_SYSTEM
+from chukan.simulators.devnet.ports import free_port
 from chukan.simulators.devnet.synthetic import SyntheticPerson, synthetic_person
 
 pytestmark = pytest.mark.integration
