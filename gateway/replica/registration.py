@@ -406,37 +406,40 @@ _CHECKS: Final = """
     ORDER BY position, priority"""
 
 
-#: Versions continue per record key (after its last version, from replica_known), in message
+#: Versions continue per record key after its last stored version (``{last}``), in message
 #: order.  The digests of the canonical bytes were computed where the items were encoded.
 #: The tenant is computed once (an InitPlan), not as a column default per row.
-_INSERT_VERSIONS: Final = """inserted AS (
+_INSERT_VERSIONS: Final = """WITH inserted AS (
         INSERT INTO replica_items (tenant, atena_id, item_code, record_key, version,
                                    valid_from, valid_to, deleted, content, digest, record_id,
                                    message_id, stored_by)
         SELECT (SELECT chukan_tenant()), s.atena_id, s.item_code, s.record_key,
-               COALESCE(k.version, 0)
+               COALESCE({last}, 0)
                  + row_number() OVER (PARTITION BY s.atena_id, s.item_code, s.record_key
                                       ORDER BY s.position),
                s.valid_from, s.valid_to, s.deleted, s.content, s.digest,
                s.record_id, $1, $2
-        FROM {source} s
-        LEFT JOIN {known} k
-               ON k.atena_id = s.atena_id AND k.item_code = s.item_code
-              AND k.record_key = s.record_key
+        FROM {source}
         RETURNING deleted)
     SELECT count(*) FILTER (WHERE NOT deleted) AS registered,
            count(*) FILTER (WHERE deleted) AS deleted
     FROM inserted"""
 
 
-def _insert_versions(source: str, known: str) -> str:
-    """``inserted AS (…)`` and the counts: the rows of the table ``source`` stored as the
-    versions after each record key's last one in ``known`` (shared by :data:`_APPLY` and
-    :data:`_APPLY_BATCH`, which differ in where the rows and the last versions come from)."""
-    return _INSERT_VERSIONS.replace("{source}", source).replace("{known}", known)
+def _insert_versions(source: str, last: str) -> str:
+    """The rows of ``source`` (aliased ``s``) stored as the versions after each record key's
+    last one (``last``) and their counts: shared by :data:`_APPLY` and :data:`_APPLY_BATCH`,
+    which differ in where the rows and the last versions come from."""
+    return _INSERT_VERSIONS.replace("{source}", source).replace("{last}", last)
 
 
-_APPLY: Final = "WITH " + _insert_versions("replica_staging", "replica_known")
+_APPLY: Final = _insert_versions(
+    """replica_staging s
+        LEFT JOIN replica_known k
+               ON k.atena_id = s.atena_id AND k.item_code = s.item_code
+              AND k.record_key = s.record_key""",
+    "k.version",
+)
 
 
 #: Each batch as it arrives, while the next ones are decoded: its rows, then the same rows
@@ -444,16 +447,17 @@ _APPLY: Final = "WITH " + _insert_versions("replica_staging", "replica_known")
 _BATCH_DDL: Final = "CREATE TEMP TABLE replica_batch (LIKE replica_staging) ON COMMIT DROP"
 _BATCH_TO_STAGING: Final = "INSERT INTO replica_staging SELECT * FROM replica_batch"
 
-#: One batch applied ahead of the checks (see _apply): versions continue per record key after
-#: its last stored version, which includes the earlier batches of the same message (read in
-#: one index scan before the statement inserts; its own rows are numbered in message order).
-_KNOWN_IN_BATCH: Final = """known AS (
-        SELECT r.atena_id, r.item_code, r.record_key, max(r.version) AS version
-        FROM replica_items r
-        WHERE r.atena_id = ANY (ARRAY(SELECT DISTINCT atena_id FROM replica_batch))
-        GROUP BY r.atena_id, r.item_code, r.record_key)"""
-_APPLY_BATCH: Final = (
-    "WITH " + _KNOWN_IN_BATCH + ",\n    " + _insert_versions("replica_batch", "known")
+#: One batch applied ahead of the checks (see _apply): the last version of each entry's record
+#: key, earlier batches of the same message included, is one descent of the version index
+#: (the statement does not see its own rows; they are numbered in message order).  Reading
+#: every version of the batch's people instead, then sorting, grouping and joining them, cost
+#: about 15 µs an entry, a quarter of PostgreSQL's part of the import.
+_APPLY_BATCH: Final = _insert_versions(
+    "replica_batch s",
+    """(SELECT r.version FROM replica_items r
+                   WHERE r.atena_id = s.atena_id AND r.item_code = s.item_code
+                     AND r.record_key = s.record_key
+                   ORDER BY r.version DESC LIMIT 1)""",
 )
 
 #: The 自動応答不可フラグ of the message's entries (AutomaticResponseDisabledFlag), applied with
