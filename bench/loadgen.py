@@ -101,9 +101,14 @@ async def _request(session: aiohttp.ClientSession, call: Call, tls: ssl.SSLConte
 
 
 async def _query(session: aiohttp.ClientSession, call: Call, tls: ssl.SSLContext | bool) -> None:
+    """Submit with ``Prefer: wait`` (the result in the same answer, 200), then long-poll if
+    the answer was the plain 202 (a gateway without the preference, or a wait that ended)."""
     headers = dict(call.headers)
-    async with session.post(call.url, headers=headers, data=call.body, ssl=tls) as response:
+    post_headers = {**headers, "Prefer": f"wait={QUERY_WAIT_SECONDS}"}
+    async with session.post(call.url, headers=post_headers, data=call.body, ssl=tls) as response:
         submitted = await response.read()
+        if response.status == 200 and json.loads(submitted).get("status") == "answered":
+            return
         if response.status != 202:
             raise RuntimeError(f"submit: HTTP {response.status} {submitted[:200]!r}")
     query_id = json.loads(submitted)["query_id"]

@@ -25,7 +25,7 @@ from chukan.gateway.core.apidoc import route as _r
 __all__ = ["ROUTES", "SPEC", "Route", "app_routes", "document", "document_json"]
 
 #: Raise when a route is added, changed or removed.
-VERSION: Final = "1.16.0"
+VERSION: Final = "1.17.0"
 
 _PARAMETER_SCHEMAS: Final[Mapping[str, dict[str, Any]]] = {
     "atena_id": {"type": "string", "pattern": "^[0-9]{1,15}$", "description": "団体内統合宛名番号"},
@@ -90,9 +90,11 @@ _INTERNAL: Final[Mapping[tuple[str, str], Route]] = {
         "副本: the outcome of a registration message"
     ),
     ("POST", "/internal/v1/queries"): _r(
-        "情報照会: submit a query (202 with its id; Idempotency-Key honoured)",
+        "情報照会: submit a query (202 with its id; Idempotency-Key honoured; with"
+        " Prefer: wait=N, 200 with the result when it comes within N seconds)",
         body="json",
         status=202,
+        also=((200, "json"),),
         errors=(409, 503),
         required_fields=("atena_id", "procedure_code", "item_code", "provider"),
     ),

@@ -96,6 +96,19 @@ async def authorize(request: web.Request, operation: str) -> SystemCredential:
     return system
 
 
+def also_permits(request: web.Request, system: SystemCredential, operation: str) -> bool:
+    """Whether the caller :func:`authorize` let in may call ``operation`` too, asked without
+    refusing or counting anything (an optional extra, such as a submission's ``Prefer: wait``
+    answering with the result that ``queries.read`` would give)."""
+    if operation not in system.operations:
+        return False
+    try:
+        peer = peer_identity(request)
+    except CertificateError:
+        return False
+    return peer is None or operation in peer.roles
+
+
 async def _authorize_certificate(
     state: GatewayState, request: web.Request, peer: ClientIdentity, operation: str
 ) -> SystemCredential:

@@ -171,6 +171,9 @@ TARGET: Final = web.RequestKey("operation_target", str)
 OFFICE: Final = web.RequestKey("operation_office", str)
 #: The error code of an answer rendered as a page (the console's errors are pages).
 ANSWER_CODE: Final = web.RequestKey("operation_answer_code", str)
+#: Another operation the request performed besides its route's (``detail.also``): a
+#: submission answered with the query's result under ``Prefer: wait`` also reads it.
+ALSO: Final = web.RequestKey("operation_also", str)
 MAX_TARGET: Final = 128
 #: Largest JSON answer whose fields are read for the target.
 _MAX_PEEK: Final = 64 * 1024
@@ -179,6 +182,11 @@ _MAX_PEEK: Final = 64 * 1024
 def note_target(request: web.Request, target: str) -> None:
     """Name the target of this request's operation (a 宛名番号, query id, username …)."""
     request[TARGET] = target[:MAX_TARGET]
+
+
+def note_also(request: web.Request, operation: str) -> None:
+    """Record that this request also performed ``operation`` (an operation name of the log)."""
+    request[ALSO] = operation
 
 
 def operation_of(method: str, route: str) -> Operation | None:
@@ -356,6 +364,9 @@ async def _record(
         or op.name in ("replica.export", "records.disclose")
     ):
         detail["download"] = answer.content_type
+    also = request.get(ALSO)
+    if also is not None and answer is not None:
+        detail["also"] = also
     entry = Entry(
         caller_kind=kind,
         caller=caller,

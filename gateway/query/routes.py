@@ -12,12 +12,13 @@ from aiohttp import web
 
 from chukan.codecs.catalog import AGENCY_CODE_PATTERN, ITEM_CODE_PATTERN, PROCEDURE_CODE_PATTERN
 from chukan.codecs.envelope import new_message_id
-from chukan.gateway.core.access import authorize
+from chukan.gateway.core.access import also_permits, authorize
 from chukan.gateway.core.aio import wait_event
 from chukan.gateway.core.config import OP_READ_QUERY, OP_SUBMIT_QUERY
 from chukan.gateway.core.errors import PersonUnknownError, QueryUnknownError, ValidationError
 from chukan.gateway.core.notices import NOTICES
-from chukan.gateway.core.state import GATEWAY_STATE, utcnow
+from chukan.gateway.core.oplog import note_also
+from chukan.gateway.core.state import GATEWAY_STATE, GatewayState, utcnow
 from chukan.gateway.core.validation import QUERY_ID_PATTERN, atena_id_value
 from chukan.gateway.core.web import current_request_id, optional_str, read_json, require_str
 from chukan.gateway.query.lifecycle import (
@@ -39,6 +40,8 @@ log = structlog.get_logger("chukan.gateway")
 
 #: A long poll reads its query again at least this often (notices are hints).
 LOOK_AGAIN: Final = 2.0
+#: Longest ``wait`` preference read (delta-seconds, RFC 7240); the gateway's max_wait caps it.
+_MAX_PREFER_DIGITS: Final = 6
 
 #: A submission in one statement: the person's 符号 looked up and the query inserted
 #: (queued ones already counting their first attempt, made at once by this process), or
@@ -75,10 +78,16 @@ _READ_SQL: Final = """
 
 
 async def submit_query(request: web.Request) -> web.Response:
-    """情報照会: accepted at once with a query id; sent to the hub in the background."""
+    """情報照会: accepted at once with a query id; sent to the hub in the background.
+
+    With ``Prefer: wait=N`` the answer is the result itself when it comes within N seconds.
+    """
     system = await authorize(request, OP_SUBMIT_QUERY)
     state = request.config_dict[GATEWAY_STATE]
     await require_recording(state)  # 503 records_unwitnessed: see docs/records.md
+    wait = preferred_wait(request)
+    if wait is not None and not also_permits(request, system, OP_READ_QUERY):
+        wait = None  # a caller that may not read results is answered as without it
     data = await read_json(request)
     atena_id = atena_id_value(require_str(data, "atena_id", max_length=15))
     procedure = require_str(data, "procedure_code", max_length=16)
@@ -167,7 +176,34 @@ async def submit_query(request: web.Request) -> web.Response:
     }
     state.spawn(send_first(state, query_id, sending), name=f"send-{query_id}")
     log.info("query_submitted", query_id=query_id, provider=provider, caller=system.system_id)
-    return submitted(query_id)
+    if wait is None:
+        return submitted(query_id)
+    # Prefer: wait (RFC 7240): the result itself when it comes within the wait, as the long
+    # poll gives it (and counted as collected); else the usual 202. One request instead of
+    # two for a core system that waits anyway.
+    wait = min(wait, state.config.timing.max_wait)
+    found = await read_concluded(state, query_id, system.system_id, wait)
+    if found is None or found["status"] in OPEN_STATUSES:
+        response = submitted(query_id)
+    else:
+        response = web.json_response(_query_json(found))
+        note_also(request, "query.read")  # the operation log shows the result was read
+    response.headers["Preference-Applied"] = f"wait={wait:g}"
+    return response
+
+
+def preferred_wait(request: web.Request) -> float | None:
+    """The seconds of a ``Prefer: wait=N`` header (RFC 7240); None without a usable one (a
+    preference the server cannot read is ignored, never refused)."""
+    for header in request.headers.getall("Prefer", ()):
+        for preference in header.split(","):
+            name, _, value = preference.split(";", 1)[0].partition("=")
+            if name.strip().lower() != "wait":
+                continue
+            value = value.strip().strip('"')
+            if value.isascii() and value.isdigit() and len(value) <= _MAX_PREFER_DIGITS:
+                return float(value)
+    return None
 
 
 def _query_json(row: asyncpg.Record) -> dict[str, Any]:
@@ -200,18 +236,29 @@ async def get_query(request: web.Request) -> web.Response:
         wait = min(float(request.query.get("wait", "0")), state.config.timing.max_wait)
     except ValueError:
         raise ValidationError("wait must be a number of seconds") from None
+    row = await read_concluded(state, query_id, system.system_id, wait)
+    if row is None:
+        raise QueryUnknownError("no query with this id was submitted by this system")
+    return web.json_response(_query_json(row))
+
+
+async def read_concluded(
+    state: GatewayState, query_id: str, system_id: str, wait: float
+) -> asyncpg.Record | None:
+    """The query's row as soon as it is concluded, or as it is after ``wait`` seconds (None:
+    this system submitted no such query)."""
     deadline = time.monotonic() + max(wait, 0.0)
     # Registered before each read: a conclusion committed meanwhile (here, or in another
     # process of this agency: its NOTIFY) sets the event, and the wait ends at once.
     with state.waiting(query_id) as concluded:
         while True:
             concluded.clear()
-            row = await state.pool.fetchrow(_READ_SQL, query_id, system.system_id)
+            row: asyncpg.Record | None = await state.pool.fetchrow(_READ_SQL, query_id, system_id)
             if row is None:
-                raise QueryUnknownError("no query with this id was submitted by this system")
+                return None
             remaining = deadline - time.monotonic()
             if row["status"] not in OPEN_STATUSES or remaining <= 0 or state.stopping.is_set():
-                return web.json_response(_query_json(row))
+                return row
             # Notices are hints and can be lost (a reconnection): look again now and then.
             await wait_event(concluded, min(remaining, LOOK_AGAIN))
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import random
+import ssl
 from typing import Any
 
 import asyncpg
@@ -12,7 +14,10 @@ import pytest
 
 from chukan.codecs import catalog
 from chukan.codecs.sample_items import certification_item, local_tax_item
+from chukan.gateway.core.config import OP_SUBMIT_QUERY
+from chukan.gateway.core.identities import system_identity
 from chukan.gateway.query.lifecycle import QUERY_CHANNEL
+from chukan.simulators.devnet.network import CORE_SYSTEM
 from chukan.simulators.devnet.synthetic import (
     SyntheticPerson,
     synthetic_individual_number,
@@ -81,6 +86,93 @@ async def test_round_trip_funabashi_asks_chiba(
     assert hub["permit_id"] == permit_id and hub["outcome"] == "provided"
     # The hub knows each side only by its own 符号, and they differ.
     assert hub["requester_person_code"] != hub["provider_person_code"]
+
+
+async def post_query(
+    api: Any, body: dict[str, Any], prefer: str, tls: ssl.SSLContext | None = None
+) -> tuple[int, str | None, dict[str, Any]]:
+    """A submission with a ``Prefer`` header: status, ``Preference-Applied`` and body."""
+    context = tls or api.gateway.client_ssl(api.system)
+    headers = {"Prefer": prefer}
+    extra: dict[str, Any] = {"ssl": context} if context is not None else {}
+    if context is None:
+        headers["Authorization"] = f"Bearer {api.gateway.token}"
+    async with api.session.post(
+        api.url + "/internal/v1/queries", json=body, headers=headers, **extra
+    ) as response:
+        return response.status, response.headers.get("Preference-Applied"), await response.json()
+
+
+async def manual_review(api: Any, atena_id: str, value: bool) -> None:
+    """Set or clear the 自動応答不可フラグ of a person's 要介護認定 item."""
+    status, body = await api.call(
+        "PUT",
+        f"/internal/v1/persons/{atena_id}/items/{catalog.CERTIFICATION.code}/manual-review",
+        json={"manual_review": value},
+    )
+    assert status == 200 and body["manual_review"] is value, body
+
+
+async def test_prefer_wait_answers_the_submission_with_the_result(
+    chiba: Any, funabashi: Any, network: Any, rng: random.Random
+) -> None:
+    """``Prefer: wait=N`` (RFC 7240): one request instead of a submission and a long poll.
+    The answer is the result as the long poll gives it (200), and the operation log shows
+    that the submission also read it; an unreadable preference, a wait that ends before
+    the conclusion, or a caller that may not read results get the usual 202."""
+    in_chiba, in_funabashi = await moved_person(rng, chiba, funabashi)
+    item = certification_item(rng, dt.date.today())
+    assert (await chiba.store(in_chiba.atena_id, catalog.CERTIFICATION.code, item))[0] == 201
+    body = {
+        "atena_id": in_funabashi.atena_id,
+        "procedure_code": catalog.LTC_CERTIFICATION_PROCEDURE,
+        "item_code": catalog.CERTIFICATION.code,
+        "provider": catalog.CHIBA_CITY,
+    }
+
+    status, applied, answered = await post_query(funabashi, body, "respond-async, wait=20")
+    assert (status, applied) == (200, "wait=20")
+    assert answered["status"] == "answered" and answered["result"].encode() == item
+    query_id = answered["query_id"]
+    assert await funabashi.result(query_id, wait=0) == answered
+    pool = funabashi.gateway.state.pool
+    logged = await pool.fetchrow(
+        "SELECT status, detail FROM operation_log WHERE operation = 'query.submit' AND target = $1",
+        query_id,
+    )
+    assert logged["status"] == 200 and json.loads(logged["detail"]) == {"also": "query.read"}
+    assert await pool.fetchval(
+        "SELECT collected_at IS NOT NULL FROM queries WHERE query_id = $1", query_id
+    )
+
+    # A wait that ends first (the item is flagged 自動応答不可: the provision is held for
+    # review): 202 as without the preference; the result comes as usual once approved.
+    await manual_review(chiba, in_chiba.atena_id, True)
+    status, applied, queued = await post_query(funabashi, body, "wait=1")
+    assert (status, applied, queued["status"]) == (202, "wait=1", "queued")
+    held = queued["query_id"]
+    for _ in range(500):
+        if (await chiba.call("GET", f"/internal/v1/review/{held}"))[0] == 200:
+            break
+        await asyncio.sleep(0.02)
+    assert (await chiba.call("POST", f"/internal/v1/review/{held}/approve"))[0] == 200
+    assert (await funabashi.result(held))["result"].encode() == item
+    await manual_review(chiba, in_chiba.atena_id, False)
+
+    # A preference the gateway cannot read is ignored, never refused.
+    for unreadable in ("wait=soon", "wait=-1", "wait=1e3", "wait=１０", "wait=9999999"):
+        status, applied, queued = await post_query(funabashi, body, unreadable)
+        assert (status, applied, queued["status"]) == (202, None, "queued"), unreadable
+
+    # A certificate that may submit but not read: answered as without the preference, and
+    # nothing is refused (the preference is an extra, not a second operation asked for).
+    refusals = await pool.fetchval("SELECT count(*) FROM access_refusals")
+    narrow = network.pki.client_context(
+        system_identity(catalog.FUNABASHI_CITY, CORE_SYSTEM, {OP_SUBMIT_QUERY})
+    )
+    status, applied, queued = await post_query(funabashi, body, "wait=20", tls=narrow)
+    assert (status, applied, queued["status"]) == (202, None, "queued")
+    assert await pool.fetchval("SELECT count(*) FROM access_refusals") == refusals
 
 
 async def test_round_trip_chiba_asks_funabashi_for_premium_basis(
