@@ -182,7 +182,8 @@ async def submit_query(request: web.Request) -> web.Response:
     # poll gives it (and counted as collected); else the usual 202. One request instead of
     # two for a core system that waits anyway.
     wait = min(wait, state.config.timing.max_wait)
-    found = await read_concluded(state, query_id, system.system_id, wait)
+    # Just submitted: nothing to read before its conclusion is heard of (or LOOK_AGAIN).
+    found = await read_concluded(state, query_id, system.system_id, wait, read_first=False)
     if found is None or found["status"] in OPEN_STATUSES:
         response = submitted(query_id)
     else:
@@ -243,14 +244,18 @@ async def get_query(request: web.Request) -> web.Response:
 
 
 async def read_concluded(
-    state: GatewayState, query_id: str, system_id: str, wait: float
+    state: GatewayState, query_id: str, system_id: str, wait: float, *, read_first: bool = True
 ) -> asyncpg.Record | None:
     """The query's row as soon as it is concluded, or as it is after ``wait`` seconds (None:
-    this system submitted no such query)."""
+    this system submitted no such query).  ``read_first=False``: the caller registers the
+    wait before the query can conclude (its own submission), so the first read waits for a
+    conclusion to be heard of (or LOOK_AGAIN) instead of finding it still open."""
     deadline = time.monotonic() + max(wait, 0.0)
     # Registered before each read: a conclusion committed meanwhile (here, or in another
     # process of this agency: its NOTIFY) sets the event, and the wait ends at once.
     with state.waiting(query_id) as concluded:
+        if not read_first:
+            await wait_event(concluded, min(max(wait, 0.0), LOOK_AGAIN))
         while True:
             concluded.clear()
             row: asyncpg.Record | None = await state.pool.fetchrow(_READ_SQL, query_id, system_id)
