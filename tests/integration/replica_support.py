@@ -97,3 +97,13 @@ async def ask(
     assert status == 202, submitted
     result: dict[str, Any] = await requester.result(submitted["query_id"])
     return result
+
+
+async def flag(api: Any, atena_id: str, item_code: str, value: bool) -> None:
+    """Set or clear the 自動応答不可フラグ of one of a person's items."""
+    status, body = await api.call(
+        "PUT",
+        f"/internal/v1/persons/{atena_id}/items/{item_code}/manual-review",
+        json={"manual_review": value},
+    )
+    assert status == 200 and body["manual_review"] is value, body

@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from replica_support import flag
 
 from chukan.codecs import catalog
 from chukan.codecs.sample_items import certification_item, local_tax_item
@@ -103,16 +104,6 @@ async def post_query(
         return response.status, response.headers.get("Preference-Applied"), await response.json()
 
 
-async def manual_review(api: Any, atena_id: str, value: bool) -> None:
-    """Set or clear the 自動応答不可フラグ of a person's 要介護認定 item."""
-    status, body = await api.call(
-        "PUT",
-        f"/internal/v1/persons/{atena_id}/items/{catalog.CERTIFICATION.code}/manual-review",
-        json={"manual_review": value},
-    )
-    assert status == 200 and body["manual_review"] is value, body
-
-
 async def test_prefer_wait_answers_the_submission_with_the_result(
     chiba: Any, funabashi: Any, network: Any, rng: random.Random
 ) -> None:
@@ -147,7 +138,7 @@ async def test_prefer_wait_answers_the_submission_with_the_result(
 
     # A wait that ends first (the item is flagged 自動応答不可: the provision is held for
     # review): 202 as without the preference; the result comes as usual once approved.
-    await manual_review(chiba, in_chiba.atena_id, True)
+    await flag(chiba, in_chiba.atena_id, catalog.CERTIFICATION.code, True)
     status, applied, queued = await post_query(funabashi, body, "wait=1")
     assert (status, applied, queued["status"]) == (202, "wait=1", "queued")
     held = queued["query_id"]
@@ -157,7 +148,7 @@ async def test_prefer_wait_answers_the_submission_with_the_result(
         await asyncio.sleep(0.02)
     assert (await chiba.call("POST", f"/internal/v1/review/{held}/approve"))[0] == 200
     assert (await funabashi.result(held))["result"].encode() == item
-    await manual_review(chiba, in_chiba.atena_id, False)
+    await flag(chiba, in_chiba.atena_id, catalog.CERTIFICATION.code, False)
 
     # A preference the gateway cannot read is ignored, never refused.
     for unreadable in ("wait=soon", "wait=-1", "wait=1e3", "wait=１０", "wait=9999999"):

@@ -9,7 +9,7 @@ import secrets
 from typing import Any
 
 import pytest
-from replica_support import moved_person, new_record_id, send_entries
+from replica_support import flag, moved_person, new_record_id, send_entries
 
 from chukan.codecs import catalog
 from chukan.codecs.items import encode_item
@@ -22,15 +22,6 @@ pytestmark = pytest.mark.integration
 CODE = catalog.CERTIFICATION.code
 
 
-async def flag(api: Any, atena_id: str, value: bool) -> None:
-    status, body = await api.call(
-        "PUT",
-        f"/internal/v1/persons/{atena_id}/items/{CODE}/manual-review",
-        json={"manual_review": value},
-    )
-    assert status == 200 and body["manual_review"] is value, body
-
-
 async def held_query(
     chiba: Any, funabashi: Any, rng: random.Random, *, with_item: bool = True
 ) -> tuple[str, bytes | None]:
@@ -40,7 +31,7 @@ async def held_query(
     if item is not None:
         entry = SyntheticEntry(new_record_id(), here, CODE, item, valid_from=dt.date(2025, 4, 1))
         assert (await send_entries(chiba, [entry]))[0] == 201
-    await flag(chiba, here, True)
+    await flag(chiba, here, CODE, True)
     status, submitted = await funabashi.query(
         there, catalog.LTC_CERTIFICATION_PROCEDURE, CODE, catalog.CHIBA_CITY
     )
@@ -171,7 +162,7 @@ async def test_flag_without_data_and_flag_cleared(
     item = encode_item(care_certification(rng, dt.date(2025, 4, 1)))
     status, _ = await chiba.store(here, CODE, item, manual_review=True)
     assert status == 201
-    await flag(chiba, here, False)
+    await flag(chiba, here, CODE, False)
     status, submitted = await funabashi.query(
         there, catalog.LTC_CERTIFICATION_PROCEDURE, CODE, catalog.CHIBA_CITY
     )
