@@ -85,7 +85,7 @@ async def authorize(request: web.Request, operation: str) -> SystemCredential:
             UnauthenticatedError("a client certificate or a valid system token is required"),
         )
     request[CALLER] = system.system_id
-    if operation not in system.operations:
+    if not _granted(system, None, operation):
         await refuse(
             state,
             request,
@@ -100,13 +100,17 @@ def also_permits(request: web.Request, system: SystemCredential, operation: str)
     """Whether the caller :func:`authorize` let in may call ``operation`` too, asked without
     refusing or counting anything (an optional extra, such as a submission's ``Prefer: wait``
     answering with the result that ``queries.read`` would give)."""
-    if operation not in system.operations:
-        return False
     try:
         peer = peer_identity(request)
     except CertificateError:
         return False
-    return peer is None or operation in peer.roles
+    return _granted(system, peer, operation)
+
+
+def _granted(system: SystemCredential, peer: ClientIdentity | None, operation: str) -> bool:
+    """The grant rule: the operations configured for the system, narrowed by the roles of
+    its client certificate when it presented one."""
+    return operation in system.operations and (peer is None or operation in peer.roles)
 
 
 async def _authorize_certificate(
@@ -127,7 +131,7 @@ async def _authorize_certificate(
             ForbiddenError(f"{label} is not a core system of agency {state.config.agency_code}"),
         )
     request[CALLER] = system.system_id
-    if operation not in system.operations or operation not in peer.roles:
+    if not _granted(system, peer, operation):
         await refuse(
             state,
             request,
